@@ -1,0 +1,404 @@
+//! The configuration tree (TOML). Every field has a documented default, unknown
+//! fields are refused, and [`Config::validate`] rejects contradictions with a
+//! message that says why.
+//!
+//! Durations are strings like `"300s"`, `"5m"`, `"250ms"` or integers of
+//! milliseconds; sizes are strings like `"64MiB"` or integers of bytes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::decode::Decoder;
+use crate::detect::DetectConfig;
+use crate::state::RocksOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A span of time in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurationMs(pub i64);
+
+impl DurationMs {
+    pub const fn secs(s: i64) -> Self {
+        DurationMs(s * 1000)
+    }
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+}
+
+impl fmt::Display for DurationMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 1000 == 0 {
+            write!(f, "{}s", self.0 / 1000)
+        } else {
+            write!(f, "{}ms", self.0)
+        }
+    }
+}
+
+impl Serialize for DurationMs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = DurationMs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like \"300s\", \"5m\", \"250ms\" or an integer of milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationMs, E> {
+                if v < 0 {
+                    return Err(E::custom("a duration must not be negative"));
+                }
+                Ok(DurationMs(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationMs, E> {
+                i64::try_from(v)
+                    .map(DurationMs)
+                    .map_err(|_| E::custom("duration too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationMs, E> {
+                let d = humantime::parse_duration(v.trim())
+                    .map_err(|e| E::custom(format!("bad duration {v:?}: {e}")))?;
+                if d.as_nanos() % 1_000_000 != 0 {
+                    return Err(E::custom(format!(
+                        "bad duration {v:?}: the resolution is one millisecond"
+                    )));
+                }
+                i64::try_from(d.as_millis())
+                    .map(DurationMs)
+                    .map_err(|_| E::custom("duration too large"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n << 20)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parses `"64MiB"`, `"1GiB"`, `"512KiB"`, `"10MB"`, `"4096"`.
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {v:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("bad size {v:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {v:?} too large"))
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like \"64MiB\" or an integer of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size must not be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[detect]`: the rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSection {
+    /// `stale_timestamp` when received_at − client_ts exceeds this. Default 300s.
+    pub max_past_skew: DurationMs,
+    /// `future_timestamp` when client_ts − received_at exceeds this. Default 30s.
+    pub max_future_skew: DurationMs,
+    /// How far behind the largest received_at seen an event may arrive and
+    /// still be judged exactly as in order. Default 60s.
+    pub allowed_lateness: DurationMs,
+    /// How long a first sighting stays a replay target. Default (and minimum):
+    /// max_past_skew + max_future_skew + allowed_lateness.
+    pub retention: Option<DurationMs>,
+}
+
+impl Default for DetectSection {
+    fn default() -> Self {
+        DetectSection {
+            max_past_skew: DurationMs::secs(300),
+            max_future_skew: DurationMs::secs(30),
+            allowed_lateness: DurationMs::secs(60),
+            retention: None,
+        }
+    }
+}
+
+impl DetectSection {
+    pub fn rules(&self) -> DetectConfig {
+        let mut c = DetectConfig {
+            max_past_skew_ms: self.max_past_skew.0,
+            max_future_skew_ms: self.max_future_skew.0,
+            allowed_lateness_ms: self.allowed_lateness.0,
+            retention_ms: 0,
+        };
+        c.retention_ms = self.retention.map_or(c.min_retention_ms(), |r| r.0);
+        c
+    }
+}
+
+/// `[decode]`: input limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeSection {
+    /// Records longer than this are dead-lettered unread. Default 64KiB.
+    pub max_event_bytes: ByteSize,
+}
+
+impl Default for DecodeSection {
+    fn default() -> Self {
+        DecodeSection {
+            max_event_bytes: ByteSize(64 << 10),
+        }
+    }
+}
+
+/// `[state]`: where and how state is kept, and its memory bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// State directory. Default: none (`scan` then uses a temporary one).
+    pub dir: Option<PathBuf>,
+    /// RocksDB block cache. Default 64MiB.
+    pub block_cache: ByteSize,
+    /// All RocksDB memtables together. Default 64MiB.
+    pub write_buffer: ByteSize,
+    /// Recent sighting segments kept in memory for replay evidence. Default 64MiB.
+    pub segment_cache: ByteSize,
+    /// Upper bound of the live index in memory (about 17 bytes per slot,
+    /// one slot per live request). Past it the detector stops with an error
+    /// rather than grow without bound. Default 1GiB (about 30 M live requests).
+    pub max_index: ByteSize,
+    /// fsync the write-ahead log at every commit. Default true.
+    pub sync: bool,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            dir: None,
+            block_cache: ByteSize::mib(64),
+            write_buffer: ByteSize::mib(64),
+            segment_cache: ByteSize::mib(64),
+            max_index: ByteSize::mib(1024),
+            sync: true,
+        }
+    }
+}
+
+impl StateSection {
+    pub fn rocks(&self) -> RocksOptions {
+        RocksOptions {
+            block_cache_bytes: self.block_cache.0 as usize,
+            write_buffer_bytes: self.write_buffer.0 as usize,
+            sync: self.sync,
+            read_only: false,
+        }
+    }
+}
+
+/// `[scan]`: the file scanner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanSection {
+    /// Events per commit. Default 65536.
+    pub batch_events: usize,
+}
+
+impl Default for ScanSection {
+    fn default() -> Self {
+        ScanSection {
+            batch_events: 65_536,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub detect: DetectSection,
+    pub decode: DecodeSection,
+    pub state: StateSection,
+    pub scan: ScanSection,
+}
+
+impl Config {
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let c = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            e => e,
+        })?;
+        Ok(c)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Rejects contradictions.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.detect.rules().validate().map_err(ConfigError::Invalid)?;
+        if self.decode.max_event_bytes.0 < 64 {
+            return Err(ConfigError::Invalid(
+                "decode.max_event_bytes must be at least 64 bytes".into(),
+            ));
+        }
+        if self.decode.max_event_bytes.0 > 64 << 20 {
+            return Err(ConfigError::Invalid(
+                "decode.max_event_bytes must be at most 64MiB".into(),
+            ));
+        }
+        if self.scan.batch_events == 0 {
+            return Err(ConfigError::Invalid("scan.batch_events must be at least 1".into()));
+        }
+        if self.state.block_cache.0 < 1 << 20 || self.state.write_buffer.0 < 4 << 20 {
+            return Err(ConfigError::Invalid(
+                "state.block_cache must be at least 1MiB and state.write_buffer at least 4MiB".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn decoder(&self) -> Decoder {
+        Decoder {
+            max_event_bytes: self.decode.max_event_bytes.0 as usize,
+        }
+    }
+
+    /// The effective configuration as TOML (defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::parse("").unwrap();
+        let r = c.detect.rules();
+        assert_eq!(
+            (r.max_past_skew_ms, r.max_future_skew_ms, r.allowed_lateness_ms, r.retention_ms),
+            (300_000, 30_000, 60_000, 390_000)
+        );
+        assert_eq!(c.decode.max_event_bytes.0, 65_536);
+        // the printed form parses back to the same config
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        let c = Config::parse(
+            "[detect]\nmax_past_skew = \"2m\"\nmax_future_skew = 1500\nallowed_lateness = \"250ms\"\n\
+             [state]\nblock_cache = \"128MiB\"\nwrite_buffer = 8388608\n",
+        )
+        .unwrap();
+        assert_eq!(c.detect.rules().retention_ms, 120_000 + 1_500 + 250);
+        assert_eq!(c.state.block_cache.0, 128 << 20);
+        assert!(Config::parse("[detect]\nmax_past_skew = \"1.5ns\"").is_err());
+        assert!(Config::parse("[detect]\nmax_past_skew = -5").is_err());
+        assert!(Config::parse("[state]\nblock_cache = \"12 parsecs\"").is_err());
+    }
+
+    #[test]
+    fn short_retention_is_refused_with_the_reason() {
+        let e = Config::parse("[detect]\nretention = \"389999ms\"").unwrap_err().to_string();
+        assert!(e.contains("shorter than"), "{e}");
+        assert!(e.contains("slip through"), "{e}");
+        assert!(Config::parse("[detect]\nretention = \"390s\"").is_ok());
+        assert!(Config::parse("[detect]\nretention = \"8d\"").is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = Config::parse("[detect]\nmax_past_skw = \"1s\"").unwrap_err().to_string();
+        assert!(e.contains("max_past_skw"), "{e}");
+        assert!(Config::parse("[nonsense]\n").is_err());
+    }
+}

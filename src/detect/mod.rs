@@ -1,0 +1,23 @@
+//! The rules: replay, skew and key lifecycle, on event time.
+//!
+//! Synchronous and deterministic: no I/O of their own and no clock. The input
+//! is (prior state, event), the output the new state and the alerts. State
+//! lives in [`ShardDetector`] (the live index) and in a [`SightingLog`] that
+//! the caller supplies (the state module persists it; tests use [`VecLog`]).
+
+pub mod config;
+pub mod fingerprint;
+pub mod index;
+pub mod lifecycle;
+pub mod shard;
+pub mod sighting;
+pub mod skew;
+
+pub use config::DetectConfig;
+pub use fingerprint::Position;
+pub use lifecycle::LifecycleTable;
+pub use shard::{Clock, ShardDetector, ShardStats, Verdict};
+pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! The detector of one shard (a file scan, or one input partition): the
+//! replay rule over the live index, plus the stateless skew and lifecycle
+//! rules, all on event time.
+//!
+//! # Replay rule
+//! A request is a replay when its (key_id, nonce) had a first sighting with a
+//! different event id no more than `retention` earlier. Every reuse is its own
+//! alert; a reuse never extends the window; a sighting after the window starts
+//! a new one. Order is event time (`received_at`); equal times keep arrival
+//! order. A late event (up to `allowed_lateness` behind the largest time seen)
+//! that precedes the current window start takes its place, and the former
+//! start becomes a replay of it, so the set of alerts does not depend on
+//! arrival order within the lateness.
+//!
+//! # Liveness
+//! The watermark is the largest received_at seen minus the lateness. An entry
+//! is live while `time + retention >= watermark`; only live entries count,
+//! whether or not a sweep has removed the others yet, so the answer never
+//! depends on when sweeps or restarts happen.
+
+use super::config::DetectConfig;
+use super::fingerprint::{Fingerprinter, Position};
+use super::index::{self, Index};
+use super::lifecycle::{self, LifecycleTable};
+use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
+use super::skew;
+use crate::schema::alert::{self, ReplayEvidence, Sighting};
+use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Evaluated by every rule (alerts, if any, were appended).
+    Evaluated,
+    /// Another delivery of an event id already seen: no alert.
+    Duplicate,
+    /// The same record at the same position, processed again: no alert.
+    Reprocessed,
+}
+
+/// Per-shard counters (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub events: u64,
+    pub duplicates: u64,
+    pub reprocessed: u64,
+    /// Arrived behind the watermark.
+    pub late: u64,
+    /// So late that the live window no longer covers them: replay not evaluated.
+    pub too_late: u64,
+    pub alerts: [u64; AlertKind::ALL.len()],
+    /// Two different (key, nonce) pairs with one 64-bit fingerprint.
+    pub fingerprint_conflicts: u64,
+}
+
+impl ShardStats {
+    pub fn alerts_total(&self) -> u64 {
+        self.alerts.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &ShardStats) {
+        self.events += o.events;
+        self.duplicates += o.duplicates;
+        self.reprocessed += o.reprocessed;
+        self.late += o.late;
+        self.too_late += o.too_late;
+        self.fingerprint_conflicts += o.fingerprint_conflicts;
+        for (a, b) in self.alerts.iter_mut().zip(o.alerts) {
+            *a += b;
+        }
+    }
+}
+
+/// Event-time progress of a shard, persisted with its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Clock {
+    /// Largest received_at seen.
+    pub max_seen: Option<Millis>,
+    /// Watermark at the last sweep of the live index.
+    pub last_sweep: Millis,
+}
+
+/// Detector of one shard.
+pub struct ShardDetector {
+    cfg: DetectConfig,
+    fp: Fingerprinter,
+    index: Index,
+    clock: Clock,
+    stats: ShardStats,
+}
+
+impl ShardDetector {
+    pub fn new(cfg: DetectConfig, seed: u64) -> Self {
+        ShardDetector {
+            cfg,
+            fp: Fingerprinter::new(seed),
+            index: Index::default(),
+            clock: Clock {
+                max_seen: None,
+                last_sweep: Millis::MIN,
+            },
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    pub fn set_stats(&mut self, stats: ShardStats) {
+        self.stats = stats;
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.fp.seed()
+    }
+
+    /// Largest received_at seen minus the allowed lateness.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.clock
+            .max_seen
+            .map(|m| m.saturating_sub(self.cfg.allowed_lateness_ms))
+    }
+
+    /// Whether an entry at `t` is still live at watermark `wm`.
+    #[inline]
+    fn live(&self, t: Millis, wm: Millis) -> bool {
+        t + self.cfg.retention_ms >= wm
+    }
+
+    /// Restores event-time progress (before restoring entries).
+    pub fn restore_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Whether a persisted entry at `t` is still live; callers restore only those.
+    pub fn restorable(&self, t: Millis) -> bool {
+        match self.watermark() {
+            Some(wm) => self.live(t, wm) && t <= self.clock.max_seen.unwrap_or(t),
+            None => false,
+        }
+    }
+
+    /// Restores a window start read back from the state store, in log
+    /// order. A later record for the same fingerprint replaces an earlier one;
+    /// a later record that is no longer live removes it (as it did live).
+    pub fn restore_window(&mut self, fp: u128, t: Millis, seg: u32) {
+        if self.restorable(t) {
+            self.index.nonces.insert(fp as u64, index::pack(t, seg));
+        } else {
+            self.index.nonces.remove(&(fp as u64));
+        }
+    }
+
+    /// Restores a live event id read back from the state store.
+    pub fn restore_event(&mut self, fp: u64, t: Millis, pos_hash: u32) {
+        if self.restorable(t) {
+            self.index.events.insert(fp, index::pack(t, pos_hash));
+        }
+    }
+
+    /// Advances event time to include `t`; sweeps expired entries when the
+    /// watermark has moved far enough since the last sweep.
+    fn advance(&mut self, t: Millis) -> Millis {
+        let max = match self.clock.max_seen {
+            Some(m) if m >= t => return m - self.cfg.allowed_lateness_ms,
+            Some(m) => {
+                let wm = t - self.cfg.allowed_lateness_ms;
+                if wm - self.clock.last_sweep.max(Millis::MIN / 2) >= self.cfg.sweep_interval_ms() {
+                    // times are rebuilt against the old maximum, which every entry is close to
+                    self.index.sweep(wm - self.cfg.retention_ms, m);
+                    self.clock.last_sweep = wm;
+                }
+                t
+            }
+            None => {
+                self.clock.last_sweep = t - self.cfg.allowed_lateness_ms;
+                t
+            }
+        };
+        self.clock.max_seen = Some(max);
+        max - self.cfg.allowed_lateness_ms
+    }
+
+    /// Runs every rule over one event, in arrival order, appending alerts to `out`.
+    pub fn process<L: SightingLog>(
+        &mut self,
+        ev: &AccessEvent<'_>,
+        pos: Position,
+        lifecycle: &LifecycleTable,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<Verdict, LookupError> {
+        let t = ev.received_at;
+        self.stats.events += 1;
+        if let Some(wm) = self.watermark() {
+            if t < wm {
+                self.stats.late += 1;
+            }
+        }
+        let wm = self.advance(t);
+        let first_alert = out.len();
+
+        if self.live(t, wm) {
+            if let Some(v) = self.replay(ev, t, wm, pos, log, out)? {
+                out.truncate(first_alert);
+                match v {
+                    Verdict::Duplicate => self.stats.duplicates += 1,
+                    Verdict::Reprocessed => self.stats.reprocessed += 1,
+                    Verdict::Evaluated => {}
+                }
+                return Ok(v);
+            }
+        } else {
+            self.stats.too_late += 1;
+        }
+
+        if let Some((kind, evidence)) = skew::check(&self.cfg, t, ev.client_ts) {
+            out.push(self.alert(kind, Severity::Medium, ev, Evidence::Skew(evidence)));
+        }
+        if let Some(rec) = lifecycle.state_at(&ev.key_id, t) {
+            if let Some((kind, severity, evidence)) = lifecycle::check(rec, t) {
+                out.push(self.alert(kind, severity, ev, Evidence::Lifecycle(evidence)));
+            }
+        }
+        for a in &out[first_alert..] {
+            self.stats.alerts[a.kind.index()] += 1;
+        }
+        Ok(Verdict::Evaluated)
+    }
+
+    fn alert(&self, kind: AlertKind, severity: Severity, ev: &AccessEvent<'_>, evidence: Evidence) -> Alert {
+        Alert {
+            alert_id: alert::alert_id(kind, &ev.key_id, &ev.event_id),
+            kind,
+            severity,
+            key_id: ev.key_id.to_string(),
+            event_id: ev.event_id.to_string(),
+            received_at: ev.received_at,
+            evidence,
+            detector_version: alert::DETECTOR_VERSION.to_string(),
+        }
+    }
+
+    fn replay_alert(&self, key_id: &str, subject: SightingInfo<&str>, first: SightingInfo<&str>) -> Alert {
+        Alert {
+            alert_id: alert::alert_id(AlertKind::Replay, key_id, subject.event_id),
+            kind: AlertKind::Replay,
+            severity: Severity::High,
+            key_id: key_id.to_string(),
+            event_id: subject.event_id.to_string(),
+            received_at: subject.received_at,
+            evidence: Evidence::Replay(ReplayEvidence {
+                first_sighting: Sighting {
+                    event_id: first.event_id.to_string(),
+                    received_at: first.received_at,
+                    client_ip: first.client_ip.to_string(),
+                },
+                age_ms: subject.received_at - first.received_at,
+                same_ip: subject.client_ip == first.client_ip,
+                retention_ms: self.cfg.retention_ms,
+            }),
+            detector_version: alert::DETECTOR_VERSION.to_string(),
+        }
+    }
+
+    /// Remembers a live event id that is not a window start.
+    fn remember_event<L: SightingLog>(&mut self, fp: u64, t: Millis, pos: Position, log: &mut L) {
+        let h = pos.hash32();
+        self.index.events.insert(fp, index::pack(t, h));
+        log.append_event(fp, t, h);
+    }
+
+    /// Makes `first` the window start of `fp`; `replaces` is the time of the
+    /// entry it takes the slot from, if any.
+    fn start_window<L: SightingLog>(
+        &mut self,
+        fp: u128,
+        first: SightingInfo<&str>,
+        prev: Option<SightingInfo<&str>>,
+        replaces: Option<Millis>,
+        log: &mut L,
+    ) {
+        let t = first.received_at;
+        let keep = replaces.map_or(t, |r| r.max(t));
+        let seg = log.append_window(&WindowRecord { fp, first, prev }, keep);
+        self.index.nonces.insert(fp as u64, index::pack(t, seg));
+    }
+
+    /// Duplicate detection and the replay rule. Returns `Some` verdict when
+    /// the event is a duplicate (no further rules), `None` to go on.
+    fn replay<L: SightingLog>(
+        &mut self,
+        ev: &AccessEvent<'_>,
+        t: Millis,
+        wm: Millis,
+        pos: Position,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<Option<Verdict>, LookupError> {
+        let max_seen = self.clock.max_seen.unwrap_or(t);
+        let efp = self.fp.event(&ev.event_id);
+        if let Some(&v) = self.index.events.get(&efp) {
+            if self.live(index::time(v, max_seen), wm) {
+                return Ok(Some(if index::aux(v) == pos.hash32() {
+                    Verdict::Reprocessed
+                } else {
+                    Verdict::Duplicate
+                }));
+            }
+        }
+        let Some(nonce) = ev.nonce.as_deref() else {
+            self.remember_event(efp, t, pos, log);
+            return Ok(None);
+        };
+        let nfp = self.fp.nonce(&ev.key_id, nonce);
+        let me = SightingInfo {
+            received_at: t,
+            pos,
+            event_id: &*ev.event_id,
+            client_ip: &*ev.client_ip,
+        };
+        let current = self
+            .index
+            .nonces
+            .get(&(nfp as u64))
+            .copied()
+            .filter(|&v| self.live(index::time(v, max_seen), wm));
+        let Some(v) = current else {
+            self.start_window(nfp, me, None, None, log);
+            return Ok(None);
+        };
+        let Some(w) = log.window(index::aux(v), nfp)? else {
+            // another (key, nonce) with the same 64-bit fingerprint: the newer takes the slot
+            self.stats.fingerprint_conflicts += 1;
+            self.start_window(nfp, me, None, Some(index::time(v, max_seen)), log);
+            return Ok(None);
+        };
+        if w.first.event_id == me.event_id {
+            return Ok(Some(if w.first.pos == pos {
+                Verdict::Reprocessed
+            } else {
+                Verdict::Duplicate
+            }));
+        }
+        let first = w.first.as_ref();
+        if t >= first.received_at {
+            if t - first.received_at <= self.cfg.retention_ms {
+                out.push(self.replay_alert(&ev.key_id, me, first));
+                self.remember_event(efp, t, pos, log);
+            } else {
+                // the window has passed: this sighting starts a new one
+                let fp_first = self.fp.event(first.event_id);
+                self.remember_event(fp_first, first.received_at, first.pos, log);
+                self.start_window(nfp, me, Some(first), None, log);
+            }
+            return Ok(None);
+        }
+        // A late event earlier than the current window start: judge it against
+        // the window before, if that is still live.
+        let prev = w
+            .prev
+            .as_ref()
+            .map(|p| p.as_ref())
+            .filter(|p| self.live(p.received_at, wm));
+        match prev {
+            Some(p) if t >= p.received_at && t - p.received_at <= self.cfg.retention_ms => {
+                out.push(self.replay_alert(&ev.key_id, me, p));
+                self.remember_event(efp, t, pos, log);
+            }
+            Some(p) if t < p.received_at => {
+                // only possible beyond the allowed lateness: no longer decidable
+                self.remember_event(efp, t, pos, log);
+            }
+            _ => {
+                if first.received_at - t <= self.cfg.retention_ms {
+                    // this event opens the window and the former start replays it
+                    out.push(self.replay_alert(&ev.key_id, first, me));
+                    let fp_first = self.fp.event(first.event_id);
+                    self.remember_event(fp_first, first.received_at, first.pos, log);
+                    self.start_window(nfp, me, prev, Some(first.received_at), log);
+                } else {
+                    // only possible beyond the allowed lateness: an older window we no longer track
+                    self.remember_event(efp, t, pos, log);
+                }
+            }
+        }
+        Ok(None)
+    }
+}

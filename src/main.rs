@@ -1,0 +1,138 @@
+//! The `replayguard` binary: parse the CLI, start tracing, run, map errors to
+//! exit codes (0 ok, 1 runtime failure, 2 usage or configuration error).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use replayguard::cli::{Cli, Command, GenerateCmd, LogFormat, ScanCmd};
+use replayguard::config::Config;
+use replayguard::pipeline::{self, PipelineError, ScanArgs};
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        Command::Scan(_) | Command::Generate(_) | Command::CheckConfig { .. } => "warn",
+    };
+    let filter = match &cli.log {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, PipelineError> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn scan(cmd: ScanCmd) -> Result<(), PipelineError> {
+    let config = load_config(cmd.config.as_deref())?;
+    let summary = pipeline::scan(ScanArgs {
+        config,
+        state_dir: cmd.state_dir,
+        lifecycle: cmd.lifecycle,
+        alerts: cmd.alerts,
+        dead_letter: cmd.dead_letter,
+        inputs: cmd.inputs,
+        progress: !cmd.quiet,
+    })?;
+    eprint!("{summary}");
+    Ok(())
+}
+
+fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
+    let config = load_config(cmd.config.as_deref())?;
+    let gc = replayguard::generate::GenConfig {
+        events: cmd.events,
+        keys: cmd.keys,
+        seed: cmd.seed,
+        rate: cmd.rate,
+        replay_rate: cmd.replay_rate,
+        duplicate_rate: cmd.duplicate_rate,
+        malformed_rate: cmd.malformed_rate,
+        disorder_ms: cmd.disorder_ms,
+        rotations: cmd.rotations,
+        ..Default::default()
+    };
+    if gc.rate <= 0.0 || !gc.rate.is_finite() {
+        return Err(PipelineError::Usage("--rate must be positive".into()));
+    }
+    let create = |p: &std::path::Path| {
+        File::create(p)
+            .map(|f| BufWriter::with_capacity(1 << 20, f))
+            .map_err(|e| PipelineError::Usage(format!("cannot write {}: {e}", p.display())))
+    };
+    let mut out: Box<dyn Write> = match &cmd.out {
+        Some(p) => Box::new(create(p)?),
+        None => Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout().lock())),
+    };
+    let mut lc = cmd.lifecycle.as_deref().map(create).transpose()?;
+    let mut truth = cmd.truth.as_deref().map(create).transpose()?;
+    let io = |e: std::io::Error| PipelineError::Input(format!("writing generated traffic: {e}"));
+    let report = replayguard::generate::generate(
+        &gc,
+        &config.detect.rules(),
+        &mut out,
+        lc.as_mut().map(|w| w as &mut dyn Write),
+        truth.as_mut().map(|w| w as &mut dyn Write),
+    )
+    .map_err(io)?;
+    out.flush().map_err(io)?;
+    if let Some(w) = lc.as_mut() {
+        w.flush().map_err(io)?;
+    }
+    if let Some(w) = truth.as_mut() {
+        w.flush().map_err(io)?;
+    }
+    eprintln!(
+        "generated {} lines ({} replays planted, {} duplicates, {} malformed, {} lifecycle records{})",
+        report.lines,
+        report.replays_planted,
+        report.duplicates,
+        report.malformed,
+        report.lifecycle_records,
+        report
+            .expected_alerts
+            .map(|n| format!(", {n} expected alerts"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let result = match cli.command {
+        Command::Scan(cmd) => scan(cmd),
+        Command::CheckConfig { file } => Config::load(&file)
+            .map(|c| {
+                print!("{}", c.to_toml());
+                eprintln!("{}: ok", file.display());
+            })
+            .map_err(PipelineError::from),
+        Command::Generate(cmd) => generate(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // a closed stdout (e.g. `| head`) is not worth a complaint
+            if let PipelineError::Sink(replayguard::sink::SinkError::Io { source, .. }) = &e {
+                if source.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

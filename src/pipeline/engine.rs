@@ -1,0 +1,452 @@
+//! The processing core shared by `scan` and `run`: decode -> detect -> state
+//! commit -> outbox, for any number of shards, over any [`StateStore`].
+//!
+//! Commit order for a batch:
+//! 1. dead letters of the batch are flushed (they are at-least-once too);
+//! 2. one atomic store commit: new sighting segments, expired segment
+//!    deletes, shard progress (positions, event-time clock, counters),
+//!    lifecycle changes, and the batch's alerts into the outbox;
+//! 3. [`Engine::deliver`] hands committed alerts to the sink; once it
+//!    returns, they are removed from the outbox in the next commit.
+//!
+//! A crash anywhere restarts from the last commit: state is exactly-once,
+//! alerts are at-least-once with deterministic ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::PipelineError;
+use crate::config::Config;
+use crate::decode::Decoder;
+use crate::detect::{DetectConfig, LifecycleTable, Position, ShardDetector, ShardStats};
+use crate::schema::{Alert, AlertKind, LifecycleEvent};
+use crate::sink::{AlertSink, DeadLetter, DeadLetterSink, OutboxEntry};
+use crate::source::{Payload, Record};
+use crate::state::{Commit, SegmentLog, SegmentView, ShardMeta, StateStore};
+use crate::telemetry;
+
+/// Registry name prefix of shards.
+const SHARD: &str = "shard:";
+/// Registry name prefix of sources.
+const SOURCE: &str = "source:";
+
+struct Shard<S: StateStore + 'static> {
+    name: String,
+    det: ShardDetector,
+    log: SegmentLog<Arc<S>>,
+    meta: ShardMeta,
+    /// (source, next offset) of the latest record, not yet in `meta.positions`.
+    cur: Option<(u32, u64)>,
+    /// Segments found expired at restore, deleted with the next commit.
+    stale_segments: Vec<u64>,
+    /// Stats at the last commit (for per-batch telemetry).
+    committed_stats: ShardStats,
+    dirty: bool,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitInfo {
+    pub events: u64,
+    pub segments: usize,
+    pub deleted_segments: usize,
+    pub alerts: usize,
+}
+
+/// Totals over every shard of an engine.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub stats: ShardStats,
+    pub malformed: u64,
+    pub live_entries: usize,
+    pub index_bytes: usize,
+}
+
+/// Decoder, detectors, live state and outbox of one process.
+pub struct Engine<S: StateStore + 'static> {
+    store: Arc<S>,
+    rules: DetectConfig,
+    decoder: Decoder,
+    seed: u64,
+    segment_cache: usize,
+    max_index_bytes: usize,
+    lifecycle: LifecycleTable,
+    lifecycle_pending: Vec<LifecycleEvent>,
+    registry: BTreeMap<String, u32>,
+    registry_pending: Vec<(String, u32)>,
+    source_names: HashMap<u32, String>,
+    shards: BTreeMap<u32, Shard<S>>,
+    /// Alerts not yet acknowledged by the sink; those before `uncommitted` are
+    /// already in the store's outbox.
+    outbox: Vec<OutboxEntry>,
+    uncommitted: usize,
+    outbox_next: u64,
+    delete_outbox_below: Option<u64>,
+    scratch: Vec<Alert>,
+    malformed: u64,
+}
+
+impl<S: StateStore + 'static> Engine<S> {
+    /// Opens the engine over a store: lifecycle, registry and the outbox left
+    /// by an earlier run are read back.
+    pub fn open(store: Arc<S>, config: &Config) -> Result<Self, PipelineError> {
+        let meta = store.meta()?;
+        let mut lifecycle = LifecycleTable::default();
+        for ev in store.lifecycle()? {
+            lifecycle.upsert(ev);
+        }
+        let registry = store.registry()?;
+        let source_names = registry
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(SOURCE).map(|n| (*v, n.to_string())))
+            .collect();
+        let outbox: Vec<OutboxEntry> = store
+            .outbox()?
+            .into_iter()
+            .map(|(seq, json)| OutboxEntry { seq, json })
+            .collect();
+        let outbox_next = outbox.last().map_or(0, |e| e.seq + 1);
+        let uncommitted = outbox.len();
+        Ok(Engine {
+            store,
+            rules: config.detect.rules(),
+            decoder: config.decoder(),
+            seed: meta.seed,
+            segment_cache: config.state.segment_cache.0 as usize,
+            max_index_bytes: config.state.max_index.0 as usize,
+            lifecycle,
+            lifecycle_pending: Vec::new(),
+            registry,
+            registry_pending: Vec::new(),
+            source_names,
+            shards: BTreeMap::new(),
+            outbox,
+            uncommitted,
+            outbox_next,
+            delete_outbox_below: None,
+            scratch: Vec::new(),
+            malformed: 0,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn rules(&self) -> &DetectConfig {
+        &self.rules
+    }
+
+    pub fn decoder(&self) -> Decoder {
+        self.decoder
+    }
+
+    pub fn lifecycle(&self) -> &LifecycleTable {
+        &self.lifecycle
+    }
+
+    fn id(&mut self, name: String) -> u32 {
+        if let Some(id) = self.registry.get(&name) {
+            return *id;
+        }
+        let id = self.registry.values().max().map_or(0, |m| m + 1);
+        self.registry.insert(name.clone(), id);
+        self.registry_pending.push((name, id));
+        id
+    }
+
+    /// The id of a named source (a file, or a topic partition).
+    pub fn source_id(&mut self, name: &str) -> u32 {
+        let id = self.id(format!("{SOURCE}{name}"));
+        self.source_names.entry(id).or_insert_with(|| name.to_string());
+        id
+    }
+
+    pub fn source_name(&self, id: u32) -> &str {
+        self.source_names.get(&id).map_or("?", |s| s.as_str())
+    }
+
+    /// Opens a shard, restoring its live state from the store.
+    pub fn open_shard(&mut self, name: &str) -> Result<u32, PipelineError> {
+        let id = self.id(format!("{SHARD}{name}"));
+        if self.shards.contains_key(&id) {
+            return Ok(id);
+        }
+        let started = Instant::now();
+        let meta = self.store.shard(id)?.unwrap_or_default();
+        let mut det = ShardDetector::new(self.rules, self.seed);
+        det.restore_clock(meta.clock());
+        let stats = ShardStats::from(&meta.stats);
+        det.set_stats(stats.clone());
+        let mut log = SegmentLog::new(id, self.store.clone(), meta.next_seq, self.segment_cache);
+        let keep_from = det
+            .watermark()
+            .map_or(i64::MIN, |wm| wm - self.rules.retention_ms);
+        let mut stale = Vec::new();
+        let (mut windows, mut events, mut segments) = (0usize, 0usize, 0usize);
+        self.store.for_each_segment(id, &mut |seq, bytes| {
+            let v = SegmentView::parse(seq, bytes)
+                .map_err(|e| crate::state::StateError::Corrupt(e.to_string()))?;
+            if v.max_t < keep_from {
+                stale.push(seq);
+                return Ok(());
+            }
+            segments += 1;
+            log.note_existing(seq, v.max_t);
+            for w in v.windows() {
+                let w = w.ok_or_else(|| {
+                    crate::state::StateError::Corrupt(format!("window record in segment {seq}"))
+                })?;
+                det.restore_window(w.fp, w.first.received_at, seq as u32);
+                windows += 1;
+            }
+            for (fp, t, h) in v.events() {
+                det.restore_event(fp, t, h);
+                events += 1;
+            }
+            Ok(())
+        })?;
+        telemetry::StateRestored {
+            shard: name,
+            windows,
+            events,
+            segments,
+            elapsed: started.elapsed(),
+        }
+        .emit();
+        self.shards.insert(
+            id,
+            Shard {
+                name: name.to_string(),
+                det,
+                log,
+                meta,
+                cur: None,
+                stale_segments: stale,
+                committed_stats: stats,
+                dirty: true,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Positions (source id -> next offset) that a shard's state covers.
+    pub fn positions(&self, shard: u32) -> BTreeMap<u32, u64> {
+        let Some(s) = self.shards.get(&shard) else {
+            return BTreeMap::new();
+        };
+        let mut p = s.meta.positions.clone();
+        if let Some((src, next)) = s.cur {
+            p.insert(src, next);
+        }
+        p
+    }
+
+    /// Adds a lifecycle record; it is persisted with the next commit.
+    pub fn add_lifecycle(&mut self, ev: LifecycleEvent) -> bool {
+        let changed = self.lifecycle.upsert(ev.clone());
+        if changed {
+            self.lifecycle_pending.push(ev);
+        }
+        changed
+    }
+
+    /// Decodes and detects one record of `shard`. An undecodable record goes
+    /// to `dlq`; the position advances either way.
+    pub fn process(
+        &mut self,
+        shard: u32,
+        rec: Record<'_>,
+        dlq: &mut dyn DeadLetterSink,
+    ) -> Result<(), PipelineError> {
+        let decoded = match rec.payload {
+            Payload::Data(b) => self.decoder.access(b),
+            Payload::Oversize { len, .. } => Err(crate::decode::DecodeError::TooLarge {
+                len,
+                limit: self.decoder.max_event_bytes,
+            }),
+        };
+        let s = self.shards.get_mut(&shard).expect("shard opened");
+        s.cur = Some((rec.pos.source, rec.pos.offset + 1));
+        s.dirty = true;
+        match decoded {
+            Ok(ev) => {
+                self.scratch.clear();
+                s.det
+                    .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
+                for a in self.scratch.drain(..) {
+                    self.outbox.push(OutboxEntry {
+                        seq: self.outbox_next,
+                        json: serde_json::to_vec(&a).expect("alert serializes"),
+                    });
+                    self.outbox_next += 1;
+                }
+            }
+            Err(e) => {
+                self.malformed += 1;
+                let name = self
+                    .source_names
+                    .get(&rec.pos.source)
+                    .map_or("?", |s| s.as_str());
+                let msg = e.to_string();
+                telemetry::DeadLettered {
+                    source: name,
+                    offset: rec.pos.offset,
+                    error_kind: e.kind(),
+                    error: &msg,
+                }
+                .emit();
+                dlq.send(&DeadLetter {
+                    source: name,
+                    pos: rec.pos,
+                    error: &e,
+                    payload: rec.payload,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a malformed record that did not go through [`Engine::process`]
+    /// (e.g. a lifecycle line).
+    pub fn count_malformed(&mut self) {
+        self.malformed += 1;
+    }
+
+    /// Alerts raised since the last commit.
+    pub fn uncommitted_alerts(&self) -> &[OutboxEntry] {
+        &self.outbox[self.uncommitted..]
+    }
+
+    /// Commits everything since the last commit atomically (see the module docs).
+    pub fn commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<CommitInfo, PipelineError> {
+        let started = Instant::now();
+        dlq.flush()?;
+        let mut c = Commit {
+            registry: std::mem::take(&mut self.registry_pending),
+            lifecycle: std::mem::take(&mut self.lifecycle_pending),
+            outbox_put: self.outbox[self.uncommitted..]
+                .iter()
+                .map(|e| (e.seq, e.json.clone()))
+                .collect(),
+            outbox_delete_below: self.delete_outbox_below.take(),
+            ..Default::default()
+        };
+        let mut info = CommitInfo {
+            alerts: c.outbox_put.len(),
+            ..Default::default()
+        };
+        for (id, s) in self.shards.iter_mut() {
+            if !s.dirty {
+                continue;
+            }
+            s.dirty = false;
+            if let Some((src, next)) = s.cur.take() {
+                s.meta.positions.insert(src, next);
+            }
+            for (seq, bytes) in s.log.take_sealed() {
+                c.segments.push((*id, seq, bytes));
+            }
+            let mut dels = std::mem::take(&mut s.stale_segments);
+            if let Some(wm) = s.det.watermark() {
+                dels.extend(s.log.expire(wm - self.rules.retention_ms));
+            }
+            c.segment_deletes.extend(dels.into_iter().map(|q| (*id, q)));
+            c.segment_floors.push((*id, s.log.floor()));
+            s.meta.set_clock(s.det.clock());
+            s.meta.stats = s.det.stats().into();
+            s.meta.next_seq = s.log.next_seq();
+            c.shards.push((*id, s.meta.clone()));
+            let now = s.det.stats();
+            let before = &s.committed_stats;
+            info.events += now.events - before.events;
+            telemetry::EventsProcessed {
+                shard: &s.name,
+                count: now.events - before.events,
+                duplicates: now.duplicates - before.duplicates,
+                late: now.late - before.late,
+            }
+            .emit();
+            for k in AlertKind::ALL {
+                telemetry::AlertsRaised {
+                    kind: k,
+                    count: now.alerts[k.index()] - before.alerts[k.index()],
+                }
+                .emit();
+            }
+            s.committed_stats = now.clone();
+        }
+        info.segments = c.segments.len();
+        info.deleted_segments = c.segment_deletes.len();
+        if !c.is_empty() {
+            self.store.commit(&c)?;
+        }
+        self.uncommitted = self.outbox.len();
+        telemetry::Committed {
+            events: info.events,
+            segments: info.segments,
+            deleted_segments: info.deleted_segments,
+            alerts: info.alerts,
+            elapsed: started.elapsed(),
+        }
+        .emit();
+        let t = self.totals();
+        telemetry::StateSize {
+            live_entries: t.live_entries,
+            index_bytes: t.index_bytes,
+            segments: self.shards.values().map(|s| s.log.segment_count()).sum(),
+        }
+        .emit();
+        if t.index_bytes > self.max_index_bytes {
+            return Err(PipelineError::IndexFull {
+                bytes: t.index_bytes,
+                limit: self.max_index_bytes,
+                entries: t.live_entries,
+            });
+        }
+        Ok(info)
+    }
+
+    /// Hands every committed alert to the sink; they leave the outbox with the
+    /// next commit. Returns how many were delivered.
+    pub fn deliver(&mut self, sink: &mut dyn AlertSink) -> Result<usize, PipelineError> {
+        let n = self.uncommitted;
+        if n == 0 {
+            return Ok(0);
+        }
+        sink.deliver(&self.outbox[..n])?;
+        self.delete_outbox_below = Some(self.outbox[n - 1].seq + 1);
+        self.outbox.drain(..n);
+        self.uncommitted = 0;
+        Ok(n)
+    }
+
+    /// Alerts committed but not yet delivered (e.g. left by a crash).
+    pub fn undelivered(&self) -> usize {
+        self.uncommitted
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            malformed: self.malformed,
+            ..Default::default()
+        };
+        for s in self.shards.values() {
+            t.stats.add(s.det.stats());
+            t.live_entries += s.det.index().len();
+            t.index_bytes += s.det.index().heap_bytes();
+        }
+        t
+    }
+
+    /// Statistics of one shard.
+    pub fn shard_stats(&self, shard: u32) -> Option<&ShardStats> {
+        self.shards.get(&shard).map(|s| s.det.stats())
+    }
+
+    /// Position of the record at `pos` for a dead letter or log line.
+    pub fn describe(&self, pos: Position) -> String {
+        format!("{}:{}", self.source_name(pos.source), pos.offset)
+    }
+}

@@ -1,0 +1,344 @@
+//! `replayguard scan`: the detector over JSON-lines files, no broker.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::engine::{Engine, Totals};
+use super::PipelineError;
+use crate::config::Config;
+use crate::schema::AlertKind;
+use crate::sink::{AlertSink, DeadLetterSink, JsonlAlertSink, JsonlDeadLetterSink};
+use crate::source::{FileSource, Input, LineReader, Poll, Source};
+use crate::state::{RocksStore, StateStore};
+
+/// Name of the shard `scan` keeps its state under.
+pub const SCAN_SHARD: &str = "scan";
+
+/// What `scan` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ScanArgs {
+    pub config: Config,
+    /// State directory; `None` uses `config.state.dir`, else a temporary one.
+    pub state_dir: Option<PathBuf>,
+    /// Key lifecycle events (JSON lines), added to the state before scanning.
+    pub lifecycle: Vec<PathBuf>,
+    /// Alerts go here (appended); `None` is stdout.
+    pub alerts: Option<PathBuf>,
+    /// Malformed lines go here (appended); `None` only counts and logs them.
+    pub dead_letter: Option<PathBuf>,
+    /// Files to read; empty or `-` is stdin.
+    pub inputs: Vec<PathBuf>,
+    /// Print a progress line on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanSummary {
+    pub totals: Totals,
+    pub lifecycle_records: usize,
+    pub elapsed: Duration,
+    /// Alerts delivered (including ones an earlier, interrupted run committed).
+    pub delivered: usize,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ScanSummary {
+    pub fn events_per_second(&self) -> f64 {
+        self.totals.stats.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for ScanSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.totals.stats;
+        writeln!(
+            f,
+            "replayguard scan: {} events in {:.2}s ({:.0} events/s)",
+            s.events,
+            self.elapsed.as_secs_f64(),
+            self.events_per_second()
+        )?;
+        writeln!(f, "  alerts:        {}", s.alerts_total())?;
+        for k in AlertKind::ALL {
+            let n = s.alerts[k.index()];
+            if n > 0 {
+                writeln!(f, "    {:<17}{}", k.as_str(), n)?;
+            }
+        }
+        writeln!(f, "  duplicates:    {} (transport redeliveries, no alert)", s.duplicates)?;
+        if s.reprocessed > 0 {
+            writeln!(f, "  reprocessed:   {} (already in the state: same event, same position)", s.reprocessed)?;
+        }
+        writeln!(f, "  malformed:     {}", self.totals.malformed)?;
+        writeln!(f, "  late:          {} ({} beyond the live window)", s.late, s.too_late)?;
+        if self.lifecycle_records > 0 {
+            writeln!(f, "  lifecycle:     {} records", self.lifecycle_records)?;
+        }
+        if let Some(d) = &self.state_dir {
+            writeln!(f, "  state:         {}", d.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress line on a terminal, once a second.
+struct Progress {
+    started: Instant,
+    last: Instant,
+    on: bool,
+}
+
+impl Progress {
+    fn new(on: bool) -> Self {
+        let now = Instant::now();
+        Progress {
+            started: now,
+            last: now,
+            on: on && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, t: &Totals) {
+        if !self.on || self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprint!(
+            "\r\x1b[K{} events, {:.0}/s, {} alerts, {} malformed",
+            t.stats.events,
+            t.stats.events as f64 / secs,
+            t.stats.alerts_total(),
+            t.malformed
+        );
+    }
+
+    fn done(&self) {
+        if self.on && self.last != self.started {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// Reads lifecycle files into the engine; malformed lines are dead-lettered.
+pub fn load_lifecycle<S: StateStore>(
+    engine: &mut Engine<S>,
+    paths: &[PathBuf],
+    dlq: &mut dyn DeadLetterSink,
+) -> Result<usize, PipelineError> {
+    let decoder = engine.decoder();
+    let mut n = 0;
+    for p in paths {
+        let name = p.display().to_string();
+        let f = std::fs::File::open(p).map_err(|e| PipelineError::Input(format!("{name}: {e}")))?;
+        let src = engine.source_id(&name);
+        let mut r = LineReader::new(f, decoder.max_event_bytes);
+        let mut line = 0u64;
+        while let Some(l) = r
+            .next_line()
+            .map_err(|e| PipelineError::Input(format!("{name}: {e}")))?
+        {
+            line += 1;
+            let (payload, res) = match l {
+                crate::source::files::Line::Data(b) => {
+                    if b.iter().all(|c| c.is_ascii_whitespace()) {
+                        continue;
+                    }
+                    (crate::source::Payload::Data(b), decoder.lifecycle(b))
+                }
+                crate::source::files::Line::Oversize { len, prefix } => (
+                    crate::source::Payload::Oversize { len, prefix },
+                    Err(crate::decode::DecodeError::TooLarge {
+                        len,
+                        limit: decoder.max_event_bytes,
+                    }),
+                ),
+            };
+            match res {
+                Ok(ev) => {
+                    engine.add_lifecycle(ev);
+                    n += 1;
+                }
+                Err(e) => {
+                    engine.count_malformed();
+                    let pos = crate::detect::Position::new(src, line);
+                    let msg = e.to_string();
+                    crate::telemetry::DeadLettered {
+                        source: &name,
+                        offset: line,
+                        error_kind: e.kind(),
+                        error: &msg,
+                    }
+                    .emit();
+                    dlq.send(&crate::sink::DeadLetter {
+                        source: &name,
+                        pos,
+                        error: &e,
+                        payload,
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The scan loop over any store, source and sinks: batches of
+/// `config.scan.batch_events`, each committed and then delivered.
+pub fn scan_source<S: StateStore>(
+    engine: &mut Engine<S>,
+    shard: u32,
+    source: &mut dyn Source,
+    batch_events: usize,
+    alerts: &mut dyn AlertSink,
+    dlq: &mut dyn DeadLetterSink,
+    mut on_batch: impl FnMut(&Totals),
+) -> Result<(), PipelineError> {
+    loop {
+        let mut failed = None;
+        let poll = source.poll(batch_events, &mut |rec| {
+            if failed.is_none() {
+                if let Err(e) = engine.process(shard, rec, dlq) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        engine.commit(dlq)?;
+        engine.deliver(alerts)?;
+        on_batch(&engine.totals());
+        if poll == Poll::End {
+            break;
+        }
+    }
+    // the last delivery's outbox entries go with a final commit
+    engine.commit(dlq)?;
+    Ok(())
+}
+
+/// Runs `scan` as the CLI does.
+pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
+    let started = Instant::now();
+    let config = args.config;
+    // open the inputs first: a missing file is a usage error, before any work
+    let mut named: Vec<(String, Box<dyn std::io::Read + Send>)> = Vec::new();
+    let stdin_only = args.inputs.is_empty();
+    for p in &args.inputs {
+        if p.as_os_str() == "-" {
+            named.push(("-".into(), Box::new(std::io::stdin())));
+        } else {
+            let f = std::fs::File::open(p)
+                .map_err(|e| PipelineError::Usage(format!("cannot read input {}: {e}", p.display())))?;
+            named.push((p.display().to_string(), Box::new(f)));
+        }
+    }
+    if stdin_only {
+        named.push(("-".into(), Box::new(std::io::stdin())));
+    }
+    for p in &args.lifecycle {
+        if !p.is_file() {
+            return Err(PipelineError::Usage(format!(
+                "cannot read lifecycle file {}",
+                p.display()
+            )));
+        }
+    }
+
+    let mut temp = None;
+    let dir = match args.state_dir.clone().or_else(|| config.state.dir.clone()) {
+        Some(d) => d,
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("replayguard-scan-")
+                .tempdir()
+                .map_err(|e| PipelineError::Input(format!("creating a temporary state dir: {e}")))?;
+            let p = t.path().to_path_buf();
+            temp = Some(t);
+            p
+        }
+    };
+    let store = Arc::new(RocksStore::open(&dir, &config.state.rocks())?);
+    let mut engine = Engine::open(store, &config)?;
+
+    let mut alerts: Box<dyn AlertSink> = match &args.alerts {
+        Some(p) => Box::new(JsonlAlertSink::file(p)?),
+        None => Box::new(JsonlAlertSink::stdout()),
+    };
+    let mut dlq = match &args.dead_letter {
+        Some(p) => JsonlDeadLetterSink::file(p)?,
+        None => JsonlDeadLetterSink::discard(),
+    };
+
+    // alerts an interrupted earlier run committed but did not deliver
+    let left = engine.undelivered();
+    crate::telemetry::OutboxRedelivery { count: left }.emit();
+    let mut delivered = engine.deliver(alerts.as_mut())?;
+
+    let lifecycle_records = load_lifecycle(&mut engine, &args.lifecycle, &mut dlq)?;
+    let shard = engine.open_shard(SCAN_SHARD)?;
+    let inputs = named
+        .into_iter()
+        .map(|(name, reader)| Input {
+            source_id: engine.source_id(&name),
+            name,
+            reader,
+        })
+        .collect();
+    let mut source = FileSource::new(inputs, engine.decoder().max_event_bytes);
+    let before = engine.totals();
+    let mut progress = Progress::new(args.progress);
+    let mut counting = CountingSink {
+        inner: alerts.as_mut(),
+        n: 0,
+    };
+    scan_source(
+        &mut engine,
+        shard,
+        &mut source,
+        config.scan.batch_events,
+        &mut counting,
+        &mut dlq,
+        |t| progress.tick(t),
+    )?;
+    delivered += counting.n;
+    progress.done();
+    // report this run only: counters persist across runs in the state
+    let mut totals = engine.totals();
+    let mut run = totals.stats.clone();
+    run.events -= before.stats.events;
+    run.duplicates -= before.stats.duplicates;
+    run.reprocessed -= before.stats.reprocessed;
+    run.late -= before.stats.late;
+    run.too_late -= before.stats.too_late;
+    run.fingerprint_conflicts -= before.stats.fingerprint_conflicts;
+    for (a, b) in run.alerts.iter_mut().zip(before.stats.alerts) {
+        *a -= b;
+    }
+    totals.stats = run;
+    Ok(ScanSummary {
+        totals,
+        lifecycle_records,
+        elapsed: started.elapsed(),
+        delivered,
+        state_dir: if temp.is_some() { None } else { Some(dir) },
+    })
+}
+
+/// Counts what passes through to the real sink.
+struct CountingSink<'a> {
+    inner: &'a mut dyn AlertSink,
+    n: usize,
+}
+
+impl AlertSink for CountingSink<'_> {
+    fn deliver(&mut self, batch: &[crate::sink::OutboxEntry]) -> Result<(), crate::sink::SinkError> {
+        self.inner.deliver(batch)?;
+        self.n += batch.len();
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Alert v1: what replayguard tells subscribers.
+
+use serde::{Deserialize, Serialize};
+
+use super::lifecycle::KeyState;
+use super::timestamp::{self, Millis};
+
+/// Version of the detection rules, carried by every alert.
+pub const DETECTOR_VERSION: &str = concat!("replayguard/", env!("CARGO_PKG_VERSION"));
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The same (key_id, nonce) used again inside the acceptance window.
+    Replay,
+    /// The client signed longer ago than `max_past_skew`.
+    StaleTimestamp,
+    /// The client signed further ahead than `max_future_skew`.
+    FutureTimestamp,
+    /// A retired key, or a rotating key after its grace period, was used.
+    RetiredKey,
+    /// A revoked key was used.
+    RevokedKey,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::Replay,
+        AlertKind::StaleTimestamp,
+        AlertKind::FutureTimestamp,
+        AlertKind::RetiredKey,
+        AlertKind::RevokedKey,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Replay => "replay",
+            AlertKind::StaleTimestamp => "stale_timestamp",
+            AlertKind::FutureTimestamp => "future_timestamp",
+            AlertKind::RetiredKey => "retired_key",
+            AlertKind::RevokedKey => "revoked_key",
+        }
+    }
+
+    /// Dense index, for per-kind counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// The earlier request that a replay repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sighting {
+    pub event_id: String,
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub received_at: Millis,
+    pub client_ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayEvidence {
+    pub first_sighting: Sighting,
+    /// received_at of this request minus received_at of the first sighting.
+    pub age_ms: i64,
+    /// Both sightings came from the same client_ip (a retry) or not (another client).
+    pub same_ip: bool,
+    /// The acceptance window in force.
+    pub retention_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkewEvidence {
+    /// How far the signed time lies outside, in the direction of the alert:
+    /// received_at − client_ts for `stale_timestamp`, client_ts − received_at
+    /// for `future_timestamp`. Always greater than `limit_ms`.
+    pub skew_ms: i64,
+    pub limit_ms: i64,
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub client_ts: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleEvidence {
+    /// The key's state at received_at.
+    pub state: KeyState,
+    /// Since when that state holds.
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub at: Millis,
+    pub successor: Option<String>,
+    #[serde(
+        deserialize_with = "timestamp::de_opt",
+        serialize_with = "timestamp::ser_opt"
+    )]
+    pub grace_until: Option<Millis>,
+}
+
+/// Evidence, one shape per kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Evidence {
+    Replay(ReplayEvidence),
+    Skew(SkewEvidence),
+    Lifecycle(LifecycleEvidence),
+}
+
+impl Evidence {
+    /// Whether this evidence shape belongs to `kind`.
+    pub fn fits(&self, kind: AlertKind) -> bool {
+        matches!(
+            (self, kind),
+            (Evidence::Replay(_), AlertKind::Replay)
+                | (
+                    Evidence::Skew(_),
+                    AlertKind::StaleTimestamp | AlertKind::FutureTimestamp
+                )
+                | (
+                    Evidence::Lifecycle(_),
+                    AlertKind::RetiredKey | AlertKind::RevokedKey
+                )
+        )
+    }
+}
+
+/// Alert v1.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// Deterministic: the same input always yields the same id, so subscribers
+    /// can drop repeats of an at-least-once delivery.
+    pub alert_id: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub key_id: String,
+    /// The request the alert is about.
+    pub event_id: String,
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub received_at: Millis,
+    pub evidence: Evidence,
+    pub detector_version: String,
+}
+
+/// The deterministic id of the alert of `kind` about request `event_id` of `key_id`:
+/// the first 128 bits of SHA-256 over a length-prefixed encoding, in hex.
+/// It depends on nothing else (not on arrival order, instance, time or version).
+pub fn alert_id(kind: AlertKind, key_id: &str, event_id: &str) -> String {
+    alert_id_parts(kind.as_str(), &[key_id.as_bytes(), event_id.as_bytes()])
+}
+
+/// Deterministic id over a kind and any parts (for alerts about windows, not requests).
+pub fn alert_id_parts(kind: &str, parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"replayguard.alert.v1");
+    for p in std::iter::once(kind.as_bytes()).chain(parts.iter().copied()) {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    let mut s = String::with_capacity(32);
+    for b in &d[..16] {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = alert_id(AlertKind::Replay, "k1", "e1");
+        assert_eq!(a, alert_id(AlertKind::Replay, "k1", "e1"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, alert_id(AlertKind::StaleTimestamp, "k1", "e1"));
+        assert_ne!(a, alert_id(AlertKind::Replay, "k2", "e1"));
+        // length prefixes keep ("k1e", "1") apart from ("k1", "e1")
+        assert_ne!(a, alert_id(AlertKind::Replay, "k1e", "1"));
+    }
+}

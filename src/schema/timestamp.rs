@@ -1,0 +1,383 @@
+//! Event-time timestamps: integer milliseconds since the Unix epoch.
+//!
+//! Every timestamp field on the wire accepts either an RFC 3339 string (any
+//! offset, any number of fractional digits) or an integer of epoch
+//! milliseconds. Internally a timestamp is an `i64` of milliseconds (UTC).
+//! Fractional seconds finer than a millisecond are truncated towards the past
+//! (floor), so `…00.9999Z` is `…00.999Z`.
+//!
+//! The accepted range is the RFC 3339 range, years 0000 to 9999. Keeping every
+//! value inside it means differences of two timestamps never overflow `i64`.
+
+use std::fmt;
+
+use serde::de::{self, Visitor};
+use serde::{Deserializer, Serializer};
+
+/// Milliseconds since 1970-01-01T00:00:00Z.
+pub type Millis = i64;
+
+/// 0000-01-01T00:00:00.000Z in epoch milliseconds.
+pub const MIN_MILLIS: Millis = -62_167_219_200_000;
+/// 9999-12-31T23:59:59.999Z in epoch milliseconds.
+pub const MAX_MILLIS: Millis = 253_402_300_799_999;
+
+/// Why a timestamp was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("not an RFC 3339 timestamp ({0})")]
+    Syntax(&'static str),
+    #[error("{0} is out of range")]
+    Range(&'static str),
+    #[error("epoch milliseconds {0} outside years 0000-9999")]
+    EpochRange(i128),
+    #[error("a timestamp must be an RFC 3339 string or an integer of epoch milliseconds, not {0}")]
+    Type(&'static str),
+}
+
+/// Days from 1970-01-01 to the given civil date (proleptic Gregorian).
+/// Howard Hinnant's `days_from_civil`.
+pub const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Civil date (year, month, day) of a day count since 1970-01-01.
+pub const fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+const fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+const fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ => {
+            if is_leap(y) {
+                29
+            } else {
+                28
+            }
+        }
+    }
+}
+
+#[inline]
+fn digits(b: &[u8], at: usize, n: usize) -> Result<u32, TimestampError> {
+    let mut v = 0u32;
+    for i in 0..n {
+        let c = *b.get(at + i).ok_or(TimestampError::Syntax("too short"))?;
+        if !c.is_ascii_digit() {
+            return Err(TimestampError::Syntax("expected a digit"));
+        }
+        v = v * 10 + (c - b'0') as u32;
+    }
+    Ok(v)
+}
+
+#[inline]
+fn expect(b: &[u8], at: usize, what: &[u8], msg: &'static str) -> Result<(), TimestampError> {
+    match b.get(at) {
+        Some(c) if what.contains(c) => Ok(()),
+        _ => Err(TimestampError::Syntax(msg)),
+    }
+}
+
+/// Parses an RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`).
+/// `T` may be `t` or a space and `Z` may be `z`, as RFC 3339 allows. A leap
+/// second (`:60`) is accepted and counts as the first millisecond after `:59.999`.
+pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
+    let b = s.as_bytes();
+    let year = digits(b, 0, 4)? as i64;
+    expect(b, 4, b"-", "expected '-' after the year")?;
+    let month = digits(b, 5, 2)?;
+    expect(b, 7, b"-", "expected '-' after the month")?;
+    let day = digits(b, 8, 2)?;
+    expect(b, 10, b"Tt ", "expected 'T' between date and time")?;
+    let hour = digits(b, 11, 2)?;
+    expect(b, 13, b":", "expected ':' after the hour")?;
+    let minute = digits(b, 14, 2)?;
+    expect(b, 16, b":", "expected ':' after the minutes")?;
+    let second = digits(b, 17, 2)?;
+    let mut i = 19;
+    let mut millis = 0u32;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(c) = b.get(i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            if i - start < 3 {
+                millis = millis * 10 + (c - b'0') as u32;
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 {
+            return Err(TimestampError::Syntax("expected digits after '.'"));
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    let offset_minutes: i64 = match b.get(i) {
+        Some(b'Z' | b'z') => {
+            i += 1;
+            0
+        }
+        Some(&sign @ (b'+' | b'-')) => {
+            let oh = digits(b, i + 1, 2)?;
+            expect(b, i + 3, b":", "expected ':' in the offset")?;
+            let om = digits(b, i + 4, 2)?;
+            if oh > 23 {
+                return Err(TimestampError::Range("offset hour"));
+            }
+            if om > 59 {
+                return Err(TimestampError::Range("offset minute"));
+            }
+            i += 6;
+            let m = (oh * 60 + om) as i64;
+            if sign == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return Err(TimestampError::Syntax("expected 'Z' or an offset like +02:00")),
+    };
+    if i != b.len() {
+        return Err(TimestampError::Syntax("unexpected characters after the offset"));
+    }
+    if !(1..=12).contains(&month) {
+        return Err(TimestampError::Range("month"));
+    }
+    if day == 0 || day > days_in_month(year, month) {
+        return Err(TimestampError::Range("day"));
+    }
+    if hour > 23 {
+        return Err(TimestampError::Range("hour"));
+    }
+    if minute > 59 {
+        return Err(TimestampError::Range("minute"));
+    }
+    if second > 60 {
+        return Err(TimestampError::Range("second"));
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64
+        - offset_minutes * 60;
+    let ms = secs * 1000 + millis as i64;
+    if !(MIN_MILLIS..=MAX_MILLIS).contains(&ms) {
+        return Err(TimestampError::Range("instant (after applying the offset)"));
+    }
+    Ok(ms)
+}
+
+/// Checks an integer of epoch milliseconds against the supported range.
+pub fn from_epoch_millis(v: i128) -> Result<Millis, TimestampError> {
+    if (MIN_MILLIS as i128..=MAX_MILLIS as i128).contains(&v) {
+        Ok(v as Millis)
+    } else {
+        Err(TimestampError::EpochRange(v))
+    }
+}
+
+/// Formats as RFC 3339 UTC with milliseconds: `2026-11-28T01:02:03.004Z`.
+pub fn format_rfc3339(ms: Millis) -> String {
+    let mut s = String::with_capacity(24);
+    write_rfc3339(&mut s, ms);
+    s
+}
+
+/// Appends the RFC 3339 form of `ms` to `out`.
+pub fn write_rfc3339(out: &mut String, ms: Millis) {
+    use std::fmt::Write;
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = rem / 1000;
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        y,
+        m,
+        d,
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        rem % 1000
+    );
+}
+
+struct TsVisitor;
+
+impl<'de> Visitor<'de> for TsVisitor {
+    type Value = Millis;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an RFC 3339 string or an integer of epoch milliseconds")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
+        from_epoch_millis(v as i128).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+        from_epoch_millis(v as i128).map_err(E::custom)
+    }
+
+    fn visit_f64<E: de::Error>(self, _v: f64) -> Result<Millis, E> {
+        Err(E::custom(TimestampError::Type("a fractional number")))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
+        parse_rfc3339(v).map_err(E::custom)
+    }
+
+    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<Millis, E> {
+        Err(E::custom(TimestampError::Type("a boolean")))
+    }
+}
+
+/// `#[serde(deserialize_with = "timestamp::de")]` for a required timestamp.
+pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    d.deserialize_any(TsVisitor)
+}
+
+/// `#[serde(deserialize_with = "timestamp::de_opt")]` for a nullable timestamp.
+pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+    struct OptVisitor;
+    impl<'de> Visitor<'de> for OptVisitor {
+        type Value = Option<Millis>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("null, an RFC 3339 string or an integer of epoch milliseconds")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            de(d).map(Some)
+        }
+    }
+    d.deserialize_option(OptVisitor)
+}
+
+/// `#[serde(serialize_with = "timestamp::ser")]`: RFC 3339 UTC with milliseconds.
+pub fn ser<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*ms))
+}
+
+/// `#[serde(serialize_with = "timestamp::ser_opt")]`.
+pub fn ser_opt<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => ser(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Deserializes what [`ser`] writes (and everything [`de`] accepts).
+pub fn de_str<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    de(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_and_offsets() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.001Z").unwrap(), 1);
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00").unwrap(), 0);
+        assert_eq!(parse_rfc3339("1969-12-31T23:00:00-01:00").unwrap(), 0);
+        assert_eq!(parse_rfc3339("1970-01-01t00:00:01z").unwrap(), 1000);
+        assert_eq!(parse_rfc3339("1970-01-01 00:00:01Z").unwrap(), 1000);
+        assert_eq!(
+            parse_rfc3339("2026-11-28T01:02:03.456789+05:30").unwrap(),
+            parse_rfc3339("2026-11-27T19:32:03.456Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn fractions_truncate_to_millis() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.9Z").unwrap(), 900);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.99Z").unwrap(), 990);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.9999999Z").unwrap(), 999);
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.9999Z").unwrap(), -1);
+    }
+
+    #[test]
+    fn rejects_bad_forms() {
+        for bad in [
+            "",
+            "2026-11-28",
+            "2026-11-28T01:02:03",
+            "2026-11-28T01:02:03.Z",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:60:00Z",
+            "2026-01-01T00:00:61Z",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01T00:00:00+01",
+            "2026-01-01T00:00:00Zjunk",
+            "+2026-01-01T00:00:00Z",
+            "0000-01-01T00:00:00+00:01",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_ok());
+        assert!(parse_rfc3339("2000-02-29T00:00:00Z").is_ok());
+        assert!(parse_rfc3339("1900-02-29T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn range_limits() {
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z").unwrap(), MIN_MILLIS);
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z").unwrap(), MAX_MILLIS);
+        assert!(from_epoch_millis(MAX_MILLIS as i128 + 1).is_err());
+        assert!(from_epoch_millis(MIN_MILLIS as i128 - 1).is_err());
+        assert!(from_epoch_millis(u64::MAX as i128).is_err());
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for ms in [0, 1, -1, 999, 1_764_291_723_004, MIN_MILLIS, MAX_MILLIS, -86_400_001] {
+            let s = format_rfc3339(ms);
+            assert_eq!(parse_rfc3339(&s).unwrap(), ms, "{s}");
+        }
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn civil_round_trip_every_day_of_four_centuries() {
+        let start = days_from_civil(1900, 1, 1);
+        for z in start..start + 146_097 {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+            assert!(d >= 1 && d <= days_in_month(y, m));
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! JSON-lines input: files, or standard input.
+
+use std::io::Read;
+
+use super::{Payload, Poll, Record, Source, SourceError};
+use crate::detect::Position;
+
+/// Bytes of an oversize line kept for the dead-letter record.
+const OVERSIZE_PREFIX: usize = 1024;
+
+/// One line of input, borrowed from the reader's buffer.
+#[derive(Debug)]
+pub enum Line<'a> {
+    Data(&'a [u8]),
+    Oversize { len: usize, prefix: &'a [u8] },
+}
+
+/// Splits a byte stream into lines without ever holding more than
+/// `max_line + buffer` bytes: a longer line is skipped (its length and first
+/// bytes are reported) instead of being buffered.
+pub struct LineReader<R: Read> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    max_line: usize,
+    /// Bytes of the current oversize line skipped so far, if skipping.
+    skipping: Option<usize>,
+    prefix: Vec<u8>,
+}
+
+impl<R: Read> LineReader<R> {
+    pub fn new(inner: R, max_line: usize) -> Self {
+        let cap = (max_line + 1).max(1 << 20).next_power_of_two();
+        LineReader {
+            inner,
+            buf: vec![0; cap],
+            start: 0,
+            end: 0,
+            eof: false,
+            max_line,
+            skipping: None,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// The next line, without its `\n`; `None` at end of input.
+    pub fn next_line(&mut self) -> std::io::Result<Option<Line<'_>>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let (s, e) = (self.start, self.start + i);
+                self.start = e + 1;
+                return Ok(Some(self.finish(s, e)));
+            }
+            if self.eof {
+                if self.start < self.end || self.skipping.is_some() {
+                    let (s, e) = (self.start, self.end);
+                    self.start = self.end;
+                    return Ok(Some(self.finish(s, e)));
+                }
+                return Ok(None);
+            }
+            let pending = self.end - self.start;
+            if self.skipping.is_some() || pending > self.max_line {
+                // an oversize line: remember its start, then drop what is buffered
+                let skipped = self.skipping.get_or_insert(0);
+                if *skipped == 0 {
+                    self.prefix.clear();
+                    let n = pending.min(OVERSIZE_PREFIX);
+                    self.prefix
+                        .extend_from_slice(&self.buf[self.start..self.start + n]);
+                }
+                *skipped += pending;
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = loop {
+                match self.inner.read(&mut self.buf[self.end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
+
+    fn finish(&mut self, s: usize, e: usize) -> Line<'_> {
+        match self.skipping.take() {
+            Some(skipped) => {
+                if self.prefix.is_empty() {
+                    let n = (e - s).min(OVERSIZE_PREFIX);
+                    self.prefix.extend_from_slice(&self.buf[s..s + n]);
+                }
+                Line::Oversize {
+                    len: skipped + (e - s),
+                    prefix: &self.prefix,
+                }
+            }
+            None if e - s > self.max_line => {
+                let n = (e - s).min(OVERSIZE_PREFIX);
+                Line::Oversize {
+                    len: e - s,
+                    prefix: &self.buf[s..s + n],
+                }
+            }
+            None => Line::Data(&self.buf[s..e]),
+        }
+    }
+}
+
+/// One named input.
+pub struct Input {
+    /// Shown in dead letters and logs: the path, or `-` for stdin.
+    pub name: String,
+    /// The source id this input's positions carry.
+    pub source_id: u32,
+    pub reader: Box<dyn Read + Send>,
+}
+
+/// JSON-lines files read one after another; positions are 1-based line numbers.
+pub struct FileSource {
+    inputs: std::collections::VecDeque<(String, u32, LineReader<Box<dyn Read + Send>>)>,
+    line: u64,
+}
+
+impl FileSource {
+    pub fn new(inputs: Vec<Input>, max_line: usize) -> Self {
+        FileSource {
+            inputs: inputs
+                .into_iter()
+                .map(|i| (i.name, i.source_id, LineReader::new(i.reader, max_line)))
+                .collect(),
+            line: 0,
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> Result<Poll, SourceError> {
+        let mut n = 0;
+        while n < max {
+            let Some((name, id, reader)) = self.inputs.front_mut() else {
+                return Ok(Poll::End);
+            };
+            let id = *id;
+            match reader.next_line() {
+                Ok(Some(line)) => {
+                    self.line += 1;
+                    let pos = Position::new(id, self.line);
+                    let payload = match line {
+                        Line::Data(b) => {
+                            // a blank line (e.g. a trailing one) is no record
+                            if b.iter().all(|c| c.is_ascii_whitespace()) {
+                                continue;
+                            }
+                            Payload::Data(b)
+                        }
+                        Line::Oversize { len, prefix } => Payload::Oversize { len, prefix },
+                    };
+                    f(Record { pos, payload });
+                    n += 1;
+                }
+                Ok(None) => {
+                    self.inputs.pop_front();
+                    self.line = 0;
+                }
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        name: name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(if self.inputs.is_empty() {
+            Poll::End
+        } else {
+            Poll::More
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut r = LineReader::new(input, max);
+        let mut out = vec![];
+        while let Some(l) = r.next_line().unwrap() {
+            out.push(match l {
+                Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
+                Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_keeps_a_last_line_without_newline() {
+        assert_eq!(lines(b"a\nbb\n\nccc", 10), vec!["a", "bb", "", "ccc"]);
+        assert_eq!(lines(b"a\n", 10), vec!["a"]);
+        assert!(lines(b"", 10).is_empty());
+    }
+
+    #[test]
+    fn oversize_lines_are_skipped_with_bounded_memory() {
+        // small buffer: the reader's buffer is at least 1 MiB, so use a bigger line
+        let big = vec![b'x'; 3 << 20];
+        let mut input = b"ok\n".to_vec();
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"\nafter\n");
+        input.extend_from_slice(&big);
+        let out = lines(&input, 1000);
+        assert_eq!(out, vec!["ok".to_string(), format!("<{}:1024>", 3 << 20), "after".into(), format!("<{}:1024>", 3 << 20)]);
+        // just over the limit, inside one buffer
+        assert_eq!(lines(b"12345\n123456\n", 5), vec!["12345".to_string(), "<6:6>".into()]);
+    }
+
+    #[test]
+    fn file_source_numbers_lines_per_input() {
+        let mut s = FileSource::new(
+            vec![
+                Input { name: "a".into(), source_id: 1, reader: Box::new(&b"x\n\ny\n"[..]) },
+                Input { name: "b".into(), source_id: 2, reader: Box::new(&b"z"[..]) },
+            ],
+            100,
+        );
+        let mut got = vec![];
+        while s
+            .poll(1, &mut |r| got.push((r.pos.source, r.pos.offset)))
+            .unwrap()
+            == Poll::More
+        {}
+        assert_eq!(got, vec![(1, 1), (1, 3), (2, 1)]);
+    }
+}

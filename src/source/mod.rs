@@ -1,0 +1,47 @@
+//! Where records come from: the [`Source`] trait, JSON-lines files (and stdin),
+//! and an in-memory twin. The Kafka source lives with the `run` pipeline.
+
+pub mod files;
+pub mod memory;
+
+use crate::detect::Position;
+
+pub use files::{FileSource, Input, LineReader};
+pub use memory::VecSource;
+
+/// The bytes of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Data(&'a [u8]),
+    /// Longer than the decoder's limit; only the first bytes were kept.
+    Oversize { len: usize, prefix: &'a [u8] },
+}
+
+/// One record and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub pos: Position,
+    pub payload: Payload<'a>,
+}
+
+/// Whether a source has more to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    More,
+    End,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading {name}: {source}")]
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// A source of records, read in batches.
+pub trait Source {
+    /// Hands at most `max` records to `f`; says whether more may follow.
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> Result<Poll, SourceError>;
+}

@@ -1,0 +1,214 @@
+//! Durable state: the [`StateStore`] trait, its RocksDB implementation and an
+//! in-memory twin.
+//!
+//! State is split by concern: sighting segments (first sightings and live
+//! event ids, per shard), key lifecycle (global), shard progress (offsets,
+//! event-time clock, counters) and the alert outbox. Everything one batch
+//! changes goes into one [`Commit`], applied atomically: a crash leaves the
+//! store at the previous commit or at this one, never between.
+
+pub mod memory;
+pub mod rocks;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::{Clock, ShardStats};
+use crate::schema::{LifecycleEvent, Millis};
+
+pub use memory::MemStore;
+pub use rocks::{RocksOptions, RocksStore};
+pub use segment::{SegmentLog, SegmentSource, SegmentView};
+
+/// Version of the on-disk layout; a store written by another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store I/O: {0}")]
+    Io(String),
+    #[error(
+        "the state directory {0} is in use by another replayguard process (RocksDB holds a lock on it)"
+    )]
+    Locked(String),
+    #[error("the state directory {dir} was written with layout version {found}; this build reads version {expected}")]
+    Version {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+    #[error("the state store is full (no space left on the device): {0}")]
+    NoSpace(String),
+}
+
+/// Store-wide metadata, written once when the store is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub format: u32,
+    /// Seed of the fingerprint function (random per store, never leaves it).
+    pub seed: u64,
+}
+
+/// Event-time progress and counters of one shard, written at every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    pub max_seen: Option<Millis>,
+    pub last_sweep: Millis,
+    pub stats: StatsRecord,
+    /// Sequence number of the next sighting segment.
+    pub next_seq: u64,
+    /// Next offset to read, per source id: the input position this state covers.
+    pub positions: BTreeMap<u32, u64>,
+}
+
+impl ShardMeta {
+    pub fn clock(&self) -> Clock {
+        Clock {
+            max_seen: self.max_seen,
+            last_sweep: self.last_sweep,
+        }
+    }
+
+    pub fn set_clock(&mut self, c: Clock) {
+        self.max_seen = c.max_seen;
+        self.last_sweep = c.last_sweep;
+    }
+}
+
+/// Serialized [`ShardStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsRecord {
+    pub events: u64,
+    pub duplicates: u64,
+    pub reprocessed: u64,
+    pub late: u64,
+    pub too_late: u64,
+    pub alerts: Vec<u64>,
+    pub fingerprint_conflicts: u64,
+}
+
+impl From<&ShardStats> for StatsRecord {
+    fn from(s: &ShardStats) -> Self {
+        StatsRecord {
+            events: s.events,
+            duplicates: s.duplicates,
+            reprocessed: s.reprocessed,
+            late: s.late,
+            too_late: s.too_late,
+            alerts: s.alerts.to_vec(),
+            fingerprint_conflicts: s.fingerprint_conflicts,
+        }
+    }
+}
+
+impl From<&StatsRecord> for ShardStats {
+    fn from(r: &StatsRecord) -> Self {
+        let mut s = ShardStats {
+            events: r.events,
+            duplicates: r.duplicates,
+            reprocessed: r.reprocessed,
+            late: r.late,
+            too_late: r.too_late,
+            fingerprint_conflicts: r.fingerprint_conflicts,
+            ..Default::default()
+        };
+        for (a, b) in s.alerts.iter_mut().zip(&r.alerts) {
+            *a = *b;
+        }
+        s
+    }
+}
+
+/// Everything one batch changes, applied atomically.
+#[derive(Default)]
+pub struct Commit {
+    /// New names in the registry (shards and sources) with their ids.
+    pub registry: Vec<(String, u32)>,
+    pub shards: Vec<(u32, ShardMeta)>,
+    pub segments: Vec<(u32, u64, Arc<[u8]>)>,
+    pub segment_deletes: Vec<(u32, u64)>,
+    /// Per shard, the lowest segment sequence still live: everything below it
+    /// is deleted, so whole files there may be dropped.
+    pub segment_floors: Vec<(u32, u64)>,
+    pub lifecycle: Vec<LifecycleEvent>,
+    pub outbox_put: Vec<(u64, Vec<u8>)>,
+    /// Removes every outbox entry with a sequence number below this.
+    pub outbox_delete_below: Option<u64>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.registry.is_empty()
+            && self.shards.is_empty()
+            && self.segments.is_empty()
+            && self.segment_deletes.is_empty()
+            && self.lifecycle.is_empty()
+            && self.outbox_put.is_empty()
+            && self.outbox_delete_below.is_none()
+    }
+}
+
+/// The durable state. Implementations: [`RocksStore`] and [`MemStore`].
+pub trait StateStore: SegmentSource + Send + Sync {
+    /// Store metadata (created with a random seed on first open).
+    fn meta(&self) -> Result<StoreMeta, StateError>;
+    /// Registered names (`shard:…`, `source:…`) and their ids.
+    fn registry(&self) -> Result<BTreeMap<String, u32>, StateError>;
+    fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError>;
+    /// Visits the segments of a shard in sequence order.
+    fn for_each_segment(
+        &self,
+        shard: u32,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError>;
+    fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError>;
+    /// Alerts committed but not yet acknowledged by the sink, in order.
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError>;
+    /// Applies a commit atomically (and durably, if so configured).
+    fn commit(&self, c: &Commit) -> Result<(), StateError>;
+    /// Approximate bytes on disk (or in memory, for the twin).
+    fn size_bytes(&self) -> u64;
+}
+
+impl<T: SegmentSource + ?Sized> SegmentSource for Arc<T> {
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+        (**self).with_segment(shard, seq, f)
+    }
+}
+
+/// A fresh random seed for a new store.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Key of a sighting segment: shard then sequence, big endian, so a shard's
+/// segments are contiguous and in order.
+pub fn segment_key(shard: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Key of a lifecycle record: length-prefixed key id, then `at` (order-preserving).
+pub fn lifecycle_key(ev: &LifecycleEvent) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + ev.key_id.len() + 8);
+    k.extend_from_slice(&(ev.key_id.len() as u32).to_be_bytes());
+    k.extend_from_slice(ev.key_id.as_bytes());
+    k.extend_from_slice(&((ev.at as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}

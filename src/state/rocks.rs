@@ -1,0 +1,376 @@
+//! The RocksDB state store.
+//!
+//! Column families, one per concern:
+//! - `meta`: store metadata, the name registry, per-shard progress;
+//! - `sightings`: sighting segments keyed (shard, seq), written once, deleted
+//!   by range once every record in them is out of the live window;
+//! - `lifecycle`: key lifecycle records keyed (key_id, at);
+//! - `outbox`: alerts committed but not yet acknowledged by the sink.
+//!
+//! A commit is one `WriteBatch` across all of them, with the WAL synced when
+//! `sync` is set, so state, input positions and alerts move together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::{
+    lifecycle_key, segment::SegmentSource, segment_key, Commit, ShardMeta, StateError,
+    StateStore, StoreMeta, FORMAT_VERSION,
+};
+use crate::schema::LifecycleEvent;
+
+const CF_META: &str = "meta";
+const CF_SIGHTINGS: &str = "sightings";
+const CF_LIFECYCLE: &str = "lifecycle";
+const CF_OUTBOX: &str = "outbox";
+const ALL_CFS: [&str; 4] = [CF_META, CF_SIGHTINGS, CF_LIFECYCLE, CF_OUTBOX];
+
+const KEY_STORE: &[u8] = b"store";
+const PREFIX_REGISTRY: &[u8] = b"registry/";
+const PREFIX_SHARD: &[u8] = b"shard/";
+
+/// How to open the store. Memory use is bounded by `block_cache_bytes` plus
+/// `write_buffer_bytes` (plus RocksDB's small fixed overheads).
+#[derive(Debug, Clone)]
+pub struct RocksOptions {
+    /// Shared block cache for reads of older segments.
+    pub block_cache_bytes: usize,
+    /// Budget for all memtables together.
+    pub write_buffer_bytes: usize,
+    /// fsync the WAL at every commit (survives power loss, not only a crash).
+    pub sync: bool,
+    /// Open without writing (for reports next to a running detector).
+    pub read_only: bool,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+            sync: true,
+            read_only: false,
+        }
+    }
+}
+
+/// [`StateStore`] on RocksDB.
+pub struct RocksStore {
+    db: DB,
+    dir: PathBuf,
+    meta: StoreMeta,
+    sync: bool,
+    deleted_since_reclaim: AtomicU64,
+}
+
+fn io(e: rocksdb::Error) -> StateError {
+    let s = e.into_string();
+    if s.contains("No space left") || s.contains("ENOSPC") {
+        StateError::NoSpace(s)
+    } else {
+        StateError::Io(s)
+    }
+}
+
+fn shard_key(shard: u32) -> Vec<u8> {
+    let mut k = PREFIX_SHARD.to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
+}
+
+impl RocksStore {
+    pub fn open(dir: &Path, o: &RocksOptions) -> Result<Self, StateError> {
+        if !o.read_only {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StateError::Io(format!("creating {}: {e}", dir.display())))?;
+        }
+        let cache = Cache::new_lru_cache(o.block_cache_bytes);
+        let cf_opts = |name: &str| {
+            let mut bb = BlockBasedOptions::default();
+            bb.set_block_cache(&cache);
+            bb.set_cache_index_and_filter_blocks(true);
+            let mut c = Options::default();
+            c.set_block_based_table_factory(&bb);
+            if name == CF_SIGHTINGS {
+                c.set_compression_type(DBCompressionType::Lz4);
+                // each value is a whole segment; keep memtables few and large
+                c.set_write_buffer_size((o.write_buffer_bytes / 2).max(1 << 20));
+                c.set_max_write_buffer_number(2);
+                c.set_target_file_size_base(64 << 20);
+            } else {
+                c.set_write_buffer_size((o.write_buffer_bytes / 8).max(1 << 20));
+                c.set_max_write_buffer_number(2);
+            }
+            ColumnFamilyDescriptor::new(name, c)
+        };
+        let mut opts = Options::default();
+        opts.create_if_missing(!o.read_only);
+        opts.create_missing_column_families(!o.read_only);
+        opts.set_db_write_buffer_size(o.write_buffer_bytes);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        opts.set_max_total_wal_size((o.write_buffer_bytes as u64) * 2);
+        let cfs: Vec<_> = ALL_CFS.iter().map(|n| cf_opts(n)).collect();
+        let db = if o.read_only {
+            DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)
+        } else {
+            DB::open_cf_descriptors(&opts, dir, cfs)
+        }
+        .map_err(|e| {
+            let s = e.into_string();
+            if s.contains("lock") || s.contains("LOCK") {
+                StateError::Locked(dir.display().to_string())
+            } else if s.contains("No space left") {
+                StateError::NoSpace(s)
+            } else {
+                StateError::Io(format!("opening {}: {s}", dir.display()))
+            }
+        })?;
+        let cf = db.cf_handle(CF_META).expect("meta cf");
+        let meta = match db.get_cf(cf, KEY_STORE).map_err(io)? {
+            Some(b) => serde_json::from_slice::<StoreMeta>(&b)
+                .map_err(|e| StateError::Corrupt(format!("store metadata: {e}")))?,
+            None if o.read_only => {
+                return Err(StateError::Io(format!(
+                    "{} holds no replayguard state",
+                    dir.display()
+                )))
+            }
+            None => {
+                let m = StoreMeta {
+                    format: FORMAT_VERSION,
+                    seed: super::random_seed(),
+                };
+                let mut w = WriteOptions::default();
+                w.set_sync(true);
+                db.put_cf_opt(cf, KEY_STORE, serde_json::to_vec(&m).unwrap(), &w)
+                    .map_err(io)?;
+                m
+            }
+        };
+        if meta.format != FORMAT_VERSION {
+            return Err(StateError::Version {
+                dir: dir.display().to_string(),
+                found: meta.format,
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok(RocksStore {
+            db,
+            dir: dir.to_path_buf(),
+            meta,
+            sync: o.sync,
+            deleted_since_reclaim: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// Drops SST files that lie wholly inside deleted segment ranges, so disk
+    /// space comes back without waiting for compaction.
+    fn reclaim(&self, shard: u32, below: u64) {
+        let cf = self.cf(CF_SIGHTINGS);
+        if let Err(e) = self
+            .db
+            .delete_file_in_range_cf(cf, segment_key(shard, 0), segment_key(shard, below))
+        {
+            tracing::warn!(error = %e, "reclaiming deleted sighting segments failed");
+        }
+    }
+}
+
+impl SegmentSource for RocksStore {
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_SIGHTINGS), segment_key(shard, seq))
+        {
+            Ok(Some(v)) => {
+                f(&v);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e.into_string()),
+        }
+    }
+}
+
+impl StateStore for RocksStore {
+    fn meta(&self) -> Result<StoreMeta, StateError> {
+        Ok(self.meta.clone())
+    }
+
+    fn registry(&self) -> Result<BTreeMap<String, u32>, StateError> {
+        let mut out = BTreeMap::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(PREFIX_REGISTRY, Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv.map_err(io)?;
+            let Some(name) = k.strip_prefix(PREFIX_REGISTRY) else {
+                break;
+            };
+            let id: [u8; 4] = v[..]
+                .try_into()
+                .map_err(|_| StateError::Corrupt("registry entry".into()))?;
+            out.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                u32::from_be_bytes(id),
+            );
+        }
+        Ok(out)
+    }
+
+    fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META), shard_key(shard))
+            .map_err(io)?
+        {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(format!("shard {shard} metadata: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn for_each_segment(
+        &self,
+        shard: u32,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let start = segment_key(shard, 0);
+        let it = self.db.iterator_cf(
+            self.cf(CF_SIGHTINGS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv.map_err(io)?;
+            if k.len() != 12 || k[..4] != shard.to_be_bytes() {
+                break;
+            }
+            f(u64::from_be_bytes(k[4..].try_into().unwrap()), &v)?;
+        }
+        Ok(())
+    }
+
+    fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError> {
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .iterator_cf(self.cf(CF_LIFECYCLE), IteratorMode::Start)
+        {
+            let (_, v) = kv.map_err(io)?;
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| StateError::Corrupt(format!("lifecycle record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
+            let (k, v) = kv.map_err(io)?;
+            let seq: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| StateError::Corrupt("outbox key".into()))?;
+            out.push((u64::from_be_bytes(seq), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, c: &Commit) -> Result<(), StateError> {
+        let mut b = WriteBatch::default();
+        let meta = self.cf(CF_META);
+        for (name, id) in &c.registry {
+            let mut k = PREFIX_REGISTRY.to_vec();
+            k.extend_from_slice(name.as_bytes());
+            b.put_cf(meta, k, id.to_be_bytes());
+        }
+        for (id, m) in &c.shards {
+            b.put_cf(meta, shard_key(*id), serde_json::to_vec(m).unwrap());
+        }
+        let sightings = self.cf(CF_SIGHTINGS);
+        for (shard, seq, bytes) in &c.segments {
+            b.put_cf(sightings, segment_key(*shard, *seq), bytes);
+        }
+        // contiguous runs of deleted segments become one range delete each
+        let mut dels = c.segment_deletes.clone();
+        dels.sort_unstable();
+        let mut i = 0;
+        while i < dels.len() {
+            let (shard, start) = dels[i];
+            let mut end = start;
+            while i + 1 < dels.len() && dels[i + 1] == (shard, end + 1) {
+                end += 1;
+                i += 1;
+            }
+            if end == start {
+                b.delete_cf(sightings, segment_key(shard, start));
+            } else {
+                b.delete_range_cf(
+                    sightings,
+                    segment_key(shard, start),
+                    segment_key(shard, end + 1),
+                );
+            }
+            i += 1;
+        }
+        let lc = self.cf(CF_LIFECYCLE);
+        for ev in &c.lifecycle {
+            b.put_cf(lc, lifecycle_key(ev), serde_json::to_vec(ev).unwrap());
+        }
+        let outbox = self.cf(CF_OUTBOX);
+        if let Some(below) = c.outbox_delete_below {
+            b.delete_range_cf(outbox, 0u64.to_be_bytes(), below.to_be_bytes());
+        }
+        for (k, v) in &c.outbox_put {
+            b.put_cf(outbox, k.to_be_bytes(), v);
+        }
+        let mut w = WriteOptions::default();
+        w.set_sync(self.sync);
+        self.db.write_opt(b, &w).map_err(io)?;
+        let n = self
+            .deleted_since_reclaim
+            .fetch_add(c.segment_deletes.len() as u64, Ordering::Relaxed);
+        if n >= 256 {
+            self.deleted_since_reclaim.store(0, Ordering::Relaxed);
+            for &(shard, floor) in &c.segment_floors {
+                self.reclaim(shard, floor);
+            }
+        }
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.dir)
+    }
+}

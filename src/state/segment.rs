@@ -1,0 +1,512 @@
+//! Sighting segments: the persisted form of the detector's [`SightingLog`].
+//!
+//! Appends go to an open segment in memory. A segment is sealed when it is
+//! full or at a commit, and sealed segments are written to the store as one
+//! value each, in the same atomic write as the offsets they cover. A segment
+//! is deleted whole once every record in it has left the live window, so disk
+//! use follows the window, and the segments of a shard form an append-only log
+//! keyed by sequence number, which turns deletes of a prefix into one range
+//! delete.
+//!
+//! Layout of a sealed segment (little endian):
+//! ```text
+//! magic "RGS1" | n_windows u32 | n_events u32 | min_t i64 | max_t i64
+//! window index: n_windows x (fp_lo u64, record offset u32), sorted by fp_lo, one per fp_lo
+//! events:       n_events x (fp u64, t i64, pos_hash u32)
+//! records:      window records, variable length (see `encode_window`)
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::detect::{LookupError, OwnedWindow, Position, SightingInfo, SightingLog, WindowRecord};
+use crate::schema::Millis;
+
+const MAGIC: &[u8; 4] = b"RGS1";
+const HEADER: usize = 4 + 4 + 4 + 8 + 8;
+const INDEX_ENTRY: usize = 12;
+const EVENT_ENTRY: usize = 20;
+
+/// Windows per segment before it is sealed.
+pub const SEGMENT_WINDOWS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt sighting segment {seq}: {what}")]
+pub struct CorruptSegment {
+    pub seq: u64,
+    pub what: &'static str,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_info(out: &mut Vec<u8>, s: &SightingInfo<&str>) {
+    out.extend_from_slice(&s.received_at.to_le_bytes());
+    out.extend_from_slice(&s.pos.source.to_le_bytes());
+    out.extend_from_slice(&s.pos.offset.to_le_bytes());
+    put_str(out, s.event_id);
+    put_str(out, s.client_ip);
+}
+
+fn encode_window(out: &mut Vec<u8>, w: &WindowRecord<&str>) {
+    out.extend_from_slice(&w.fp.to_le_bytes());
+    put_info(out, &w.first);
+    match &w.prev {
+        Some(p) => {
+            out.push(1);
+            put_info(out, p);
+        }
+        None => out.push(0),
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.u64().map(|v| v as i64)
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take(16).map(|s| u128::from_le_bytes(s.try_into().unwrap()))
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+    fn info(&mut self) -> Option<SightingInfo<&'a str>> {
+        Some(SightingInfo {
+            received_at: self.i64()?,
+            pos: Position::new(self.u32()?, self.u64()?),
+            event_id: self.str()?,
+            client_ip: self.str()?,
+        })
+    }
+    fn window(&mut self) -> Option<WindowRecord<&'a str>> {
+        let fp = self.u128()?;
+        let first = self.info()?;
+        let prev = match self.u8()? {
+            0 => None,
+            1 => Some(self.info()?),
+            _ => return None,
+        };
+        Some(WindowRecord { fp, first, prev })
+    }
+}
+
+/// A sealed segment, read in place.
+pub struct SegmentView<'a> {
+    b: &'a [u8],
+    n_windows: usize,
+    n_events: usize,
+    pub min_t: Millis,
+    pub max_t: Millis,
+}
+
+impl<'a> SegmentView<'a> {
+    pub fn parse(seq: u64, b: &'a [u8]) -> Result<Self, CorruptSegment> {
+        let bad = |what| CorruptSegment { seq, what };
+        if b.len() < HEADER || &b[..4] != MAGIC {
+            return Err(bad("bad header"));
+        }
+        let mut r = Reader { b, at: 4 };
+        let n_windows = r.u32().unwrap() as usize;
+        let n_events = r.u32().unwrap() as usize;
+        let min_t = r.i64().unwrap();
+        let max_t = r.i64().unwrap();
+        let need = HEADER + n_windows * INDEX_ENTRY + n_events * EVENT_ENTRY;
+        if b.len() < need {
+            return Err(bad("truncated"));
+        }
+        Ok(SegmentView {
+            b,
+            n_windows,
+            n_events,
+            min_t,
+            max_t,
+        })
+    }
+
+    fn index_entry(&self, i: usize) -> (u64, u32) {
+        let o = HEADER + i * INDEX_ENTRY;
+        (
+            u64::from_le_bytes(self.b[o..o + 8].try_into().unwrap()),
+            u32::from_le_bytes(self.b[o + 8..o + 12].try_into().unwrap()),
+        )
+    }
+
+    fn records_start(&self) -> usize {
+        HEADER + self.n_windows * INDEX_ENTRY + self.n_events * EVENT_ENTRY
+    }
+
+    fn record_at(&self, off: u32) -> Option<WindowRecord<&'a str>> {
+        let at = self.records_start().checked_add(off as usize)?;
+        Reader { b: self.b, at }.window()
+    }
+
+    /// The window record with fingerprint `fp`, if this segment holds it.
+    pub fn find(&self, fp: u128) -> Option<WindowRecord<&'a str>> {
+        let lo = fp as u64;
+        let (mut a, mut b) = (0, self.n_windows);
+        while a < b {
+            let m = (a + b) / 2;
+            let (k, off) = self.index_entry(m);
+            match k.cmp(&lo) {
+                std::cmp::Ordering::Less => a = m + 1,
+                std::cmp::Ordering::Greater => b = m,
+                std::cmp::Ordering::Equal => return self.record_at(off).filter(|w| w.fp == fp),
+            }
+        }
+        None
+    }
+
+    /// Every window record (one per 64-bit fingerprint, the last appended).
+    pub fn windows(&self) -> impl Iterator<Item = Option<WindowRecord<&'a str>>> + '_ {
+        (0..self.n_windows).map(|i| self.record_at(self.index_entry(i).1))
+    }
+
+    /// Every live-event record: (fingerprint, time, position digest).
+    pub fn events(&self) -> impl Iterator<Item = (u64, Millis, u32)> + '_ {
+        let base = HEADER + self.n_windows * INDEX_ENTRY;
+        (0..self.n_events).map(move |i| {
+            let o = base + i * EVENT_ENTRY;
+            let b = &self.b[o..o + EVENT_ENTRY];
+            (
+                u64::from_le_bytes(b[..8].try_into().unwrap()),
+                i64::from_le_bytes(b[8..16].try_into().unwrap()),
+                u32::from_le_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+    }
+}
+
+/// The segment being appended to.
+#[derive(Default)]
+struct OpenSegment {
+    /// (fp_lo, offset into `records`), in append order
+    index: Vec<(u64, u32)>,
+    events: Vec<(u64, Millis, u32)>,
+    records: Vec<u8>,
+    min_t: Millis,
+    max_t: Millis,
+}
+
+impl OpenSegment {
+    fn is_empty(&self) -> bool {
+        self.index.is_empty() && self.events.is_empty()
+    }
+
+    fn note_time(&mut self, t: Millis) {
+        if self.is_empty() {
+            self.min_t = t;
+            self.max_t = t;
+        } else {
+            self.min_t = self.min_t.min(t);
+            self.max_t = self.max_t.max(t);
+        }
+    }
+
+    fn find(&self, fp: u128) -> Option<WindowRecord<&str>> {
+        let lo = fp as u64;
+        let &(_, off) = self.index.iter().rev().find(|(k, _)| *k == lo)?;
+        Reader {
+            b: &self.records,
+            at: off as usize,
+        }
+        .window()
+        .filter(|w| w.fp == fp)
+    }
+
+    fn seal(&mut self) -> Vec<u8> {
+        // stable sort, then keep the last appended record of each fingerprint
+        let mut idx = std::mem::take(&mut self.index);
+        idx.sort_by_key(|e| e.0);
+        let mut dedup: Vec<(u64, u32)> = Vec::with_capacity(idx.len());
+        for e in idx {
+            match dedup.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => dedup.push(e),
+            }
+        }
+        let mut out = Vec::with_capacity(
+            HEADER + dedup.len() * INDEX_ENTRY + self.events.len() * EVENT_ENTRY + self.records.len(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(dedup.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.min_t.to_le_bytes());
+        out.extend_from_slice(&self.max_t.to_le_bytes());
+        for (k, off) in &dedup {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&off.to_le_bytes());
+        }
+        for (fp, t, h) in &self.events {
+            out.extend_from_slice(&fp.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out.extend_from_slice(&self.records);
+        self.events.clear();
+        self.records.clear();
+        out
+    }
+}
+
+/// Reads committed segments back from the state store.
+pub trait SegmentSource {
+    /// Calls `f` with the bytes of segment `seq` of `shard`, if it exists.
+    fn with_segment(
+        &self,
+        shard: u32,
+        seq: u64,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, String>;
+}
+
+/// The [`SightingLog`] of one shard: open segment, sealed-but-unwritten
+/// segments, a bounded cache of recent segments, and the store behind them.
+pub struct SegmentLog<S: SegmentSource> {
+    shard: u32,
+    source: S,
+    /// Sequence number of the open segment.
+    next_seq: u64,
+    open: OpenSegment,
+    /// Sealed since the last [`SegmentLog::take_sealed`].
+    sealed: Vec<(u64, Arc<[u8]>)>,
+    /// Recent sealed segments, by sequence.
+    cache: BTreeMap<u64, Arc<[u8]>>,
+    cache_bytes: usize,
+    cache_limit: usize,
+    /// Newest time in each segment that exists in the store (or is sealed).
+    max_t: BTreeMap<u64, Millis>,
+    /// Lookups that had to go to the store.
+    pub store_reads: u64,
+}
+
+impl<S: SegmentSource> SegmentLog<S> {
+    pub fn new(shard: u32, source: S, next_seq: u64, cache_limit: usize) -> Self {
+        SegmentLog {
+            shard,
+            source,
+            next_seq,
+            open: OpenSegment::default(),
+            sealed: Vec::new(),
+            cache: BTreeMap::new(),
+            cache_bytes: 0,
+            cache_limit,
+            max_t: BTreeMap::new(),
+            store_reads: 0,
+        }
+    }
+
+    /// Sequence number the next segment will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Segments currently kept (stored or sealed).
+    pub fn segment_count(&self) -> usize {
+        self.max_t.len()
+    }
+
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+
+    /// Registers a segment found in the store at startup.
+    pub fn note_existing(&mut self, seq: u64, max_t: Millis) {
+        self.max_t.insert(seq, max_t);
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    fn widen(&self, seg: u32) -> u64 {
+        // the newest possible sequence with these low 32 bits
+        self.next_seq - (self.next_seq as u32).wrapping_sub(seg) as u64
+    }
+
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.max_t.insert(seq, self.open.max_t);
+        let bytes: Arc<[u8]> = self.open.seal().into();
+        self.sealed.push((seq, bytes.clone()));
+        self.cache_bytes += bytes.len();
+        self.cache.insert(seq, bytes);
+        while self.cache_bytes > self.cache_limit && self.cache.len() > 1 {
+            let (_, b) = self.cache.pop_first().expect("non-empty");
+            self.cache_bytes -= b.len();
+        }
+    }
+
+    /// Seals the open segment and hands over every segment sealed since the
+    /// last call, to be written in the next commit.
+    pub fn take_sealed(&mut self) -> Vec<(u64, Arc<[u8]>)> {
+        self.seal();
+        std::mem::take(&mut self.sealed)
+    }
+
+    /// Forgets the segments whose every record is older than `keep_from` and
+    /// returns their sequence numbers, to be deleted in the next commit.
+    pub fn expire(&mut self, keep_from: Millis) -> Vec<u64> {
+        let gone: Vec<u64> = self
+            .max_t
+            .iter()
+            .filter(|(_, &t)| t < keep_from)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in &gone {
+            self.max_t.remove(s);
+            if let Some(b) = self.cache.remove(s) {
+                self.cache_bytes -= b.len();
+            }
+        }
+        gone
+    }
+
+    /// The lowest sequence still kept; every segment below it is deleted.
+    pub fn floor(&self) -> u64 {
+        self.max_t.keys().next().copied().unwrap_or(self.next_seq)
+    }
+
+    fn append_common(&mut self, t: Millis) {
+        self.open.note_time(t);
+    }
+}
+
+impl<S: SegmentSource> SightingLog for SegmentLog<S> {
+    fn append_window(&mut self, rec: &WindowRecord<&str>, keep_until: Millis) -> u32 {
+        if self.open.index.len() >= SEGMENT_WINDOWS {
+            self.seal();
+        }
+        self.append_common(rec.first.received_at);
+        self.append_common(keep_until.max(rec.first.received_at));
+        let off = self.open.records.len() as u32;
+        encode_window(&mut self.open.records, rec);
+        self.open.index.push((rec.fp as u64, off));
+        self.next_seq as u32
+    }
+
+    fn append_event(&mut self, fp: u64, received_at: Millis, pos_hash: u32) {
+        self.append_common(received_at);
+        self.open.events.push((fp, received_at, pos_hash));
+    }
+
+    fn window(&mut self, seg: u32, fp: u128) -> Result<Option<OwnedWindow>, LookupError> {
+        let own = |w: WindowRecord<&str>| WindowRecord {
+            fp: w.fp,
+            first: w.first.to_owned(),
+            prev: w.prev.map(|p| p.to_owned()),
+        };
+        let seq = self.widen(seg);
+        if seq == self.next_seq {
+            return Ok(self.open.find(fp).map(own));
+        }
+        if let Some(b) = self.cache.get(&seq) {
+            let v = SegmentView::parse(seq, b).map_err(|e| LookupError(e.to_string()))?;
+            return Ok(v.find(fp).map(own));
+        }
+        self.store_reads += 1;
+        let mut found = Ok(None);
+        let exists = self
+            .source
+            .with_segment(self.shard, seq, &mut |b| {
+                found = SegmentView::parse(seq, b)
+                    .map(|v| v.find(fp).map(own))
+                    .map_err(|e| LookupError(e.to_string()));
+            })
+            .map_err(LookupError)?;
+        if !exists {
+            return Ok(None);
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoStore;
+    impl SegmentSource for NoStore {
+        fn with_segment(&self, _: u32, _: u64, _: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+            Ok(false)
+        }
+    }
+
+    fn info(t: Millis, id: &str) -> SightingInfo<&str> {
+        SightingInfo {
+            received_at: t,
+            pos: Position::new(1, t as u64),
+            event_id: id,
+            client_ip: "10.0.0.1",
+        }
+    }
+
+    #[test]
+    fn find_in_open_sealed_and_parsed() {
+        let mut log = SegmentLog::new(0, NoStore, 0, 1 << 20);
+        let a = log.append_window(
+            &WindowRecord {
+                fp: 7 | (1u128 << 64),
+                first: info(10, "a"),
+                prev: None,
+            },
+            10,
+        );
+        let b = log.append_window(
+            &WindowRecord {
+                fp: 7 | (1u128 << 64),
+                first: info(5, "b"),
+                prev: Some(info(1, "p")),
+            },
+            12,
+        );
+        log.append_event(99, 3, 42);
+        assert_eq!(a, b);
+        let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
+        assert_eq!(w.first.event_id, "b");
+        assert!(log.window(a, 7 | (2u128 << 64)).unwrap().is_none(), "full fingerprint is checked");
+        let sealed = log.take_sealed();
+        assert_eq!(sealed.len(), 1);
+        let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
+        assert_eq!(w.first.event_id, "b");
+        assert_eq!(w.prev.unwrap().event_id, "p");
+        let v = SegmentView::parse(0, &sealed[0].1).unwrap();
+        assert_eq!((v.min_t, v.max_t), (3, 12), "max_t covers what a record supersedes");
+        assert_eq!(v.windows().count(), 1);
+        assert_eq!(v.events().collect::<Vec<_>>(), vec![(99, 3, 42)]);
+        assert!(log.expire(12).is_empty());
+        assert_eq!(log.expire(13), vec![0]);
+        assert_eq!(log.segment_count(), 0);
+    }
+
+    #[test]
+    fn corrupt_segments_are_errors() {
+        assert!(SegmentView::parse(1, b"nope").is_err());
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&1000u32.to_le_bytes());
+        b.extend_from_slice(&[0u8; 20]);
+        assert!(SegmentView::parse(1, &b).is_err());
+    }
+}
