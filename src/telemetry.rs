@@ -6,6 +6,10 @@
 //! ([`redact`]) because parser errors can quote field values, and field
 //! values can be nonces or signatures.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use metrics::{counter, gauge, histogram};
 
 use crate::schema::AlertKind;
@@ -40,6 +44,45 @@ pub fn redact(msg: &str) -> String {
     }
     out
 }
+
+/// Lets the first few log lines of a kind through, then one per interval
+/// with the number held back, so a flood of bad input cannot flood the log.
+pub struct RateLimit {
+    burst: u64,
+    interval: Duration,
+    seen: AtomicU64,
+    held: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl RateLimit {
+    pub const fn new(burst: u64, interval: Duration) -> Self {
+        RateLimit {
+            burst,
+            interval,
+            seen: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `Some(held back since the last line)` when this one may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        if self.seen.fetch_add(1, Ordering::Relaxed) < self.burst {
+            return Some(0);
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|l| l.elapsed() >= self.interval) {
+            *last = Some(Instant::now());
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+static DEAD_LETTER_LOG: RateLimit = RateLimit::new(10, Duration::from_secs(10));
 
 /// A batch of events went through the detector.
 pub struct EventsProcessed<'a> {
@@ -82,13 +125,16 @@ pub struct DeadLettered<'a> {
 
 impl DeadLettered<'_> {
     pub fn emit(&self) {
-        tracing::warn!(
-            source = self.source,
-            offset = self.offset,
-            kind = self.error_kind,
-            error = %redact(self.error),
-            "malformed record sent to the dead-letter place"
-        );
+        if let Some(held) = DEAD_LETTER_LOG.allow() {
+            tracing::warn!(
+                source = self.source,
+                offset = self.offset,
+                kind = self.error_kind,
+                error = %redact(self.error),
+                not_logged_since_last = held,
+                "malformed record sent to the dead-letter place"
+            );
+        }
         counter!("replayguard_dead_letters_total", "reason" => self.error_kind).increment(1);
     }
 }
@@ -171,7 +217,21 @@ impl StateRestored<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, RateLimit};
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limit_lets_a_burst_through_then_one_per_interval() {
+        let r = RateLimit::new(2, Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0), "first after the burst");
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        let r = RateLimit::new(0, Duration::ZERO);
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
+    }
 
     #[test]
     fn redacts_quoted_values() {

@@ -31,7 +31,7 @@ const SHARD: &str = "shard:";
 /// Registry name prefix of sources.
 const SOURCE: &str = "source:";
 
-struct Shard<S: StateStore + 'static> {
+struct Shard<S: StateStore> {
     name: String,
     det: ShardDetector,
     log: SegmentLog<Arc<S>>,
@@ -64,7 +64,7 @@ pub struct Totals {
 }
 
 /// Decoder, detectors, live state and outbox of one process.
-pub struct Engine<S: StateStore + 'static> {
+pub struct Engine<S: StateStore> {
     store: Arc<S>,
     rules: DetectConfig,
     decoder: Decoder,
@@ -87,7 +87,7 @@ pub struct Engine<S: StateStore + 'static> {
     malformed: u64,
 }
 
-impl<S: StateStore + 'static> Engine<S> {
+impl<S: StateStore> Engine<S> {
     /// Opens the engine over a store: lifecycle, registry and the outbox left
     /// by an earlier run are read back.
     pub fn open(store: Arc<S>, config: &Config) -> Result<Self, PipelineError> {

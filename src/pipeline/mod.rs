@@ -49,3 +49,6 @@ impl PipelineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

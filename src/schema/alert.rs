@@ -154,6 +154,23 @@ pub struct Alert {
     pub detector_version: String,
 }
 
+impl Alert {
+    /// Checks what the type system cannot: the evidence fits the kind, and a
+    /// revoked key is always critical.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.evidence.fits(self.kind) {
+            return Err(format!("evidence does not fit kind {}", self.kind.as_str()));
+        }
+        if self.kind == AlertKind::RevokedKey && self.severity != Severity::Critical {
+            return Err("a revoked_key alert is always critical".into());
+        }
+        if self.alert_id.len() != 32 || !self.alert_id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err("alert_id is 32 lowercase hex digits".into());
+        }
+        Ok(())
+    }
+}
+
 /// The deterministic id of the alert of `kind` about request `event_id` of `key_id`:
 /// the first 128 bits of SHA-256 over a length-prefixed encoding, in hex.
 /// It depends on nothing else (not on arrival order, instance, time or version).

@@ -154,7 +154,7 @@ impl Commit {
 }
 
 /// The durable state. Implementations: [`RocksStore`] and [`MemStore`].
-pub trait StateStore: SegmentSource + Send + Sync {
+pub trait StateStore: SegmentSource + Send + Sync + 'static {
     /// Store metadata (created with a random seed on first open).
     fn meta(&self) -> Result<StoreMeta, StateError>;
     /// Registered names (`shard:…`, `source:…`) and their ids.

@@ -1,0 +1,7 @@
+//! Integration tests: one binary (ripgrep's layout), a temp dir per test.
+
+mod util;
+
+mod cli;
+mod scan;
+mod schema;

@@ -1,0 +1,186 @@
+//! `replayguard scan` end to end, through the binary.
+
+use replayguard::generate::GenConfig;
+
+use crate::util::*;
+
+#[test]
+fn scan_finds_exactly_the_planted_alerts() {
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 30_000,
+            seed: 7,
+            disorder_ms: 20_000,
+            malformed_rate: 0.002,
+            ..Default::default()
+        },
+    );
+    let alerts = d.path("alerts.jsonl");
+    let dl = d.path("dl.jsonl");
+    let o = run(
+        &[
+            "scan",
+            "--lifecycle",
+            t.lifecycle.to_str().unwrap(),
+            "--alerts",
+            alerts.to_str().unwrap(),
+            "--dead-letter",
+            dl.to_str().unwrap(),
+            t.events.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = read_alerts(&alerts);
+    assert!(!t.truth.is_empty());
+    assert_eq!(keyset(&got), truth_keyset(&t.truth));
+    let kinds: std::collections::BTreeSet<_> = got.iter().map(|a| a.kind).collect();
+    assert!(kinds.len() >= 4, "traffic exercises most kinds: {kinds:?}");
+    // the summary names the counts
+    let err = stderr(&o);
+    assert!(err.contains("events/s"), "{err}");
+    assert!(err.contains(&format!("alerts:        {}", got.len())), "{err}");
+    // malformed lines went to the dead-letter file with their line numbers
+    let letters = read_json_lines(&dl);
+    assert!(!letters.is_empty());
+    for l in &letters {
+        let n = l["offset"].as_u64().unwrap() as usize;
+        assert_eq!(l["raw"].as_str().unwrap(), t.lines[n - 1], "line {n}");
+        assert_eq!(l["source"].as_str().unwrap(), t.events.to_str().unwrap());
+    }
+    assert!(err.contains(&format!("malformed:     {}", letters.len())), "{err}");
+}
+
+#[test]
+fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 40_000,
+            seed: 11,
+            rate: 200.0, // 200 s of traffic: replays straddle the split
+            replay_rate: 0.01,
+            duplicate_rate: 0.01,
+            disorder_ms: 30_000,
+            ..Default::default()
+        },
+    );
+    let whole = d.path("whole.jsonl");
+    let o = run(
+        &["scan", "--quiet", "--lifecycle", t.lifecycle.to_str().unwrap(), "--alerts", whole.to_str().unwrap(), t.events.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for split in [1, 9_999, 20_000, 39_999] {
+        let (a, b) = t.lines.split_at(split);
+        let pa = d.write(&format!("a{split}.jsonl"), &(a.join("\n") + "\n"));
+        let pb = d.write(&format!("b{split}.jsonl"), &(b.join("\n") + "\n"));
+        let state = d.path(&format!("state{split}"));
+        let out = d.path(&format!("split{split}.jsonl"));
+        for (i, part) in [pa, pb].iter().enumerate() {
+            let mut args = vec!["scan", "--quiet", "--state-dir", state.to_str().unwrap(), "--alerts", out.to_str().unwrap()];
+            if i == 0 {
+                args.extend(["--lifecycle", t.lifecycle.to_str().unwrap()]);
+            }
+            args.push(part.to_str().unwrap());
+            let o = run(&args, None);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        let one = read_alerts(&whole);
+        let two = read_alerts(&out);
+        // alerts only depend on the events before them: the same, in the same order
+        assert_eq!(one, two, "split at {split}");
+    }
+    assert_eq!(keyset(&read_alerts(&whole)), truth_keyset(&t.truth));
+}
+
+#[test]
+fn rescanning_the_same_file_recognises_every_record_as_itself() {
+    let d = Dir::new();
+    let t = traffic(&d, &GenConfig { events: 5_000, seed: 3, ..Default::default() });
+    let state = d.path("state");
+    let args = |out: &str| {
+        vec![
+            "scan".to_string(),
+            "--quiet".into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+            "--alerts".into(),
+            d.path(out).to_str().unwrap().into(),
+            t.events.to_str().unwrap().into(),
+        ]
+    };
+    let first = args("first.jsonl");
+    let o = run(&first.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
+    assert!(o.status.success());
+    assert!(!read_alerts(&d.path("first.jsonl")).is_empty());
+    let dup_line = |err: &str| err.lines().find(|l| l.contains("duplicates:")).unwrap().to_string();
+    let dups_first = dup_line(&stderr(&o));
+    let again = args("again.jsonl");
+    let o = run(&again.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(read_alerts(&d.path("again.jsonl")).is_empty(), "no new alerts: {err}");
+    // copies of an event at other positions are still copies, no more, no fewer
+    assert_eq!(dup_line(&err), dups_first);
+    assert!(err.contains("reprocessed:   "), "{err}");
+}
+
+#[test]
+fn stdin_and_dash_are_read() {
+    let line = r#"{"event_id":"a","received_at":"2026-11-28T00:00:00Z","key_id":"k","nonce":"n","client_ts":"2026-11-28T00:00:00Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200}
+{"event_id":"b","received_at":"2026-11-28T00:00:01Z","key_id":"k","nonce":"n","client_ts":1795824000500,"client_ip":"1.2.3.5","method":"GET","path":"/","status":200}
+"#;
+    for args in [vec!["scan", "--quiet"], vec!["scan", "--quiet", "-"]] {
+        let o = run(&args, Some(line.as_bytes()));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].kind.as_str(), alerts[0].event_id.as_str()), ("replay", "b"));
+    }
+}
+
+#[test]
+fn malformed_lines_never_stop_the_scan() {
+    let d = Dir::new();
+    let good = |id: &str, n: &str| {
+        format!(r#"{{"event_id":"{id}","received_at":1795824000000,"key_id":"k","nonce":"{n}","client_ts":1795824000000,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}}"#)
+    };
+    let mut input = Vec::new();
+    input.extend_from_slice(good("a", "n").as_bytes());
+    input.extend_from_slice(b"\n\xff\xfe not utf8\n{\"event_id\":\"trunc\n[1,2]\n");
+    input.extend_from_slice(&vec![b'{'; 200_000]);
+    input.extend_from_slice(b"\n");
+    input.extend_from_slice(good("b", "n").as_bytes());
+    input.extend_from_slice(b"\n");
+    let p = d.path("in.jsonl");
+    std::fs::write(&p, &input).unwrap();
+    let dl = d.path("dl.jsonl");
+    let o = run(&["scan", "--quiet", "--dead-letter", dl.to_str().unwrap(), p.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(alerts.len(), 1, "the neighbours of bad lines are processed");
+    let letters = read_json_lines(&dl);
+    let got: Vec<(u64, &str)> = letters
+        .iter()
+        .map(|l| (l["offset"].as_u64().unwrap(), l["error_kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(2, "utf8"), (3, "syntax"), (4, "schema"), (5, "too_large")]);
+    assert!(letters[0]["raw_base64"].is_string());
+    assert_eq!(letters[3]["len"].as_u64(), Some(200_000));
+    assert_eq!(letters[3]["truncated"].as_bool(), Some(true));
+    assert!(stderr(&o).contains("malformed:     4"));
+}
+
+#[test]
+fn a_state_dir_in_use_is_a_clear_error() {
+    let d = Dir::new();
+    let state = d.path("state");
+    let _held = replayguard::state::RocksStore::open(&state, &Default::default()).unwrap();
+    let o = run(&["scan", "--state-dir", state.to_str().unwrap()], Some(b""));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("in use by another replayguard process"), "{}", stderr(&o));
+}

@@ -1,0 +1,133 @@
+//! Helpers shared by the integration tests: a temp dir per test, the binary,
+//! generated traffic and JSON-lines readers.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use replayguard::detect::DetectConfig;
+use replayguard::generate::{self, GenConfig, TruthLine};
+use replayguard::schema::Alert;
+
+/// A temporary directory that lives as long as the test.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Self {
+        Dir {
+            tmp: tempfile::Builder::new()
+                .prefix("replayguard-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+/// The `replayguard` binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_replayguard"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs the binary with `args`, optionally feeding `stdin`.
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = bin();
+    c.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn replayguard");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(input).unwrap();
+    }
+    child.wait_with_output().expect("wait")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn alerts_in(text: &str) -> Vec<Alert> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("alert line {l}: {e}")))
+        .collect()
+}
+
+pub fn read_alerts(p: &Path) -> Vec<Alert> {
+    alerts_in(&std::fs::read_to_string(p).unwrap_or_default())
+}
+
+pub fn read_json_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Generated traffic with its ground truth.
+pub struct Traffic {
+    pub events: PathBuf,
+    pub lifecycle: PathBuf,
+    pub truth: Vec<TruthLine>,
+    pub lines: Vec<String>,
+}
+
+pub fn traffic(dir: &Dir, cfg: &GenConfig) -> Traffic {
+    let mut ev = Vec::new();
+    let mut lc = Vec::new();
+    let mut truth = Vec::new();
+    generate::generate(cfg, &DetectConfig::default(), &mut ev, Some(&mut lc), Some(&mut truth)).unwrap();
+    let events = dir.path("events.jsonl");
+    let lifecycle = dir.path("lifecycle.jsonl");
+    std::fs::write(&events, &ev).unwrap();
+    std::fs::write(&lifecycle, &lc).unwrap();
+    let truth = String::from_utf8(truth)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines = String::from_utf8(ev).unwrap().lines().map(String::from).collect();
+    Traffic {
+        events,
+        lifecycle,
+        truth,
+        lines,
+    }
+}
+
+/// (kind, key, event) triples, sorted: what must match between runs.
+pub fn keyset(alerts: &[Alert]) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.kind.as_str().to_string(), a.key_id.clone(), a.event_id.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn truth_keyset(t: &[TruthLine]) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = t
+        .iter()
+        .map(|a| (a.kind.as_str().to_string(), a.key_id.clone(), a.event_id.clone()))
+        .collect();
+    v.sort();
+    v
+}
