@@ -62,7 +62,9 @@ impl<'de> Deserialize<'de> for DurationMs {
         impl de::Visitor<'_> for V {
             type Value = DurationMs;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration like \"300s\", \"5m\", \"250ms\" or an integer of milliseconds")
+                f.write_str(
+                    "a duration like \"300s\", \"5m\", \"250ms\" or an integer of milliseconds",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationMs, E> {
                 if v < 0 {
@@ -137,9 +139,14 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => return Err(format!("bad size {v:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "bad size {v:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {v:?} too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {v:?} too large"))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -321,7 +328,10 @@ impl Config {
 
     /// Rejects contradictions.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.detect.rules().validate().map_err(ConfigError::Invalid)?;
+        self.detect
+            .rules()
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if self.decode.max_event_bytes.0 < 64 {
             return Err(ConfigError::Invalid(
                 "decode.max_event_bytes must be at least 64 bytes".into(),
@@ -333,11 +343,14 @@ impl Config {
             ));
         }
         if self.scan.batch_events == 0 {
-            return Err(ConfigError::Invalid("scan.batch_events must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "scan.batch_events must be at least 1".into(),
+            ));
         }
         if self.state.block_cache.0 < 1 << 20 || self.state.write_buffer.0 < 4 << 20 {
             return Err(ConfigError::Invalid(
-                "state.block_cache must be at least 1MiB and state.write_buffer at least 4MiB".into(),
+                "state.block_cache must be at least 1MiB and state.write_buffer at least 4MiB"
+                    .into(),
             ));
         }
         Ok(())
@@ -364,7 +377,12 @@ mod tests {
         let c = Config::parse("").unwrap();
         let r = c.detect.rules();
         assert_eq!(
-            (r.max_past_skew_ms, r.max_future_skew_ms, r.allowed_lateness_ms, r.retention_ms),
+            (
+                r.max_past_skew_ms,
+                r.max_future_skew_ms,
+                r.allowed_lateness_ms,
+                r.retention_ms
+            ),
             (300_000, 30_000, 60_000, 390_000)
         );
         assert_eq!(c.decode.max_event_bytes.0, 65_536);
@@ -388,7 +406,9 @@ mod tests {
 
     #[test]
     fn short_retention_is_refused_with_the_reason() {
-        let e = Config::parse("[detect]\nretention = \"389999ms\"").unwrap_err().to_string();
+        let e = Config::parse("[detect]\nretention = \"389999ms\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shorter than"), "{e}");
         assert!(e.contains("slip through"), "{e}");
         assert!(Config::parse("[detect]\nretention = \"390s\"").is_ok());
@@ -397,7 +417,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = Config::parse("[detect]\nmax_past_skw = \"1s\"").unwrap_err().to_string();
+        let e = Config::parse("[detect]\nmax_past_skw = \"1s\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_past_skw"), "{e}");
         assert!(Config::parse("[nonsense]\n").is_err());
     }

@@ -63,7 +63,11 @@ impl Decoder {
         }
         let text = simdutf8::basic::from_utf8(bytes).map_err(|_| {
             // the fast validator says only "no"; ask std where
-            DecodeError::Utf8(std::str::from_utf8(bytes).err().map_or(0, |e| e.valid_up_to()))
+            DecodeError::Utf8(
+                std::str::from_utf8(bytes)
+                    .err()
+                    .map_or(0, |e| e.valid_up_to()),
+            )
         })?;
         if text.trim_ascii().is_empty() {
             return Err(DecodeError::Empty);
@@ -134,19 +138,57 @@ mod tests {
         assert_eq!(kind(b"   "), "empty");
         assert_eq!(kind(b"{\"event_id\":\"\xff\"}"), "utf8");
         assert_eq!(kind(&[b' '; 2000]), "too_large");
-        assert_eq!(kind(OK.replace("\"status\":200", "\"status\":70000").as_bytes()), "schema");
-        assert_eq!(kind(OK.replace("\"status\":200", "\"status\":1000").as_bytes()), "schema");
-        assert_eq!(kind(OK.replace("\"status\":200", "\"status\":\"200\"").as_bytes()), "schema");
-        assert_eq!(kind(OK.replace("\"key_id\":\"k1\",", "").as_bytes()), "schema");
-        assert_eq!(kind(OK.replace("\"key_id\":\"k1\"", "\"key_id\":\"\"").as_bytes()), "schema");
         assert_eq!(
-            kind(OK.replace("\"key_id\":\"k1\"", "\"key_id\":\"k1\",\"key_id\":\"k2\"").as_bytes()),
+            kind(OK.replace("\"status\":200", "\"status\":70000").as_bytes()),
             "schema"
         );
-        assert_eq!(kind(OK.replace("1795824000000", "1795824000000.5").as_bytes()), "schema");
-        assert_eq!(kind(OK.replace("1795824000000", "99999999999999999999").as_bytes()), "schema");
+        assert_eq!(
+            kind(OK.replace("\"status\":200", "\"status\":1000").as_bytes()),
+            "schema"
+        );
+        assert_eq!(
+            kind(
+                OK.replace("\"status\":200", "\"status\":\"200\"")
+                    .as_bytes()
+            ),
+            "schema"
+        );
+        assert_eq!(
+            kind(OK.replace("\"key_id\":\"k1\",", "").as_bytes()),
+            "schema"
+        );
+        assert_eq!(
+            kind(
+                OK.replace("\"key_id\":\"k1\"", "\"key_id\":\"\"")
+                    .as_bytes()
+            ),
+            "schema"
+        );
+        assert_eq!(
+            kind(
+                OK.replace("\"key_id\":\"k1\"", "\"key_id\":\"k1\",\"key_id\":\"k2\"")
+                    .as_bytes()
+            ),
+            "schema"
+        );
+        assert_eq!(
+            kind(OK.replace("1795824000000", "1795824000000.5").as_bytes()),
+            "schema"
+        );
+        assert_eq!(
+            kind(
+                OK.replace("1795824000000", "99999999999999999999")
+                    .as_bytes()
+            ),
+            "schema"
+        );
         assert_eq!(kind(b"[1,2]"), "schema");
-        let e = d.access(OK.replace("2026-11-28T00:00:00Z", "2026-11-31T00:00:00Z").as_bytes()).unwrap_err();
+        let e = d
+            .access(
+                OK.replace("2026-11-28T00:00:00Z", "2026-11-31T00:00:00Z")
+                    .as_bytes(),
+            )
+            .unwrap_err();
         assert!(e.to_string().contains("day"), "{e}");
     }
 
@@ -167,6 +209,12 @@ mod tests {
         // in an unknown field: skipped without recursion, the event decodes
         assert!(d.access(deep("x").as_bytes()).is_ok());
         // and the default limit refuses such a record before parsing at all
-        assert_eq!(Decoder::default().access(deep("x").as_bytes()).unwrap_err().kind(), "too_large");
+        assert_eq!(
+            Decoder::default()
+                .access(deep("x").as_bytes())
+                .unwrap_err()
+                .kind(),
+            "too_large"
+        );
     }
 }

@@ -254,7 +254,8 @@ pub fn generate(
         // rotations start in the first third of the run; old-key traffic fades
         // over the grace period, with a straggler left past it on even ones
         let old = r;
-        let start = cfg.start + span / 6 + (span / 6) * r as Millis / cfg.rotations.max(1) as Millis;
+        let start =
+            cfg.start + span / 6 + (span / 6) * r as Millis / cfg.rotations.max(1) as Millis;
         let grace = start + span / 3;
         let succ = Key {
             id: key_name(&mut rng),
@@ -323,12 +324,13 @@ pub fn generate(
     let mut emitted = 0u64;
     let mut line = String::with_capacity(512);
     let interval = 1000.0 / cfg.rate;
-    let sample = (20_000.0 / (cfg.rate * rules.max_past_skew_ms.max(1000) as f64 / 1000.0)).min(1.0);
+    let sample =
+        (20_000.0 / (cfg.rate * rules.max_past_skew_ms.max(1000) as f64 / 1000.0)).min(1.0);
 
     let flush_until = |heap: &mut BinaryHeap<Pending>,
-                           until: Millis,
-                           events: &mut dyn Write,
-                           model_events: &mut Vec<ModelEvent>|
+                       until: Millis,
+                       events: &mut dyn Write,
+                       model_events: &mut Vec<ModelEvent>|
      -> std::io::Result<()> {
         while heap.peek().is_some_and(|p| p.arrival <= until) {
             let p = heap.pop().expect("peeked");
@@ -356,7 +358,10 @@ pub fn generate(
                 3 => "{\"event_id\":\"m2\",\"key_id\":\"k\"}",
                 _ => "[1,2,3]",
             });
-        } else if cfg.duplicate_rate > 0.0 && !recent_lines.is_empty() && rng.chance(cfg.duplicate_rate) {
+        } else if cfg.duplicate_rate > 0.0
+            && !recent_lines.is_empty()
+            && rng.chance(cfg.duplicate_rate)
+        {
             let j = rng.below(recent_lines.len() as u64) as usize;
             let (_, l, m) = &recent_lines[recent_lines.len() - 1 - j];
             line.push_str(l);
@@ -475,7 +480,10 @@ pub fn generate(
             model_ev = Some(m);
         }
         // forget requests older than the skew window for replays, 5 s for duplicates
-        while recent.front().is_some_and(|r| t - r.0 > rules.max_past_skew_ms) {
+        while recent
+            .front()
+            .is_some_and(|r| t - r.0 > rules.max_past_skew_ms)
+        {
             recent.pop_front();
         }
         while recent.len() > 50_000 {

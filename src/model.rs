@@ -45,7 +45,11 @@ pub struct Expected {
 }
 
 /// The state of `key` at `t` by the lifecycle rule (records in input order).
-pub fn key_state<'a>(lifecycle: &'a [LifecycleEvent], key: &str, t: Millis) -> Option<&'a LifecycleEvent> {
+pub fn key_state<'a>(
+    lifecycle: &'a [LifecycleEvent],
+    key: &str,
+    t: Millis,
+) -> Option<&'a LifecycleEvent> {
     let mine: Vec<&LifecycleEvent> = lifecycle
         .iter()
         .filter(|r| r.key_id == key && r.at <= t)
@@ -68,7 +72,11 @@ pub fn key_state<'a>(lifecycle: &'a [LifecycleEvent], key: &str, t: Millis) -> O
 }
 
 /// Every alert the rules raise for `events` (given in arrival order).
-pub fn expected_alerts(cfg: &DetectConfig, events: &[ModelEvent], lifecycle: &[LifecycleEvent]) -> Vec<Expected> {
+pub fn expected_alerts(
+    cfg: &DetectConfig,
+    events: &[ModelEvent],
+    lifecycle: &[LifecycleEvent],
+) -> Vec<Expected> {
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].received_at); // stable: equal times keep arrival order
     let mut seen: HashSet<&str> = HashSet::new();

@@ -94,10 +94,12 @@ pub struct EventsProcessed<'a> {
 
 impl EventsProcessed<'_> {
     pub fn emit(&self) {
-        counter!("replayguard_events_total", "shard" => self.shard.to_string()).increment(self.count);
+        counter!("replayguard_events_total", "shard" => self.shard.to_string())
+            .increment(self.count);
         counter!("replayguard_duplicates_total", "shard" => self.shard.to_string())
             .increment(self.duplicates);
-        counter!("replayguard_late_events_total", "shard" => self.shard.to_string()).increment(self.late);
+        counter!("replayguard_late_events_total", "shard" => self.shard.to_string())
+            .increment(self.late);
     }
 }
 
@@ -110,7 +112,8 @@ pub struct AlertsRaised {
 impl AlertsRaised {
     pub fn emit(&self) {
         if self.count > 0 {
-            counter!("replayguard_alerts_total", "kind" => self.kind.as_str()).increment(self.count);
+            counter!("replayguard_alerts_total", "kind" => self.kind.as_str())
+                .increment(self.count);
         }
     }
 }
@@ -186,7 +189,10 @@ pub struct OutboxRedelivery {
 impl OutboxRedelivery {
     pub fn emit(&self) {
         if self.count > 0 {
-            tracing::info!(count = self.count, "delivering alerts committed by an earlier run");
+            tracing::info!(
+                count = self.count,
+                "delivering alerts committed by an earlier run"
+            );
         }
         counter!("replayguard_outbox_redelivered_total").increment(self.count as u64);
     }
@@ -239,8 +245,14 @@ mod tests {
             redact("invalid type: string \"n0nce-secret\", expected u16 at line 1 column 9"),
             "invalid type: string \"…\", expected u16 at line 1 column 9"
         );
-        assert_eq!(redact("invalid type: integer `42`, expected a string"), "invalid type: integer `…`, expected a string");
+        assert_eq!(
+            redact("invalid type: integer `42`, expected a string"),
+            "invalid type: integer `…`, expected a string"
+        );
         assert_eq!(redact("unterminated \"abc"), "unterminated \"…");
-        assert_eq!(redact("missing field `nonce` at line 1"), "missing field `nonce` at line 1");
+        assert_eq!(
+            redact("missing field `nonce` at line 1"),
+            "missing field `nonce` at line 1"
+        );
     }
 }

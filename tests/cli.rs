@@ -41,7 +41,10 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     let o = run(&["frobnicate"], None);
     assert_eq!(o.status.code(), Some(2));
-    let o = run(&["check-config", d.path("nope.toml").to_str().unwrap()], None);
+    let o = run(
+        &["check-config", d.path("nope.toml").to_str().unwrap()],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
 }
 

@@ -41,7 +41,10 @@ fn scan_finds_exactly_the_planted_alerts() {
     // the summary names the counts
     let err = stderr(&o);
     assert!(err.contains("events/s"), "{err}");
-    assert!(err.contains(&format!("alerts:        {}", got.len())), "{err}");
+    assert!(
+        err.contains(&format!("alerts:        {}", got.len())),
+        "{err}"
+    );
     // malformed lines went to the dead-letter file with their line numbers
     let letters = read_json_lines(&dl);
     assert!(!letters.is_empty());
@@ -50,7 +53,10 @@ fn scan_finds_exactly_the_planted_alerts() {
         assert_eq!(l["raw"].as_str().unwrap(), t.lines[n - 1], "line {n}");
         assert_eq!(l["source"].as_str().unwrap(), t.events.to_str().unwrap());
     }
-    assert!(err.contains(&format!("malformed:     {}", letters.len())), "{err}");
+    assert!(
+        err.contains(&format!("malformed:     {}", letters.len())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -70,7 +76,15 @@ fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
     );
     let whole = d.path("whole.jsonl");
     let o = run(
-        &["scan", "--quiet", "--lifecycle", t.lifecycle.to_str().unwrap(), "--alerts", whole.to_str().unwrap(), t.events.to_str().unwrap()],
+        &[
+            "scan",
+            "--quiet",
+            "--lifecycle",
+            t.lifecycle.to_str().unwrap(),
+            "--alerts",
+            whole.to_str().unwrap(),
+            t.events.to_str().unwrap(),
+        ],
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -81,7 +95,14 @@ fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
         let state = d.path(&format!("state{split}"));
         let out = d.path(&format!("split{split}.jsonl"));
         for (i, part) in [pa, pb].iter().enumerate() {
-            let mut args = vec!["scan", "--quiet", "--state-dir", state.to_str().unwrap(), "--alerts", out.to_str().unwrap()];
+            let mut args = vec![
+                "scan",
+                "--quiet",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--alerts",
+                out.to_str().unwrap(),
+            ];
             if i == 0 {
                 args.extend(["--lifecycle", t.lifecycle.to_str().unwrap()]);
             }
@@ -100,7 +121,14 @@ fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
 #[test]
 fn rescanning_the_same_file_recognises_every_record_as_itself() {
     let d = Dir::new();
-    let t = traffic(&d, &GenConfig { events: 5_000, seed: 3, ..Default::default() });
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 5_000,
+            seed: 3,
+            ..Default::default()
+        },
+    );
     let state = d.path("state");
     let args = |out: &str| {
         vec![
@@ -117,13 +145,21 @@ fn rescanning_the_same_file_recognises_every_record_as_itself() {
     let o = run(&first.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
     assert!(o.status.success());
     assert!(!read_alerts(&d.path("first.jsonl")).is_empty());
-    let dup_line = |err: &str| err.lines().find(|l| l.contains("duplicates:")).unwrap().to_string();
+    let dup_line = |err: &str| {
+        err.lines()
+            .find(|l| l.contains("duplicates:"))
+            .unwrap()
+            .to_string()
+    };
     let dups_first = dup_line(&stderr(&o));
     let again = args("again.jsonl");
     let o = run(&again.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
     assert!(o.status.success());
     let err = stderr(&o);
-    assert!(read_alerts(&d.path("again.jsonl")).is_empty(), "no new alerts: {err}");
+    assert!(
+        read_alerts(&d.path("again.jsonl")).is_empty(),
+        "no new alerts: {err}"
+    );
     // copies of an event at other positions are still copies, no more, no fewer
     assert_eq!(dup_line(&err), dups_first);
     assert!(err.contains("reprocessed:   "), "{err}");
@@ -139,7 +175,10 @@ fn stdin_and_dash_are_read() {
         assert!(o.status.success(), "{}", stderr(&o));
         let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
         assert_eq!(alerts.len(), 1);
-        assert_eq!((alerts[0].kind.as_str(), alerts[0].event_id.as_str()), ("replay", "b"));
+        assert_eq!(
+            (alerts[0].kind.as_str(), alerts[0].event_id.as_str()),
+            ("replay", "b")
+        );
     }
 }
 
@@ -147,7 +186,9 @@ fn stdin_and_dash_are_read() {
 fn malformed_lines_never_stop_the_scan() {
     let d = Dir::new();
     let good = |id: &str, n: &str| {
-        format!(r#"{{"event_id":"{id}","received_at":1795824000000,"key_id":"k","nonce":"{n}","client_ts":1795824000000,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}}"#)
+        format!(
+            r#"{{"event_id":"{id}","received_at":1795824000000,"key_id":"k","nonce":"{n}","client_ts":1795824000000,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}}"#
+        )
     };
     let mut input = Vec::new();
     input.extend_from_slice(good("a", "n").as_bytes());
@@ -159,16 +200,33 @@ fn malformed_lines_never_stop_the_scan() {
     let p = d.path("in.jsonl");
     std::fs::write(&p, &input).unwrap();
     let dl = d.path("dl.jsonl");
-    let o = run(&["scan", "--quiet", "--dead-letter", dl.to_str().unwrap(), p.to_str().unwrap()], None);
+    let o = run(
+        &[
+            "scan",
+            "--quiet",
+            "--dead-letter",
+            dl.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(alerts.len(), 1, "the neighbours of bad lines are processed");
     let letters = read_json_lines(&dl);
     let got: Vec<(u64, &str)> = letters
         .iter()
-        .map(|l| (l["offset"].as_u64().unwrap(), l["error_kind"].as_str().unwrap()))
+        .map(|l| {
+            (
+                l["offset"].as_u64().unwrap(),
+                l["error_kind"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(got, vec![(2, "utf8"), (3, "syntax"), (4, "schema"), (5, "too_large")]);
+    assert_eq!(
+        got,
+        vec![(2, "utf8"), (3, "syntax"), (4, "schema"), (5, "too_large")]
+    );
     assert!(letters[0]["raw_base64"].is_string());
     assert_eq!(letters[3]["len"].as_u64(), Some(200_000));
     assert_eq!(letters[3]["truncated"].as_bool(), Some(true));
@@ -182,5 +240,9 @@ fn a_state_dir_in_use_is_a_clear_error() {
     let _held = replayguard::state::RocksStore::open(&state, &Default::default()).unwrap();
     let o = run(&["scan", "--state-dir", state.to_str().unwrap()], Some(b""));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("in use by another replayguard process"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by another replayguard process"),
+        "{}",
+        stderr(&o)
+    );
 }

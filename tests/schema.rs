@@ -16,7 +16,8 @@ fn schemas_dir() -> PathBuf {
 }
 
 fn load(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn validator(name: &str) -> Validator {
@@ -82,7 +83,13 @@ fn access_event_examples_agree_with_the_decoder() {
         let schema_ok = v.is_valid(&json);
         let rust_ok = d.access(text.trim().as_bytes());
         if name.starts_with("valid") {
-            assert!(schema_ok, "{name}: {:?}", v.iter_errors(&json).map(|e| e.to_string()).collect::<Vec<_>>());
+            assert!(
+                schema_ok,
+                "{name}: {:?}",
+                v.iter_errors(&json)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+            );
             assert!(rust_ok.is_ok(), "{name}: {:?}", rust_ok.err());
         } else {
             assert!(!schema_ok, "{name} should fail the schema");
@@ -98,8 +105,17 @@ fn lifecycle_examples_agree_with_the_decoder() {
     for (name, text) in examples("lifecycle-event") {
         let json: Value = serde_json::from_str(&text).unwrap();
         let rust: Result<LifecycleEvent, _> = d.lifecycle(text.trim().as_bytes());
-        assert_eq!(v.is_valid(&json), name.starts_with("valid"), "{name} (schema)");
-        assert_eq!(rust.is_ok(), name.starts_with("valid"), "{name} (decoder): {:?}", rust.err());
+        assert_eq!(
+            v.is_valid(&json),
+            name.starts_with("valid"),
+            "{name} (schema)"
+        );
+        assert_eq!(
+            rust.is_ok(),
+            name.starts_with("valid"),
+            "{name} (decoder): {:?}",
+            rust.err()
+        );
     }
 }
 
@@ -108,12 +124,20 @@ fn alert_examples_agree_with_the_rust_type() {
     let v = validator("alert.v1.schema.json");
     for (name, text) in examples("alert") {
         let json: Value = serde_json::from_str(&text).unwrap();
-        let rust = serde_json::from_str::<Alert>(&text).map_err(|e| e.to_string()).and_then(|a| a.check().map(|_| a));
+        let rust = serde_json::from_str::<Alert>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.check().map(|_| a));
         if name.starts_with("invalid") {
             assert!(!v.is_valid(&json), "{name} should fail the schema");
             assert!(rust.is_err(), "{name} should fail the Rust type");
         } else {
-            assert!(v.is_valid(&json), "{name}: {:?}", v.iter_errors(&json).map(|e| e.to_string()).collect::<Vec<_>>());
+            assert!(
+                v.is_valid(&json),
+                "{name}: {:?}",
+                v.iter_errors(&json)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+            );
             let a = rust.unwrap_or_else(|e| panic!("{name}: {e}"));
             // and the Rust type writes it back the same way
             assert_eq!(serde_json::to_value(&a).unwrap(), json, "{name}");
@@ -136,8 +160,17 @@ fn what_scan_writes_follows_the_schemas() {
     let alerts = d.path("alerts.jsonl");
     let dl = d.path("dl.jsonl");
     let o = run(
-        &["scan", "--quiet", "--lifecycle", t.lifecycle.to_str().unwrap(), "--alerts", alerts.to_str().unwrap(),
-          "--dead-letter", dl.to_str().unwrap(), t.events.to_str().unwrap()],
+        &[
+            "scan",
+            "--quiet",
+            "--lifecycle",
+            t.lifecycle.to_str().unwrap(),
+            "--alerts",
+            alerts.to_str().unwrap(),
+            "--dead-letter",
+            dl.to_str().unwrap(),
+            t.events.to_str().unwrap(),
+        ],
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -146,7 +179,11 @@ fn what_scan_writes_follows_the_schemas() {
     assert!(written.len() > 50);
     let mut kinds = std::collections::BTreeSet::new();
     for a in &written {
-        assert!(va.is_valid(a), "{a}: {:?}", va.iter_errors(a).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert!(
+            va.is_valid(a),
+            "{a}: {:?}",
+            va.iter_errors(a).map(|e| e.to_string()).collect::<Vec<_>>()
+        );
         kinds.insert(a["kind"].as_str().unwrap().to_string());
     }
     assert!(kinds.len() >= 4, "{kinds:?}");

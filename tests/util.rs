@@ -47,7 +47,11 @@ pub fn bin() -> Command {
 pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = bin();
     c.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn replayguard");
@@ -94,7 +98,14 @@ pub fn traffic(dir: &Dir, cfg: &GenConfig) -> Traffic {
     let mut ev = Vec::new();
     let mut lc = Vec::new();
     let mut truth = Vec::new();
-    generate::generate(cfg, &DetectConfig::default(), &mut ev, Some(&mut lc), Some(&mut truth)).unwrap();
+    generate::generate(
+        cfg,
+        &DetectConfig::default(),
+        &mut ev,
+        Some(&mut lc),
+        Some(&mut truth),
+    )
+    .unwrap();
     let events = dir.path("events.jsonl");
     let lifecycle = dir.path("lifecycle.jsonl");
     std::fs::write(&events, &ev).unwrap();
@@ -104,7 +115,11 @@ pub fn traffic(dir: &Dir, cfg: &GenConfig) -> Traffic {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let lines = String::from_utf8(ev).unwrap().lines().map(String::from).collect();
+    let lines = String::from_utf8(ev)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     Traffic {
         events,
         lifecycle,
@@ -117,7 +132,13 @@ pub fn traffic(dir: &Dir, cfg: &GenConfig) -> Traffic {
 pub fn keyset(alerts: &[Alert]) -> Vec<(String, String, String)> {
     let mut v: Vec<_> = alerts
         .iter()
-        .map(|a| (a.kind.as_str().to_string(), a.key_id.clone(), a.event_id.clone()))
+        .map(|a| {
+            (
+                a.kind.as_str().to_string(),
+                a.key_id.clone(),
+                a.event_id.clone(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -126,7 +147,13 @@ pub fn keyset(alerts: &[Alert]) -> Vec<(String, String, String)> {
 pub fn truth_keyset(t: &[TruthLine]) -> Vec<(String, String, String)> {
     let mut v: Vec<_> = t
         .iter()
-        .map(|a| (a.kind.as_str().to_string(), a.key_id.clone(), a.event_id.clone()))
+        .map(|a| {
+            (
+                a.kind.as_str().to_string(),
+                a.key_id.clone(),
+                a.event_id.clone(),
+            )
+        })
         .collect();
     v.sort();
     v

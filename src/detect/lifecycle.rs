@@ -40,7 +40,10 @@ impl KeyHistory {
     /// The record in force at `t`, if any.
     pub fn state_at(&self, t: Millis) -> Option<&LifecycleEvent> {
         if let Some(rev) = self.revoked_at.filter(|&rev| rev <= t) {
-            return self.records.iter().find(|r| r.at == rev && r.state == KeyState::Revoked);
+            return self
+                .records
+                .iter()
+                .find(|r| r.at == rev && r.state == KeyState::Revoked);
         }
         let n = self.records.partition_point(|r| r.at <= t);
         n.checked_sub(1).map(|i| &self.records[i])
@@ -153,7 +156,10 @@ mod tests {
         let mut h = KeyHistory::default();
         h.upsert(rec(KeyState::Revoked, 100, None));
         h.upsert(rec(KeyState::Active, 200, None));
-        assert!(!h.upsert(rec(KeyState::Active, 100, None)), "a revocation is never replaced");
+        assert!(
+            !h.upsert(rec(KeyState::Active, 100, None)),
+            "a revocation is never replaced"
+        );
         assert_eq!(h.state_at(99), None);
         assert_eq!(h.state_at(100).unwrap().state, KeyState::Revoked);
         assert_eq!(h.state_at(5000).unwrap().state, KeyState::Revoked);
@@ -178,8 +184,14 @@ mod tests {
         assert_eq!((kind, sev), (AlertKind::RetiredKey, Severity::Medium));
         assert_eq!(ev.grace_until, Some(1000));
         assert!(check(&rec(KeyState::Rotating, 0, None), i64::MAX / 2).is_none());
-        assert_eq!(check(&rec(KeyState::Retired, 0, None), 0).unwrap().0, AlertKind::RetiredKey);
-        assert_eq!(check(&rec(KeyState::Revoked, 0, None), 0).unwrap().1, Severity::Critical);
+        assert_eq!(
+            check(&rec(KeyState::Retired, 0, None), 0).unwrap().0,
+            AlertKind::RetiredKey
+        );
+        assert_eq!(
+            check(&rec(KeyState::Revoked, 0, None), 0).unwrap().1,
+            Severity::Critical
+        );
         assert!(check(&rec(KeyState::Active, 0, None), 0).is_none());
     }
 }

@@ -241,7 +241,13 @@ impl ShardDetector {
         Ok(Verdict::Evaluated)
     }
 
-    fn alert(&self, kind: AlertKind, severity: Severity, ev: &AccessEvent<'_>, evidence: Evidence) -> Alert {
+    fn alert(
+        &self,
+        kind: AlertKind,
+        severity: Severity,
+        ev: &AccessEvent<'_>,
+        evidence: Evidence,
+    ) -> Alert {
         Alert {
             alert_id: alert::alert_id(kind, &ev.key_id, &ev.event_id),
             kind,
@@ -254,7 +260,12 @@ impl ShardDetector {
         }
     }
 
-    fn replay_alert(&self, key_id: &str, subject: SightingInfo<&str>, first: SightingInfo<&str>) -> Alert {
+    fn replay_alert(
+        &self,
+        key_id: &str,
+        subject: SightingInfo<&str>,
+        first: SightingInfo<&str>,
+    ) -> Alert {
         Alert {
             alert_id: alert::alert_id(AlertKind::Replay, key_id, subject.event_id),
             kind: AlertKind::Replay,

@@ -6,7 +6,11 @@ use crate::schema::{AlertKind, Millis};
 
 /// The skew rule. Exactly at a limit raises nothing.
 #[inline]
-pub fn check(cfg: &DetectConfig, received_at: Millis, client_ts: Millis) -> Option<(AlertKind, SkewEvidence)> {
+pub fn check(
+    cfg: &DetectConfig,
+    received_at: Millis,
+    client_ts: Millis,
+) -> Option<(AlertKind, SkewEvidence)> {
     // both are within years 0000-9999, so the differences cannot overflow
     let past = received_at - client_ts;
     if past > cfg.max_past_skew_ms {
@@ -45,10 +49,16 @@ mod tests {
         assert!(check(&c, t, t - 300_000).is_none());
         assert!(check(&c, t, t - 299_999).is_none());
         let (k, e) = check(&c, t, t - 300_001).unwrap();
-        assert_eq!((k, e.skew_ms, e.limit_ms), (AlertKind::StaleTimestamp, 300_001, 300_000));
+        assert_eq!(
+            (k, e.skew_ms, e.limit_ms),
+            (AlertKind::StaleTimestamp, 300_001, 300_000)
+        );
         assert!(check(&c, t, t + 30_000).is_none());
         assert!(check(&c, t, t + 29_999).is_none());
         let (k, e) = check(&c, t, t + 30_001).unwrap();
-        assert_eq!((k, e.skew_ms, e.limit_ms), (AlertKind::FutureTimestamp, 30_001, 30_000));
+        assert_eq!(
+            (k, e.skew_ms, e.limit_ms),
+            (AlertKind::FutureTimestamp, 30_001, 30_000)
+        );
     }
 }

@@ -54,7 +54,10 @@ impl Harness {
 
     fn feed_at(&mut self, e: &AccessEvent<'_>, pos: Position) -> (Verdict, Vec<Alert>) {
         let mut out = vec![];
-        let v = self.det.process(e, pos, &self.lc, &mut self.log, &mut out).unwrap();
+        let v = self
+            .det
+            .process(e, pos, &self.lc, &mut self.log, &mut out)
+            .unwrap();
         (v, out)
     }
 
@@ -74,7 +77,13 @@ fn replay_first(a: &Alert) -> &str {
 fn replay_window_is_inclusive_at_the_retention() {
     let cfg = DetectConfig::default();
     let r = cfg.retention_ms;
-    for (age, replay) in [(0, true), (1, true), (r - 1, true), (r, true), (r + 1, false)] {
+    for (age, replay) in [
+        (0, true),
+        (1, true),
+        (r - 1, true),
+        (r, true),
+        (r + 1, false),
+    ] {
         let mut h = Harness::new(cfg);
         assert!(h.kinds(&ev("a", T0, "k", Some("n"))).is_empty());
         let (v, alerts) = h.feed(&ev("b", T0 + age, "k", Some("n")));
@@ -85,11 +94,16 @@ fn replay_window_is_inclusive_at_the_retention() {
             assert_eq!(a.kind, AlertKind::Replay);
             assert_eq!(a.event_id, "b");
             assert_eq!(replay_first(a), "a");
-            let Evidence::Replay(e) = &a.evidence else { unreachable!() };
+            let Evidence::Replay(e) = &a.evidence else {
+                unreachable!()
+            };
             assert_eq!(e.age_ms, age);
             assert_eq!(e.first_sighting.received_at, T0);
             assert!(e.same_ip);
-            assert_eq!(a.alert_id, crate::schema::alert::alert_id(AlertKind::Replay, "k", "b"));
+            assert_eq!(
+                a.alert_id,
+                crate::schema::alert::alert_id(AlertKind::Replay, "k", "b")
+            );
         }
     }
 }
@@ -100,8 +114,14 @@ fn every_reuse_alerts_and_none_extends_the_window() {
     let r = cfg.retention_ms;
     let mut h = Harness::new(cfg);
     h.feed(&ev("a", T0, "k", Some("n")));
-    assert_eq!(h.kinds(&ev("b", T0 + 100 * S, "k", Some("n"))), vec![AlertKind::Replay]);
-    assert_eq!(h.kinds(&ev("c", T0 + 200 * S, "k", Some("n"))), vec![AlertKind::Replay]);
+    assert_eq!(
+        h.kinds(&ev("b", T0 + 100 * S, "k", Some("n"))),
+        vec![AlertKind::Replay]
+    );
+    assert_eq!(
+        h.kinds(&ev("c", T0 + 200 * S, "k", Some("n"))),
+        vec![AlertKind::Replay]
+    );
     // b and c did not extend a's window: one past it opens a new one
     assert!(h.kinds(&ev("d", T0 + r + 1, "k", Some("n"))).is_empty());
     let (_, alerts) = h.feed(&ev("e", T0 + r + 2, "k", Some("n")));
@@ -117,7 +137,10 @@ fn other_key_or_no_nonce_is_not_a_replay() {
     assert!(h.kinds(&ev("d", T0 + 3, "k1", None)).is_empty());
     // the empty string is a nonce like any other
     h.feed(&ev("e", T0 + 4, "k1", Some("")));
-    assert_eq!(h.kinds(&ev("f", T0 + 5, "k1", Some(""))), vec![AlertKind::Replay]);
+    assert_eq!(
+        h.kinds(&ev("f", T0 + 5, "k1", Some(""))),
+        vec![AlertKind::Replay]
+    );
     // key and nonce are kept apart: ("k1","n") is not ("k","1n")
     assert!(h.kinds(&ev("g", T0 + 6, "k", Some("1n"))).is_empty());
 }
@@ -132,7 +155,10 @@ fn transport_duplicates_raise_nothing_and_are_counted() {
     assert_eq!((v, alerts.len()), (Verdict::Duplicate, 0));
     // a duplicate of a replay, and of an event without nonce
     h.feed(&ev("b", T0 + 1, "k", Some("n")));
-    assert_eq!(h.feed(&ev("b", T0 + 1, "k", Some("n"))).0, Verdict::Duplicate);
+    assert_eq!(
+        h.feed(&ev("b", T0 + 1, "k", Some("n"))).0,
+        Verdict::Duplicate
+    );
     h.feed(&ev("c", T0 + 2, "k", None));
     assert_eq!(h.feed(&ev("c", T0 + 2, "k", None)).0, Verdict::Duplicate);
     assert_eq!(h.det.stats().duplicates, 3);
@@ -144,10 +170,16 @@ fn the_same_record_at_the_same_position_is_itself() {
     let mut h = Harness::new(DetectConfig::default());
     let p = Position::new(3, 17);
     h.feed_at(&ev("a", T0, "k", Some("n")), p);
-    assert_eq!(h.feed_at(&ev("a", T0, "k", Some("n")), p).0, Verdict::Reprocessed);
+    assert_eq!(
+        h.feed_at(&ev("a", T0, "k", Some("n")), p).0,
+        Verdict::Reprocessed
+    );
     let q = Position::new(3, 18);
     h.feed_at(&ev("b", T0, "k", None), q);
-    assert_eq!(h.feed_at(&ev("b", T0, "k", None), q).0, Verdict::Reprocessed);
+    assert_eq!(
+        h.feed_at(&ev("b", T0, "k", None), q).0,
+        Verdict::Reprocessed
+    );
     assert_eq!(h.det.stats().duplicates, 0);
     assert_eq!(h.det.stats().reprocessed, 2);
 }
@@ -172,9 +204,15 @@ fn one_event_can_raise_several_kinds() {
     let kinds: Vec<_> = alerts.iter().map(|a| a.kind).collect();
     assert_eq!(
         kinds,
-        vec![AlertKind::Replay, AlertKind::StaleTimestamp, AlertKind::RevokedKey]
+        vec![
+            AlertKind::Replay,
+            AlertKind::StaleTimestamp,
+            AlertKind::RevokedKey
+        ]
     );
-    let Evidence::Replay(r) = &alerts[0].evidence else { unreachable!() };
+    let Evidence::Replay(r) = &alerts[0].evidence else {
+        unreachable!()
+    };
     assert!(!r.same_ip);
     assert_eq!(alerts[2].severity, crate::schema::Severity::Critical);
     let ids: std::collections::HashSet<_> = alerts.iter().map(|a| &a.alert_id).collect();
@@ -218,12 +256,23 @@ fn lifecycle_by_event_time() {
         grace_until: None,
     });
     let k = |h: &mut Harness, id: &str, t: Millis| h.kinds(&ev(id, t, "old", None));
-    assert!(k(&mut h, "a", T0 - 1).is_empty(), "before any record: unknown keys are fine");
-    assert!(k(&mut h, "b", T0 + 100 * S).is_empty(), "grace is inclusive");
-    assert_eq!(k(&mut h, "c", T0 + 100 * S + 1), vec![AlertKind::RetiredKey]);
+    assert!(
+        k(&mut h, "a", T0 - 1).is_empty(),
+        "before any record: unknown keys are fine"
+    );
+    assert!(
+        k(&mut h, "b", T0 + 100 * S).is_empty(),
+        "grace is inclusive"
+    );
+    assert_eq!(
+        k(&mut h, "c", T0 + 100 * S + 1),
+        vec![AlertKind::RetiredKey]
+    );
     assert_eq!(k(&mut h, "d", T0 + 200 * S), vec![AlertKind::RetiredKey]);
     let (_, alerts) = h.feed(&ev("e", T0 + 200 * S + 5, "old", None));
-    let Evidence::Lifecycle(e) = &alerts[0].evidence else { unreachable!() };
+    let Evidence::Lifecycle(e) = &alerts[0].evidence else {
+        unreachable!()
+    };
     assert_eq!((e.state, e.at), (KeyState::Retired, T0 + 200 * S));
     assert_eq!(alerts[0].severity, crate::schema::Severity::High);
 }
@@ -235,14 +284,20 @@ fn late_event_takes_over_the_window() {
     // 'early' arrives late (within the lateness) but was sent first
     let (_, alerts) = h.feed(&ev("early", T0, "k", Some("n")));
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].event_id, "later", "the later request is the replay");
+    assert_eq!(
+        alerts[0].event_id, "later",
+        "the later request is the replay"
+    );
     assert_eq!(replay_first(&alerts[0]), "early");
     assert_eq!(alerts[0].received_at, T0 + 10 * S);
     // a third sighting is judged against the new window start
     let (_, alerts) = h.feed(&ev("third", T0 + 20 * S, "k", Some("n")));
     assert_eq!(replay_first(&alerts[0]), "early");
     // and a copy of the demoted sighting is still a duplicate
-    assert_eq!(h.feed(&ev("later", T0 + 10 * S, "k", Some("n"))).0, Verdict::Duplicate);
+    assert_eq!(
+        h.feed(&ev("later", T0 + 10 * S, "k", Some("n"))).0,
+        Verdict::Duplicate
+    );
 }
 
 #[test]
@@ -295,17 +350,23 @@ fn late_event_between_windows_is_judged_against_the_previous_window() {
     let mut h = Harness::new(cfg);
     h.feed(&ev("p", T0, "k", Some("n")));
     h.feed(&ev("w", T0 + 250, "k", Some("n"))); // a new window (250 > 210)
-    // late, before w, inside p's window
+                                                // late, before w, inside p's window
     let (_, alerts) = h.feed(&ev("e", T0 + 200, "k", Some("n")));
     assert_eq!(alerts.len(), 1);
-    assert_eq!((alerts[0].event_id.as_str(), replay_first(&alerts[0])), ("e", "p"));
+    assert_eq!(
+        (alerts[0].event_id.as_str(), replay_first(&alerts[0])),
+        ("e", "p")
+    );
     let mut h = Harness::new(cfg);
     h.feed(&ev("p", T0, "k", Some("n")));
     h.feed(&ev("w", T0 + 260, "k", Some("n")));
     // late, before w, outside p's window: it opens the window and w replays it
     let (_, alerts) = h.feed(&ev("e", T0 + 215, "k", Some("n")));
     assert_eq!(alerts.len(), 1);
-    assert_eq!((alerts[0].event_id.as_str(), replay_first(&alerts[0])), ("w", "e"));
+    assert_eq!(
+        (alerts[0].event_id.as_str(), replay_first(&alerts[0])),
+        ("w", "e")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -326,8 +387,19 @@ struct Gen {
 }
 
 fn arb_traffic() -> impl Strategy<Value = Gen> {
-    let event = (0i64..1500, 0usize..3, prop::option::weighted(0.85, 0usize..4), -160i64..80, 0usize..2);
-    let lc = (0usize..3, 0usize..4, 0i64..1500, prop::option::of(0i64..1500));
+    let event = (
+        0i64..1500,
+        0usize..3,
+        prop::option::weighted(0.85, 0usize..4),
+        -160i64..80,
+        0usize..2,
+    );
+    let lc = (
+        0usize..3,
+        0usize..4,
+        0i64..1500,
+        prop::option::of(0i64..1500),
+    );
     (
         prop::collection::vec(event, 1..120),
         prop::collection::vec(lc, 0..5),
@@ -354,7 +426,9 @@ fn arb_traffic() -> impl Strategy<Value = Gen> {
                 let copy = events[i].clone();
                 let mut at = i + 1;
                 let limit = (i + 1 + d.index(5)).min(events.len());
-                while at < limit && events[at].received_at <= copy.received_at + RULES.allowed_lateness_ms {
+                while at < limit
+                    && events[at].received_at <= copy.received_at + RULES.allowed_lateness_ms
+                {
                     at += 1;
                 }
                 events.insert(at, copy);
@@ -363,7 +437,12 @@ fn arb_traffic() -> impl Strategy<Value = Gen> {
                 .into_iter()
                 .map(|(k, s, at, g)| LifecycleEvent {
                     key_id: format!("k{k}"),
-                    state: [KeyState::Active, KeyState::Rotating, KeyState::Retired, KeyState::Revoked][s],
+                    state: [
+                        KeyState::Active,
+                        KeyState::Rotating,
+                        KeyState::Retired,
+                        KeyState::Revoked,
+                    ][s],
                     at: T0 + at,
                     successor: None,
                     grace_until: g.map(|g| T0 + g),
@@ -382,7 +461,13 @@ fn shuffle_within_lateness(events: &[ModelEvent], delays: &[i64]) -> Vec<ModelEv
     let mut v: Vec<(i64, usize)> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| (e.received_at + delays[(e.received_at as usize).wrapping_mul(2_654_435_761) % delays.len()], i))
+        .map(|(i, e)| {
+            (
+                e.received_at
+                    + delays[(e.received_at as usize).wrapping_mul(2_654_435_761) % delays.len()],
+                i,
+            )
+        })
         .collect();
     v.sort();
     v.into_iter().map(|(_, i)| events[i].clone()).collect()

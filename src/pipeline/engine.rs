@@ -159,7 +159,9 @@ impl<S: StateStore> Engine<S> {
     /// The id of a named source (a file, or a topic partition).
     pub fn source_id(&mut self, name: &str) -> u32 {
         let id = self.id(format!("{SOURCE}{name}"));
-        self.source_names.entry(id).or_insert_with(|| name.to_string());
+        self.source_names
+            .entry(id)
+            .or_insert_with(|| name.to_string());
         id
     }
 

@@ -68,12 +68,24 @@ impl std::fmt::Display for ScanSummary {
                 writeln!(f, "    {:<17}{}", k.as_str(), n)?;
             }
         }
-        writeln!(f, "  duplicates:    {} (transport redeliveries, no alert)", s.duplicates)?;
+        writeln!(
+            f,
+            "  duplicates:    {} (transport redeliveries, no alert)",
+            s.duplicates
+        )?;
         if s.reprocessed > 0 {
-            writeln!(f, "  reprocessed:   {} (already in the state: same event, same position)", s.reprocessed)?;
+            writeln!(
+                f,
+                "  reprocessed:   {} (already in the state: same event, same position)",
+                s.reprocessed
+            )?;
         }
         writeln!(f, "  malformed:     {}", self.totals.malformed)?;
-        writeln!(f, "  late:          {} ({} beyond the live window)", s.late, s.too_late)?;
+        writeln!(
+            f,
+            "  late:          {} ({} beyond the live window)",
+            s.late, s.too_late
+        )?;
         if self.lifecycle_records > 0 {
             writeln!(f, "  lifecycle:     {} records", self.lifecycle_records)?;
         }
@@ -232,8 +244,9 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
         if p.as_os_str() == "-" {
             named.push(("-".into(), Box::new(std::io::stdin())));
         } else {
-            let f = std::fs::File::open(p)
-                .map_err(|e| PipelineError::Usage(format!("cannot read input {}: {e}", p.display())))?;
+            let f = std::fs::File::open(p).map_err(|e| {
+                PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
+            })?;
             named.push((p.display().to_string(), Box::new(f)));
         }
     }
@@ -256,7 +269,9 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
             let t = tempfile::Builder::new()
                 .prefix("replayguard-scan-")
                 .tempdir()
-                .map_err(|e| PipelineError::Input(format!("creating a temporary state dir: {e}")))?;
+                .map_err(|e| {
+                    PipelineError::Input(format!("creating a temporary state dir: {e}"))
+                })?;
             let p = t.path().to_path_buf();
             temp = Some(t);
             p
@@ -336,7 +351,10 @@ struct CountingSink<'a> {
 }
 
 impl AlertSink for CountingSink<'_> {
-    fn deliver(&mut self, batch: &[crate::sink::OutboxEntry]) -> Result<(), crate::sink::SinkError> {
+    fn deliver(
+        &mut self,
+        batch: &[crate::sink::OutboxEntry],
+    ) -> Result<(), crate::sink::SinkError> {
         self.inner.deliver(batch)?;
         self.n += batch.len();
         Ok(())

@@ -62,7 +62,11 @@ enum Crash {
 }
 
 /// Runs with crashes; each restart resumes from the positions in the store.
-fn crashing_run(input: &[Vec<u8>], batch: usize, crashes: &[(usize, Crash)]) -> (Vec<Alert>, usize) {
+fn crashing_run(
+    input: &[Vec<u8>],
+    batch: usize,
+    crashes: &[(usize, Crash)],
+) -> (Vec<Alert>, usize) {
     let store = Arc::new(MemStore::new(9));
     let mut sink = MemAlertSink::default();
     let mut dlq = MemDeadLetterSink::default();
@@ -77,10 +81,10 @@ fn crashing_run(input: &[Vec<u8>], batch: usize, crashes: &[(usize, Crash)]) -> 
         let src = e.source_id("in");
         let start = e.positions(shard).get(&src).copied().unwrap_or(0) as usize;
         let mut since_commit = 0;
-        for i in start..input.len() {
+        for (i, line) in input.iter().enumerate().skip(start) {
             let rec = Record {
                 pos: crate::detect::Position::new(src, i as u64),
-                payload: Payload::Data(&input[i]),
+                payload: Payload::Data(line),
             };
             e.process(shard, rec, &mut dlq).unwrap();
             since_commit += 1;
@@ -104,7 +108,10 @@ fn crashing_run(input: &[Vec<u8>], batch: usize, crashes: &[(usize, Crash)]) -> 
         e.commit(&mut dlq).unwrap();
         e.deliver(&mut sink).unwrap();
         e.commit(&mut dlq).unwrap();
-        assert!(store.outbox().unwrap().is_empty(), "everything delivered is acknowledged");
+        assert!(
+            store.outbox().unwrap().is_empty(),
+            "everything delivered is acknowledged"
+        );
         return (sink.alerts(), restarts);
     }
 }

@@ -164,7 +164,12 @@ impl Alert {
         if self.kind == AlertKind::RevokedKey && self.severity != Severity::Critical {
             return Err("a revoked_key alert is always critical".into());
         }
-        if self.alert_id.len() != 32 || !self.alert_id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if self.alert_id.len() != 32
+            || !self
+                .alert_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err("alert_id is 32 lowercase hex digits".into());
         }
         Ok(())

@@ -161,10 +161,16 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
                 m
             }
         }
-        _ => return Err(TimestampError::Syntax("expected 'Z' or an offset like +02:00")),
+        _ => {
+            return Err(TimestampError::Syntax(
+                "expected 'Z' or an offset like +02:00",
+            ))
+        }
     };
     if i != b.len() {
-        return Err(TimestampError::Syntax("unexpected characters after the offset"));
+        return Err(TimestampError::Syntax(
+            "unexpected characters after the offset",
+        ));
     }
     if !(1..=12).contains(&month) {
         return Err(TimestampError::Range("month"));
@@ -355,7 +361,10 @@ mod tests {
     #[test]
     fn range_limits() {
         assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z").unwrap(), MIN_MILLIS);
-        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z").unwrap(), MAX_MILLIS);
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:59:59.999Z").unwrap(),
+            MAX_MILLIS
+        );
         assert!(from_epoch_millis(MAX_MILLIS as i128 + 1).is_err());
         assert!(from_epoch_millis(MIN_MILLIS as i128 - 1).is_err());
         assert!(from_epoch_millis(u64::MAX as i128).is_err());
@@ -363,7 +372,16 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for ms in [0, 1, -1, 999, 1_764_291_723_004, MIN_MILLIS, MAX_MILLIS, -86_400_001] {
+        for ms in [
+            0,
+            1,
+            -1,
+            999,
+            1_764_291_723_004,
+            MIN_MILLIS,
+            MAX_MILLIS,
+            -86_400_001,
+        ] {
             let s = format_rfc3339(ms);
             assert_eq!(parse_rfc3339(&s).unwrap(), ms, "{s}");
         }

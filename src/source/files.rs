@@ -126,9 +126,12 @@ pub struct Input {
     pub reader: Box<dyn Read + Send>,
 }
 
+/// An input being read: name, source id, lines.
+type OpenInput = (String, u32, LineReader<Box<dyn Read + Send>>);
+
 /// JSON-lines files read one after another; positions are 1-based line numbers.
 pub struct FileSource {
-    inputs: std::collections::VecDeque<(String, u32, LineReader<Box<dyn Read + Send>>)>,
+    inputs: std::collections::VecDeque<OpenInput>,
     line: u64,
 }
 
@@ -221,17 +224,36 @@ mod tests {
         input.extend_from_slice(b"\nafter\n");
         input.extend_from_slice(&big);
         let out = lines(&input, 1000);
-        assert_eq!(out, vec!["ok".to_string(), format!("<{}:1024>", 3 << 20), "after".into(), format!("<{}:1024>", 3 << 20)]);
+        assert_eq!(
+            out,
+            vec![
+                "ok".to_string(),
+                format!("<{}:1024>", 3 << 20),
+                "after".into(),
+                format!("<{}:1024>", 3 << 20)
+            ]
+        );
         // just over the limit, inside one buffer
-        assert_eq!(lines(b"12345\n123456\n", 5), vec!["12345".to_string(), "<6:6>".into()]);
+        assert_eq!(
+            lines(b"12345\n123456\n", 5),
+            vec!["12345".to_string(), "<6:6>".into()]
+        );
     }
 
     #[test]
     fn file_source_numbers_lines_per_input() {
         let mut s = FileSource::new(
             vec![
-                Input { name: "a".into(), source_id: 1, reader: Box::new(&b"x\n\ny\n"[..]) },
-                Input { name: "b".into(), source_id: 2, reader: Box::new(&b"z"[..]) },
+                Input {
+                    name: "a".into(),
+                    source_id: 1,
+                    reader: Box::new(&b"x\n\ny\n"[..]),
+                },
+                Input {
+                    name: "b".into(),
+                    source_id: 2,
+                    reader: Box::new(&b"z"[..]),
+                },
             ],
             100,
         );

@@ -14,7 +14,10 @@ pub use memory::VecSource;
 pub enum Payload<'a> {
     Data(&'a [u8]),
     /// Longer than the decoder's limit; only the first bytes were kept.
-    Oversize { len: usize, prefix: &'a [u8] },
+    Oversize {
+        len: usize,
+        prefix: &'a [u8],
+    },
 }
 
 /// One record and where it came from.

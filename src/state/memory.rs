@@ -82,7 +82,7 @@ impl StateStore for MemStore {
     fn for_each_segment(
         &self,
         shard: u32,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StateError>,
+        f: &mut super::SegmentVisitor<'_>,
     ) -> Result<(), StateError> {
         let g = self.inner.lock().unwrap();
         for ((_, seq), b) in g.segments.range((shard, 0)..=(shard, u64::MAX)) {
@@ -92,7 +92,14 @@ impl StateStore for MemStore {
     }
 
     fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError> {
-        Ok(self.inner.lock().unwrap().lifecycle.values().cloned().collect())
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .lifecycle
+            .values()
+            .cloned()
+            .collect())
     }
 
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {

@@ -153,6 +153,9 @@ impl Commit {
     }
 }
 
+/// Visitor of stored segments: (sequence, bytes).
+pub type SegmentVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StateError> + 'a;
+
 /// The durable state. Implementations: [`RocksStore`] and [`MemStore`].
 pub trait StateStore: SegmentSource + Send + Sync + 'static {
     /// Store metadata (created with a random seed on first open).
@@ -161,11 +164,7 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
     fn registry(&self) -> Result<BTreeMap<String, u32>, StateError>;
     fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError>;
     /// Visits the segments of a shard in sequence order.
-    fn for_each_segment(
-        &self,
-        shard: u32,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StateError>,
-    ) -> Result<(), StateError>;
+    fn for_each_segment(&self, shard: u32, f: &mut SegmentVisitor<'_>) -> Result<(), StateError>;
     fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError>;
     /// Alerts committed but not yet acknowledged by the sink, in order.
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError>;

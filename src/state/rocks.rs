@@ -20,8 +20,8 @@ use rocksdb::{
 };
 
 use super::{
-    lifecycle_key, segment::SegmentSource, segment_key, Commit, ShardMeta, StateError,
-    StateStore, StoreMeta, FORMAT_VERSION,
+    lifecycle_key, segment::SegmentSource, segment_key, Commit, ShardMeta, StateError, StateStore,
+    StoreMeta, FORMAT_VERSION,
 };
 use crate::schema::LifecycleEvent;
 
@@ -175,16 +175,18 @@ impl RocksStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Drops SST files that lie wholly inside deleted segment ranges, so disk
     /// space comes back without waiting for compaction.
     fn reclaim(&self, shard: u32, below: u64) {
         let cf = self.cf(CF_SIGHTINGS);
-        if let Err(e) = self
-            .db
-            .delete_file_in_range_cf(cf, segment_key(shard, 0), segment_key(shard, below))
+        if let Err(e) =
+            self.db
+                .delete_file_in_range_cf(cf, segment_key(shard, 0), segment_key(shard, below))
         {
             tracing::warn!(error = %e, "reclaiming deleted sighting segments failed");
         }
@@ -250,7 +252,7 @@ impl StateStore for RocksStore {
     fn for_each_segment(
         &self,
         shard: u32,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StateError>,
+        f: &mut super::SegmentVisitor<'_>,
     ) -> Result<(), StateError> {
         let start = segment_key(shard, 0);
         let it = self.db.iterator_cf(

@@ -77,16 +77,19 @@ impl<'a> Reader<'a> {
         self.take(1).map(|s| s[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+        self.take(4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+        self.take(8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
     }
     fn i64(&mut self) -> Option<i64> {
         self.u64().map(|v| v as i64)
     }
     fn u128(&mut self) -> Option<u128> {
-        self.take(16).map(|s| u128::from_le_bytes(s.try_into().unwrap()))
+        self.take(16)
+            .map(|s| u128::from_le_bytes(s.try_into().unwrap()))
     }
     fn str(&mut self) -> Option<&'a str> {
         let n = self.u32()? as usize;
@@ -247,7 +250,10 @@ impl OpenSegment {
             }
         }
         let mut out = Vec::with_capacity(
-            HEADER + dedup.len() * INDEX_ENTRY + self.events.len() * EVENT_ENTRY + self.records.len(),
+            HEADER
+                + dedup.len() * INDEX_ENTRY
+                + self.events.len() * EVENT_ENTRY
+                + self.records.len(),
         );
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(dedup.len() as u32).to_le_bytes());
@@ -273,12 +279,7 @@ impl OpenSegment {
 /// Reads committed segments back from the state store.
 pub trait SegmentSource {
     /// Calls `f` with the bytes of segment `seq` of `shard`, if it exists.
-    fn with_segment(
-        &self,
-        shard: u32,
-        seq: u64,
-        f: &mut dyn FnMut(&[u8]),
-    ) -> Result<bool, String>;
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String>;
 }
 
 /// The [`SightingLog`] of one shard: open segment, sealed-but-unwritten
@@ -486,14 +487,21 @@ mod tests {
         assert_eq!(a, b);
         let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
         assert_eq!(w.first.event_id, "b");
-        assert!(log.window(a, 7 | (2u128 << 64)).unwrap().is_none(), "full fingerprint is checked");
+        assert!(
+            log.window(a, 7 | (2u128 << 64)).unwrap().is_none(),
+            "full fingerprint is checked"
+        );
         let sealed = log.take_sealed();
         assert_eq!(sealed.len(), 1);
         let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
         assert_eq!(w.first.event_id, "b");
         assert_eq!(w.prev.unwrap().event_id, "p");
         let v = SegmentView::parse(0, &sealed[0].1).unwrap();
-        assert_eq!((v.min_t, v.max_t), (3, 12), "max_t covers what a record supersedes");
+        assert_eq!(
+            (v.min_t, v.max_t),
+            (3, 12),
+            "max_t covers what a record supersedes"
+        );
         assert_eq!(v.windows().count(), 1);
         assert_eq!(v.events().collect::<Vec<_>>(), vec![(99, 3, 42)]);
         assert!(log.expire(12).is_empty());

@@ -1,0 +1,151 @@
+//! The hot path, per event: decode, detect, and decode + detect + state
+//! commit (in-memory twin and RocksDB). Throughput is in events.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use replayguard::config::Config;
+use replayguard::decode::Decoder;
+use replayguard::detect::{LifecycleTable, Position, ShardDetector, VecLog};
+use replayguard::generate::{self, GenConfig};
+use replayguard::pipeline::Engine;
+use replayguard::sink::{MemAlertSink, MemDeadLetterSink};
+use replayguard::source::{Payload, Record};
+use replayguard::state::{MemStore, RocksStore, SegmentLog, StateStore};
+
+const N: usize = 100_000;
+
+fn traffic() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    generate::generate(
+        &GenConfig {
+            events: N as u64,
+            rate: 5_000.0,
+            ..Default::default()
+        },
+        &Config::default().detect.rules(),
+        &mut out,
+        None,
+        None,
+    )
+    .unwrap();
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_vec())
+        .collect()
+}
+
+fn run_engine<S: StateStore>(store: Arc<S>, lines: &[Vec<u8>]) -> usize {
+    let config = Config::default();
+    let mut e = Engine::open(store, &config).unwrap();
+    let shard = e.open_shard("bench").unwrap();
+    let src = e.source_id("bench");
+    let mut sink = MemAlertSink::default();
+    let mut dlq = MemDeadLetterSink::default();
+    for (i, l) in lines.iter().enumerate() {
+        e.process(
+            shard,
+            Record {
+                pos: Position::new(src, i as u64),
+                payload: Payload::Data(l),
+            },
+            &mut dlq,
+        )
+        .unwrap();
+        if (i + 1) % 65_536 == 0 {
+            e.commit(&mut dlq).unwrap();
+            e.deliver(&mut sink).unwrap();
+        }
+    }
+    e.commit(&mut dlq).unwrap();
+    e.deliver(&mut sink).unwrap();
+    sink.delivered.len()
+}
+
+fn benches(c: &mut Criterion) {
+    let lines = traffic();
+    let bytes: usize = lines.iter().map(|l| l.len()).sum();
+    eprintln!(
+        "{} events, {:.0} bytes each on average",
+        lines.len(),
+        bytes as f64 / lines.len() as f64
+    );
+    let decoder = Decoder::default();
+
+    let mut g = c.benchmark_group("per_event");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.sample_size(10);
+
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(decoder.access(l).unwrap());
+            }
+        })
+    });
+
+    let decoded: Vec<_> = lines.iter().map(|l| decoder.access(l).unwrap()).collect();
+    let rules = Config::default().detect.rules();
+    let lc = LifecycleTable::default();
+    g.bench_function("detect", |b| {
+        b.iter_batched(
+            || (ShardDetector::new(rules, 1), VecLog::default(), Vec::new()),
+            |(mut det, mut log, mut out)| {
+                for (i, ev) in decoded.iter().enumerate() {
+                    det.process(ev, Position::new(0, i as u64), &lc, &mut log, &mut out)
+                        .unwrap();
+                }
+                out.len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    g.bench_function("detect_segment_log", |b| {
+        b.iter_batched(
+            || {
+                let store = Arc::new(MemStore::new(1));
+                (
+                    ShardDetector::new(rules, 1),
+                    SegmentLog::new(0, store, 0, 64 << 20),
+                    Vec::new(),
+                )
+            },
+            |(mut det, mut log, mut out)| {
+                for (i, ev) in decoded.iter().enumerate() {
+                    det.process(ev, Position::new(0, i as u64), &lc, &mut log, &mut out)
+                        .unwrap();
+                }
+                out.len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    g.bench_function("decode_detect_commit_memstore", |b| {
+        b.iter(|| run_engine(Arc::new(MemStore::new(1)), &lines))
+    });
+
+    g.bench_function("decode_detect_commit_rocksdb", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Arc::new(RocksStore::open(dir.path(), &Default::default()).unwrap());
+                (dir, store)
+            },
+            |(dir, store)| {
+                let n = run_engine(store, &lines);
+                drop(dir);
+                n
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
