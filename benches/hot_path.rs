@@ -48,10 +48,7 @@ fn run_engine<S: StateStore>(store: Arc<S>, lines: &[Vec<u8>]) -> usize {
     for (i, l) in lines.iter().enumerate() {
         e.process(
             shard,
-            Record {
-                pos: Position::new(src, i as u64),
-                payload: Payload::Data(l),
-            },
+            Record::new(Position::new(src, i as u64), Payload::Data(l)),
             &mut dlq,
         )
         .unwrap();

@@ -36,6 +36,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the detector over JSON-lines files (or stdin), no broker needed.
     Scan(ScanCmd),
+    /// Consume access events from Kafka as a consumer group; alerts to a topic.
+    Run(RunCmd),
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The TOML config file.
@@ -68,6 +70,68 @@ pub struct ScanCmd {
     /// JSON-lines input files; none or "-" reads stdin.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    /// TOML config file; the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (kafka.brokers).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Consumer group (kafka.group).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Access-event topic; may be given more than once (kafka.input_topics).
+    #[arg(long = "input-topic", value_name = "TOPIC")]
+    pub input_topics: Vec<String>,
+    /// Key lifecycle topic; "" disables it (kafka.lifecycle_topic).
+    #[arg(long, value_name = "TOPIC")]
+    pub lifecycle_topic: Option<String>,
+    /// Alert topic (kafka.alert_topic).
+    #[arg(long, value_name = "TOPIC")]
+    pub alert_topic: Option<String>,
+    /// Dead-letter topic (kafka.dead_letter_topic).
+    #[arg(long, value_name = "TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// State directory (state.dir; default ./replayguard-state).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// HTTP listen address for metrics, health and reports; "" disables it (http.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+}
+
+impl RunCmd {
+    /// Applies the flags over the config.
+    pub fn apply(&self, c: &mut crate::config::Config) {
+        let k = &mut c.kafka;
+        if let Some(v) = &self.brokers {
+            k.brokers = v.clone();
+        }
+        if let Some(v) = &self.group {
+            k.group = v.clone();
+        }
+        if !self.input_topics.is_empty() {
+            k.input_topics = self.input_topics.clone();
+        }
+        if let Some(v) = &self.lifecycle_topic {
+            k.lifecycle_topic = v.clone();
+        }
+        if let Some(v) = &self.alert_topic {
+            k.alert_topic = v.clone();
+        }
+        if let Some(v) = &self.dead_letter_topic {
+            k.dead_letter_topic = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            c.state.dir = Some(v.clone());
+        }
+        if let Some(v) = &self.http {
+            c.http.listen = v.clone();
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -289,6 +289,167 @@ impl Default for ScanSection {
     }
 }
 
+/// `[kafka]`: `replayguard run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// bootstrap.servers. Default "127.0.0.1:9092".
+    pub brokers: String,
+    /// Consumer group of the detectors (group.id). Default "replayguard".
+    pub group: String,
+    /// Access-event topics. Default ["access-events"].
+    pub input_topics: Vec<String>,
+    /// Key lifecycle topic (compacted, keyed by key_id), read whole by every
+    /// instance. Default "key-lifecycle"; "" disables it.
+    pub lifecycle_topic: String,
+    /// Where alerts go (key = key_id, headers kind and alert_id). Default "replayguard-alerts".
+    pub alert_topic: String,
+    /// Where undecodable records go, with headers naming their origin.
+    /// Default "replayguard-dead-letters".
+    pub dead_letter_topic: String,
+    /// Route events through an internal topic keyed by key_id before
+    /// detection, for producers that do not key by key_id. Default false.
+    pub repartition: bool,
+    /// The internal topic of `repartition`. Default "<group>-repartition".
+    pub repartition_topic: Option<String>,
+    /// Create the alert, dead-letter and repartition topics when missing. Default true.
+    pub create_topics: bool,
+    /// Partitions of topics replayguard creates. Default 4.
+    pub topic_partitions: i32,
+    /// Commit (state, offsets, alerts) at least this often. Default 20ms.
+    pub commit_interval: DurationMs,
+    /// ...or after this many records, whichever comes first. Default 20000.
+    pub batch_records: usize,
+    /// Interval of the per-partition lag and rate log lines. Default 30s.
+    pub log_interval: DurationMs,
+    /// At startup, read the lifecycle topic until it has been quiet this long
+    /// before consuming events (bounded by 30 s). Default 1s.
+    pub lifecycle_quiet: DurationMs,
+    /// librdkafka properties for every client (SASL, TLS, timeouts…).
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only.
+    pub consumer_properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the producers only.
+    pub producer_properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: "127.0.0.1:9092".into(),
+            group: "replayguard".into(),
+            input_topics: vec!["access-events".into()],
+            lifecycle_topic: "key-lifecycle".into(),
+            alert_topic: "replayguard-alerts".into(),
+            dead_letter_topic: "replayguard-dead-letters".into(),
+            repartition: false,
+            repartition_topic: None,
+            create_topics: true,
+            topic_partitions: 4,
+            commit_interval: DurationMs(20),
+            batch_records: 20_000,
+            log_interval: DurationMs::secs(30),
+            lifecycle_quiet: DurationMs::secs(1),
+            properties: Default::default(),
+            consumer_properties: Default::default(),
+            producer_properties: Default::default(),
+        }
+    }
+}
+
+impl KafkaSection {
+    pub fn repartition_topic(&self) -> String {
+        self.repartition_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-repartition", self.group))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.brokers.trim().is_empty() {
+            return bad("kafka.brokers is empty".into());
+        }
+        if self.group.trim().is_empty() {
+            return bad("kafka.group is empty".into());
+        }
+        if self.input_topics.is_empty() || self.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return bad("kafka.input_topics needs at least one topic name".into());
+        }
+        if self.alert_topic.is_empty() || self.dead_letter_topic.is_empty() {
+            return bad("kafka.alert_topic and kafka.dead_letter_topic must be named".into());
+        }
+        let outputs = [
+            &self.alert_topic,
+            &self.dead_letter_topic,
+            &self.lifecycle_topic,
+        ];
+        for t in &self.input_topics {
+            if outputs.contains(&t) {
+                return bad(format!(
+                    "topic {t:?} is both an input topic and an output or lifecycle topic"
+                ));
+            }
+        }
+        if self.repartition && self.input_topics.contains(&self.repartition_topic()) {
+            return bad("kafka.repartition_topic must not be an input topic".into());
+        }
+        if self.topic_partitions < 1 {
+            return bad("kafka.topic_partitions must be at least 1".into());
+        }
+        if self.batch_records == 0 || self.commit_interval.0 == 0 {
+            return bad("kafka.batch_records and kafka.commit_interval must be positive".into());
+        }
+        for (k, v) in self
+            .properties
+            .iter()
+            .chain(&self.consumer_properties)
+            .chain(&self.producer_properties)
+        {
+            // the guarantees rest on these; refuse overrides instead of breaking them quietly
+            let fixed = [
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+            ];
+            if let Some((_, want)) = fixed.iter().find(|(f, _)| f == k) {
+                if v != want {
+                    return bad(format!(
+                        "librdkafka property {k}={v} would break replayguard's delivery guarantees \
+                         (it is always {want})"
+                    ));
+                }
+            }
+            if k == "group.id" || k == "bootstrap.servers" {
+                return bad(format!(
+                    "set {k} with kafka.group / kafka.brokers, not as a property"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[http]`: the HTTP server of `run` (metrics, health, reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address; "" disables the server. Default "127.0.0.1:9898".
+    pub listen: String,
+    /// Bearer token required by every endpoint except /healthz, /readyz and
+    /// /metrics. Default: none (or the REPLAYGUARD_HTTP_TOKEN environment variable).
+    pub token: Option<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:9898".into(),
+            token: None,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +458,8 @@ pub struct Config {
     pub decode: DecodeSection,
     pub state: StateSection,
     pub scan: ScanSection,
+    pub kafka: KafkaSection,
+    pub http: HttpSection,
 }
 
 impl Config {
@@ -346,6 +509,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "scan.batch_events must be at least 1".into(),
             ));
+        }
+        self.kafka.validate()?;
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.listen {:?} is not an address like 127.0.0.1:9898",
+                self.http.listen
+            )));
         }
         if self.state.block_cache.0 < 1 << 20 || self.state.write_buffer.0 < 4 << 20 {
             return Err(ConfigError::Invalid(

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use replayguard::cli::{Cli, Command, GenerateCmd, LogFormat, ScanCmd};
+use replayguard::cli::{Cli, Command, GenerateCmd, LogFormat, RunCmd, ScanCmd};
 use replayguard::config::Config;
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
 
@@ -14,6 +14,7 @@ fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
         Command::Scan(_) | Command::Generate(_) | Command::CheckConfig { .. } => "warn",
+        Command::Run(_) => "info,librdkafka=warn,rdkafka=warn",
     };
     let filter = match &cli.log {
         Some(f) => EnvFilter::new(f),
@@ -48,6 +49,61 @@ fn scan(cmd: ScanCmd) -> Result<(), PipelineError> {
     })?;
     eprint!("{summary}");
     Ok(())
+}
+
+fn run(cmd: RunCmd) -> Result<(), PipelineError> {
+    use std::sync::Arc;
+    let mut config = load_config(cmd.config.as_deref())?;
+    cmd.apply(&mut config);
+    config.validate()?;
+    if config.http.token.is_none() {
+        config.http.token = std::env::var("REPLAYGUARD_HTTP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| PipelineError::Input(format!("metrics recorder: {e}")))?;
+    let status = Arc::new(pipeline::Status::default());
+    // a small runtime for the HTTP server and the signal handlers
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(|e| PipelineError::Input(format!("starting the async runtime: {e}")))?;
+    if !config.http.listen.is_empty() {
+        let addr: std::net::SocketAddr = config.http.listen.parse().map_err(|_| {
+            PipelineError::Usage(format!("bad --http address {:?}", config.http.listen))
+        })?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| PipelineError::Usage(format!("cannot listen on {addr}: {e}")))?;
+        let state = replayguard::http::AppState {
+            status: status.clone(),
+            metrics: Some(metrics),
+            token: config.http.token.as_deref().map(Arc::from),
+        };
+        tracing::info!(%addr, "HTTP server listening");
+        rt.spawn(async move {
+            if let Err(e) = axum::serve(listener, replayguard::http::app(state)).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    let st = status.clone();
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+        tracing::info!("signal received: finishing the batch, committing and leaving the group");
+        st.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let result = pipeline::run(pipeline::RunArgs { config }, status);
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
@@ -114,6 +170,7 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     let result = match cli.command {
         Command::Scan(cmd) => scan(cmd),
+        Command::Run(cmd) => run(cmd),
         Command::CheckConfig { file } => Config::load(&file)
             .map(|c| {
                 print!("{}", c.to_toml());

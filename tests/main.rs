@@ -3,5 +3,6 @@
 mod util;
 
 mod cli;
+mod kafka;
 mod scan;
 mod schema;

@@ -10,33 +10,9 @@ use replayguard::detect::DetectConfig;
 use replayguard::generate::{self, GenConfig, TruthLine};
 use replayguard::schema::Alert;
 
-/// A temporary directory that lives as long as the test.
-pub struct Dir {
-    pub tmp: tempfile::TempDir,
-}
+pub use replayguard::testkit::Dir;
 
-impl Dir {
-    pub fn new() -> Self {
-        Dir {
-            tmp: tempfile::Builder::new()
-                .prefix("replayguard-test-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-}
-
-/// The `replayguard` binary under test.
+/// The `replayguard` binary under test (the testkit finds the same one).
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_replayguard"));
     c.env_remove("RUST_LOG");

@@ -22,7 +22,7 @@ use crate::decode::Decoder;
 use crate::detect::{DetectConfig, LifecycleTable, Position, ShardDetector, ShardStats};
 use crate::schema::{Alert, AlertKind, LifecycleEvent};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink, OutboxEntry};
-use crate::source::{Payload, Record};
+use crate::source::{MessageKey, Payload, Record};
 use crate::state::{Commit, SegmentLog, SegmentView, ShardMeta, StateStore};
 use crate::telemetry;
 
@@ -42,6 +42,11 @@ struct Shard<S: StateStore> {
     stale_segments: Vec<u64>,
     /// Stats at the last commit (for per-batch telemetry).
     committed_stats: ShardStats,
+    /// While set, records before this offset rebuild state only: no alerts,
+    /// no dead letters, not counted (another instance already reported them).
+    live_from: Option<u64>,
+    /// A batch has started since the last commit (its origin is set).
+    in_batch: bool,
     dirty: bool,
 }
 
@@ -61,6 +66,12 @@ pub struct Totals {
     pub malformed: u64,
     pub live_entries: usize,
     pub index_bytes: usize,
+    /// Kafka records without a message key.
+    pub key_absent: u64,
+    /// Kafka records whose message key is not their key_id.
+    pub key_mismatch: u64,
+    /// Records read again to rebuild the state of a partition taken over.
+    pub rebuilt: u64,
 }
 
 /// Decoder, detectors, live state and outbox of one process.
@@ -85,6 +96,11 @@ pub struct Engine<S: StateStore> {
     delete_outbox_below: Option<u64>,
     scratch: Vec<Alert>,
     malformed: u64,
+    key_absent: u64,
+    key_mismatch: u64,
+    rebuilt: u64,
+    /// A commit the store refused (e.g. disk full), retried first next time.
+    failed: Option<(Commit, CommitInfo)>,
 }
 
 impl<S: StateStore> Engine<S> {
@@ -127,6 +143,10 @@ impl<S: StateStore> Engine<S> {
             delete_outbox_below: None,
             scratch: Vec::new(),
             malformed: 0,
+            key_absent: 0,
+            key_mismatch: 0,
+            rebuilt: 0,
+            failed: None,
         })
     }
 
@@ -195,12 +215,12 @@ impl<S: StateStore> Engine<S> {
                 return Ok(());
             }
             segments += 1;
-            log.note_existing(seq, v.max_t);
+            log.note_existing(seq, v.max_t, v.origin);
             for w in v.windows() {
-                let w = w.ok_or_else(|| {
+                let (fp, t) = w.ok_or_else(|| {
                     crate::state::StateError::Corrupt(format!("window record in segment {seq}"))
                 })?;
-                det.restore_window(w.fp, w.first.received_at, seq as u32);
+                det.restore_window(fp, t, seq as u32);
                 windows += 1;
             }
             for (fp, t, h) in v.events() {
@@ -227,10 +247,72 @@ impl<S: StateStore> Engine<S> {
                 cur: None,
                 stale_segments: stale,
                 committed_stats: stats,
+                live_from: None,
+                in_batch: false,
                 dirty: true,
             },
         );
         Ok(id)
+    }
+
+    /// Whether a shard is open in memory.
+    pub fn is_open(&self, shard: u32) -> bool {
+        self.shards.contains_key(&shard)
+    }
+
+    /// Forgets a shard's in-memory state (its partition was revoked). Call
+    /// [`Engine::commit`] first: what is not committed is lost.
+    pub fn close_shard(&mut self, shard: u32) {
+        self.shards.remove(&shard);
+    }
+
+    /// Throws a shard's state away, in memory and (with the next commit) in
+    /// the store, to rebuild it from the source: records before `live_from`
+    /// only rebuild state, later ones are reported as usual.
+    pub fn reset_shard(&mut self, shard: u32, live_from: u64) -> Result<(), PipelineError> {
+        let name = match self.shards.get(&shard) {
+            Some(s) => s.name.clone(),
+            None => return Err(PipelineError::Input(format!("shard {shard} is not open"))),
+        };
+        let mut all = Vec::new();
+        self.store.for_each_segment(shard, &mut |seq, _| {
+            all.push(seq);
+            Ok(())
+        })?;
+        let old = self.shards.remove(&shard).expect("checked");
+        let mut det = ShardDetector::new(self.rules, self.seed);
+        det.restore_clock(Default::default());
+        let next_seq = old.log.next_seq();
+        self.shards.insert(
+            shard,
+            Shard {
+                name,
+                det,
+                log: SegmentLog::new(shard, self.store.clone(), next_seq, self.segment_cache),
+                meta: ShardMeta {
+                    next_seq,
+                    ..Default::default()
+                },
+                cur: None,
+                stale_segments: all,
+                committed_stats: ShardStats::default(),
+                live_from: Some(live_from),
+                in_batch: false,
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Offset of the first record that is reported (not only rebuilt), while rebuilding.
+    pub fn live_from(&self, shard: u32) -> Option<u64> {
+        self.shards.get(&shard).and_then(|s| s.live_from)
+    }
+
+    /// Where to re-read a shard's source from to rebuild its live state
+    /// (see [`SegmentLog::rebuild_from`]); `None` when nothing is live.
+    pub fn rebuild_from(&self, shard: u32) -> Option<u64> {
+        self.shards.get(&shard).and_then(|s| s.log.rebuild_from())
     }
 
     /// Positions (source id -> next offset) that a shard's state covers.
@@ -270,10 +352,44 @@ impl<S: StateStore> Engine<S> {
             }),
         };
         let s = self.shards.get_mut(&shard).expect("shard opened");
+        if !s.in_batch {
+            s.in_batch = true;
+            s.log.set_origin(rec.pos.offset);
+        }
         s.cur = Some((rec.pos.source, rec.pos.offset + 1));
         s.dirty = true;
+        let rebuilding = match s.live_from {
+            Some(g) if rec.pos.offset < g => true,
+            Some(_) => {
+                // caught up: from here on this instance reports, and counts from zero
+                s.live_from = None;
+                s.det.set_stats(ShardStats::default());
+                s.committed_stats = ShardStats::default();
+                false
+            }
+            None => false,
+        };
+        if rebuilding {
+            self.rebuilt += 1;
+            if let Ok(ev) = decoded {
+                self.scratch.clear();
+                s.det
+                    .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
+                self.scratch.clear();
+            }
+            return Ok(());
+        }
         match decoded {
             Ok(ev) => {
+                match rec.key {
+                    MessageKey::None => {}
+                    MessageKey::Absent => self.key_absent += 1,
+                    MessageKey::Present(k) => {
+                        if k != ev.key_id.as_bytes() {
+                            self.key_mismatch += 1;
+                        }
+                    }
+                }
                 self.scratch.clear();
                 s.det
                     .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
@@ -304,6 +420,7 @@ impl<S: StateStore> Engine<S> {
                     pos: rec.pos,
                     error: &e,
                     payload: rec.payload,
+                    key: rec.key,
                 })?;
             }
         }
@@ -321,10 +438,19 @@ impl<S: StateStore> Engine<S> {
         &self.outbox[self.uncommitted..]
     }
 
-    /// Commits everything since the last commit atomically (see the module docs).
+    /// Commits everything since the last commit atomically (see the module
+    /// docs). When the store refuses (disk full, I/O error) nothing is lost:
+    /// the commit is kept and retried first by the next call.
     pub fn commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<CommitInfo, PipelineError> {
         let started = Instant::now();
         dlq.flush()?;
+        if let Some((c, info)) = self.failed.take() {
+            if let Err(e) = self.store.commit(&c) {
+                self.failed = Some((c, info));
+                return Err(e.into());
+            }
+            self.uncommitted += info.alerts;
+        }
         let mut c = Commit {
             registry: std::mem::take(&mut self.registry_pending),
             lifecycle: std::mem::take(&mut self.lifecycle_pending),
@@ -344,6 +470,7 @@ impl<S: StateStore> Engine<S> {
                 continue;
             }
             s.dirty = false;
+            s.in_batch = false;
             if let Some((src, next)) = s.cur.take() {
                 s.meta.positions.insert(src, next);
             }
@@ -382,9 +509,12 @@ impl<S: StateStore> Engine<S> {
         info.segments = c.segments.len();
         info.deleted_segments = c.segment_deletes.len();
         if !c.is_empty() {
-            self.store.commit(&c)?;
+            if let Err(e) = self.store.commit(&c) {
+                self.failed = Some((c, info));
+                return Err(e.into());
+            }
         }
-        self.uncommitted = self.outbox.len();
+        self.uncommitted += info.alerts;
         telemetry::Committed {
             events: info.events,
             segments: info.segments,
@@ -429,9 +559,17 @@ impl<S: StateStore> Engine<S> {
         self.uncommitted
     }
 
+    /// Whether a refused commit is waiting to be retried.
+    pub fn commit_pending(&self) -> bool {
+        self.failed.is_some()
+    }
+
     pub fn totals(&self) -> Totals {
         let mut t = Totals {
             malformed: self.malformed,
+            key_absent: self.key_absent,
+            key_mismatch: self.key_mismatch,
+            rebuilt: self.rebuilt,
             ..Default::default()
         };
         for s in self.shards.values() {

@@ -2,9 +2,11 @@
 //! and shutdown. `scan` and `run` share the [`Engine`].
 
 pub mod engine;
+pub mod run;
 pub mod scan;
 
 pub use engine::{CommitInfo, Engine, Totals};
+pub use run::{run, RunArgs, Status};
 pub use scan::{scan, ScanArgs, ScanSummary};
 
 use crate::config::ConfigError;

@@ -156,7 +156,7 @@ pub fn load_lifecycle<S: StateStore>(
             line += 1;
             let (payload, res) = match l {
                 crate::source::files::Line::Data(b) => {
-                    if b.iter().all(|c| c.is_ascii_whitespace()) {
+                    if crate::source::files::is_blank(b) {
                         continue;
                     }
                     (crate::source::Payload::Data(b), decoder.lifecycle(b))
@@ -190,6 +190,7 @@ pub fn load_lifecycle<S: StateStore>(
                         pos,
                         error: &e,
                         payload,
+                        key: crate::source::MessageKey::None,
                     })?;
                 }
             }

@@ -38,10 +38,10 @@ fn single_run<S: StateStore>(store: Arc<S>, input: &[Vec<u8>], batch: usize) -> 
     let mut sink = MemAlertSink::default();
     let mut dlq = MemDeadLetterSink::default();
     for (i, l) in input.iter().enumerate() {
-        let rec = Record {
-            pos: crate::detect::Position::new(src, i as u64),
-            payload: Payload::Data(l),
-        };
+        let rec = Record::new(
+            crate::detect::Position::new(src, i as u64),
+            Payload::Data(l),
+        );
         e.process(shard, rec, &mut dlq).unwrap();
         if (i + 1) % batch == 0 {
             e.commit(&mut dlq).unwrap();
@@ -82,10 +82,10 @@ fn crashing_run(
         let start = e.positions(shard).get(&src).copied().unwrap_or(0) as usize;
         let mut since_commit = 0;
         for (i, line) in input.iter().enumerate().skip(start) {
-            let rec = Record {
-                pos: crate::detect::Position::new(src, i as u64),
-                payload: Payload::Data(line),
-            };
+            let rec = Record::new(
+                crate::detect::Position::new(src, i as u64),
+                Payload::Data(line),
+            );
             e.process(shard, rec, &mut dlq).unwrap();
             since_commit += 1;
             if let Some(&(at, how)) = crashes.first() {

@@ -12,14 +12,15 @@ use crate::source::Payload;
 /// Where a JSON-lines writer writes.
 enum Target {
     Stdout(BufWriter<std::io::Stdout>),
-    File(BufWriter<File>),
+    /// A file; `true` when it is a regular file (which fsync applies to).
+    File(BufWriter<File>, bool),
 }
 
 impl Target {
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Target::Stdout(w) => w,
-            Target::File(w) => w,
+            Target::File(w, _) => w,
         }
     }
 
@@ -27,9 +28,12 @@ impl Target {
     fn sync(&mut self) -> std::io::Result<()> {
         match self {
             Target::Stdout(w) => w.flush(),
-            Target::File(w) => {
+            Target::File(w, regular) => {
                 w.flush()?;
-                w.get_ref().sync_data()
+                if *regular {
+                    w.get_ref().sync_data()?;
+                }
+                Ok(())
             }
         }
     }
@@ -44,7 +48,8 @@ fn open(path: &Path) -> Result<Target, SinkError> {
             what: path.display().to_string(),
             source,
         })?;
-    Ok(Target::File(BufWriter::with_capacity(1 << 16, f)))
+    let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+    Ok(Target::File(BufWriter::with_capacity(1 << 16, f), regular))
 }
 
 /// Alerts as JSON lines, appended to a file or written to stdout.

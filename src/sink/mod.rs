@@ -3,11 +3,12 @@
 //! Kafka producers live with the `run` pipeline.
 
 pub mod jsonl;
+pub mod kafka;
 pub mod memory;
 
 use crate::decode::DecodeError;
 use crate::detect::Position;
-use crate::source::Payload;
+use crate::source::{MessageKey, Payload};
 
 pub use jsonl::{JsonlAlertSink, JsonlDeadLetterSink};
 pub use memory::{MemAlertSink, MemDeadLetterSink};
@@ -46,6 +47,8 @@ pub struct DeadLetter<'a> {
     pub pos: Position,
     pub error: &'a DecodeError,
     pub payload: Payload<'a>,
+    /// The original message key (Kafka), kept on the dead letter.
+    pub key: MessageKey<'a>,
 }
 
 /// Receives dead letters; `flush` makes them durable before the commit that

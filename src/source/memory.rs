@@ -31,10 +31,7 @@ impl Source for VecSource {
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> Result<Poll, SourceError> {
         let end = (self.next + max).min(self.records.len());
         for (pos, b) in &self.records[self.next..end] {
-            f(Record {
-                pos: *pos,
-                payload: Payload::Data(b),
-            });
+            f(Record::new(*pos, Payload::Data(b)));
         }
         self.next = end;
         Ok(if self.next < self.records.len() {

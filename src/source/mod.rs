@@ -2,6 +2,7 @@
 //! and an in-memory twin. The Kafka source lives with the `run` pipeline.
 
 pub mod files;
+pub mod kafka;
 pub mod memory;
 
 use crate::detect::Position;
@@ -20,11 +21,33 @@ pub enum Payload<'a> {
     },
 }
 
+/// The message key a record arrived with (Kafka), to check that producers
+/// key by key_id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKey<'a> {
+    /// The source has no keys (files).
+    None,
+    Absent,
+    Present(&'a [u8]),
+}
+
 /// One record and where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub pos: Position,
     pub payload: Payload<'a>,
+    pub key: MessageKey<'a>,
+}
+
+impl<'a> Record<'a> {
+    /// A record of a keyless source.
+    pub fn new(pos: Position, payload: Payload<'a>) -> Self {
+        Record {
+            pos,
+            payload,
+            key: MessageKey::None,
+        }
+    }
 }
 
 /// Whether a source has more to give.

@@ -24,7 +24,7 @@ pub use rocks::{RocksOptions, RocksStore};
 pub use segment::{SegmentLog, SegmentSource, SegmentView};
 
 /// Version of the on-disk layout; a store written by another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -130,7 +130,7 @@ pub struct Commit {
     /// New names in the registry (shards and sources) with their ids.
     pub registry: Vec<(String, u32)>,
     pub shards: Vec<(u32, ShardMeta)>,
-    pub segments: Vec<(u32, u64, Arc<[u8]>)>,
+    pub segments: Vec<(u32, u64, Arc<Vec<u8>>)>,
     pub segment_deletes: Vec<(u32, u64)>,
     /// Per shard, the lowest segment sequence still live: everything below it
     /// is deleted, so whole files there may be dropped.

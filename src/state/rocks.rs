@@ -309,7 +309,7 @@ impl StateStore for RocksStore {
         }
         let sightings = self.cf(CF_SIGHTINGS);
         for (shard, seq, bytes) in &c.segments {
-            b.put_cf(sightings, segment_key(*shard, *seq), bytes);
+            b.put_cf(sightings, segment_key(*shard, *seq), bytes.as_slice());
         }
         // contiguous runs of deleted segments become one range delete each
         let mut dels = c.segment_deletes.clone();

@@ -1,6 +1,8 @@
 //! Bytes -> wire types. Every failure is a typed [`DecodeError`] that the
 //! caller sends to the dead-letter place together with the record's position.
 
+mod fast;
+
 use crate::schema::{AccessEvent, LifecycleEvent};
 
 /// Why a record could not be decoded.
@@ -75,9 +77,15 @@ impl Decoder {
         Ok(text)
     }
 
-    /// Decodes one access event v1, borrowing strings from `bytes`.
+    /// Decodes one access event v1, borrowing strings from `bytes`. The
+    /// common flat shape takes a fast path; everything else, errors
+    /// included, is serde_json's.
     pub fn access<'a>(&self, bytes: &'a [u8]) -> Result<AccessEvent<'a>, DecodeError> {
-        let ev: AccessEvent<'a> = serde_json::from_str(self.text(bytes)?).map_err(json_error)?;
+        let text = self.text(bytes)?;
+        let ev: AccessEvent<'a> = match fast::access(text) {
+            Some(ev) => ev,
+            None => serde_json::from_str(text).map_err(json_error)?,
+        };
         if ev.event_id.is_empty() {
             return Err(DecodeError::Schema("`event_id` is empty".into()));
         }

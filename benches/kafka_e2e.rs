@@ -1,0 +1,312 @@
+//! End to end against a real Kafka-protocol broker, in one run on the same
+//! broker and topic:
+//! 1. throughput of a consume-only rdkafka client (the ceiling);
+//! 2. throughput of `replayguard run` (records until the group's committed
+//!    offsets reach the end of the topic);
+//! 3. latency from producing a replayed request to its alert appearing on
+//!    the alert topic, at half of `run`'s measured rate: p50 and p99.
+//!
+//! `scripts/bench-kafka.sh` builds release binaries and runs this; options:
+//! `--events N` (default 1000000), `--brokers HOST:PORT` (default: start Tansu).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use replayguard::config::Config;
+use replayguard::generate::{self, GenConfig};
+use replayguard::testkit::kafka::{committed, consume, produce, Broker, Detector};
+use replayguard::testkit::Dir;
+
+const PARTITIONS: i32 = 4;
+
+fn arg(name: &str) -> Option<String> {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1).cloned())
+}
+
+fn lines(n: u64, seed: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    generate::generate(
+        &GenConfig {
+            events: n,
+            seed,
+            rate: 5_000.0,
+            ..Default::default()
+        },
+        &Config::default().detect.rules(),
+        &mut out,
+        None,
+        None,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn keyed(lines: &[String]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    lines
+        .iter()
+        .map(|l| {
+            let k = serde_json::from_str::<serde_json::Value>(l).unwrap()["key_id"]
+                .as_str()
+                .unwrap()
+                .as_bytes()
+                .to_vec();
+            (Some(k), l.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// Consume-only: a fresh group reads the topic; seconds from the first to the last record.
+fn consume_only(addr: &str, topic: &str, n: usize) -> f64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bench-consume-only")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut got = 0usize;
+    let mut first = None;
+    let mut bytes = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, |p| p.len());
+            got += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    assert_eq!(got, n, "consume-only read everything");
+    first.unwrap().elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--bench")
+        && arg("--events").is_none()
+        && std::env::var("RG_BENCH_KAFKA").is_err()
+    {
+        // `cargo bench` runs every bench target: this one needs a broker and minutes; opt in
+        eprintln!("kafka_e2e: skipped under `cargo bench`; run scripts/bench-kafka.sh (or set RG_BENCH_KAFKA=1)");
+        return;
+    }
+    let n: usize = arg("--events").map_or(1_000_000, |v| v.parse().unwrap());
+    let dir = Dir::new();
+    let broker = if arg("--brokers").is_none() {
+        Some(Broker::start(&dir))
+    } else {
+        None
+    };
+    let addr = arg("--brokers").unwrap_or_else(|| broker.as_ref().unwrap().addr());
+    if let Some(b) = &broker {
+        b.create_topic("bench-in", PARTITIONS);
+        b.create_topic("key-lifecycle", 1);
+    }
+    eprintln!("generating and producing {n} events to {addr}");
+    let data = lines(n as u64, 3);
+    let bytes: usize = data.iter().map(|l| l.len()).sum();
+    let t = Instant::now();
+    let ends = produce(&addr, "bench-in", &keyed(&data));
+    eprintln!("produced in {:.1}s", t.elapsed().as_secs_f64());
+    drop(data);
+
+    let secs = consume_only(&addr, "bench-in", n);
+    let ceiling = n as f64 / secs;
+    eprintln!("consume-only: {ceiling:.0} records/s");
+
+    let cfg = dir.write(
+        "run.toml",
+        &format!(
+            r#"
+[kafka]
+brokers = "{addr}"
+group = "bench-run"
+input_topics = ["bench-in"]
+lifecycle_topic = "key-lifecycle"
+lifecycle_quiet = "300ms"
+[kafka.consumer_properties]
+"session.timeout.ms" = "2000"
+"heartbeat.interval.ms" = "500"
+[state]
+dir = "{state}"
+"#,
+            state = dir.path("state").display()
+        ),
+    );
+    let det = Detector::start(&dir, "run", &cfg);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !det.get("/readyz").is_some_and(|r| r.starts_with("ready")) {
+        assert!(
+            Instant::now() < deadline,
+            "detector not ready:\n{}",
+            det.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let total: i64 = ends.values().sum();
+    loop {
+        let c = committed(&addr, "bench-run", "bench-in", PARTITIONS);
+        if c.values().sum::<i64>() >= total {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "run did not catch up:\n{}",
+            det.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let run_secs = t0.elapsed().as_secs_f64();
+    let run_rate = n as f64 / run_secs;
+    eprintln!("replayguard run: {run_rate:.0} records/s");
+
+    // latency at half of run's rate: replays of requests sent 50 ms earlier
+    let rate = run_rate / 2.0;
+    let seconds = 15.0;
+    let count = (rate * seconds) as usize;
+    let alerts_before = consume(&addr, "replayguard-alerts", 0, Duration::from_secs(2)).len();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (addr, sent, seen, stop) = (addr.clone(), sent.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("group.id", "bench-latency-reader")
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            let md = c
+                .fetch_metadata(Some("replayguard-alerts"), Duration::from_secs(10))
+                .unwrap();
+            let parts = md.topics()[0].partitions().len() as i32;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..parts {
+                tpl.add_partition_offset("replayguard-alerts", p, Offset::Beginning)
+                    .unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            let mut skipped = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(5)) {
+                    let now = Instant::now();
+                    if skipped < alerts_before {
+                        skipped += 1;
+                        continue;
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    if v["kind"] == "replay" {
+                        if let Some(t) = sent.lock().unwrap().get(v["event_id"].as_str().unwrap()) {
+                            seen.lock().unwrap().push(now - *t);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let t_start = Instant::now();
+    let base = 1_795_824_000_000i64 + 3_600_000; // after the bulk data
+    let mut replays = 0;
+    for i in 0..count {
+        let due = t_start + Duration::from_secs_f64(i as f64 / rate);
+        while Instant::now() < due {
+            p.poll(Duration::ZERO);
+            std::hint::spin_loop();
+        }
+        let t = base + (i as f64 * 1000.0 / rate) as i64;
+        // every 100th request replays the request sent about 50 ms before it
+        let (id, key, nonce) = if i % 100 == 99 {
+            replays += 1;
+            let mut j = i.saturating_sub(((rate * 0.05) as usize).max(1));
+            if j % 100 == 99 {
+                j -= 1;
+            }
+            (
+                format!("lat-r{i}"),
+                format!("lat-key-{}", j % 64),
+                format!("lat-n{j}"),
+            )
+        } else {
+            (
+                format!("lat-e{i}"),
+                format!("lat-key-{}", i % 64),
+                format!("lat-n{i}"),
+            )
+        };
+        let line = format!(
+            r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"10.9.0.1","method":"POST","path":"/api/v3/order","status":200}}"#
+        );
+        if id.starts_with("lat-r") {
+            sent.lock().unwrap().insert(id.clone(), Instant::now());
+        }
+        let mut r = BaseRecord::<str, str, ()>::to("bench-in")
+            .key(&key)
+            .payload(&line);
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    p.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < replays && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let mut lat = seen.lock().unwrap().clone();
+    lat.sort();
+    assert_eq!(lat.len(), replays, "every planted replay alerted");
+    let pct =
+        |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let status = det.stop();
+    assert!(status.success());
+
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| events | {n} ({} bytes each on average), {PARTITIONS} partitions |",
+        bytes / n
+    );
+    println!("| consume-only rdkafka client | {ceiling:.0} records/s |");
+    println!("| replayguard run (detect + commit + produce alerts) | {run_rate:.0} records/s |");
+    println!(
+        "| ratio run / consume-only | {:.0} % |",
+        100.0 * run_rate / ceiling
+    );
+    println!(
+        "| replay → alert latency at {rate:.0} records/s ({} replays) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        lat.last().unwrap().as_secs_f64() * 1e3
+    );
+}

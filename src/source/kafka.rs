@@ -1,0 +1,208 @@
+//! Kafka input: client configuration, message -> [`Record`], and the
+//! lifecycle reader (a global table: every instance reads the whole topic).
+//!
+//! The consumer group itself (rebalances, where each partition starts) is
+//! driven by `pipeline::run`, the only place that knows the state store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{MessageKey, Payload, Record};
+use crate::detect::Position;
+
+/// Offset-commit metadata: the format tag of what replayguard writes there.
+pub const COMMIT_METADATA_TAG: &str = "rg1";
+
+/// The consumer configuration of the detectors' group.
+pub fn consumer_config(
+    brokers: &str,
+    group: &str,
+    common: &BTreeMap<String, String>,
+    specific: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.partition.eof", "false");
+    for (k, v) in common.iter().chain(specific) {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Name of the shard (and source) of a topic partition.
+pub fn partition_name(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// A message as a [`Record`] of source `source`; `max` is the decoder's limit.
+pub fn record<'a>(m: &'a BorrowedMessage<'a>, source: u32, max: usize) -> Record<'a> {
+    let bytes = m.payload().unwrap_or(&[]);
+    let payload = if bytes.len() > max {
+        Payload::Oversize {
+            len: bytes.len(),
+            prefix: &bytes[..1024.min(bytes.len())],
+        }
+    } else {
+        Payload::Data(bytes)
+    };
+    Record {
+        pos: Position::new(source, m.offset() as u64),
+        payload,
+        key: match m.key() {
+            Some(k) => MessageKey::Present(k),
+            None => MessageKey::Absent,
+        },
+    }
+}
+
+/// What the commit metadata says about a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitMeta {
+    /// Re-reading from here rebuilds the live state at the committed offset.
+    pub rebuild_from: Option<u64>,
+}
+
+impl CommitMeta {
+    pub fn encode(&self) -> String {
+        match self.rebuild_from {
+            Some(r) => format!("{COMMIT_METADATA_TAG} from={r}"),
+            None => COMMIT_METADATA_TAG.to_string(),
+        }
+    }
+
+    /// `None` when the metadata was not written by replayguard.
+    pub fn decode(s: &str) -> Option<CommitMeta> {
+        let mut parts = s.split_whitespace();
+        if parts.next()? != COMMIT_METADATA_TAG {
+            return None;
+        }
+        let mut m = CommitMeta::default();
+        for p in parts {
+            if let Some(v) = p.strip_prefix("from=") {
+                m.rebuild_from = v.parse().ok();
+            }
+        }
+        Some(m)
+    }
+}
+
+/// A record of the lifecycle topic, or a record that could not be read.
+pub enum LifecycleMsg {
+    Record {
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        bytes: Vec<u8>,
+    },
+    /// The reader has read everything there was at startup.
+    CaughtUp,
+    Error(String),
+}
+
+/// Reads the whole lifecycle topic from the beginning, then follows it,
+/// sending what it reads to `tx`, until `stop` is set.
+pub fn read_lifecycle(
+    config: ClientConfig,
+    topic: String,
+    quiet: Duration,
+    tx: Sender<LifecycleMsg>,
+    stop: Arc<AtomicBool>,
+) {
+    let consumer: BaseConsumer = match config.create() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(LifecycleMsg::Error(format!("lifecycle consumer: {e}")));
+            return;
+        }
+    };
+    let mut assigned = 0usize;
+    let mut last_seen = Instant::now();
+    let started = Instant::now();
+    let mut caught_up = false;
+    while !stop.load(Ordering::Relaxed) {
+        // (re)assign every partition from the beginning; partitions may appear later
+        if assigned == 0 || last_seen.elapsed() > Duration::from_secs(30) {
+            match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let n = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len());
+                    if n > assigned {
+                        let mut tpl = TopicPartitionList::new();
+                        for p in 0..n as i32 {
+                            let _ = tpl.add_partition_offset(&topic, p, Offset::Beginning);
+                        }
+                        if let Err(e) = consumer.assign(&tpl) {
+                            let _ = tx.send(LifecycleMsg::Error(format!("assigning {topic}: {e}")));
+                        }
+                        assigned = n;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(LifecycleMsg::Error(format!(
+                        "lifecycle topic metadata: {e}"
+                    )));
+                }
+            }
+            last_seen = Instant::now();
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_seen = Instant::now();
+                let msg = LifecycleMsg::Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    bytes: m.payload().unwrap_or(&[]).to_vec(),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(LifecycleMsg::Error(format!("reading {topic}: {e}")));
+            }
+            None => {
+                if !caught_up
+                    && (last_seen.elapsed() >= quiet || started.elapsed() > Duration::from_secs(30))
+                {
+                    caught_up = true;
+                    if tx.send(LifecycleMsg::CaughtUp).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_round_trips_and_ignores_foreign_text() {
+        let m = CommitMeta {
+            rebuild_from: Some(42),
+        };
+        assert_eq!(CommitMeta::decode(&m.encode()), Some(m));
+        assert_eq!(CommitMeta::decode("rg1"), Some(CommitMeta::default()));
+        assert_eq!(CommitMeta::decode(""), None);
+        assert_eq!(CommitMeta::decode("something else"), None);
+    }
+}

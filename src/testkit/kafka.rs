@@ -1,0 +1,434 @@
+//! A real Kafka-protocol broker (Tansu) per test, and helpers to produce,
+//! consume and run the detector against it. A missing broker binary fails
+//! with instructions; it never skips.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::Dir;
+
+/// Where the Tansu binary is: $TANSU_BIN, or where scripts/broker.sh installs it.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let candidates = [
+        PathBuf::from("/var/cache/replayguard/tools/tansu"),
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/replayguard/tools/tansu"),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "the Kafka-protocol broker (Tansu) is not installed: run `scripts/broker.sh install` \
+         (scripts/test.sh does) or set TANSU_BIN"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Tansu broker with in-memory storage, killed when dropped.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Broker {
+    pub fn start(dir: &Dir) -> Broker {
+        let bin = tansu_bin();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = dir.path(&format!("tansu-{port}.log"));
+            let url = format!("tcp://127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut b = Broker { child, port, log };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return b;
+                }
+                if let Ok(Some(_)) = b.child.try_wait() {
+                    break; // exits 0 when the port is taken: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = b.child.kill();
+        }
+        panic!("Tansu did not start");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.addr()),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Produces records (key, value); returns the next offset of every partition written.
+pub fn produce(
+    addr: &str,
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+) -> BTreeMap<i32, i64> {
+    #[derive(Default)]
+    struct Ctx(std::sync::Mutex<BTreeMap<i32, i64>>);
+    impl rdkafka::ClientContext for Ctx {}
+    impl rdkafka::producer::ProducerContext for Ctx {
+        type DeliveryOpaque = ();
+        fn delivery(&self, r: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+            let m = r.as_ref().expect("delivered");
+            let mut g = self.0.lock().unwrap();
+            let e = g.entry(m.partition()).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+    }
+    let p: BaseProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create_with_context(Ctx::default())
+        .unwrap();
+    for (k, v) in records {
+        let mut r = BaseRecord::<[u8], [u8], ()>::to(topic).payload(v);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let out = p.context().0.lock().unwrap().clone();
+    out
+}
+
+/// Lines as records keyed by their key_id (no key for undecodable lines).
+pub fn keyed(lines: &[String]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    lines
+        .iter()
+        .map(|l| {
+            let key = serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["key_id"].as_str().map(|s| s.as_bytes().to_vec()));
+            (key, l.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// A consumed message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `want` messages arrived and
+/// nothing more came for `quiet`, or until `timeout`.
+pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Msg> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.auto.commit", "false")
+        .set("group.id", "replayguard-test-reader")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let quiet = Duration::from_millis(700);
+    let mut last = Instant::now();
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let hd = h.get(i);
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or(&[])).into_owned(),
+                        );
+                    }
+                }
+                out.push(Msg {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().unwrap_or(&[]).to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(e)) => eprintln!("consume {topic}: {e}"),
+            None => {
+                if out.len() >= want && last.elapsed() >= quiet {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The group's committed offsets for `topic` partitions 0..n.
+pub fn committed(addr: &str, group: &str, topic: &str, n: i32) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `replayguard run` process.
+pub struct Detector {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub http: u16,
+}
+
+/// The config of a detector in tests: fast group membership, fast commits.
+pub fn detector_config(
+    dir: &Dir,
+    name: &str,
+    broker: &Broker,
+    group: &str,
+    extra: &str,
+) -> PathBuf {
+    let state = dir.path(&format!("state-{name}"));
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{addr}"
+group = "{group}"
+input_topics = ["access-events"]
+lifecycle_topic = "key-lifecycle"
+commit_interval = "20ms"
+lifecycle_quiet = "300ms"
+log_interval = "2s"
+[kafka.consumer_properties]
+"session.timeout.ms" = "2000"
+"heartbeat.interval.ms" = "500"
+[state]
+dir = "{state}"
+sync = false
+{extra}
+"#,
+        addr = broker.addr(),
+        state = state.display()
+    );
+    dir.write(&format!("{name}.toml"), &text)
+}
+
+impl Detector {
+    pub fn start(dir: &Dir, name: &str, config: &Path) -> Detector {
+        let http = free_port();
+        let log = dir.path(&format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(super::replayguard_bin())
+            .env_remove("RUST_LOG")
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Detector {
+            child: Some(child),
+            log,
+            http,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path of the detector's HTTP server.
+    pub fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Partitions assigned, from /v1/status.
+    pub fn assigned(&self) -> Vec<String> {
+        self.get("/v1/status")
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["assigned"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "detector did not stop within 60 s; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Detector {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for `cond`, failing with `what` (and the detector logs) after `timeout`.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    detectors: &[&Detector],
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs: Vec<String> = detectors.iter().map(|d| d.log_text()).collect();
+    panic!(
+        "timed out waiting for {what}; detector logs:\n{}",
+        logs.join("\n-----\n")
+    );
+}

@@ -1,0 +1,443 @@
+//! `replayguard run` against a real Kafka-protocol broker (Tansu), started per test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use replayguard::decode::Decoder;
+use replayguard::detect::DetectConfig;
+use replayguard::generate::GenConfig;
+use replayguard::model::{self, ModelEvent};
+use replayguard::schema::{Alert, LifecycleEvent};
+
+use crate::util::*;
+use replayguard::testkit::kafka::*;
+
+const GROUP: &str = "rg-test";
+
+/// The alerts the model expects for `lines` (arrival order) and `lifecycle`.
+fn expected(lines: &[String], lifecycle: &[LifecycleEvent]) -> BTreeSet<(String, String, String)> {
+    let d = Decoder::default();
+    let events: Vec<ModelEvent> = lines
+        .iter()
+        .filter_map(|l| d.access(l.as_bytes()).ok().map(|e| ModelEvent::from(&e)))
+        .collect();
+    model::expected_alerts(&DetectConfig::default(), &events, lifecycle)
+        .into_iter()
+        .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
+        .collect()
+}
+
+fn alerts_of(msgs: &[Msg]) -> Vec<Alert> {
+    msgs.iter()
+        .map(|m| serde_json::from_slice(&m.value).expect("alert v1"))
+        .collect()
+}
+
+fn set(alerts: &[Alert]) -> BTreeSet<(String, String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a.kind.as_str().to_string(),
+                a.key_id.clone(),
+                a.event_id.clone(),
+            )
+        })
+        .collect()
+}
+
+fn assert_no_repeats(alerts: &[Alert]) {
+    let mut seen = HashMap::new();
+    for a in alerts {
+        *seen.entry(&a.alert_id).or_insert(0) += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "repeated alert ids: {repeated:?}");
+}
+
+fn setup(d: &Dir) -> Broker {
+    let b = Broker::start(d);
+    b.create_topic("access-events", 4);
+    b.create_topic("key-lifecycle", 1);
+    b
+}
+
+fn lifecycle_lines(t: &Traffic) -> Vec<String> {
+    std::fs::read_to_string(&t.lifecycle)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn lifecycle_records(t: &Traffic) -> Vec<LifecycleEvent> {
+    lifecycle_lines(t)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 20_000,
+            seed: 31,
+            disorder_ms: 10_000,
+            malformed_rate: 0.002,
+            ..Default::default()
+        },
+    );
+    let lc = lifecycle_records(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
+    let want = expected(&t.lines, &lc);
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let det = Detector::start(&d, "a", &cfg);
+    let mut got = Vec::new();
+    wait_for(
+        "every expected alert on the alert topic",
+        Duration::from_secs(90),
+        &[&det],
+        || {
+            got = consume(
+                &b.addr(),
+                "replayguard-alerts",
+                want.len(),
+                Duration::from_secs(5),
+            );
+            got.len() >= want.len()
+        },
+    );
+    let alerts = alerts_of(&got);
+    assert_eq!(set(&alerts), want);
+    assert_no_repeats(&alerts);
+    for (m, a) in got.iter().zip(&alerts) {
+        assert_eq!(
+            m.key.as_deref(),
+            Some(a.key_id.as_bytes()),
+            "message key = key_id"
+        );
+        assert_eq!(m.headers["kind"], a.kind.as_str());
+        assert_eq!(m.headers["alert_id"], a.alert_id);
+    }
+    // dead letters: original bytes, and where they came from
+    let bad: Vec<&String> = t
+        .lines
+        .iter()
+        .filter(|l| Decoder::default().access(l.as_bytes()).is_err())
+        .collect();
+    assert!(!bad.is_empty());
+    let dl = consume(
+        &b.addr(),
+        "replayguard-dead-letters",
+        bad.len(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(dl.len(), bad.len());
+    for m in &dl {
+        assert_eq!(m.headers["source_topic"], "access-events");
+        let p: i32 = m.headers["source_partition"].parse().unwrap();
+        let o: i64 = m.headers["source_offset"].parse().unwrap();
+        assert!(p >= 0 && o >= 0);
+        assert!(
+            bad.iter().any(|l| l.as_bytes() == m.value.as_slice()),
+            "original bytes kept"
+        );
+        assert!(!m.headers["error"].is_empty());
+    }
+    let status = det.stop();
+    assert!(status.success(), "graceful stop");
+    // the group offsets reached the end of every partition
+    let c = committed(&b.addr(), GROUP, "access-events", 4);
+    for (p, end) in &ends {
+        assert_eq!(c.get(p), Some(end), "partition {p} committed up to its end");
+    }
+}
+
+#[test]
+fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 30_000,
+            seed: 32,
+            rate: 200.0,
+            replay_rate: 0.01,
+            ..Default::default()
+        },
+    );
+    let lc = lifecycle_records(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    let (first, second) = t.lines.split_at(t.lines.len() / 2);
+    produce(&b.addr(), "access-events", &keyed(first));
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let det = Detector::start(&d, "a", &cfg);
+    let want_first = expected(first, &lc);
+    wait_for(
+        "the first half's alerts",
+        Duration::from_secs(90),
+        &[&det],
+        || {
+            consume(
+                &b.addr(),
+                "replayguard-alerts",
+                want_first.len(),
+                Duration::from_secs(3),
+            )
+            .len()
+                >= want_first.len()
+        },
+    );
+    // stop while the second half is arriving
+    let producer = {
+        let (addr, second) = (b.addr(), second.to_vec());
+        std::thread::spawn(move || produce(&addr, "access-events", &keyed(&second)))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(det.stop().success());
+    producer.join().unwrap();
+    let det = Detector::start(&d, "a", &cfg);
+    let want = expected(&t.lines, &lc);
+    let mut got = Vec::new();
+    wait_for(
+        "all alerts after the restart",
+        Duration::from_secs(90),
+        &[&det],
+        || {
+            got = consume(
+                &b.addr(),
+                "replayguard-alerts",
+                want.len(),
+                Duration::from_secs(5),
+            );
+            got.len() >= want.len()
+        },
+    );
+    let alerts = alerts_of(&got);
+    assert_no_repeats(&alerts);
+    assert_eq!(set(&alerts), want);
+    assert!(det.stop().success());
+}
+
+fn event(id: &str, t: i64, key: &str, nonce: &str, ip: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"{ip}","method":"POST","path":"/api/v3/order","status":200}}"#
+    )
+}
+
+const T0: i64 = 1_795_824_000_000;
+
+#[test]
+fn a_lifecycle_update_takes_effect() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let det = Detector::start(&d, "a", &cfg);
+    wait_for(
+        "the detector to be ready",
+        Duration::from_secs(60),
+        &[&det],
+        || det.get("/readyz").is_some_and(|r| r.starts_with("ready")),
+    );
+    let before: Vec<String> = (0..5)
+        .map(|i| {
+            event(
+                &format!("b{i}"),
+                T0 + i,
+                "old-key",
+                &format!("n{i}"),
+                "10.0.0.1",
+            )
+        })
+        .collect();
+    produce(&b.addr(), "access-events", &keyed(&before));
+    let lc = format!(
+        r#"{{"key_id":"old-key","state":"retired","at":{},"successor":"new-key"}}"#,
+        T0 + 1000
+    );
+    produce(
+        &b.addr(),
+        "key-lifecycle",
+        &[(Some(b"old-key".to_vec()), lc.into_bytes())],
+    );
+    wait_for(
+        "the lifecycle update to be applied",
+        Duration::from_secs(30),
+        &[&det],
+        || {
+            det.get("/metrics")
+                .is_some_and(|m| m.contains("replayguard_lifecycle_updates_total 1"))
+        },
+    );
+    let after: Vec<String> = (0..5)
+        .map(|i| {
+            event(
+                &format!("a{i}"),
+                T0 + 2000 + i,
+                "old-key",
+                &format!("m{i}"),
+                "10.0.0.1",
+            )
+        })
+        .collect();
+    produce(&b.addr(), "access-events", &keyed(&after));
+    let mut got = Vec::new();
+    wait_for(
+        "retired_key alerts",
+        Duration::from_secs(60),
+        &[&det],
+        || {
+            got = consume(&b.addr(), "replayguard-alerts", 5, Duration::from_secs(3));
+            got.len() >= 5
+        },
+    );
+    let alerts = alerts_of(&got);
+    let ids: BTreeSet<&str> = alerts.iter().map(|a| a.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a0", "a1", "a2", "a3", "a4"].into_iter().collect(),
+        "only uses after `at`"
+    );
+    assert!(alerts.iter().all(|a| a.kind.as_str() == "retired_key"));
+    assert!(det.stop().success());
+}
+
+/// Requests for many keys, a new nonce each; `replays_of` reuses the nonces
+/// of an earlier phase, from another client.
+fn phase(tag: &str, t: i64, keys: usize, replays_of: Option<&str>) -> Vec<String> {
+    (0..keys)
+        .map(|k| {
+            let nonce = match replays_of {
+                Some(p) => format!("{p}-n{k}"),
+                None => format!("{tag}-n{k}"),
+            };
+            event(
+                &format!("{tag}-e{k}"),
+                t + k as i64,
+                &format!("key-{k}"),
+                &nonce,
+                if replays_of.is_some() {
+                    "192.0.2.9"
+                } else {
+                    "10.0.0.1"
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let all = [
+        "access-events/0",
+        "access-events/1",
+        "access-events/2",
+        "access-events/3",
+    ];
+    let cfg_a = detector_config(&d, "a", &b, GROUP, "");
+    let cfg_b = detector_config(&d, "b", &b, GROUP, "");
+    let keys = 64;
+    // phase 1: first sightings, all seen by A
+    let p1 = phase("p1", T0, keys, None);
+    produce(&b.addr(), "access-events", &keyed(&p1));
+    let a = Detector::start(&d, "a", &cfg_a);
+    wait_for(
+        "A to own every partition",
+        Duration::from_secs(60),
+        &[&a],
+        || a.assigned() == all,
+    );
+    let mut lines = p1.clone();
+    // a marker replay so we know A is through phase 1
+    let mark1 = phase("m1", T0 + 10_000, 1, Some("p1"));
+    produce(&b.addr(), "access-events", &keyed(&mark1));
+    lines.extend(mark1);
+    wait_for(
+        "A to process phase 1",
+        Duration::from_secs(60),
+        &[&a],
+        || !consume(&b.addr(), "replayguard-alerts", 1, Duration::from_secs(2)).is_empty(),
+    );
+    // B joins: partitions move A -> B
+    let bb = Detector::start(&d, "b", &cfg_b);
+    wait_for(
+        "the partitions to be split",
+        Duration::from_secs(60),
+        &[&a, &bb],
+        || {
+            let (x, y) = (a.assigned(), bb.assigned());
+            !x.is_empty() && !y.is_empty() && x.len() + y.len() == 4
+        },
+    );
+    // phase 2: replays of phase 1 (first sightings seen by A, partitions now
+    // partly on B) and new nonces (first sightings seen by B)
+    let p2r = phase("p2r", T0 + 60_000, keys, Some("p1"));
+    let p2 = phase("p2", T0 + 61_000, keys, None);
+    produce(&b.addr(), "access-events", &keyed(&p2r));
+    produce(&b.addr(), "access-events", &keyed(&p2));
+    lines.extend(p2r);
+    lines.extend(p2);
+    let want2 = expected(&lines, &[]);
+    wait_for(
+        "phase 2 alerts",
+        Duration::from_secs(90),
+        &[&a, &bb],
+        || {
+            consume(
+                &b.addr(),
+                "replayguard-alerts",
+                want2.len(),
+                Duration::from_secs(3),
+            )
+            .len()
+                >= want2.len()
+        },
+    );
+    // B leaves: its partitions move back to A, whose state for them is behind
+    assert!(bb.stop().success());
+    wait_for(
+        "A to own every partition again",
+        Duration::from_secs(60),
+        &[&a],
+        || a.assigned() == all,
+    );
+    let p3 = phase("p3", T0 + 120_000, keys, Some("p2"));
+    produce(&b.addr(), "access-events", &keyed(&p3));
+    lines.extend(p3);
+    let want = expected(&lines, &[]);
+    let mut got = Vec::new();
+    wait_for("phase 3 alerts", Duration::from_secs(90), &[&a], || {
+        got = consume(
+            &b.addr(),
+            "replayguard-alerts",
+            want.len(),
+            Duration::from_secs(3),
+        );
+        got.len() >= want.len()
+    });
+    let alerts = alerts_of(&got);
+    assert_no_repeats(&alerts);
+    assert_eq!(set(&alerts), want);
+    // every replay straddled a move and was caught
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|x| x.kind.as_str() == "replay")
+            .count(),
+        2 * keys + 1
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("rebuilding the partition's state"),
+        "A rebuilt the partitions it got back"
+    );
+    assert!(a.stop().success());
+}
