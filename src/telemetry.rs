@@ -181,6 +181,36 @@ impl StateSize {
     }
 }
 
+/// Records whose Kafka message key is not their key_id (since the last report).
+pub struct KeyChecks {
+    pub absent: u64,
+    pub mismatch: u64,
+}
+
+impl KeyChecks {
+    pub fn emit(&self) {
+        if self.absent > 0 {
+            counter!("replayguard_key_absent_total").increment(self.absent);
+        }
+        if self.mismatch > 0 {
+            counter!("replayguard_key_mismatch_total").increment(self.mismatch);
+        }
+    }
+}
+
+/// Records read again to rebuild a partition's state (since the last report).
+pub struct Rebuilt {
+    pub records: u64,
+}
+
+impl Rebuilt {
+    pub fn emit(&self) {
+        if self.records > 0 {
+            counter!("replayguard_rebuilt_records_total").increment(self.records);
+        }
+    }
+}
+
 /// Alerts left in the outbox by an earlier run are being delivered again.
 pub struct OutboxRedelivery {
     pub count: usize,

@@ -441,3 +441,102 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     );
     assert!(a.stop().success());
 }
+
+#[test]
+fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 8_000,
+            seed: 33,
+            replay_rate: 0.02,
+            ..Default::default()
+        },
+    );
+    let lc = lifecycle_records(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    // keys that say nothing about key_id: replays land on other partitions than their first sightings
+    let unkeyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = t
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                Some(format!("r{}", i % 7).into_bytes()),
+                l.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    produce(&b.addr(), "access-events", &unkeyed);
+    let want = expected(&t.lines, &lc);
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[kafka]\n", "[kafka]\nrepartition = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let det = Detector::start(&d, "a", &cfg);
+    let mut got = Vec::new();
+    wait_for(
+        "every expected alert",
+        Duration::from_secs(90),
+        &[&det],
+        || {
+            got = consume(
+                &b.addr(),
+                "replayguard-alerts",
+                want.len(),
+                Duration::from_secs(3),
+            );
+            got.len() >= want.len()
+        },
+    );
+    let alerts = alerts_of(&got);
+    assert_no_repeats(&alerts);
+    assert_eq!(set(&alerts), want);
+    // the detection side saw every event under its own key
+    let metrics = det.get("/metrics").unwrap_or_default();
+    assert!(metrics.contains("replayguard_events_total"), "{metrics}");
+    assert!(
+        !metrics.contains("replayguard_key_mismatch_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("replayguard_key_absent_total"),
+        "{metrics}"
+    );
+    assert!(det.stop().success());
+}
+
+#[test]
+fn events_keyed_by_something_else_are_counted() {
+    let d = Dir::new();
+    let b = setup(&d);
+    let lines: Vec<String> = (0..20)
+        .map(|i| event(&format!("e{i}"), T0 + i, "k", &format!("n{i}"), "10.0.0.1"))
+        .collect();
+    let mut recs = keyed(&lines);
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.0 = if i % 2 == 0 {
+            None
+        } else {
+            Some(b"wrong".to_vec())
+        };
+    }
+    produce(&b.addr(), "access-events", &recs);
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let det = Detector::start(&d, "a", &cfg);
+    wait_for(
+        "key checks in the metrics",
+        Duration::from_secs(60),
+        &[&det],
+        || {
+            det.get("/metrics").is_some_and(|m| {
+                m.contains("replayguard_key_absent_total 10")
+                    && m.contains("replayguard_key_mismatch_total 10")
+            })
+        },
+    );
+    assert!(det.stop().success());
+}

@@ -139,6 +139,8 @@ struct Runtime {
     last_commit: Instant,
     /// Partitions paused because the store refused a commit.
     paused: bool,
+    /// (key absent, key mismatch, rebuilt) already reported as metrics.
+    reported: (u64, u64, u64),
 }
 
 struct Ctx {
@@ -462,6 +464,18 @@ impl Runtime {
             Err(e) => return Err(e),
         }
         self.records_since_commit = 0;
+        let t = self.engine.totals();
+        let (a, m, r) = self.reported;
+        crate::telemetry::KeyChecks {
+            absent: t.key_absent - a,
+            mismatch: t.key_mismatch - m,
+        }
+        .emit();
+        crate::telemetry::Rebuilt {
+            records: t.rebuilt - r,
+        }
+        .emit();
+        self.reported = (t.key_absent, t.key_mismatch, t.rebuilt);
         let n = self.engine.deliver(&mut self.alerts)?;
         status.alerts.fetch_add(n as u64, Ordering::Relaxed);
         // group offsets: lag monitoring and the hand-over point for other instances
@@ -522,9 +536,6 @@ impl Runtime {
                  on one partition (key messages by key_id, or set kafka.repartition = true)"
             );
         }
-        metrics::gauge!("replayguard_key_absent_total").set(t.key_absent as f64);
-        metrics::gauge!("replayguard_key_mismatch_total").set(t.key_mismatch as f64);
-        metrics::gauge!("replayguard_rebuilt_records_total").set(t.rebuilt as f64);
     }
 }
 
@@ -691,6 +702,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         records_since_commit: 0,
         last_commit: Instant::now(),
         paused: false,
+        reported: (0, 0, 0),
     }));
 
     // the lifecycle table: read whole before consuming events
