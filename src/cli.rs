@@ -38,6 +38,9 @@ pub enum Command {
     Scan(ScanCmd),
     /// Consume access events from Kafka as a consumer group; alerts to a topic.
     Run(RunCmd),
+    /// Reports from a state directory (of `scan`, or of a running detector).
+    #[command(subcommand)]
+    Report(ReportCmd),
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The TOML config file.
@@ -70,6 +73,36 @@ pub struct ScanCmd {
     /// JSON-lines input files; none or "-" reads stdin.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCmd {
+    /// Rotation readiness of every key in rotation (or one).
+    Rotation(ReportArgs),
+    /// Usage of one key.
+    Usage(ReportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// State directory to read (opened read-only: a running detector is not disturbed).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Only this key.
+    #[arg(long, value_name = "KEY_ID")]
+    pub key: Option<String>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Config file (for [report] and [usage] settings).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

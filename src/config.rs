@@ -213,6 +213,116 @@ impl DetectSection {
     }
 }
 
+/// `[usage]`: the per-key usage rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// `rate_anomaly` when a key's per-minute count is this many standard
+    /// deviations from its EWMA baseline. Default 4.0.
+    pub rate_z: f64,
+    /// ...and the count (spike) or the baseline (drop) is at least this. Default 30.
+    pub rate_min_volume: u32,
+    /// Minutes of a key's history before its baseline is trusted. Default 30.
+    pub rate_warmup_minutes: u32,
+    /// Weight of the newest minute in the baseline (0 < a <= 1). Default 0.1.
+    pub ewma_alpha: f64,
+    /// `auth_failure_burst` at this many 401/403 for a key... Default 20.
+    pub auth_fail_threshold: u32,
+    /// ...within this window. Default 60s.
+    pub auth_fail_window: DurationMs,
+    /// `new_client` only when a key had no new client for this long... Default 24h.
+    pub new_client_settle: DurationMs,
+    /// ...and has served at least this many requests. Default 100.
+    pub new_client_min_requests: u64,
+    /// Clients remembered per key (more: no `new_client` for that key). Default 1024.
+    pub max_clients_per_key: usize,
+    /// Straggling clients listed per key in reports. Default 10.
+    pub top_clients: usize,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        let d = crate::detect::UsageConfig::default();
+        UsageSection {
+            rate_z: d.rate_z,
+            rate_min_volume: d.rate_min_volume,
+            rate_warmup_minutes: d.rate_warmup_minutes,
+            ewma_alpha: d.ewma_alpha,
+            auth_fail_threshold: d.auth_fail_threshold,
+            auth_fail_window: DurationMs(d.auth_fail_window_ms),
+            new_client_settle: DurationMs(d.new_client_settle_ms),
+            new_client_min_requests: d.new_client_min_requests,
+            max_clients_per_key: d.max_clients,
+            top_clients: d.top_clients,
+        }
+    }
+}
+
+impl UsageSection {
+    pub fn rules(&self) -> crate::detect::UsageConfig {
+        crate::detect::UsageConfig {
+            rate_z: self.rate_z,
+            rate_min_volume: self.rate_min_volume,
+            rate_warmup_minutes: self.rate_warmup_minutes,
+            ewma_alpha: self.ewma_alpha,
+            auth_fail_threshold: self.auth_fail_threshold,
+            auth_fail_window_ms: self.auth_fail_window.0,
+            new_client_settle_ms: self.new_client_settle.0,
+            new_client_min_requests: self.new_client_min_requests,
+            max_clients: self.max_clients_per_key,
+            top_clients: self.top_clients,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(self.rate_z.is_finite() && self.rate_z > 0.0) {
+            return bad("usage.rate_z must be a positive number");
+        }
+        if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
+            return bad("usage.ewma_alpha must be in (0, 1]");
+        }
+        if self.auth_fail_threshold == 0 || self.auth_fail_window.0 == 0 {
+            return bad("usage.auth_fail_threshold and usage.auth_fail_window must be positive");
+        }
+        if self.top_clients == 0 || self.top_clients > 1000 {
+            return bad("usage.top_clients must be between 1 and 1000");
+        }
+        Ok(())
+    }
+}
+
+/// `[report]`: rotation-readiness reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// A key is READY once its old key has not been used for this long. Default 1h.
+    pub quiet_period: DurationMs,
+    /// `run` produces every rotation report to `topic` this often. Default 60s.
+    pub interval: DurationMs,
+    /// Reports topic (key = key_id); "" disables it. Default "replayguard-reports".
+    pub topic: String,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            quiet_period: DurationMs::secs(3600),
+            interval: DurationMs::secs(60),
+            topic: "replayguard-reports".into(),
+        }
+    }
+}
+
+impl ReportSection {
+    pub fn rules(&self, top_clients: usize) -> crate::report::ReportConfig {
+        crate::report::ReportConfig {
+            quiet_period_ms: self.quiet_period.0,
+            top_clients,
+        }
+    }
+}
+
 /// `[decode]`: input limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -451,14 +561,16 @@ impl Default for HttpSection {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub detect: DetectSection,
+    pub usage: UsageSection,
     pub decode: DecodeSection,
     pub state: StateSection,
     pub scan: ScanSection,
     pub kafka: KafkaSection,
+    pub report: ReportSection,
     pub http: HttpSection,
 }
 
@@ -495,6 +607,7 @@ impl Config {
             .rules()
             .validate()
             .map_err(ConfigError::Invalid)?;
+        self.usage.validate()?;
         if self.decode.max_event_bytes.0 < 64 {
             return Err(ConfigError::Invalid(
                 "decode.max_event_bytes must be at least 64 bytes".into(),
@@ -511,6 +624,11 @@ impl Config {
             ));
         }
         self.kafka.validate()?;
+        if self.report.interval.0 < 1000 {
+            return Err(ConfigError::Invalid(
+                "report.interval must be at least 1s".into(),
+            ));
+        }
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid(format!(

@@ -1,11 +1,13 @@
 //! The HTTP server of `run`: `/healthz`, `/readyz`, `/metrics` (Prometheus
-//! text). Binds to 127.0.0.1 unless configured otherwise. When a token is
-//! configured, every endpoint except health and metrics requires
+//! text), `/v1/status`, `/v1/rotations`, `/v1/rotations/{key_id}`,
+//! `/v1/keys/{key_id}/usage` and `/reports/rotations` (an HTML page). Binds
+//! to 127.0.0.1 unless configured otherwise. When a token is configured,
+//! every endpoint except health and metrics requires
 //! `Authorization: Bearer <token>` (compared in constant time).
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,9 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::pipeline::Status;
+use crate::report::{render, ReportSource};
+#[cfg(test)]
+use crate::report::{RotationReport, UsageView};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -21,6 +26,16 @@ pub struct AppState {
     pub status: Arc<Status>,
     pub metrics: Option<PrometheusHandle>,
     pub token: Option<Arc<str>>,
+    /// Report data; when `None`, what the running pipeline publishes in `status`.
+    pub reports: Option<Arc<dyn ReportSource>>,
+}
+
+impl AppState {
+    fn source(&self) -> Option<Arc<dyn ReportSource>> {
+        self.reports
+            .clone()
+            .or_else(|| self.status.reports.get().cloned())
+    }
 }
 
 /// The router, without a socket (tests drive it with `oneshot`).
@@ -31,6 +46,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_text));
     let guarded = Router::new()
         .route("/v1/status", get(status_json))
+        .route("/v1/rotations", get(rotations_json))
+        .route("/v1/rotations/{key_id}", get(rotation_json))
+        .route("/v1/keys/{key_id}/usage", get(usage_json))
+        .route("/reports/rotations", get(rotations_html))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(guarded).with_state(state)
 }
@@ -124,6 +143,62 @@ async fn status_json(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+fn no_reports() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "reports are not available in this process\n",
+    )
+        .into_response()
+}
+
+async fn rotations_json(State(s): State<AppState>) -> Response {
+    let Some(r) = s.source() else {
+        return no_reports();
+    };
+    match tokio::task::spawn_blocking(move || r.rotations()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn rotation_json(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    let Some(r) = s.source() else {
+        return no_reports();
+    };
+    match tokio::task::spawn_blocking(move || r.rotations().into_iter().find(|x| x.key_id == key))
+        .await
+    {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "that key is not in rotation\n").into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn usage_json(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    let Some(r) = s.source() else {
+        return no_reports();
+    };
+    match tokio::task::spawn_blocking(move || r.usage(&key)).await {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            "no usage recorded for that key here\n",
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn rotations_html(State(s): State<AppState>) -> Response {
+    let Some(r) = s.source() else {
+        return no_reports();
+    };
+    match tokio::task::spawn_blocking(move || render::html(&r.rotations())).await {
+        Ok(page) => axum::response::Html(page).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +210,140 @@ mod tests {
             status: Arc::new(Status::default()),
             metrics: None,
             token: token.map(Arc::from),
+            reports: Some(Arc::new(Fixed::sample())),
+        }
+    }
+
+    /// Reports from a fixed scan-like state: one key in rotation.
+    struct Fixed {
+        snap: crate::report::Snapshot,
+    }
+
+    impl Fixed {
+        fn sample() -> Self {
+            use crate::detect::usage::{observe, KeyUsage, UsageConfig};
+            use crate::schema::{AccessEvent, KeyState, LifecycleEvent};
+            use std::borrow::Cow;
+            let t0 = 1_795_824_000_000;
+            let mut lifecycle = crate::detect::LifecycleTable::default();
+            lifecycle.upsert(LifecycleEvent {
+                key_id: "old".into(),
+                state: KeyState::Rotating,
+                at: t0,
+                successor: Some("new".into()),
+                grace_until: None,
+            });
+            let mut usage = std::collections::HashMap::new();
+            for i in 0..600i64 {
+                let key = if i % 3 == 0 { "old" } else { "new" };
+                let e = AccessEvent {
+                    event_id: Cow::Owned(format!("e{i}")),
+                    received_at: t0 + i * 1000,
+                    key_id: Cow::Borrowed(key),
+                    nonce: None,
+                    client_ts: t0 + i * 1000,
+                    client_ip: Cow::Borrowed("10.0.0.7"),
+                    method: Cow::Borrowed("GET"),
+                    path: Cow::Borrowed("/"),
+                    status: 200,
+                    user_agent: None,
+                    client_id: Some(Cow::Borrowed("<script>bot</script>")),
+                    signature: None,
+                };
+                let u = usage
+                    .entry(key.to_string())
+                    .or_insert_with(|| KeyUsage::new(e.received_at));
+                observe(&UsageConfig::default(), u, &e, &mut vec![]);
+            }
+            Fixed {
+                snap: crate::report::Snapshot {
+                    lifecycle,
+                    usage,
+                    now: Some(t0 + 599_000),
+                },
+            }
+        }
+    }
+
+    impl ReportSource for Fixed {
+        fn rotations(&self) -> Vec<RotationReport> {
+            self.snap.rotations(&Default::default())
+        }
+        fn usage(&self, key_id: &str) -> Option<UsageView> {
+            self.snap
+                .usage
+                .get(key_id)
+                .map(|u| UsageView::new(key_id, u, self.snap.now.unwrap()))
+        }
+    }
+
+    async fn body(app: Router, path: &str) -> (StatusCode, String) {
+        let r = app
+            .oneshot(Request::builder().uri(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let b = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[tokio::test]
+    async fn rotation_and_usage_endpoints() {
+        let a = app(state(None));
+        let (st, b) = body(a.clone(), "/v1/rotations").await;
+        assert_eq!(st, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v[0]["key_id"], "old");
+        assert_eq!(v[0]["verdict"], "NOT_READY");
+        assert_eq!(v[0]["old_key"]["since_rotation"], 200);
+        let (st, b) = body(a.clone(), "/v1/rotations/old").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(b.contains("\"successor\":\"new\""));
+        assert_eq!(
+            body(a.clone(), "/v1/rotations/nope").await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (st, b) = body(a.clone(), "/v1/keys/new/usage").await;
+        assert_eq!(st, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["requests_total"], 400);
+        assert_eq!(
+            body(a.clone(), "/v1/keys/zzz/usage").await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (st, page) = body(a, "/reports/rotations").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(page.contains("<svg class=\"chart\""));
+        assert!(page.contains("class=\"straggler\""));
+        assert!(
+            page.contains("&lt;script&gt;bot&lt;/script&gt;"),
+            "client names are escaped"
+        );
+        assert!(!page.contains("<script>bot"));
+    }
+
+    #[tokio::test]
+    async fn report_endpoints_need_the_token() {
+        let a = app(state(Some("t0k")));
+        for p in [
+            "/v1/rotations",
+            "/v1/rotations/old",
+            "/v1/keys/old/usage",
+            "/reports/rotations",
+        ] {
+            assert_eq!(
+                get(a.clone(), p, None).await,
+                StatusCode::UNAUTHORIZED,
+                "{p}"
+            );
+            assert_eq!(
+                get(a.clone(), p, Some("Bearer t0k")).await,
+                StatusCode::OK,
+                "{p}"
+            );
         }
     }
 

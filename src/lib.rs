@@ -23,6 +23,7 @@ pub mod generate;
 pub mod http;
 pub mod model;
 pub mod pipeline;
+pub mod report;
 pub mod schema;
 pub mod sink;
 pub mod source;

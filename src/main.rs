@@ -6,14 +6,19 @@ use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use replayguard::cli::{Cli, Command, GenerateCmd, LogFormat, RunCmd, ScanCmd};
+use replayguard::cli::{
+    Cli, Command, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat, RunCmd, ScanCmd,
+};
 use replayguard::config::Config;
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
 
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
-        Command::Scan(_) | Command::Generate(_) | Command::CheckConfig { .. } => "warn",
+        Command::Scan(_)
+        | Command::Generate(_)
+        | Command::CheckConfig { .. }
+        | Command::Report(_) => "warn",
         Command::Run(_) => "info,librdkafka=warn,rdkafka=warn",
     };
     let filter = match &cli.log {
@@ -83,6 +88,7 @@ fn run(cmd: RunCmd) -> Result<(), PipelineError> {
             status: status.clone(),
             metrics: Some(metrics),
             token: config.http.token.as_deref().map(Arc::from),
+            reports: None,
         };
         tracing::info!(%addr, "HTTP server listening");
         rt.spawn(async move {
@@ -104,6 +110,66 @@ fn run(cmd: RunCmd) -> Result<(), PipelineError> {
     let result = pipeline::run(pipeline::RunArgs { config }, status);
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
+    use replayguard::report::{render, Snapshot, UsageView};
+    let (args, rotation): (&ReportArgs, bool) = match &cmd {
+        ReportCmd::Rotation(a) => (a, true),
+        ReportCmd::Usage(a) => (a, false),
+    };
+    let config = load_config(args.config.as_deref())?;
+    if !args.state_dir.is_dir() {
+        return Err(PipelineError::Usage(format!(
+            "no state directory at {}",
+            args.state_dir.display()
+        )));
+    }
+    let opts = replayguard::state::RocksOptions {
+        read_only: true,
+        ..config.state.rocks()
+    };
+    let store = replayguard::state::RocksStore::open(&args.state_dir, &opts)?;
+    let snap = Snapshot::load(&store)?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let io = |e: std::io::Error| PipelineError::Input(format!("writing the report: {e}"));
+    if rotation {
+        let cfg = config.report.rules(config.usage.top_clients);
+        let mut reports = snap.rotations(&cfg);
+        if let Some(k) = &args.key {
+            reports.retain(|r| &r.key_id == k);
+            if reports.is_empty() {
+                return Err(PipelineError::Usage(format!("key {k} is not in rotation")));
+            }
+        }
+        match args.format {
+            ReportFormat::Table => write!(out, "{}", render::table(&reports)),
+            ReportFormat::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&reports).expect("serializes")
+            ),
+            ReportFormat::Html => write!(out, "{}", render::html(&reports)),
+        }
+        .map_err(io)
+    } else {
+        let Some(k) = &args.key else {
+            return Err(PipelineError::Usage("report usage needs --key".into()));
+        };
+        let Some(u) = snap.usage.get(k) else {
+            return Err(PipelineError::Usage(format!(
+                "no usage recorded for key {k}"
+            )));
+        };
+        let view = UsageView::new(k, u, snap.now.unwrap_or(u.last_seen));
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&view).expect("serializes")
+        )
+        .map_err(io)
+    }
 }
 
 fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
@@ -178,6 +244,7 @@ fn main() -> ExitCode {
             })
             .map_err(PipelineError::from),
         Command::Generate(cmd) => generate(cmd),
+        Command::Report(cmd) => report(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

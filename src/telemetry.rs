@@ -231,6 +231,7 @@ impl OutboxRedelivery {
 /// Live state was restored from the store.
 pub struct StateRestored<'a> {
     pub shard: &'a str,
+    pub keys: usize,
     pub windows: usize,
     pub events: usize,
     pub segments: usize,
@@ -241,6 +242,7 @@ impl StateRestored<'_> {
     pub fn emit(&self) {
         tracing::info!(
             shard = self.shard,
+            keys = self.keys,
             windows = self.windows,
             events = self.events,
             segments = self.segments,

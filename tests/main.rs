@@ -4,5 +4,6 @@ mod util;
 
 mod cli;
 mod kafka;
+mod report;
 mod scan;
 mod schema;

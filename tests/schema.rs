@@ -66,6 +66,7 @@ fn every_schema_is_a_valid_2020_12_schema() {
         "lifecycle-event.v1.schema.json",
         "alert.v1.schema.json",
         "dead-letter.v1.schema.json",
+        "report.v1.schema.json",
     ] {
         let s = load(&schemas_dir().join(name));
         assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
@@ -142,6 +143,87 @@ fn alert_examples_agree_with_the_rust_type() {
             // and the Rust type writes it back the same way
             assert_eq!(serde_json::to_value(&a).unwrap(), json, "{name}");
         }
+    }
+}
+
+#[test]
+fn report_examples_agree_with_the_rust_type() {
+    use replayguard::report::RotationReport;
+    let v = validator("report.v1.schema.json");
+    for (name, text) in examples("report") {
+        let json: Value = serde_json::from_str(&text).unwrap();
+        let rust = serde_json::from_str::<RotationReport>(&text);
+        if name.starts_with("invalid") {
+            assert!(!v.is_valid(&json), "{name} should fail the schema");
+            assert!(rust.is_err(), "{name} should fail the Rust type");
+        } else {
+            assert!(
+                v.is_valid(&json),
+                "{name}: {:?}",
+                v.iter_errors(&json)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+            );
+            let r = rust.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                serde_json::to_value(&r).unwrap(),
+                json,
+                "{name} round-trips"
+            );
+        }
+    }
+}
+
+#[test]
+fn reports_of_a_scanned_rotation_follow_the_schema() {
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 60_000,
+            seed: 23,
+            rate: 10.0,
+            rotations: 3,
+            ..Default::default()
+        },
+    );
+    let state = d.path("state");
+    let o = run(
+        &[
+            "scan",
+            "--quiet",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--lifecycle",
+            t.lifecycle.to_str().unwrap(),
+            "--alerts",
+            d.path("a.jsonl").to_str().unwrap(),
+            t.events.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        &[
+            "report",
+            "rotation",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reports: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!reports.is_empty());
+    let v = validator("report.v1.schema.json");
+    for r in &reports {
+        assert!(
+            v.is_valid(r),
+            "{r}: {:?}",
+            v.iter_errors(r).map(|e| e.to_string()).collect::<Vec<_>>()
+        );
     }
 }
 

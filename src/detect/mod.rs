@@ -12,12 +12,14 @@ pub mod lifecycle;
 pub mod shard;
 pub mod sighting;
 pub mod skew;
+pub mod usage;
 
 pub use config::DetectConfig;
 pub use fingerprint::Position;
 pub use lifecycle::LifecycleTable;
 pub use shard::{Clock, ShardDetector, ShardStats, Verdict};
 pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
+pub use usage::{KeyUsage, UsageConfig};
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ use super::index::{self, Index};
 use super::lifecycle::{self, LifecycleTable};
 use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
 use super::skew;
+use super::usage::{self, KeyUsage, UsageConfig};
 use crate::schema::alert::{self, ReplayEvidence, Sighting};
 use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
 
@@ -87,6 +88,10 @@ pub struct ShardDetector {
     index: Index,
     clock: Clock,
     stats: ShardStats,
+    usage_cfg: UsageConfig,
+    usage: hashbrown::HashMap<Box<str>, KeyUsage>,
+    /// Keys whose usage changed since the last [`ShardDetector::take_dirty_usage`].
+    usage_dirty: Vec<Box<str>>,
 }
 
 impl ShardDetector {
@@ -100,7 +105,41 @@ impl ShardDetector {
                 last_sweep: Millis::MIN,
             },
             stats: ShardStats::default(),
+            usage_cfg: UsageConfig::default(),
+            usage: hashbrown::HashMap::new(),
+            usage_dirty: Vec::new(),
         }
+    }
+
+    /// Sets the parameters of the usage rules.
+    pub fn with_usage(mut self, cfg: UsageConfig) -> Self {
+        self.usage_cfg = cfg;
+        self
+    }
+
+    /// Per-key usage of this shard.
+    pub fn usage(&self) -> &hashbrown::HashMap<Box<str>, KeyUsage> {
+        &self.usage
+    }
+
+    /// Restores a key's usage read back from the state store.
+    pub fn restore_usage(&mut self, key: &str, mut u: KeyUsage) {
+        u.dirty = false;
+        self.usage.insert(key.into(), u);
+    }
+
+    /// The keys whose usage changed since the last call, with their usage.
+    pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
+        for k in &self.usage_dirty {
+            if let Some(u) = self.usage.get_mut(k) {
+                u.dirty = false;
+            }
+        }
+        let keys = std::mem::take(&mut self.usage_dirty);
+        let usage = &self.usage;
+        keys.into_iter()
+            .filter_map(|k| usage.get_key_value(&k).map(|(k, u)| (&**k, u)))
+            .collect()
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -235,6 +274,17 @@ impl ShardDetector {
                 out.push(self.alert(kind, severity, ev, Evidence::Lifecycle(evidence)));
             }
         }
+        let u = match self.usage.get_mut(&*ev.key_id) {
+            Some(u) => u,
+            None => self
+                .usage
+                .entry(ev.key_id.as_ref().into())
+                .or_insert_with(|| KeyUsage::new(t)),
+        };
+        if !u.dirty || u.total == 0 {
+            self.usage_dirty.push(ev.key_id.as_ref().into());
+        }
+        usage::observe(&self.usage_cfg, u, ev, out);
         for a in &out[first_alert..] {
             self.stats.alerts[a.kind.index()] += 1;
         }

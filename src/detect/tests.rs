@@ -505,6 +505,7 @@ fn run_detector(events: &[ModelEvent], lifecycle: &[LifecycleEvent]) -> Vec<Aler
 fn keyset(alerts: &[Alert]) -> Vec<(AlertKind, String, String)> {
     let mut v: Vec<_> = alerts
         .iter()
+        .filter(|a| a.kind.is_core())
         .map(|a| (a.kind, a.key_id.clone(), a.event_id.clone()))
         .collect();
     v.sort();

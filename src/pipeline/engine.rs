@@ -78,6 +78,7 @@ pub struct Totals {
 pub struct Engine<S: StateStore> {
     store: Arc<S>,
     rules: DetectConfig,
+    usage_rules: crate::detect::UsageConfig,
     decoder: Decoder,
     seed: u64,
     segment_cache: usize,
@@ -101,6 +102,8 @@ pub struct Engine<S: StateStore> {
     rebuilt: u64,
     /// A commit the store refused (e.g. disk full), retried first next time.
     failed: Option<(Commit, CommitInfo)>,
+    /// Shards whose usage records go with the next commit.
+    usage_reset: Vec<u32>,
 }
 
 impl<S: StateStore> Engine<S> {
@@ -127,6 +130,7 @@ impl<S: StateStore> Engine<S> {
         Ok(Engine {
             store,
             rules: config.detect.rules(),
+            usage_rules: config.usage.rules(),
             decoder: config.decoder(),
             seed: meta.seed,
             segment_cache: config.state.segment_cache.0 as usize,
@@ -147,6 +151,7 @@ impl<S: StateStore> Engine<S> {
             key_mismatch: 0,
             rebuilt: 0,
             failed: None,
+            usage_reset: Vec::new(),
         })
     }
 
@@ -197,7 +202,15 @@ impl<S: StateStore> Engine<S> {
         }
         let started = Instant::now();
         let meta = self.store.shard(id)?.unwrap_or_default();
-        let mut det = ShardDetector::new(self.rules, self.seed);
+        let mut det = ShardDetector::new(self.rules, self.seed).with_usage(self.usage_rules);
+        let mut keys = 0usize;
+        self.store.for_each_usage(Some(id), &mut |_, key, bytes| {
+            let u = postcard::from_bytes(bytes)
+                .map_err(|e| crate::state::StateError::Corrupt(format!("usage of {key}: {e}")))?;
+            det.restore_usage(key, u);
+            keys += 1;
+            Ok(())
+        })?;
         det.restore_clock(meta.clock());
         let stats = ShardStats::from(&meta.stats);
         det.set_stats(stats.clone());
@@ -231,6 +244,7 @@ impl<S: StateStore> Engine<S> {
         })?;
         telemetry::StateRestored {
             shard: name,
+            keys,
             windows,
             events,
             segments,
@@ -280,7 +294,8 @@ impl<S: StateStore> Engine<S> {
             Ok(())
         })?;
         let old = self.shards.remove(&shard).expect("checked");
-        let mut det = ShardDetector::new(self.rules, self.seed);
+        let mut det = ShardDetector::new(self.rules, self.seed).with_usage(self.usage_rules);
+        self.usage_reset.push(shard);
         det.restore_clock(Default::default());
         let next_seq = old.log.next_seq();
         self.shards.insert(
@@ -459,6 +474,7 @@ impl<S: StateStore> Engine<S> {
                 .map(|e| (e.seq, e.json.clone()))
                 .collect(),
             outbox_delete_below: self.delete_outbox_below.take(),
+            usage_reset: std::mem::take(&mut self.usage_reset),
             ..Default::default()
         };
         let mut info = CommitInfo {
@@ -483,6 +499,13 @@ impl<S: StateStore> Engine<S> {
             }
             c.segment_deletes.extend(dels.into_iter().map(|q| (*id, q)));
             c.segment_floors.push((*id, s.log.floor()));
+            for (key, u) in s.det.take_dirty_usage() {
+                c.usage.push((
+                    *id,
+                    key.to_string(),
+                    postcard::to_stdvec(u).expect("usage serializes"),
+                ));
+            }
             s.meta.set_clock(s.det.clock());
             s.meta.stats = s.det.stats().into();
             s.meta.next_seq = s.log.next_seq();
@@ -585,8 +608,41 @@ impl<S: StateStore> Engine<S> {
         self.shards.get(&shard).map(|s| s.det.stats())
     }
 
+    /// The freshest usage of a key in any open shard.
+    pub fn usage_of(&self, key_id: &str) -> Option<&crate::detect::KeyUsage> {
+        self.shards
+            .values()
+            .filter_map(|s| s.det.usage().get(key_id))
+            .max_by_key(|u| u.last_seen)
+    }
+
+    /// Event time of the newest request seen by any open shard.
+    pub fn now(&self) -> Option<crate::schema::Millis> {
+        self.shards
+            .values()
+            .filter_map(|s| s.det.clock().max_seen)
+            .max()
+    }
+
+    /// Rotation reports from the live state.
+    pub fn rotation_reports(
+        &self,
+        cfg: &crate::report::ReportConfig,
+    ) -> Vec<crate::report::RotationReport> {
+        match self.now() {
+            Some(now) => crate::report::reports(cfg, &self.lifecycle, self, now),
+            None => Vec::new(),
+        }
+    }
+
     /// Position of the record at `pos` for a dead letter or log line.
     pub fn describe(&self, pos: Position) -> String {
         format!("{}:{}", self.source_name(pos.source), pos.offset)
+    }
+}
+
+impl<S: StateStore> crate::report::UsageLookup for Engine<S> {
+    fn usage(&self, key_id: &str) -> Option<&crate::detect::KeyUsage> {
+        self.usage_of(key_id)
     }
 }

@@ -67,6 +67,8 @@ pub struct Status {
     pub assigned: Mutex<Vec<String>>,
     pub events: AtomicU64,
     pub alerts: AtomicU64,
+    /// Live reports, once the pipeline runs.
+    pub reports: std::sync::OnceLock<Arc<dyn crate::report::ReportSource>>,
 }
 
 impl Status {
@@ -539,6 +541,49 @@ impl Runtime {
     }
 }
 
+/// Reports from the live runtime, for the HTTP server.
+struct LiveReports {
+    rt: Arc<Mutex<Runtime>>,
+    cfg: crate::report::ReportConfig,
+}
+
+impl crate::report::ReportSource for LiveReports {
+    fn rotations(&self) -> Vec<crate::report::RotationReport> {
+        lock(&self.rt).engine.rotation_reports(&self.cfg)
+    }
+
+    fn usage(&self, key_id: &str) -> Option<crate::report::UsageView> {
+        let g = lock(&self.rt);
+        let u = g.engine.usage_of(key_id)?;
+        Some(crate::report::UsageView::new(
+            key_id,
+            u,
+            g.engine.now().unwrap_or(u.last_seen),
+        ))
+    }
+}
+
+/// Produces the rotation reports to the reports topic (fire and forget:
+/// they are snapshots, the next one supersedes them).
+fn publish_reports(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    reports: &[crate::report::RotationReport],
+) {
+    for r in reports {
+        let json = serde_json::to_vec(r).expect("report serializes");
+        let rec = BaseRecord::<str, [u8], ()>::to(topic)
+            .key(&r.key_id)
+            .payload(&json);
+        if let Err((e, _)) = p.send(rec) {
+            tracing::warn!(error = %e, topic, "producing a rotation report");
+        }
+    }
+    if !reports.is_empty() {
+        metrics::counter!("replayguard_reports_total").increment(reports.len() as u64);
+    }
+}
+
 /// Records polled before they are processed under one lock.
 const MICRO_BATCH: usize = 512;
 
@@ -557,11 +602,17 @@ fn admin_config(cfg: &crate::config::KafkaSection) -> rdkafka::ClientConfig {
 }
 
 /// Creates the topics replayguard writes to, when they are missing.
-fn create_topics(cfg: &crate::config::KafkaSection) -> Result<(), PipelineError> {
+fn create_topics(
+    cfg: &crate::config::KafkaSection,
+    report_topic: &str,
+) -> Result<(), PipelineError> {
     let admin: AdminClient<DefaultClientContext> = admin_config(cfg)
         .create()
         .map_err(|e| PipelineError::Input(format!("Kafka admin client: {e}")))?;
     let mut names = vec![cfg.alert_topic.clone(), cfg.dead_letter_topic.clone()];
+    if !report_topic.is_empty() {
+        names.push(report_topic.to_string());
+    }
     if cfg.repartition {
         names.push(cfg.repartition_topic());
     }
@@ -666,7 +717,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let mut engine = Engine::open(store, &config)?;
     tracing::info!(state_dir = %dir.display(), brokers = %k.brokers, group = %k.group, "starting");
     if k.create_topics {
-        create_topics(k)?;
+        create_topics(k, &config.report.topic)?;
     }
     let producer = |what: &str| {
         ksink::producer(&k.brokers, &k.properties, &k.producer_properties)
@@ -704,6 +755,29 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         paused: false,
         reported: (0, 0, 0),
     }));
+
+    let report_cfg = config.report.rules(config.usage.top_clients);
+    let _ = status.reports.set(Arc::new(LiveReports {
+        rt: rt.clone(),
+        cfg: report_cfg,
+    }));
+    let report_producer: Option<
+        rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    > = if config.report.topic.is_empty() {
+        None
+    } else {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &k.brokers)
+            .set("linger.ms", "50");
+        for (key, v) in k.properties.iter().chain(&k.producer_properties) {
+            c.set(key, v);
+        }
+        Some(
+            c.create()
+                .map_err(|e| PipelineError::Input(format!("report producer: {e}")))?,
+        )
+    };
+    let mut last_report = Instant::now();
 
     // the lifecycle table: read whole before consuming events
     let (tx, rx) = mpsc::channel();
@@ -817,6 +891,14 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         if last_log.elapsed() >= k.log_interval.as_std() {
             last_log = Instant::now();
             g.log_progress(&status);
+        }
+        if let Some(p) = &report_producer {
+            if last_report.elapsed() >= config.report.interval.as_std() {
+                last_report = Instant::now();
+                let reports = g.engine.rotation_reports(&report_cfg);
+                drop(g);
+                publish_reports(p, &config.report.topic, &reports);
+            }
         }
     };
     drop(batch);

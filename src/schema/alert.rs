@@ -22,15 +22,24 @@ pub enum AlertKind {
     RetiredKey,
     /// A revoked key was used.
     RevokedKey,
+    /// A key's per-minute rate far from its own baseline.
+    RateAnomaly,
+    /// Many 401/403 responses for a key in a short window (credential stuffing).
+    AuthFailureBurst,
+    /// A key with a settled set of clients used by a client never seen before.
+    NewClient,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::Replay,
         AlertKind::StaleTimestamp,
         AlertKind::FutureTimestamp,
         AlertKind::RetiredKey,
         AlertKind::RevokedKey,
+        AlertKind::RateAnomaly,
+        AlertKind::AuthFailureBurst,
+        AlertKind::NewClient,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,7 +49,25 @@ impl AlertKind {
             AlertKind::FutureTimestamp => "future_timestamp",
             AlertKind::RetiredKey => "retired_key",
             AlertKind::RevokedKey => "revoked_key",
+            AlertKind::RateAnomaly => "rate_anomaly",
+            AlertKind::AuthFailureBurst => "auth_failure_burst",
+            AlertKind::NewClient => "new_client",
         }
+    }
+
+    /// The event-time rules over single requests and nonces (replay, skew,
+    /// key lifecycle): exact and order-independent within the lateness, the
+    /// ones the reference model and the generator's ground truth cover. The
+    /// others are statistical usage anomalies.
+    pub fn is_core(self) -> bool {
+        matches!(
+            self,
+            AlertKind::Replay
+                | AlertKind::StaleTimestamp
+                | AlertKind::FutureTimestamp
+                | AlertKind::RetiredKey
+                | AlertKind::RevokedKey
+        )
     }
 
     /// Dense index, for per-kind counters.
@@ -109,13 +136,63 @@ pub struct LifecycleEvidence {
     pub grace_until: Option<Millis>,
 }
 
-/// Evidence, one shape per kind.
+/// A per-minute rate far from the key's baseline.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateEvidence {
+    /// "spike" (reported while the minute runs) or "drop" (when it closes).
+    pub direction: String,
+    /// Requests in the window.
+    pub observed: u64,
+    /// EWMA of the key's per-minute counts before this window.
+    pub baseline_mean: f64,
+    pub baseline_std: f64,
+    pub z_score: f64,
+    /// Two-sided normal tail probability of the z-score.
+    pub p_value: f64,
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub window_start: Millis,
+    pub window_ms: i64,
+}
+
+/// 401/403 responses for a key over the threshold within the window.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthBurstEvidence {
+    /// Failures in the window when the threshold was reached.
+    pub observed: u64,
+    pub threshold: u64,
+    /// Time of the first failure in the window.
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub window_start: Millis,
+    pub window_ms: i64,
+}
+
+/// A client never seen on a key whose client set had settled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClientEvidence {
+    /// The client as identified: client_id, else client_ip.
+    pub client: String,
+    pub client_ip: String,
+    pub client_id: Option<String>,
+    /// Clients known on the key before this one (the baseline).
+    pub known_clients: u64,
+    /// No new client had appeared since then.
+    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    pub settled_since: Millis,
+}
+
+/// Evidence, one shape per kind.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Evidence {
     Replay(ReplayEvidence),
     Skew(SkewEvidence),
     Lifecycle(LifecycleEvidence),
+    Rate(RateEvidence),
+    AuthBurst(AuthBurstEvidence),
+    NewClient(NewClientEvidence),
 }
 
 impl Evidence {
@@ -132,12 +209,15 @@ impl Evidence {
                     Evidence::Lifecycle(_),
                     AlertKind::RetiredKey | AlertKind::RevokedKey
                 )
+                | (Evidence::Rate(_), AlertKind::RateAnomaly)
+                | (Evidence::AuthBurst(_), AlertKind::AuthFailureBurst)
+                | (Evidence::NewClient(_), AlertKind::NewClient)
         )
     }
 }
 
 /// Alert v1.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
     /// Deterministic: the same input always yields the same id, so subscribers

@@ -13,6 +13,7 @@ struct Inner {
     shards: BTreeMap<u32, ShardMeta>,
     segments: BTreeMap<(u32, u64), Vec<u8>>,
     lifecycle: BTreeMap<Vec<u8>, LifecycleEvent>,
+    usage: BTreeMap<(u32, String), Vec<u8>>,
     outbox: BTreeMap<u64, Vec<u8>>,
     commits: u64,
 }
@@ -102,6 +103,20 @@ impl StateStore for MemStore {
             .collect())
     }
 
+    fn for_each_usage(
+        &self,
+        shard: Option<u32>,
+        f: &mut super::UsageVisitor<'_>,
+    ) -> Result<(), StateError> {
+        let g = self.inner.lock().unwrap();
+        for ((s, k), v) in &g.usage {
+            if shard.is_none_or(|want| want == *s) {
+                f(*s, k, v)?;
+            }
+        }
+        Ok(())
+    }
+
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
         Ok(self
             .inner
@@ -132,6 +147,12 @@ impl StateStore for MemStore {
         }
         for ev in &c.lifecycle {
             g.lifecycle.insert(super::lifecycle_key(ev), ev.clone());
+        }
+        for shard in &c.usage_reset {
+            g.usage.retain(|(s, _), _| s != shard);
+        }
+        for (shard, key, v) in &c.usage {
+            g.usage.insert((*shard, key.clone()), v.clone());
         }
         for (k, v) in &c.outbox_put {
             g.outbox.insert(*k, v.clone());

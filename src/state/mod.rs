@@ -136,6 +136,10 @@ pub struct Commit {
     /// is deleted, so whole files there may be dropped.
     pub segment_floors: Vec<(u32, u64)>,
     pub lifecycle: Vec<LifecycleEvent>,
+    /// Per-key usage records (shard, key_id, postcard bytes).
+    pub usage: Vec<(u32, String, Vec<u8>)>,
+    /// Shards whose every usage record is removed (before `usage` is applied).
+    pub usage_reset: Vec<u32>,
     pub outbox_put: Vec<(u64, Vec<u8>)>,
     /// Removes every outbox entry with a sequence number below this.
     pub outbox_delete_below: Option<u64>,
@@ -148,6 +152,8 @@ impl Commit {
             && self.segments.is_empty()
             && self.segment_deletes.is_empty()
             && self.lifecycle.is_empty()
+            && self.usage.is_empty()
+            && self.usage_reset.is_empty()
             && self.outbox_put.is_empty()
             && self.outbox_delete_below.is_none()
     }
@@ -155,6 +161,9 @@ impl Commit {
 
 /// Visitor of stored segments: (sequence, bytes).
 pub type SegmentVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StateError> + 'a;
+
+/// Visitor of usage records: (shard, key_id, bytes).
+pub type UsageVisitor<'a> = dyn FnMut(u32, &str, &[u8]) -> Result<(), StateError> + 'a;
 
 /// The durable state. Implementations: [`RocksStore`] and [`MemStore`].
 pub trait StateStore: SegmentSource + Send + Sync + 'static {
@@ -166,6 +175,12 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
     /// Visits the segments of a shard in sequence order.
     fn for_each_segment(&self, shard: u32, f: &mut SegmentVisitor<'_>) -> Result<(), StateError>;
     fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError>;
+    /// Visits the usage records of a shard (every shard when `None`): (shard, key_id, bytes).
+    fn for_each_usage(
+        &self,
+        shard: Option<u32>,
+        f: &mut UsageVisitor<'_>,
+    ) -> Result<(), StateError>;
     /// Alerts committed but not yet acknowledged by the sink, in order.
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError>;
     /// Applies a commit atomically (and durably, if so configured).
@@ -200,6 +215,14 @@ pub fn segment_key(shard: u32, seq: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&shard.to_be_bytes());
     k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Key of a usage record: shard, then the key id.
+pub fn usage_key(shard: u32, key_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key_id.len());
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(key_id.as_bytes());
     k
 }
 

@@ -5,7 +5,8 @@
 //! - `sightings`: sighting segments keyed (shard, seq), written once, deleted
 //!   by range once every record in them is out of the live window;
 //! - `lifecycle`: key lifecycle records keyed (key_id, at);
-//! - `outbox`: alerts committed but not yet acknowledged by the sink.
+//! - `outbox`: alerts committed but not yet acknowledged by the sink;
+//! - `usage`: per-key usage (counts, sketches, baselines) keyed (shard, key_id).
 //!
 //! A commit is one `WriteBatch` across all of them, with the WAL synced when
 //! `sync` is set, so state, input positions and alerts move together.
@@ -29,7 +30,8 @@ const CF_META: &str = "meta";
 const CF_SIGHTINGS: &str = "sightings";
 const CF_LIFECYCLE: &str = "lifecycle";
 const CF_OUTBOX: &str = "outbox";
-const ALL_CFS: [&str; 4] = [CF_META, CF_SIGHTINGS, CF_LIFECYCLE, CF_OUTBOX];
+const CF_USAGE: &str = "usage";
+const ALL_CFS: [&str; 5] = [CF_META, CF_SIGHTINGS, CF_LIFECYCLE, CF_OUTBOX, CF_USAGE];
 
 const KEY_STORE: &[u8] = b"store";
 const PREFIX_REGISTRY: &[u8] = b"registry/";
@@ -284,6 +286,32 @@ impl StateStore for RocksStore {
         Ok(out)
     }
 
+    fn for_each_usage(
+        &self,
+        shard: Option<u32>,
+        f: &mut super::UsageVisitor<'_>,
+    ) -> Result<(), StateError> {
+        let start = shard.map_or(Vec::new(), |s| s.to_be_bytes().to_vec());
+        let it = self.db.iterator_cf(
+            self.cf(CF_USAGE),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv.map_err(io)?;
+            if k.len() < 4 {
+                return Err(StateError::Corrupt("usage key".into()));
+            }
+            let s = u32::from_be_bytes(k[..4].try_into().unwrap());
+            if shard.is_some_and(|want| want != s) {
+                break;
+            }
+            let key = std::str::from_utf8(&k[4..])
+                .map_err(|_| StateError::Corrupt("usage key".into()))?;
+            f(s, key, &v)?;
+        }
+        Ok(())
+    }
+
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
         let mut out = Vec::new();
         for kv in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
@@ -336,6 +364,17 @@ impl StateStore for RocksStore {
         let lc = self.cf(CF_LIFECYCLE);
         for ev in &c.lifecycle {
             b.put_cf(lc, lifecycle_key(ev), serde_json::to_vec(ev).unwrap());
+        }
+        let usage = self.cf(CF_USAGE);
+        for shard in &c.usage_reset {
+            let end = match shard.checked_add(1) {
+                Some(n) => n.to_be_bytes().to_vec(),
+                None => vec![0xff; 5],
+            };
+            b.delete_range_cf(usage, shard.to_be_bytes().to_vec(), end);
+        }
+        for (shard, key, v) in &c.usage {
+            b.put_cf(usage, super::usage_key(*shard, key), v);
         }
         let outbox = self.cf(CF_OUTBOX);
         if let Some(below) = c.outbox_delete_below {

@@ -1,0 +1,715 @@
+//! Per-key usage analytics and the anomaly rules built on them, by event time:
+//!
+//! - `rate_anomaly`: a key's per-minute request count far from its own
+//!   baseline (EWMA mean and variance of its per-minute counts; z-score
+//!   threshold, minimum volume, warm-up). A spike is reported as soon as the
+//!   count of the running minute crosses the threshold; a drop when a minute
+//!   closes below it.
+//! - `auth_failure_burst`: at least `auth_fail_threshold` 401/403 responses
+//!   for a key within `auth_fail_window` (one alert per burst).
+//! - `new_client` (info): a key whose set of clients has settled (no new
+//!   client for `new_client_settle`, at least `new_client_min_requests`
+//!   requests) is used by a client never seen before.
+//!
+//! The per-key state (request counts per minute, hour and day, first and last
+//! use, counts per status class, distinct clients as HyperLogLog sketches, the
+//! heaviest clients) also feeds the rotation-readiness reports.
+
+use std::collections::VecDeque;
+
+use cardinality_estimator::CardinalityEstimator;
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::schema::alert::{self, AuthBurstEvidence, NewClientEvidence, RateEvidence};
+use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
+
+pub const MINUTE: Millis = 60_000;
+pub const HOUR: Millis = 3_600_000;
+pub const DAY: Millis = 86_400_000;
+
+/// Parameters of the usage rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsageConfig {
+    /// Report a per-minute count this many standard deviations from the baseline.
+    pub rate_z: f64,
+    /// ...and only when the count (spike) or the baseline (drop) is at least this.
+    pub rate_min_volume: u32,
+    /// Minutes of history before the baseline is trusted.
+    pub rate_warmup_minutes: u32,
+    /// Weight of the newest minute in the EWMA.
+    pub ewma_alpha: f64,
+    pub auth_fail_threshold: u32,
+    pub auth_fail_window_ms: Millis,
+    pub new_client_settle_ms: Millis,
+    pub new_client_min_requests: u64,
+    /// Clients remembered per key for `new_client`; a key with more has no
+    /// settled set and raises no `new_client`.
+    pub max_clients: usize,
+    /// Clients kept in each key's heavy-hitter table.
+    pub top_clients: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            rate_z: 4.0,
+            rate_min_volume: 30,
+            rate_warmup_minutes: 30,
+            ewma_alpha: 0.1,
+            auth_fail_threshold: 20,
+            auth_fail_window_ms: 60_000,
+            new_client_settle_ms: 24 * HOUR,
+            new_client_min_requests: 100,
+            max_clients: 1024,
+            top_clients: 10,
+        }
+    }
+}
+
+/// Counts in fixed time buckets; the newest bucket is the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    /// Bucket width.
+    pub width: Millis,
+    /// Index (time / width) of the newest bucket.
+    pub newest: i64,
+    pub counts: Vec<u32>,
+}
+
+impl Ring {
+    pub fn new(width: Millis, len: usize) -> Self {
+        Ring {
+            width,
+            newest: i64::MIN,
+            counts: vec![0; len],
+        }
+    }
+
+    fn slot(&self, idx: i64) -> usize {
+        idx.rem_euclid(self.counts.len() as i64) as usize
+    }
+
+    pub fn add(&mut self, t: Millis, n: u32) {
+        let idx = t.div_euclid(self.width);
+        let len = self.counts.len() as i64;
+        if self.newest == i64::MIN {
+            self.newest = idx;
+        }
+        if idx > self.newest {
+            // clear the buckets that fall out of the window
+            let gap = (idx - self.newest).min(len);
+            for k in 1..=gap {
+                let s = self.slot(self.newest + k);
+                self.counts[s] = 0;
+            }
+            self.newest = idx;
+        } else if idx <= self.newest - len {
+            return; // older than the window
+        }
+        let s = self.slot(idx);
+        self.counts[s] = self.counts[s].saturating_add(n);
+    }
+
+    /// Count of the bucket holding `t` (0 when outside the window).
+    pub fn get(&self, t: Millis) -> u32 {
+        let idx = t.div_euclid(self.width);
+        if self.newest == i64::MIN
+            || idx > self.newest
+            || idx <= self.newest - self.counts.len() as i64
+        {
+            0
+        } else {
+            self.counts[self.slot(idx)]
+        }
+    }
+
+    /// Sum over buckets whose start lies in [from, to].
+    pub fn sum(&self, from: Millis, to: Millis) -> u64 {
+        let (a, b) = (from.div_euclid(self.width), to.div_euclid(self.width));
+        (a.max(self.newest - self.counts.len() as i64 + 1)..=b.min(self.newest))
+            .map(|i| self.counts[self.slot(i)] as u64)
+            .sum()
+    }
+
+    /// (bucket start, count) for every bucket in the window, oldest first.
+    pub fn series(&self) -> Vec<(Millis, u32)> {
+        if self.newest == i64::MIN {
+            return Vec::new();
+        }
+        let len = self.counts.len() as i64;
+        (self.newest - len + 1..=self.newest)
+            .map(|i| (i * self.width, self.counts[self.slot(i)]))
+            .collect()
+    }
+}
+
+/// A heavy hitter: a client and how often it used the key (Space-Saving:
+/// `count` overestimates by at most `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopClient {
+    pub fp: u64,
+    pub client: String,
+    pub count: u64,
+    pub error: u64,
+    pub last_seen: Millis,
+}
+
+pub type Sketch = CardinalityEstimator<u64, wyhash::WyHash, 10, 6>;
+
+/// Everything replayguard keeps about one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyUsage {
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    pub total: u64,
+    /// Requests per status class: [other, 1xx, 2xx, 3xx, 4xx, 5xx].
+    pub status: [u64; 6],
+    pub minutes: Ring,
+    pub hours: Ring,
+    pub days: Ring,
+    pub ips: Sketch,
+    pub client_ids: Sketch,
+    pub top: Vec<TopClient>,
+    // rate baseline
+    pub ewma_mean: f64,
+    pub ewma_var: f64,
+    pub minutes_observed: u32,
+    pub open_minute: i64,
+    pub open_count: u32,
+    pub spike_reported_minute: i64,
+    // authentication failures
+    pub auth_failures: VecDeque<Millis>,
+    pub burst_open: bool,
+    // clients
+    pub known_clients: Vec<u64>,
+    pub clients_overflow: bool,
+    pub last_new_client_at: Millis,
+    #[serde(skip)]
+    pub dirty: bool,
+}
+
+impl KeyUsage {
+    pub fn new(t: Millis) -> Self {
+        KeyUsage {
+            first_seen: t,
+            last_seen: t,
+            total: 0,
+            status: [0; 6],
+            minutes: Ring::new(MINUTE, 60),
+            hours: Ring::new(HOUR, 48),
+            days: Ring::new(DAY, 30),
+            ips: Sketch::new(),
+            client_ids: Sketch::new(),
+            top: Vec::new(),
+            ewma_mean: 0.0,
+            ewma_var: 0.0,
+            minutes_observed: 0,
+            open_minute: t.div_euclid(MINUTE),
+            open_count: 0,
+            spike_reported_minute: i64::MIN,
+            auth_failures: VecDeque::new(),
+            burst_open: false,
+            known_clients: Vec::new(),
+            clients_overflow: false,
+            last_new_client_at: t,
+            dirty: true,
+        }
+    }
+
+    /// Requests in [from, to], from the finest buckets that cover `from`.
+    pub fn requests_between(&self, from: Millis, to: Millis) -> u64 {
+        let span = to - from;
+        if span <= 59 * MINUTE {
+            self.minutes.sum(from, to)
+        } else if span <= 47 * HOUR {
+            self.hours.sum(from, to)
+        } else {
+            self.days.sum(from, to)
+        }
+    }
+
+    pub fn distinct_ips(&self) -> usize {
+        self.ips.estimate()
+    }
+
+    pub fn distinct_client_ids(&self) -> usize {
+        self.client_ids.estimate()
+    }
+
+    /// Baseline standard deviation, floored by the Poisson spread of the mean.
+    fn baseline_std(&self) -> f64 {
+        self.ewma_var.sqrt().max(self.ewma_mean.sqrt()).max(1.0)
+    }
+
+    fn warm(&self, cfg: &UsageConfig) -> bool {
+        self.minutes_observed >= cfg.rate_warmup_minutes
+    }
+
+    /// Folds a closed minute into the baseline.
+    fn fold(&mut self, x: f64, a: f64) {
+        if self.minutes_observed == 0 {
+            self.ewma_mean = x;
+            self.ewma_var = 0.0;
+        } else {
+            let d = x - self.ewma_mean;
+            self.ewma_mean += a * d;
+            self.ewma_var = (1.0 - a) * (self.ewma_var + a * d * d);
+        }
+        self.minutes_observed = self.minutes_observed.saturating_add(1);
+    }
+}
+
+fn p_value(z: f64) -> f64 {
+    let n = Normal::new(0.0, 1.0).expect("standard normal");
+    2.0 * (1.0 - n.cdf(z.abs()))
+}
+
+/// The label a client is known by: its client_id, else its address.
+pub fn client_label<'a>(ev: &'a AccessEvent<'_>) -> &'a str {
+    ev.client_id.as_deref().unwrap_or(&ev.client_ip)
+}
+
+fn make_alert(
+    kind: AlertKind,
+    severity: Severity,
+    ev: &AccessEvent<'_>,
+    id_part: &[u8],
+    evidence: Evidence,
+) -> Alert {
+    Alert {
+        alert_id: alert::alert_id_parts(kind.as_str(), &[ev.key_id.as_bytes(), id_part]),
+        kind,
+        severity,
+        key_id: ev.key_id.to_string(),
+        event_id: ev.event_id.to_string(),
+        received_at: ev.received_at,
+        evidence,
+        detector_version: alert::DETECTOR_VERSION.to_string(),
+    }
+}
+
+/// Updates `u` with one request and appends any anomaly alerts to `out`.
+pub fn observe(cfg: &UsageConfig, u: &mut KeyUsage, ev: &AccessEvent<'_>, out: &mut Vec<Alert>) {
+    let t = ev.received_at;
+    u.dirty = true;
+    u.first_seen = u.first_seen.min(t);
+    u.last_seen = u.last_seen.max(t);
+    u.total += 1;
+    u.status[ev.status_class() as usize] += 1;
+    u.minutes.add(t, 1);
+    u.hours.add(t, 1);
+    u.days.add(t, 1);
+    let ip_fp = xxh3_64(ev.client_ip.as_bytes());
+    u.ips.insert_hash(ip_fp);
+    if let Some(id) = ev.client_id.as_deref() {
+        u.client_ids.insert_hash(xxh3_64(id.as_bytes()));
+    }
+    let label = client_label(ev);
+    let fp = if ev.client_id.is_some() {
+        xxh3_64(label.as_bytes()) ^ 0x1d
+    } else {
+        ip_fp
+    };
+    top_update(u, cfg.top_clients * 2, fp, label, t);
+    rate(cfg, u, ev, out);
+    if matches!(ev.status, 401 | 403) {
+        auth(cfg, u, ev, out);
+    }
+    new_client(cfg, u, ev, fp, label, out);
+}
+
+/// Space-Saving with `cap` counters.
+fn top_update(u: &mut KeyUsage, cap: usize, fp: u64, label: &str, t: Millis) {
+    if let Some(c) = u.top.iter_mut().find(|c| c.fp == fp) {
+        c.count += 1;
+        c.last_seen = c.last_seen.max(t);
+        return;
+    }
+    if u.top.len() < cap.max(1) {
+        u.top.push(TopClient {
+            fp,
+            client: label.to_string(),
+            count: 1,
+            error: 0,
+            last_seen: t,
+        });
+        return;
+    }
+    let min = u.top.iter_mut().min_by_key(|c| c.count).expect("non-empty");
+    let floor = min.count;
+    *min = TopClient {
+        fp,
+        client: label.to_string(),
+        count: floor + 1,
+        error: floor,
+        last_seen: t,
+    };
+}
+
+fn rate(cfg: &UsageConfig, u: &mut KeyUsage, ev: &AccessEvent<'_>, out: &mut Vec<Alert>) {
+    let m = ev.received_at.div_euclid(MINUTE);
+    if m > u.open_minute {
+        // close the open minute, and the silent minutes after it (bounded)
+        let closed = u.open_count as f64;
+        let (mean, std) = (u.ewma_mean, u.baseline_std());
+        if u.warm(cfg) && mean >= cfg.rate_min_volume as f64 && closed < mean - cfg.rate_z * std {
+            let z = (closed - mean) / std;
+            let start = u.open_minute * MINUTE;
+            out.push(make_alert(
+                AlertKind::RateAnomaly,
+                Severity::Medium,
+                ev,
+                &[b"drop".as_slice(), &start.to_le_bytes()].concat(),
+                Evidence::Rate(RateEvidence {
+                    direction: "drop".into(),
+                    observed: closed as u64,
+                    baseline_mean: round2(mean),
+                    baseline_std: round2(std),
+                    z_score: round2(z),
+                    p_value: p_value(z),
+                    window_start: start,
+                    window_ms: MINUTE,
+                }),
+            ));
+        }
+        u.fold(closed, cfg.ewma_alpha);
+        for _ in 1..(m - u.open_minute).min(60) {
+            u.fold(0.0, cfg.ewma_alpha);
+        }
+        u.open_minute = m;
+        u.open_count = 0;
+    }
+    if m < u.open_minute {
+        return; // late: counted in the rings, too late for the baseline
+    }
+    u.open_count += 1;
+    let (mean, std) = (u.ewma_mean, u.baseline_std());
+    let x = u.open_count as f64;
+    if u.warm(cfg)
+        && u.spike_reported_minute != m
+        && u.open_count >= cfg.rate_min_volume
+        && x > mean + cfg.rate_z * std
+    {
+        u.spike_reported_minute = m;
+        let z = (x - mean) / std;
+        let start = m * MINUTE;
+        out.push(make_alert(
+            AlertKind::RateAnomaly,
+            Severity::Medium,
+            ev,
+            &[b"spike".as_slice(), &start.to_le_bytes()].concat(),
+            Evidence::Rate(RateEvidence {
+                direction: "spike".into(),
+                observed: u.open_count as u64,
+                baseline_mean: round2(mean),
+                baseline_std: round2(std),
+                z_score: round2(z),
+                p_value: p_value(z),
+                window_start: start,
+                window_ms: MINUTE,
+            }),
+        ));
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn auth(cfg: &UsageConfig, u: &mut KeyUsage, ev: &AccessEvent<'_>, out: &mut Vec<Alert>) {
+    let t = ev.received_at;
+    let q = &mut u.auth_failures;
+    let at = q.partition_point(|&x| x <= t);
+    q.insert(at, t);
+    let newest = *q.back().expect("just inserted");
+    while q
+        .front()
+        .is_some_and(|&f| f <= newest - cfg.auth_fail_window_ms)
+    {
+        q.pop_front();
+    }
+    while q.len() > cfg.auth_fail_threshold as usize {
+        q.pop_front();
+    }
+    let n = q.len() as u32;
+    if n >= cfg.auth_fail_threshold {
+        if !u.burst_open {
+            u.burst_open = true;
+            let first = *q.front().expect("non-empty");
+            out.push(make_alert(
+                AlertKind::AuthFailureBurst,
+                Severity::High,
+                ev,
+                &first.to_le_bytes(),
+                Evidence::AuthBurst(AuthBurstEvidence {
+                    observed: n as u64,
+                    threshold: cfg.auth_fail_threshold as u64,
+                    window_start: first,
+                    window_ms: cfg.auth_fail_window_ms,
+                }),
+            ));
+        }
+    } else {
+        u.burst_open = false;
+    }
+}
+
+fn new_client(
+    cfg: &UsageConfig,
+    u: &mut KeyUsage,
+    ev: &AccessEvent<'_>,
+    fp: u64,
+    label: &str,
+    out: &mut Vec<Alert>,
+) {
+    let Err(at) = u.known_clients.binary_search(&fp) else {
+        return;
+    };
+    let t = ev.received_at;
+    let settled = !u.clients_overflow
+        && u.total > cfg.new_client_min_requests
+        && t - u.last_new_client_at >= cfg.new_client_settle_ms;
+    if settled {
+        out.push(make_alert(
+            AlertKind::NewClient,
+            Severity::Info,
+            ev,
+            ev.event_id.as_bytes(),
+            Evidence::NewClient(NewClientEvidence {
+                client: label.to_string(),
+                client_ip: ev.client_ip.to_string(),
+                client_id: ev.client_id.as_ref().map(|c| c.to_string()),
+                known_clients: u.known_clients.len() as u64,
+                settled_since: u.last_new_client_at,
+            }),
+        ));
+    }
+    if u.known_clients.len() < cfg.max_clients {
+        u.known_clients.insert(at, fp);
+    } else {
+        u.clients_overflow = true;
+    }
+    u.last_new_client_at = u.last_new_client_at.max(t);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    const T0: Millis = 1_795_824_000_000;
+
+    fn ev(t: Millis, status: u16, client: &str) -> AccessEvent<'static> {
+        AccessEvent {
+            event_id: Cow::Owned(format!("e{t}-{client}-{status}")),
+            received_at: t,
+            key_id: Cow::Borrowed("k"),
+            nonce: None,
+            client_ts: t,
+            client_ip: Cow::Owned(format!("10.0.0.{}", client.len())),
+            method: Cow::Borrowed("GET"),
+            path: Cow::Borrowed("/"),
+            status,
+            user_agent: None,
+            client_id: Some(Cow::Owned(client.to_string())),
+            signature: None,
+        }
+    }
+
+    fn run(cfg: &UsageConfig, u: &mut KeyUsage, events: &[AccessEvent<'_>]) -> Vec<Alert> {
+        let mut out = vec![];
+        for e in events {
+            observe(cfg, u, e, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn ring_counts_sums_and_forgets() {
+        let mut r = Ring::new(MINUTE, 5);
+        r.add(T0, 1);
+        r.add(T0 + 30_000, 2);
+        r.add(T0 + MINUTE, 4);
+        assert_eq!(r.get(T0), 3);
+        assert_eq!(r.sum(T0, T0 + MINUTE), 7);
+        r.add(T0 + 5 * MINUTE, 1); // T0's bucket falls out
+        assert_eq!(r.get(T0), 0);
+        assert_eq!(r.sum(T0, T0 + 10 * MINUTE), 5);
+        r.add(T0 - MINUTE, 9); // older than the window: ignored
+        assert_eq!(r.sum(T0 - MINUTE, T0 + 10 * MINUTE), 5);
+        assert_eq!(r.series().len(), 5);
+        r.add(T0 + 100 * MINUTE, 1);
+        assert_eq!(
+            r.sum(T0, T0 + 100 * MINUTE),
+            1,
+            "a long gap clears everything"
+        );
+    }
+
+    /// `per_minute` requests in each of `minutes` minutes from `start`.
+    fn steady(start: Millis, minutes: i64, per_minute: i64) -> Vec<AccessEvent<'static>> {
+        (0..minutes)
+            .flat_map(|m| {
+                (0..per_minute)
+                    .map(move |i| ev(start + m * MINUTE + i * (MINUTE / per_minute), 200, "c1"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spike_after_warm_up_is_reported_once_per_minute() {
+        let cfg = UsageConfig::default();
+        let mut u = KeyUsage::new(T0);
+        assert!(
+            run(&cfg, &mut u, &steady(T0, 40, 50)).is_empty(),
+            "steady traffic is normal"
+        );
+        let spike = steady(T0 + 40 * MINUTE, 1, 200);
+        let alerts = run(&cfg, &mut u, &spike);
+        assert_eq!(alerts.len(), 1);
+        let Evidence::Rate(r) = &alerts[0].evidence else {
+            panic!()
+        };
+        assert_eq!(r.direction, "spike");
+        assert!(r.z_score >= cfg.rate_z);
+        assert!((r.baseline_mean - 50.0).abs() < 1.0, "{r:?}");
+        assert_eq!(r.window_start, T0 + 40 * MINUTE);
+        assert!(r.p_value < 1e-4);
+    }
+
+    #[test]
+    fn no_spike_before_warm_up_or_under_the_minimum_volume() {
+        let cfg = UsageConfig::default();
+        let mut u = KeyUsage::new(T0);
+        run(&cfg, &mut u, &steady(T0, 5, 50));
+        assert!(
+            run(&cfg, &mut u, &steady(T0 + 5 * MINUTE, 1, 500)).is_empty(),
+            "still warming up"
+        );
+        let mut u = KeyUsage::new(T0);
+        run(&cfg, &mut u, &steady(T0, 40, 1));
+        assert!(
+            run(&cfg, &mut u, &steady(T0 + 40 * MINUTE, 1, 20)).is_empty(),
+            "20 < min volume 30"
+        );
+    }
+
+    #[test]
+    fn a_drop_is_reported_when_the_minute_closes() {
+        let cfg = UsageConfig::default();
+        let mut u = KeyUsage::new(T0);
+        run(&cfg, &mut u, &steady(T0, 40, 100));
+        run(&cfg, &mut u, &steady(T0 + 40 * MINUTE, 1, 2));
+        let alerts = run(&cfg, &mut u, &steady(T0 + 41 * MINUTE, 1, 100));
+        assert_eq!(alerts.len(), 1);
+        let Evidence::Rate(r) = &alerts[0].evidence else {
+            panic!()
+        };
+        assert_eq!((r.direction.as_str(), r.observed), ("drop", 2));
+    }
+
+    #[test]
+    fn auth_failure_burst_at_the_threshold_within_the_window() {
+        let cfg = UsageConfig {
+            auth_fail_threshold: 5,
+            auth_fail_window_ms: 10_000,
+            ..Default::default()
+        };
+        let mut u = KeyUsage::new(T0);
+        // 4 failures, then the 5th 10 s after the first: outside the window (t - 10 s excluded)
+        let mut evs: Vec<_> = (0..4).map(|i| ev(T0 + i * 1000, 401, "c")).collect();
+        evs.push(ev(T0 + 10_000, 403, "c"));
+        assert!(run(&cfg, &mut u, &evs).is_empty());
+        // one more inside the window: 5 within (t - 10 s, t]
+        let alerts = run(&cfg, &mut u, &[ev(T0 + 10_500, 401, "c")]);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, AlertKind::AuthFailureBurst);
+        // the burst goes on: no second alert
+        assert!(run(&cfg, &mut u, &[ev(T0 + 10_600, 401, "c")]).is_empty());
+        // successes do not count
+        assert!(run(&cfg, &mut u, &[ev(T0 + 10_700, 200, "c")]).is_empty());
+        // after a quiet window a new burst is a new alert with a new id
+        let later: Vec<_> = (0..5).map(|i| ev(T0 + 100_000 + i, 401, "c")).collect();
+        let again = run(&cfg, &mut u, &later);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].alert_id, alerts[0].alert_id);
+    }
+
+    #[test]
+    fn new_client_only_on_a_settled_key() {
+        let cfg = UsageConfig {
+            new_client_settle_ms: HOUR,
+            new_client_min_requests: 10,
+            ..Default::default()
+        };
+        let mut u = KeyUsage::new(T0);
+        let early: Vec<_> = (0..20)
+            .map(|i| ev(T0 + i * 1000, 200, if i < 3 { "a" } else { "b" }))
+            .collect();
+        assert!(
+            run(&cfg, &mut u, &early).is_empty(),
+            "new clients while the set forms"
+        );
+        // an hour later with no new client: settled
+        let alerts = run(
+            &cfg,
+            &mut u,
+            &[
+                ev(T0 + 19_000 + HOUR, 200, "b"),
+                ev(T0 + 20_000 + HOUR, 200, "intruder"),
+            ],
+        );
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, AlertKind::NewClient);
+        assert_eq!(alerts[0].severity, Severity::Info);
+        let Evidence::NewClient(n) = &alerts[0].evidence else {
+            panic!()
+        };
+        assert_eq!((n.client.as_str(), n.known_clients), ("intruder", 2));
+        // right after a new client the set is not settled
+        assert!(run(&cfg, &mut u, &[ev(T0 + 21_000 + HOUR, 200, "another")]).is_empty());
+    }
+
+    #[test]
+    fn heavy_hitters_keep_the_heaviest() {
+        let cfg = UsageConfig {
+            top_clients: 2,
+            ..Default::default()
+        };
+        let mut u = KeyUsage::new(T0);
+        let mut evs = vec![];
+        for i in 0..100 {
+            evs.push(ev(T0 + i, 200, "heavy"));
+            if i % 2 == 0 {
+                evs.push(ev(T0 + i, 200, "medium"));
+            }
+            evs.push(ev(T0 + i, 200, &format!("light{i}")));
+        }
+        run(&cfg, &mut u, &evs);
+        let mut top = u.top.clone();
+        top.sort_by_key(|c| std::cmp::Reverse(c.count));
+        assert_eq!(top[0].client, "heavy");
+        assert!(top[0].count >= 100 && top[0].count - top[0].error <= 100);
+        assert!(
+            u.distinct_client_ids() > 90,
+            "sketch: {}",
+            u.distinct_client_ids()
+        );
+    }
+
+    #[test]
+    fn usage_round_trips_through_postcard() {
+        let cfg = UsageConfig::default();
+        let mut u = KeyUsage::new(T0);
+        run(&cfg, &mut u, &steady(T0, 3, 10));
+        let bytes = postcard::to_stdvec(&u).unwrap();
+        let back: KeyUsage = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.total, 30);
+        assert_eq!(back.minutes, u.minutes);
+        assert_eq!(back.distinct_ips(), u.distinct_ips());
+        assert!(bytes.len() < 1200, "{} bytes", bytes.len());
+    }
+}
