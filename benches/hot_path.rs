@@ -84,6 +84,15 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    g.bench_function("decode_serde_json_only", |b| {
+        b.iter(|| {
+            for l in &lines {
+                let t = std::str::from_utf8(l).unwrap();
+                black_box(serde_json::from_str::<replayguard::schema::AccessEvent<'_>>(t).unwrap());
+            }
+        })
+    });
+
     let decoded: Vec<_> = lines.iter().map(|l| decoder.access(l).unwrap()).collect();
     let rules = Config::default().detect.rules();
     let lc = LifecycleTable::default();

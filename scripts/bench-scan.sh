@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end throughput of `replayguard scan` with durable RocksDB state:
-# 1 M generated events (with and without the 64-hex-char signature field),
-# three runs each, median events/s. Builds in release mode.
+# 1 M generated events in three sizes (the generator's full lines with a
+# 64-hex-char signature; without the signature; lean lines with the required
+# fields and the nonce only, ~275 bytes), three runs each, median events/s.
+# Builds in release mode.
 #
 #   scripts/bench-scan.sh [EVENTS]
 set -euo pipefail
@@ -16,9 +18,10 @@ mkdir -p "$out"
 if [ ! -s "$out/scan-$n.jsonl" ]; then
   "$rg" generate --events "$n" --rate 5000 --seed 7 --out "$out/scan-$n.jsonl" --lifecycle "$out/scan-keys.jsonl"
   sed -E 's/,"signature":"[0-9a-f]+"//' "$out/scan-$n.jsonl" > "$out/scan-$n-nosig.jsonl"
+  sed -E 's/,"user_agent":"[^"]*"//; s/,"client_id":"[^"]*"//' "$out/scan-$n-nosig.jsonl" > "$out/scan-$n-lean.jsonl"
 fi
 printf '| input | bytes/event | run 1 | run 2 | run 3 | median events/s |\n|---|---|---|---|---|---|\n'
-for f in "scan-$n.jsonl" "scan-$n-nosig.jsonl"; do
+for f in "scan-$n.jsonl" "scan-$n-nosig.jsonl" "scan-$n-lean.jsonl"; do
   bytes=$(stat -c %s "$out/$f")
   rates=()
   for _ in 1 2 3; do

@@ -3,8 +3,8 @@
 //! would, or gives up (`None`) and lets serde_json decide, so every error,
 //! every unusual input and every corner of JSON stays serde_json's.
 //!
-//! Measured on 420-byte gateway lines: about 2.5x faster than serde_json
-//! with borrowed strings (see benches/hot_path.rs).
+//! Measured on 420-byte gateway lines: 250 ns against serde_json's 410 ns
+//! with borrowed strings (`cargo bench --bench hot_path -- decode`).
 
 use std::borrow::Cow;
 
@@ -50,19 +50,13 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string without escapes or control characters, after its opening quote.
+    /// A string, after its opening quote. [`access`] has made sure the
+    /// input holds no backslash and no control character, so the string
+    /// ends at the next quote.
     #[inline]
     fn str_body(&mut self) -> Option<&'a str> {
         let start = self.i;
-        let rest = &self.b[start..];
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[end] != b'"' {
-            return None; // an escape: serde_json decides
-        }
-        let body = &rest[..end];
-        if body.iter().any(|&c| c < 0x20) {
-            return None;
-        }
+        let end = memchr::memchr(b'"', &self.b[start..])?;
         self.i = start + end + 1;
         // the whole input is UTF-8 and quotes are ASCII: this is a char boundary
         Some(&self.s[start..start + end])
@@ -194,6 +188,14 @@ fn opt_str(v: Val<'_>) -> Option<Option<Cow<'_, str>>> {
 
 /// Decodes `s` if it has the common shape; `None` means "ask serde_json".
 pub fn access(s: &str) -> Option<AccessEvent<'_>> {
+    // one pass over the line (vectorized: no early exit): a backslash means an
+    // escape somewhere, a control character an invalid string or unusual white
+    // space; either way serde_json decides
+    if s.bytes()
+        .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'))
+    {
+        return None;
+    }
     let mut c = Cursor {
         b: s.as_bytes(),
         s,
@@ -319,11 +321,15 @@ mod tests {
         assert_eq!(access(BASE), serde(BASE));
         assert!(access(BASE).is_some());
         let spaced = BASE
-            .replace(",\"", " ,\n \"")
-            .replace("\":", "\" :\t")
+            .replace(",\"", " , \"")
+            .replace("\":", "\" :  ")
             .replace('{', "{ ");
         assert_eq!(access(&spaced), serde(&spaced));
         assert!(access(&spaced).is_some());
+        // tabs and newlines between tokens are left to serde_json, with the same result
+        let tabbed = BASE.replace(",\"", ",\n\t\"");
+        assert!(access(&tabbed).is_none());
+        assert!(serde(&tabbed).is_some());
         let extra = BASE.replace(
             "\"status\"",
             "\"x\":1.5e3,\"y\":true,\"z\":null,\"w\":\"s\",\"status\"",
@@ -360,6 +366,7 @@ mod tests {
             ".{0,8}",
             Just("a\\\"b".to_string()),
             Just("tab\tin".to_string()),
+            Just("nul\u{0}in".to_string()),
         ]
     }
 
@@ -440,7 +447,7 @@ mod tests {
                 fast += 1;
             }
         }
-        assert!(fast * 5 > total, "{fast} of {total} took the fast path");
+        assert!(fast * 10 > total, "{fast} of {total} took the fast path");
         assert!(fast < total, "and some did not");
     }
 
@@ -475,5 +482,35 @@ mod tests {
             prop_assert!(fast.is_some());
             prop_assert_eq!(fast, serde(&s));
         }
+    }
+}
+
+#[cfg(test)]
+mod generated {
+    #[test]
+    fn generated_lines_take_the_fast_path() {
+        let mut out = Vec::new();
+        crate::generate::generate(
+            &crate::generate::GenConfig {
+                events: 5000,
+                ..Default::default()
+            },
+            &Default::default(),
+            &mut out,
+            None,
+            None,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let slow: Vec<&str> = text
+            .lines()
+            .filter(|l| super::access(l).is_none())
+            .collect();
+        assert!(
+            slow.is_empty(),
+            "{} of 5000 lines missed the fast path, e.g. {}",
+            slow.len(),
+            slow[0]
+        );
     }
 }
