@@ -355,7 +355,11 @@ pub struct StateSection {
     /// one slot per live request). Past it the detector stops with an error
     /// rather than grow without bound. Default 1GiB (about 30 M live requests).
     pub max_index: ByteSize,
-    /// fsync the write-ahead log at every commit. Default true.
+    /// fsync the write-ahead log at every commit. Default false: a commit
+    /// survives a crash of the process either way (the OS holds the write);
+    /// after a power loss RocksDB recovers a consistent prefix, and `run`
+    /// then finds its state behind the group's committed offset and rebuilds
+    /// the partition (`scan` can be run again). Set true to fsync anyway.
     pub sync: bool,
 }
 
@@ -367,7 +371,7 @@ impl Default for StateSection {
             write_buffer: ByteSize::mib(64),
             segment_cache: ByteSize::mib(64),
             max_index: ByteSize::mib(1024),
-            sync: true,
+            sync: false,
         }
     }
 }

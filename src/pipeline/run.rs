@@ -37,7 +37,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -143,6 +143,7 @@ struct Runtime {
     paused: bool,
     /// (key absent, key mismatch, rebuilt) already reported as metrics.
     reported: (u64, u64, u64),
+    last_group_commit: Instant,
 }
 
 struct Ctx {
@@ -420,11 +421,18 @@ impl Runtime {
     }
 
     fn due(&self, cfg: &crate::config::KafkaSection) -> bool {
-        (self.records_since_commit > 0
+        let work = self.records_since_commit > 0
             || self.engine.undelivered() > 0
-            || self.engine.commit_pending())
-            && (self.records_since_commit >= cfg.batch_records
-                || self.last_commit.elapsed() >= cfg.commit_interval.as_std())
+            || self.engine.commit_pending();
+        let timely = self.records_since_commit >= cfg.batch_records
+            || self.last_commit.elapsed() >= cfg.commit_interval.as_std();
+        // group offsets left behind by the last commits go out once idle, too
+        let group_behind = self.last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL
+            && self
+                .parts
+                .values()
+                .any(|p| p.group_committed != Some(p.next) && p.next > 0);
+        (work && timely) || group_behind
     }
 
     /// State + offsets + outbox to RocksDB, alerts to Kafka, offsets to the group.
@@ -436,7 +444,7 @@ impl Runtime {
     ) -> Result<(), PipelineError> {
         self.last_commit = Instant::now();
         if let Some(f) = &self.forwarder {
-            f.producer.flush(Duration::from_secs(65)).map_err(|e| {
+            ksink::wait_acked(&f.producer, Duration::from_secs(65)).map_err(|e| {
                 PipelineError::Sink(crate::sink::SinkError::Delivery(format!("forwarding: {e}")))
             })?;
         }
@@ -480,7 +488,16 @@ impl Runtime {
         self.reported = (t.key_absent, t.key_mismatch, t.rebuilt);
         let n = self.engine.deliver(&mut self.alerts)?;
         status.alerts.fetch_add(n as u64, Ordering::Relaxed);
-        // group offsets: lag monitoring and the hand-over point for other instances
+        // group offsets: lag monitoring and the hand-over point for other
+        // instances. At most once per GROUP_COMMIT_INTERVAL while running (each
+        // is a broker round trip sharing the connection with fetches); always
+        // on hand-over and shutdown (synchronous mode).
+        if matches!(mode, CommitMode::Async)
+            && self.last_group_commit.elapsed() < GROUP_COMMIT_INTERVAL
+        {
+            return Ok(());
+        }
+        self.last_group_commit = Instant::now();
         let mut tpl = TopicPartitionList::new();
         let engine = &self.engine;
         for (topic, p, part) in self.parts.iter_mut() {
@@ -583,6 +600,9 @@ fn publish_reports(
         metrics::counter!("replayguard_reports_total").increment(reports.len() as u64);
     }
 }
+
+/// Group offsets are committed at most this often while running.
+const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Records polled before they are processed under one lock.
 const MICRO_BATCH: usize = 512;
@@ -754,6 +774,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         last_commit: Instant::now(),
         paused: false,
         reported: (0, 0, 0),
+        last_group_commit: Instant::now(),
     }));
 
     let report_cfg = config.report.rules(config.usage.top_clients);

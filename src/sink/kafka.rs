@@ -110,10 +110,29 @@ fn send(p: &Producer_, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Si
     }
 }
 
+/// Waits until everything sent is acknowledged (serving delivery reports
+/// every millisecond: `BaseProducer::flush` sleeps in 100 ms steps, which
+/// would put 100 ms on every alert).
+pub fn wait_acked<C: ProducerContext>(
+    p: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        p.poll(Duration::ZERO);
+        if p.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        p.poll(Duration::from_millis(1));
+    }
+}
+
 /// Waits until everything sent is acknowledged; fails if anything was not.
 fn flush(p: &Producer_, timeout: Duration, what: &str) -> Result<(), SinkError> {
-    p.flush(timeout)
-        .map_err(|e| SinkError::Delivery(format!("{what}: {e}")))?;
+    wait_acked(p, timeout).map_err(|e| SinkError::Delivery(format!("{what}: {e}")))?;
     if let Some((n, e)) = p.context().take_failures() {
         return Err(SinkError::Delivery(format!(
             "{what}: {n} not delivered ({e})"
