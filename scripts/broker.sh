@@ -6,6 +6,9 @@
 #   scripts/broker.sh start [PORT]     # start on 127.0.0.1:PORT (default 9092), memory storage
 #   scripts/broker.sh stop [PORT]
 #   scripts/broker.sh path             # print the binary's path
+#   scripts/broker.sh install-s3       # an S3 emulator (moto) for broker storage
+#                                      # that survives a restart (fault tests);
+#                                      # prints the launcher's path
 #
 # With Docker, use docker-compose.yml (apache/kafka) instead.
 set -euo pipefail
@@ -34,6 +37,24 @@ fetch_broker() {
     exit 1
   fi
   mv "$BIN.new" "$BIN"
+}
+
+# moto's S3 server, installed into its own directory (no virtualenv or
+# system site-packages needed) behind a small launcher script.
+install_s3() {
+  local dir="$TOOLS/moto" launcher="$TOOLS/moto_server"
+  if ! PYTHONPATH="$dir" python3 -c 'import moto.server' 2>/dev/null; then
+    command -v python3 >/dev/null || { echo "broker: python3 is needed for the S3 emulator" >&2; exit 1; }
+    echo "broker: installing moto[server] (S3 emulator) into $dir" >&2
+    rm -rf "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "moto[server]==5.*" >&2
+  fi
+  cat >"$launcher" <<EOS
+#!/bin/sh
+PYTHONPATH="$dir\${PYTHONPATH:+:\$PYTHONPATH}" exec python3 -m moto.server "\$@"
+EOS
+  chmod 0755 "$launcher"
+  echo "$launcher"
 }
 
 start() {
@@ -75,5 +96,6 @@ case "${1:-}" in
   start) start "${2:-9092}" ;;
   stop) stop "${2:-9092}" ;;
   path) fetch_broker; echo "$BIN" ;;
-  *) echo "usage: $0 install|start [PORT]|stop [PORT]|path" >&2; exit 2 ;;
+  install-s3) install_s3 ;;
+  *) echo "usage: $0 install|install-s3|start [PORT]|stop [PORT]|path" >&2; exit 2 ;;
 esac

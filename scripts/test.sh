@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 EXTRA_APT_PACKAGES="chromium ${EXTRA_APT_PACKAGES:-}" SETUP_PYTHON=1 ./scripts/setup.sh
 # a real Kafka-protocol broker (Tansu); each Kafka test starts its own instance
 ./scripts/broker.sh install
+# an S3 emulator, so the broker-restart fault test has storage that survives
+export MOTO_SERVER="$(./scripts/broker.sh install-s3)"
 # one build directory outside the clone, reused between runs
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/replayguard/target}"
 mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null || export CARGO_TARGET_DIR="$HOME/.cache/replayguard/target"

@@ -88,6 +88,9 @@ pub struct GenConfig {
     pub rotations: usize,
     /// Fraction of timestamps written as epoch milliseconds instead of RFC 3339.
     pub epoch_ms_rate: f64,
+    /// Fraction of responses that are 401/403 (bursts of them raise
+    /// `auth_failure_burst`, which the ground truth does not cover).
+    pub auth_fail_rate: f64,
 }
 
 impl Default for GenConfig {
@@ -107,6 +110,7 @@ impl Default for GenConfig {
             disorder_ms: 0,
             rotations: 2,
             epoch_ms_rate: 0.1,
+            auth_fail_rate: 0.02,
         }
     }
 }
@@ -422,14 +426,20 @@ pub fn generate(
             };
             let key = &keys[key_idx];
             let (method, path) = PATHS[rng.below(PATHS.len() as u64) as usize];
-            let status = match rng.below(1000) {
-                0..=899 => 200,
-                900..=929 => 201,
-                930..=949 => 400,
-                950..=964 => 401,
-                965..=969 => 403,
-                970..=989 => 429,
-                _ => 500,
+            let status = if rng.chance(cfg.auth_fail_rate) {
+                if rng.chance(0.75) {
+                    401
+                } else {
+                    403
+                }
+            } else {
+                match rng.below(1000) {
+                    0..=899 => 200,
+                    900..=929 => 201,
+                    930..=959 => 400,
+                    960..=989 => 429,
+                    _ => 500,
+                }
             };
             line.push_str("{\"event_id\":\"");
             line.push_str(&event_id);

@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod faults;
 mod kafka;
 mod report;
 mod scan;

@@ -104,6 +104,8 @@ pub struct Engine<S: StateStore> {
     failed: Option<(Commit, CommitInfo)>,
     /// Shards whose usage records go with the next commit.
     usage_reset: Vec<u32>,
+    /// Named values for the next commit.
+    values: Vec<(String, Vec<u8>)>,
 }
 
 impl<S: StateStore> Engine<S> {
@@ -152,6 +154,7 @@ impl<S: StateStore> Engine<S> {
             rebuilt: 0,
             failed: None,
             usage_reset: Vec::new(),
+            values: Vec::new(),
         })
     }
 
@@ -442,6 +445,12 @@ impl<S: StateStore> Engine<S> {
         Ok(())
     }
 
+    /// Stores a named value with the next commit.
+    pub fn set_value(&mut self, name: &str, v: Vec<u8>) {
+        self.values.retain(|(n, _)| n != name);
+        self.values.push((name.to_string(), v));
+    }
+
     /// Counts a malformed record that did not go through [`Engine::process`]
     /// (e.g. a lifecycle line).
     pub fn count_malformed(&mut self) {
@@ -475,6 +484,7 @@ impl<S: StateStore> Engine<S> {
                 .collect(),
             outbox_delete_below: self.delete_outbox_below.take(),
             usage_reset: std::mem::take(&mut self.usage_reset),
+            values: std::mem::take(&mut self.values),
             ..Default::default()
         };
         let mut info = CommitInfo {
@@ -580,6 +590,11 @@ impl<S: StateStore> Engine<S> {
     /// Alerts committed but not yet delivered (e.g. left by a crash).
     pub fn undelivered(&self) -> usize {
         self.uncommitted
+    }
+
+    /// Whether delivered alerts wait for a commit to leave the outbox.
+    pub fn outbox_delete_pending(&self) -> bool {
+        self.delete_outbox_below.is_some()
     }
 
     /// Whether a refused commit is waiting to be retried.

@@ -50,7 +50,7 @@ use crate::sink::kafka::{self as ksink, KafkaAlertSink, KafkaDeadLetterSink};
 use crate::sink::{DeadLetter, DeadLetterSink};
 use crate::source::kafka::{self as ksrc, CommitMeta, LifecycleMsg};
 use crate::source::{MessageKey, Payload};
-use crate::state::{RocksStore, StateError};
+use crate::state::{RocksStore, StateError, StateStore};
 
 /// What `run` shares with the HTTP server and the signal handler.
 #[derive(Default)]
@@ -143,6 +143,10 @@ struct Runtime {
     paused: bool,
     /// (key absent, key mismatch, rebuilt) already reported as metrics.
     reported: (u64, u64, u64),
+    /// Alert-topic positions last written to the store.
+    persisted_positions: std::collections::BTreeMap<i32, i64>,
+    brokers: String,
+    consumer_props: std::collections::BTreeMap<String, String>,
     last_group_commit: Instant,
 }
 
@@ -294,7 +298,7 @@ impl Runtime {
                     }
                     (local, Some(g)) => {
                         // rebuild: another instance went further than this one's state
-                        let from = match meta {
+                        let from = match &meta {
                             Some(m) => m.rebuild_from.unwrap_or(g),
                             None => 0,
                         };
@@ -306,6 +310,21 @@ impl Runtime {
                             "rebuilding the partition's state before reporting from the committed offset"
                         );
                         self.engine.reset_shard(shard, g)?;
+                        // the previous owner may have produced alerts past its
+                        // last group commit: they are on the topic after these positions
+                        if let Some(m) = &meta {
+                            if !m.alerts.is_empty() {
+                                let ids = ksink::alert_ids_since(
+                                    &self.brokers,
+                                    &self.consumer_props,
+                                    self.alerts.topic(),
+                                    &m.alerts,
+                                    Duration::from_millis(1500),
+                                )?;
+                                tracing::info!(partition = %name, on_topic = ids.len(), "alerts already produced past the hand-over point");
+                                self.alerts.skip_ids(ids);
+                            }
+                        }
                         Offset::Offset(from.min(g) as i64)
                     }
                 }
@@ -423,7 +442,8 @@ impl Runtime {
     fn due(&self, cfg: &crate::config::KafkaSection) -> bool {
         let work = self.records_since_commit > 0
             || self.engine.undelivered() > 0
-            || self.engine.commit_pending();
+            || self.engine.commit_pending()
+            || self.engine.outbox_delete_pending();
         let timely = self.records_since_commit >= cfg.batch_records
             || self.last_commit.elapsed() >= cfg.commit_interval.as_std();
         // group offsets left behind by the last commits go out once idle, too
@@ -447,6 +467,16 @@ impl Runtime {
             ksink::wait_acked(&f.producer, Duration::from_secs(65)).map_err(|e| {
                 PipelineError::Sink(crate::sink::SinkError::Delivery(format!("forwarding: {e}")))
             })?;
+        }
+        // where the alert topic stood before this commit's alerts go out: after
+        // a crash, the alerts on it from there on are not produced again
+        let positions = self.alerts.positions();
+        if !positions.is_empty() && positions != self.persisted_positions {
+            self.engine.set_value(
+                ALERT_POSITIONS,
+                serde_json::to_vec(&positions).expect("serializes"),
+            );
+            self.persisted_positions = positions;
         }
         match self.engine.commit(&mut self.dlq) {
             Ok(info) => {
@@ -498,6 +528,7 @@ impl Runtime {
             return Ok(());
         }
         self.last_group_commit = Instant::now();
+        let alert_positions = self.alerts.positions();
         let mut tpl = TopicPartitionList::new();
         let engine = &self.engine;
         for (topic, p, part) in self.parts.iter_mut() {
@@ -506,6 +537,7 @@ impl Runtime {
                 continue;
             }
             let meta = CommitMeta {
+                alerts: alert_positions.clone(),
                 rebuild_from: part
                     .shard
                     .map(|s| engine.rebuild_from(s).unwrap_or(part.next).min(part.next)),
@@ -600,6 +632,9 @@ fn publish_reports(
         metrics::counter!("replayguard_reports_total").increment(reports.len() as u64);
     }
 }
+
+/// Name of the stored alert-topic positions.
+const ALERT_POSITIONS: &str = "alert_positions";
 
 /// Group offsets are committed at most this often while running.
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -745,10 +780,42 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     };
     let mut alerts = KafkaAlertSink::new(producer("alert")?, &k.alert_topic);
     let dlq = KafkaDeadLetterSink::new(producer("dead-letter")?, &k.dead_letter_topic);
-    // alerts a crash left in the outbox
+    // alerts a crash left in the outbox: those already on the alert topic
+    // (produced, not yet removed from the outbox) are not produced again
     let left = engine.undelivered();
     crate::telemetry::OutboxRedelivery { count: left }.emit();
+    if left > 0 {
+        let from: std::collections::BTreeMap<i32, i64> = engine
+            .store()
+            .value(ALERT_POSITIONS)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let props: std::collections::BTreeMap<String, String> = k
+            .properties
+            .iter()
+            .chain(&k.consumer_properties)
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        let ids = ksink::alert_ids_since(
+            &k.brokers,
+            &props,
+            &k.alert_topic,
+            &from,
+            Duration::from_millis(1500),
+        )?;
+        tracing::info!(
+            on_topic = ids.len(),
+            "read the alert topic since the last commit"
+        );
+        alerts.skip_ids(ids);
+    }
     engine.deliver(&mut alerts)?;
+    if alerts.skipped > 0 {
+        tracing::info!(
+            skipped = alerts.skipped,
+            "outbox alerts already on the alert topic were not produced again"
+        );
+    }
 
     let forwarder = if k.repartition {
         Some(Forwarder {
@@ -775,6 +842,14 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         paused: false,
         reported: (0, 0, 0),
         last_group_commit: Instant::now(),
+        persisted_positions: Default::default(),
+        brokers: k.brokers.clone(),
+        consumer_props: k
+            .properties
+            .iter()
+            .chain(&k.consumer_properties)
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
     }));
 
     let report_cfg = config.report.rules(config.usage.top_clients);

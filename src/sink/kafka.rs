@@ -151,6 +151,12 @@ pub struct KafkaAlertSink {
     producer: Arc<Producer_>,
     topic: String,
     timeout: Duration,
+    /// Alert ids known to be on the topic already (delivered before a crash
+    /// or by the previous owner of a partition): acknowledged, not produced.
+    skip: std::collections::HashSet<String>,
+    skip_until: std::time::Instant,
+    /// Alerts not produced again because they were already on the topic.
+    pub skipped: u64,
 }
 
 impl KafkaAlertSink {
@@ -159,8 +165,96 @@ impl KafkaAlertSink {
             producer,
             topic: topic.to_string(),
             timeout: Duration::from_secs(65),
+            skip: Default::default(),
+            skip_until: std::time::Instant::now(),
+            skipped: 0,
         }
     }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Next offset per alert-topic partition, as far as this producer knows.
+    pub fn positions(&self) -> BTreeMap<i32, i64> {
+        self.producer
+            .context()
+            .written()
+            .into_iter()
+            .filter(|((t, _), _)| t == &self.topic)
+            .map(|((_, p), o)| (p, o + 1))
+            .collect()
+    }
+
+    /// Alert ids already on the topic are not produced again for a while
+    /// (long enough for the records that raised them to be processed again).
+    pub fn skip_ids(&mut self, ids: std::collections::HashSet<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.skip.extend(ids);
+        self.skip_until = std::time::Instant::now() + Duration::from_secs(600);
+    }
+}
+
+/// Reads the alert ids on `topic` from `from` (next offset per partition;
+/// partitions not named: from the beginning) to its end, the end being where
+/// nothing more arrives for `quiet` (some brokers report wrong end offsets).
+pub fn alert_ids_since(
+    brokers: &str,
+    props: &BTreeMap<String, String>,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    quiet: Duration,
+) -> Result<std::collections::HashSet<String>, SinkError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", "replayguard-alert-reader")
+        .set("enable.auto.commit", "false");
+    for (k, v) in props {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c
+        .create()
+        .map_err(|e| SinkError::Delivery(format!("alert reader: {e}")))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| SinkError::Delivery(format!("alert topic metadata: {e}")))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..n as i32 {
+        let o = from.get(&p).copied().unwrap_or(0);
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(o))
+            .map_err(|e| SinkError::Delivery(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| SinkError::Delivery(format!("alert reader: {e}")))?;
+    let mut ids = std::collections::HashSet::new();
+    let mut last = std::time::Instant::now();
+    let deadline = last + Duration::from_secs(60);
+    while last.elapsed() < quiet && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            last = std::time::Instant::now();
+            if let Some(h) = m.headers() {
+                use rdkafka::message::Headers;
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    if hd.key == "alert_id" {
+                        if let Some(v) = hd.value {
+                            ids.insert(String::from_utf8_lossy(v).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// The fields of an alert the message needs (read back from the outbox JSON).
@@ -173,9 +267,16 @@ struct AlertHead<'a> {
 
 impl AlertSink for KafkaAlertSink {
     fn deliver(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
+        if !self.skip.is_empty() && std::time::Instant::now() > self.skip_until {
+            self.skip.clear();
+        }
         for e in batch {
             let head: AlertHead<'_> = serde_json::from_slice(&e.json)
                 .map_err(|err| SinkError::Delivery(format!("outbox entry {}: {err}", e.seq)))?;
+            if self.skip.contains(head.alert_id) {
+                self.skipped += 1;
+                continue;
+            }
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
                     key: "kind",

@@ -73,18 +73,30 @@ pub fn record<'a>(m: &'a BorrowedMessage<'a>, source: u32, max: usize) -> Record
 }
 
 /// What the commit metadata says about a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommitMeta {
     /// Re-reading from here rebuilds the live state at the committed offset.
     pub rebuild_from: Option<u64>,
+    /// Alert-topic positions (next offset per partition) when the offset was
+    /// committed: every alert produced later is on the topic after them.
+    pub alerts: BTreeMap<i32, i64>,
 }
 
 impl CommitMeta {
     pub fn encode(&self) -> String {
-        match self.rebuild_from {
-            Some(r) => format!("{COMMIT_METADATA_TAG} from={r}"),
-            None => COMMIT_METADATA_TAG.to_string(),
+        let mut s = COMMIT_METADATA_TAG.to_string();
+        if let Some(r) = self.rebuild_from {
+            s.push_str(&format!(" from={r}"));
         }
+        if !self.alerts.is_empty() {
+            let a: Vec<String> = self
+                .alerts
+                .iter()
+                .map(|(p, o)| format!("{p}:{o}"))
+                .collect();
+            s.push_str(&format!(" alerts={}", a.join(",")));
+        }
+        s
     }
 
     /// `None` when the metadata was not written by replayguard.
@@ -97,6 +109,14 @@ impl CommitMeta {
         for p in parts {
             if let Some(v) = p.strip_prefix("from=") {
                 m.rebuild_from = v.parse().ok();
+            } else if let Some(v) = p.strip_prefix("alerts=") {
+                for pair in v.split(',') {
+                    if let Some((p, o)) = pair.split_once(':') {
+                        if let (Ok(p), Ok(o)) = (p.parse(), o.parse()) {
+                            m.alerts.insert(p, o);
+                        }
+                    }
+                }
             }
         }
         Some(m)
@@ -203,7 +223,9 @@ mod tests {
     fn commit_metadata_round_trips_and_ignores_foreign_text() {
         let m = CommitMeta {
             rebuild_from: Some(42),
+            alerts: [(0, 10), (3, 7)].into_iter().collect(),
         };
+        assert_eq!(m.encode(), "rg1 from=42 alerts=0:10,3:7");
         assert_eq!(CommitMeta::decode(&m.encode()), Some(m));
         assert_eq!(CommitMeta::decode("rg1"), Some(CommitMeta::default()));
         assert_eq!(CommitMeta::decode(""), None);

@@ -15,6 +15,7 @@ struct Inner {
     lifecycle: BTreeMap<Vec<u8>, LifecycleEvent>,
     usage: BTreeMap<(u32, String), Vec<u8>>,
     outbox: BTreeMap<u64, Vec<u8>>,
+    values: BTreeMap<String, Vec<u8>>,
     commits: u64,
 }
 
@@ -74,6 +75,10 @@ impl StateStore for MemStore {
 
     fn registry(&self) -> Result<BTreeMap<String, u32>, StateError> {
         Ok(self.inner.lock().unwrap().registry.clone())
+    }
+
+    fn value(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.inner.lock().unwrap().values.get(name).cloned())
     }
 
     fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError> {
@@ -159,6 +164,9 @@ impl StateStore for MemStore {
         }
         if let Some(below) = c.outbox_delete_below {
             g.outbox = g.outbox.split_off(&below);
+        }
+        for (k, v) in &c.values {
+            g.values.insert(k.clone(), v.clone());
         }
         g.commits += 1;
         Ok(())

@@ -143,6 +143,8 @@ pub struct Commit {
     pub outbox_put: Vec<(u64, Vec<u8>)>,
     /// Removes every outbox entry with a sequence number below this.
     pub outbox_delete_below: Option<u64>,
+    /// Named values of the pipeline (e.g. alert-topic positions).
+    pub values: Vec<(String, Vec<u8>)>,
 }
 
 impl Commit {
@@ -156,6 +158,7 @@ impl Commit {
             && self.usage_reset.is_empty()
             && self.outbox_put.is_empty()
             && self.outbox_delete_below.is_none()
+            && self.values.is_empty()
     }
 }
 
@@ -171,6 +174,8 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
     fn meta(&self) -> Result<StoreMeta, StateError>;
     /// Registered names (`shard:…`, `source:…`) and their ids.
     fn registry(&self) -> Result<BTreeMap<String, u32>, StateError>;
+    /// A named value written by a commit.
+    fn value(&self, name: &str) -> Result<Option<Vec<u8>>, StateError>;
     fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError>;
     /// Visits the segments of a shard in sequence order.
     fn for_each_segment(&self, shard: u32, f: &mut SegmentVisitor<'_>) -> Result<(), StateError>;

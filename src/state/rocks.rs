@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
@@ -36,6 +37,7 @@ const ALL_CFS: [&str; 5] = [CF_META, CF_SIGHTINGS, CF_LIFECYCLE, CF_OUTBOX, CF_U
 const KEY_STORE: &[u8] = b"store";
 const PREFIX_REGISTRY: &[u8] = b"registry/";
 const PREFIX_SHARD: &[u8] = b"shard/";
+const PREFIX_VALUE: &[u8] = b"value/";
 
 /// How to open the store. Memory use is bounded by `block_cache_bytes` plus
 /// `write_buffer_bytes` (plus RocksDB's small fixed overheads).
@@ -64,11 +66,16 @@ impl Default for RocksOptions {
 
 /// [`StateStore`] on RocksDB.
 pub struct RocksStore {
-    db: DB,
+    /// `None` only while being reopened.
+    db: RwLock<Option<DB>>,
     dir: PathBuf,
     meta: StoreMeta,
     sync: bool,
+    options: RocksOptions,
+    cache: Cache,
     deleted_since_reclaim: AtomicU64,
+    /// A write failed: RocksDB may refuse writes until reopened.
+    needs_reopen: AtomicBool,
 }
 
 fn io(e: rocksdb::Error) -> StateError {
@@ -86,6 +93,50 @@ fn shard_key(shard: u32) -> Vec<u8> {
     k
 }
 
+fn open_db(dir: &Path, o: &RocksOptions, cache: &Cache) -> Result<DB, StateError> {
+    let cf_opts = |name: &str| {
+        let mut bb = BlockBasedOptions::default();
+        bb.set_block_cache(cache);
+        bb.set_cache_index_and_filter_blocks(true);
+        let mut c = Options::default();
+        c.set_block_based_table_factory(&bb);
+        if name == CF_SIGHTINGS {
+            c.set_compression_type(DBCompressionType::Lz4);
+            // each value is a whole segment; keep memtables few and large
+            c.set_write_buffer_size((o.write_buffer_bytes / 2).max(1 << 20));
+            c.set_max_write_buffer_number(2);
+            c.set_target_file_size_base(64 << 20);
+        } else {
+            c.set_write_buffer_size((o.write_buffer_bytes / 8).max(1 << 20));
+            c.set_max_write_buffer_number(2);
+        }
+        ColumnFamilyDescriptor::new(name, c)
+    };
+    let mut opts = Options::default();
+    opts.create_if_missing(!o.read_only);
+    opts.create_missing_column_families(!o.read_only);
+    opts.set_db_write_buffer_size(o.write_buffer_bytes);
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(3);
+    opts.set_max_total_wal_size((o.write_buffer_bytes as u64) * 2);
+    let cfs: Vec<_> = ALL_CFS.iter().map(|n| cf_opts(n)).collect();
+    if o.read_only {
+        DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)
+    } else {
+        DB::open_cf_descriptors(&opts, dir, cfs)
+    }
+    .map_err(|e| {
+        let s = e.into_string();
+        if s.contains("lock") || s.contains("LOCK") {
+            StateError::Locked(dir.display().to_string())
+        } else if s.contains("No space left") {
+            StateError::NoSpace(s)
+        } else {
+            StateError::Io(format!("opening {}: {s}", dir.display()))
+        }
+    })
+}
+
 impl RocksStore {
     pub fn open(dir: &Path, o: &RocksOptions) -> Result<Self, StateError> {
         if !o.read_only {
@@ -93,47 +144,7 @@ impl RocksStore {
                 .map_err(|e| StateError::Io(format!("creating {}: {e}", dir.display())))?;
         }
         let cache = Cache::new_lru_cache(o.block_cache_bytes);
-        let cf_opts = |name: &str| {
-            let mut bb = BlockBasedOptions::default();
-            bb.set_block_cache(&cache);
-            bb.set_cache_index_and_filter_blocks(true);
-            let mut c = Options::default();
-            c.set_block_based_table_factory(&bb);
-            if name == CF_SIGHTINGS {
-                c.set_compression_type(DBCompressionType::Lz4);
-                // each value is a whole segment; keep memtables few and large
-                c.set_write_buffer_size((o.write_buffer_bytes / 2).max(1 << 20));
-                c.set_max_write_buffer_number(2);
-                c.set_target_file_size_base(64 << 20);
-            } else {
-                c.set_write_buffer_size((o.write_buffer_bytes / 8).max(1 << 20));
-                c.set_max_write_buffer_number(2);
-            }
-            ColumnFamilyDescriptor::new(name, c)
-        };
-        let mut opts = Options::default();
-        opts.create_if_missing(!o.read_only);
-        opts.create_missing_column_families(!o.read_only);
-        opts.set_db_write_buffer_size(o.write_buffer_bytes);
-        opts.set_max_background_jobs(2);
-        opts.set_keep_log_file_num(3);
-        opts.set_max_total_wal_size((o.write_buffer_bytes as u64) * 2);
-        let cfs: Vec<_> = ALL_CFS.iter().map(|n| cf_opts(n)).collect();
-        let db = if o.read_only {
-            DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)
-        } else {
-            DB::open_cf_descriptors(&opts, dir, cfs)
-        }
-        .map_err(|e| {
-            let s = e.into_string();
-            if s.contains("lock") || s.contains("LOCK") {
-                StateError::Locked(dir.display().to_string())
-            } else if s.contains("No space left") {
-                StateError::NoSpace(s)
-            } else {
-                StateError::Io(format!("opening {}: {s}", dir.display()))
-            }
-        })?;
+        let db = open_db(dir, o, &cache)?;
         let cf = db.cf_handle(CF_META).expect("meta cf");
         let meta = match db.get_cf(cf, KEY_STORE).map_err(io)? {
             Some(b) => serde_json::from_slice::<StoreMeta>(&b)
@@ -164,11 +175,14 @@ impl RocksStore {
             });
         }
         Ok(RocksStore {
-            db,
+            db: RwLock::new(Some(db)),
             dir: dir.to_path_buf(),
             meta,
             sync: o.sync,
+            options: o.clone(),
+            cache,
             deleted_since_reclaim: AtomicU64::new(0),
+            needs_reopen: AtomicBool::new(false),
         })
     }
 
@@ -176,38 +190,57 @@ impl RocksStore {
         &self.dir
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+    /// Runs `f` with the open database.
+    fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T, StateError>) -> Result<T, StateError> {
+        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(db) => f(db),
+            None => Err(StateError::Io("the state store is being reopened".into())),
+        }
     }
 
-    /// Drops SST files that lie wholly inside deleted segment ranges, so disk
-    /// space comes back without waiting for compaction.
-    fn reclaim(&self, shard: u32, below: u64) {
-        let cf = self.cf(CF_SIGHTINGS);
-        if let Err(e) =
-            self.db
-                .delete_file_in_range_cf(cf, segment_key(shard, 0), segment_key(shard, below))
-        {
-            tracing::warn!(error = %e, "reclaiming deleted sighting segments failed");
-        }
+    /// After a failed write RocksDB keeps refusing writes (a background
+    /// error); closing and opening it again recovers from its log, once the
+    /// cause (e.g. a full disk) is gone.
+    fn reopen(&self) -> Result<(), StateError> {
+        let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
+        *g = None; // close first: RocksDB holds a lock on the directory
+        let db = open_db(&self.dir, &self.options, &self.cache)?;
+        *g = Some(db);
+        tracing::info!(dir = %self.dir.display(), "state store reopened");
+        Ok(())
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family created at open")
+}
+
+/// Drops SST files that lie wholly inside deleted segment ranges, so disk
+/// space comes back without waiting for compaction.
+fn reclaim(db: &DB, shard: u32, below: u64) {
+    if let Err(e) = db.delete_file_in_range_cf(
+        cf(db, CF_SIGHTINGS),
+        segment_key(shard, 0),
+        segment_key(shard, below),
+    ) {
+        tracing::warn!(error = %e, "reclaiming deleted sighting segments failed");
     }
 }
 
 impl SegmentSource for RocksStore {
     fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_SIGHTINGS), segment_key(shard, seq))
-        {
-            Ok(Some(v)) => {
-                f(&v);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => Err(e.into_string()),
-        }
+        self.with_db(
+            |db| match db.get_pinned_cf(cf(db, CF_SIGHTINGS), segment_key(shard, seq)) {
+                Ok(Some(v)) => {
+                    f(&v);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(io(e)),
+            },
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -217,38 +250,46 @@ impl StateStore for RocksStore {
     }
 
     fn registry(&self) -> Result<BTreeMap<String, u32>, StateError> {
-        let mut out = BTreeMap::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(PREFIX_REGISTRY, Direction::Forward),
-        );
-        for kv in it {
-            let (k, v) = kv.map_err(io)?;
-            let Some(name) = k.strip_prefix(PREFIX_REGISTRY) else {
-                break;
-            };
-            let id: [u8; 4] = v[..]
-                .try_into()
-                .map_err(|_| StateError::Corrupt("registry entry".into()))?;
-            out.insert(
-                String::from_utf8_lossy(name).into_owned(),
-                u32::from_be_bytes(id),
+        self.with_db(|db| {
+            let mut out = BTreeMap::new();
+            let it = db.iterator_cf(
+                cf(db, CF_META),
+                IteratorMode::From(PREFIX_REGISTRY, Direction::Forward),
             );
-        }
-        Ok(out)
+            for kv in it {
+                let (k, v) = kv.map_err(io)?;
+                let Some(name) = k.strip_prefix(PREFIX_REGISTRY) else {
+                    break;
+                };
+                let id: [u8; 4] = v[..]
+                    .try_into()
+                    .map_err(|_| StateError::Corrupt("registry entry".into()))?;
+                out.insert(
+                    String::from_utf8_lossy(name).into_owned(),
+                    u32::from_be_bytes(id),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn value(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.with_db(|db| {
+            let mut k = PREFIX_VALUE.to_vec();
+            k.extend_from_slice(name.as_bytes());
+            db.get_cf(cf(db, CF_META), k).map_err(io)
+        })
     }
 
     fn shard(&self, shard: u32) -> Result<Option<ShardMeta>, StateError> {
-        match self
-            .db
-            .get_cf(self.cf(CF_META), shard_key(shard))
-            .map_err(io)?
-        {
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt(format!("shard {shard} metadata: {e}"))),
-            None => Ok(None),
-        }
+        self.with_db(
+            |db| match db.get_cf(cf(db, CF_META), shard_key(shard)).map_err(io)? {
+                Some(b) => serde_json::from_slice(&b)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt(format!("shard {shard} metadata: {e}"))),
+                None => Ok(None),
+            },
+        )
     }
 
     fn for_each_segment(
@@ -256,34 +297,35 @@ impl StateStore for RocksStore {
         shard: u32,
         f: &mut super::SegmentVisitor<'_>,
     ) -> Result<(), StateError> {
-        let start = segment_key(shard, 0);
-        let it = self.db.iterator_cf(
-            self.cf(CF_SIGHTINGS),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        for kv in it {
-            let (k, v) = kv.map_err(io)?;
-            if k.len() != 12 || k[..4] != shard.to_be_bytes() {
-                break;
+        self.with_db(|db| {
+            let start = segment_key(shard, 0);
+            let it = db.iterator_cf(
+                cf(db, CF_SIGHTINGS),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for kv in it {
+                let (k, v) = kv.map_err(io)?;
+                if k.len() != 12 || k[..4] != shard.to_be_bytes() {
+                    break;
+                }
+                f(u64::from_be_bytes(k[4..].try_into().unwrap()), &v)?;
             }
-            f(u64::from_be_bytes(k[4..].try_into().unwrap()), &v)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError> {
-        let mut out = Vec::new();
-        for kv in self
-            .db
-            .iterator_cf(self.cf(CF_LIFECYCLE), IteratorMode::Start)
-        {
-            let (_, v) = kv.map_err(io)?;
-            out.push(
-                serde_json::from_slice(&v)
-                    .map_err(|e| StateError::Corrupt(format!("lifecycle record: {e}")))?,
-            );
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let mut out = Vec::new();
+            for kv in db.iterator_cf(cf(db, CF_LIFECYCLE), IteratorMode::Start) {
+                let (_, v) = kv.map_err(io)?;
+                out.push(
+                    serde_json::from_slice(&v)
+                        .map_err(|e| StateError::Corrupt(format!("lifecycle record: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     fn for_each_usage(
@@ -291,111 +333,129 @@ impl StateStore for RocksStore {
         shard: Option<u32>,
         f: &mut super::UsageVisitor<'_>,
     ) -> Result<(), StateError> {
-        let start = shard.map_or(Vec::new(), |s| s.to_be_bytes().to_vec());
-        let it = self.db.iterator_cf(
-            self.cf(CF_USAGE),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        for kv in it {
-            let (k, v) = kv.map_err(io)?;
-            if k.len() < 4 {
-                return Err(StateError::Corrupt("usage key".into()));
+        self.with_db(|db| {
+            let start = shard.map_or(Vec::new(), |s| s.to_be_bytes().to_vec());
+            let it = db.iterator_cf(
+                cf(db, CF_USAGE),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for kv in it {
+                let (k, v) = kv.map_err(io)?;
+                if k.len() < 4 {
+                    return Err(StateError::Corrupt("usage key".into()));
+                }
+                let s = u32::from_be_bytes(k[..4].try_into().unwrap());
+                if shard.is_some_and(|want| want != s) {
+                    break;
+                }
+                let key = std::str::from_utf8(&k[4..])
+                    .map_err(|_| StateError::Corrupt("usage key".into()))?;
+                f(s, key, &v)?;
             }
-            let s = u32::from_be_bytes(k[..4].try_into().unwrap());
-            if shard.is_some_and(|want| want != s) {
-                break;
-            }
-            let key = std::str::from_utf8(&k[4..])
-                .map_err(|_| StateError::Corrupt("usage key".into()))?;
-            f(s, key, &v)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
-        let mut out = Vec::new();
-        for kv in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
-            let (k, v) = kv.map_err(io)?;
-            let seq: [u8; 8] = k[..]
-                .try_into()
-                .map_err(|_| StateError::Corrupt("outbox key".into()))?;
-            out.push((u64::from_be_bytes(seq), v.to_vec()));
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let mut out = Vec::new();
+            for kv in db.iterator_cf(cf(db, CF_OUTBOX), IteratorMode::Start) {
+                let (k, v) = kv.map_err(io)?;
+                let seq: [u8; 8] = k[..]
+                    .try_into()
+                    .map_err(|_| StateError::Corrupt("outbox key".into()))?;
+                out.push((u64::from_be_bytes(seq), v.to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StateError> {
-        let mut b = WriteBatch::default();
-        let meta = self.cf(CF_META);
-        for (name, id) in &c.registry {
-            let mut k = PREFIX_REGISTRY.to_vec();
-            k.extend_from_slice(name.as_bytes());
-            b.put_cf(meta, k, id.to_be_bytes());
+        if self.needs_reopen.load(Ordering::SeqCst) {
+            self.reopen()?;
+            self.needs_reopen.store(false, Ordering::SeqCst);
         }
-        for (id, m) in &c.shards {
-            b.put_cf(meta, shard_key(*id), serde_json::to_vec(m).unwrap());
-        }
-        let sightings = self.cf(CF_SIGHTINGS);
-        for (shard, seq, bytes) in &c.segments {
-            b.put_cf(sightings, segment_key(*shard, *seq), bytes.as_slice());
-        }
-        // contiguous runs of deleted segments become one range delete each
-        let mut dels = c.segment_deletes.clone();
-        dels.sort_unstable();
-        let mut i = 0;
-        while i < dels.len() {
-            let (shard, start) = dels[i];
-            let mut end = start;
-            while i + 1 < dels.len() && dels[i + 1] == (shard, end + 1) {
-                end += 1;
+        self.with_db(|db| {
+            let mut b = WriteBatch::default();
+            let meta = cf(db, CF_META);
+            for (name, id) in &c.registry {
+                let mut k = PREFIX_REGISTRY.to_vec();
+                k.extend_from_slice(name.as_bytes());
+                b.put_cf(meta, k, id.to_be_bytes());
+            }
+            for (id, m) in &c.shards {
+                b.put_cf(meta, shard_key(*id), serde_json::to_vec(m).unwrap());
+            }
+            for (name, v) in &c.values {
+                let mut k = PREFIX_VALUE.to_vec();
+                k.extend_from_slice(name.as_bytes());
+                b.put_cf(meta, k, v);
+            }
+            let sightings = cf(db, CF_SIGHTINGS);
+            for (shard, seq, bytes) in &c.segments {
+                b.put_cf(sightings, segment_key(*shard, *seq), bytes.as_slice());
+            }
+            // contiguous runs of deleted segments become one range delete each
+            let mut dels = c.segment_deletes.clone();
+            dels.sort_unstable();
+            let mut i = 0;
+            while i < dels.len() {
+                let (shard, start) = dels[i];
+                let mut end = start;
+                while i + 1 < dels.len() && dels[i + 1] == (shard, end + 1) {
+                    end += 1;
+                    i += 1;
+                }
+                if end == start {
+                    b.delete_cf(sightings, segment_key(shard, start));
+                } else {
+                    b.delete_range_cf(
+                        sightings,
+                        segment_key(shard, start),
+                        segment_key(shard, end + 1),
+                    );
+                }
                 i += 1;
             }
-            if end == start {
-                b.delete_cf(sightings, segment_key(shard, start));
-            } else {
-                b.delete_range_cf(
-                    sightings,
-                    segment_key(shard, start),
-                    segment_key(shard, end + 1),
-                );
+            let lc = cf(db, CF_LIFECYCLE);
+            for ev in &c.lifecycle {
+                b.put_cf(lc, lifecycle_key(ev), serde_json::to_vec(ev).unwrap());
             }
-            i += 1;
-        }
-        let lc = self.cf(CF_LIFECYCLE);
-        for ev in &c.lifecycle {
-            b.put_cf(lc, lifecycle_key(ev), serde_json::to_vec(ev).unwrap());
-        }
-        let usage = self.cf(CF_USAGE);
-        for shard in &c.usage_reset {
-            let end = match shard.checked_add(1) {
-                Some(n) => n.to_be_bytes().to_vec(),
-                None => vec![0xff; 5],
-            };
-            b.delete_range_cf(usage, shard.to_be_bytes().to_vec(), end);
-        }
-        for (shard, key, v) in &c.usage {
-            b.put_cf(usage, super::usage_key(*shard, key), v);
-        }
-        let outbox = self.cf(CF_OUTBOX);
-        if let Some(below) = c.outbox_delete_below {
-            b.delete_range_cf(outbox, 0u64.to_be_bytes(), below.to_be_bytes());
-        }
-        for (k, v) in &c.outbox_put {
-            b.put_cf(outbox, k.to_be_bytes(), v);
-        }
-        let mut w = WriteOptions::default();
-        w.set_sync(self.sync);
-        self.db.write_opt(b, &w).map_err(io)?;
-        let n = self
-            .deleted_since_reclaim
-            .fetch_add(c.segment_deletes.len() as u64, Ordering::Relaxed);
-        if n >= 256 {
-            self.deleted_since_reclaim.store(0, Ordering::Relaxed);
-            for &(shard, floor) in &c.segment_floors {
-                self.reclaim(shard, floor);
+            let usage = cf(db, CF_USAGE);
+            for shard in &c.usage_reset {
+                let end = match shard.checked_add(1) {
+                    Some(n) => n.to_be_bytes().to_vec(),
+                    None => vec![0xff; 5],
+                };
+                b.delete_range_cf(usage, shard.to_be_bytes().to_vec(), end);
             }
-        }
-        Ok(())
+            for (shard, key, v) in &c.usage {
+                b.put_cf(usage, super::usage_key(*shard, key), v);
+            }
+            let outbox = cf(db, CF_OUTBOX);
+            if let Some(below) = c.outbox_delete_below {
+                b.delete_range_cf(outbox, 0u64.to_be_bytes(), below.to_be_bytes());
+            }
+            for (k, v) in &c.outbox_put {
+                b.put_cf(outbox, k.to_be_bytes(), v);
+            }
+            let mut w = WriteOptions::default();
+            w.set_sync(self.sync);
+            if let Err(e) = db.write_opt(b, &w) {
+                self.needs_reopen.store(true, Ordering::SeqCst);
+                return Err(io(e));
+            }
+            let n = self
+                .deleted_since_reclaim
+                .fetch_add(c.segment_deletes.len() as u64, Ordering::Relaxed);
+            if n >= 256 {
+                self.deleted_since_reclaim.store(0, Ordering::Relaxed);
+                for &(shard, floor) in &c.segment_floors {
+                    reclaim(db, shard, floor);
+                }
+            }
+            Ok(())
+        })
     }
 
     fn size_bytes(&self) -> u64 {

@@ -44,47 +44,153 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A Tansu broker with in-memory storage, killed when dropped.
+/// An S3 emulator (moto) for broker storage that survives a broker restart.
+pub struct S3 {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3 {
+    pub fn start(dir: &Dir) -> S3 {
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::fs::File::create(dir.path("moto.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path("moto.err")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting the S3 emulator ({bin}): {e}; install it with \
+                     `pip install 'moto[server]'` (scripts/test.sh does)"
+                )
+            });
+        let s3 = S3 { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = write!(
+                    s,
+                    "PUT /tansu HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200") {
+                    return s3;
+                }
+            }
+            assert!(Instant::now() < deadline, "the S3 emulator did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Tansu broker, killed when dropped: in-memory storage, or S3 storage
+/// (on the emulator) that survives [`Broker::restart`].
 pub struct Broker {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    s3_port: Option<u16>,
 }
 
 impl Broker {
     pub fn start(dir: &Dir) -> Broker {
+        Self::start_with(dir, None)
+    }
+
+    /// A broker keeping its data in S3 (the emulator), so it survives a restart.
+    pub fn start_s3(dir: &Dir, s3: &S3) -> Broker {
+        Self::start_with(dir, Some(s3.port))
+    }
+
+    fn spawn(port: u16, log: &Path, s3_port: Option<u16>) -> Child {
         let bin = tansu_bin();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut c = Command::new(&bin);
+        c.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        match s3_port {
+            None => {
+                c.args(["--storage-engine", "memory://tansu/"]);
+            }
+            Some(p) => {
+                c.args(["--storage-engine", "s3://tansu/"])
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env("AWS_ENDPOINT", format!("http://127.0.0.1:{p}"))
+                    .env("AWS_ALLOW_HTTP", "true");
+            }
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        c.stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    fn wait_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // exits 0 when the port is taken
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn start_with(dir: &Dir, s3_port: Option<u16>) -> Broker {
         for _ in 0..5 {
             let port = free_port();
             let log = dir.path(&format!("tansu-{port}.log"));
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let mut b = Broker { child, port, log };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return b;
-                }
-                if let Ok(Some(_)) = b.child.try_wait() {
-                    break; // exits 0 when the port is taken: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let child = Self::spawn(port, &log, s3_port);
+            let mut b = Broker {
+                child,
+                port,
+                log,
+                s3_port,
+            };
+            if b.wait_up() {
+                return b;
             }
             let _ = b.child.kill();
         }
         panic!("Tansu did not start");
+    }
+
+    /// Kills the broker and starts it again on the same port after `down_for`.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(self.port, &self.log, self.s3_port);
+        assert!(
+            self.wait_up(),
+            "the broker did not come back on port {}",
+            self.port
+        );
     }
 
     pub fn addr(&self) -> String {
@@ -123,6 +229,40 @@ pub fn produce(
     topic: &str,
     records: &[(Option<Vec<u8>>, Vec<u8>)],
 ) -> BTreeMap<i32, i64> {
+    produce_with(addr, topic, records, &[])
+}
+
+/// [`produce`] allowing records of up to 4 MiB.
+pub fn produce_large(
+    addr: &str,
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+) -> BTreeMap<i32, i64> {
+    produce_with(addr, topic, records, &[("message.max.bytes", "4194304")])
+}
+
+/// Sets a group's committed offsets (the group must have no members).
+pub fn reset_group(addr: &str, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+}
+
+fn produce_with(
+    addr: &str,
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+    extra: &[(&str, &str)],
+) -> BTreeMap<i32, i64> {
     #[derive(Default)]
     struct Ctx(std::sync::Mutex<BTreeMap<i32, i64>>);
     impl rdkafka::ClientContext for Ctx {}
@@ -135,12 +275,14 @@ pub fn produce(
             *e = (*e).max(m.offset() + 1);
         }
     }
-    let p: BaseProducer<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", addr)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create_with_context(Ctx::default())
-        .unwrap();
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    let p: BaseProducer<Ctx> = cfg.create_with_context(Ctx::default()).unwrap();
     for (k, v) in records {
         let mut r = BaseRecord::<[u8], [u8], ()>::to(topic).payload(v);
         if let Some(k) = k {
@@ -371,6 +513,19 @@ impl Detector {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// Resident memory of the process (KiB), from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
     }
 
     /// SIGTERM, then waits for a graceful exit.

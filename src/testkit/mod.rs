@@ -3,6 +3,7 @@
 //! a handle on a `replayguard run` process. Not used by the detector itself.
 
 pub mod kafka;
+pub mod verify;
 
 use std::path::PathBuf;
 
