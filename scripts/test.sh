@@ -18,5 +18,7 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
+echo "== fuzz targets compile (running them needs nightly: see fuzz/Cargo.toml)" >&2
+(cd fuzz && cargo check --locked --bins)
 echo "== cargo test" >&2
 cargo test --locked

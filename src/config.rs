@@ -107,11 +107,11 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -659,11 +659,91 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")
     }
+
+    /// [`Config::to_toml`] with secrets replaced by `"<redacted>"`: the HTTP
+    /// token and every librdkafka property that holds a password, secret,
+    /// token or private key (what `check-config` prints).
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        if c.http.token.is_some() {
+            c.http.token = Some(REDACTED.into());
+        }
+        for props in [
+            &mut c.kafka.properties,
+            &mut c.kafka.consumer_properties,
+            &mut c.kafka.producer_properties,
+        ] {
+            for (k, v) in props.iter_mut() {
+                if is_secret_property(k) {
+                    *v = REDACTED.into();
+                }
+            }
+        }
+        c.to_toml()
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Whether a librdkafka property holds a secret (sasl.password,
+/// ssl.key.password, ssl.key.pem, sasl.oauthbearer.client.secret,
+/// sasl.oauthbearer.config, ssl.keystore.password…). Paths to key files
+/// (`*.location`) are not secrets.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if n.ends_with(".location") {
+        return false;
+    }
+    [
+        "password",
+        "secret",
+        "token",
+        "sasl.jaas",
+        "oauthbearer.config",
+        "credential",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+        || (n.contains("key") && n.ends_with(".pem"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_the_printed_config() {
+        let c = Config::parse(
+            r#"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanisms" = "SCRAM-SHA-512"
+"sasl.username" = "replayguard"
+"sasl.password" = "hunter2-sasl"
+"ssl.key.location" = "/etc/replayguard/client.key"
+"ssl.key.password" = "hunter2-key"
+[kafka.producer_properties]
+"ssl.key.pem" = "-----BEGIN PRIVATE KEY-----hunter2-pem"
+[kafka.consumer_properties]
+"sasl.oauthbearer.client.secret" = "hunter2-oauth"
+[http]
+token = "hunter2-http"
+"#,
+        )
+        .unwrap();
+        let out = c.to_toml_redacted();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert_eq!(out.matches(REDACTED).count(), 5, "{out}");
+        for kept in [
+            "replayguard",
+            "SCRAM-SHA-512",
+            "/etc/replayguard/client.key",
+        ] {
+            assert!(out.contains(kept), "{kept} is not a secret: {out}");
+        }
+        // the unredacted form is untouched
+        assert!(c.to_toml().contains("hunter2-sasl"));
+    }
 
     #[test]
     fn defaults_are_valid_and_documented_values() {
@@ -715,5 +795,81 @@ mod tests {
             .to_string();
         assert!(e.contains("max_past_skw"), "{e}");
         assert!(Config::parse("[nonsense]\n").is_err());
+    }
+}
+
+/// Bounded, stable-Rust equivalent of fuzz/fuzz_targets/config_parse.rs:
+/// arbitrary and mutated TOML never panics the parser, and whatever it
+/// accepts is valid and survives its printed form.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FULL: &str = r#"
+[detect]
+max_past_skew = "5m"
+max_future_skew = "30s"
+allowed_lateness = "1m"
+retention = "390s"
+[decode]
+max_event_bytes = "64KiB"
+[state]
+block_cache = "64MiB"
+sync = false
+[kafka]
+brokers = "127.0.0.1:9092"
+group = "g"
+input_topics = ["a", "b"]
+commit_interval = "20ms"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[report]
+interval = "1m"
+[http]
+listen = "127.0.0.1:9898"
+token = "t"
+"#;
+
+    fn check(text: &str) {
+        if let Ok(c) = Config::parse(text) {
+            c.validate().unwrap();
+            assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "{text}");
+            Config::parse(&c.to_toml_redacted()).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_seed_config_is_valid() {
+        // otherwise every mutation would be refused and the test vacuous
+        check(FULL);
+        Config::parse(FULL).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            check(&text);
+        }
+
+        #[test]
+        fn mutated_configs_never_panic(
+            at in 0..FULL.len(),
+            insert in "[\\[\\]=\"a-z0-9._ \n-]{0,12}",
+            cut in 0..20usize,
+        ) {
+            let mut s = FULL.to_string();
+            let at = (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at + cut).min(s.len());
+            s.replace_range(at..end, &insert);
+            check(&s);
+        }
+
+        #[test]
+        fn any_duration_and_size_text_never_panics(d in "\\PC{0,16}", z in "\\PC{0,16}") {
+            check(&format!("[detect]\nmax_past_skew = {d:?}\n[decode]\nmax_event_bytes = {z:?}\n"));
+        }
     }
 }

@@ -239,7 +239,7 @@ fn main() -> ExitCode {
         Command::Run(cmd) => run(cmd),
         Command::CheckConfig { file } => Config::load(&file)
             .map(|c| {
-                print!("{}", c.to_toml());
+                print!("{}", c.to_toml_redacted());
                 eprintln!("{}: ok", file.display());
             })
             .map_err(PipelineError::from),

@@ -58,3 +58,35 @@ fn generate_is_deterministic_for_a_seed() {
     assert_ne!(a.stdout, c.stdout);
     assert_eq!(String::from_utf8_lossy(&a.stdout).lines().count(), 500);
 }
+
+#[test]
+fn check_config_never_prints_secrets() {
+    let d = Dir::new();
+    let p = d.write(
+        "secret.toml",
+        "[kafka.properties]\n\"sasl.password\" = \"planted-sasl-secret\"\n[http]\ntoken = \"planted-http-token\"\n",
+    );
+    let o = run(&["check-config", p.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!all.contains("planted"), "{all}");
+    assert!(all.contains("sasl.password"), "{all}");
+}
+
+#[test]
+fn kafka_properties_librdkafka_refuses_exit_2_naming_the_property() {
+    let d = Dir::new();
+    // no broker is needed to find out: clients are created before any IO
+    let p = d.write(
+        "bad-props.toml",
+        &format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\ncreate_topics = false\n\
+             [kafka.consumer_properties]\n\"no.such.property\" = \"1\"\n\
+             [state]\ndir = \"{}\"\n[http]\nlisten = \"\"\n",
+            d.path("state").display()
+        ),
+    );
+    let o = run(&["run", "--config", p.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no.such.property"), "{}", stderr(&o));
+}

@@ -112,6 +112,14 @@ impl Decoder {
     }
 }
 
+/// The fast path alone: `Some` only for the flat shape it understands.
+/// Public for the differential fuzz target (fuzz/), which checks that
+/// serde_json decodes the same event from every line the fast path accepts.
+#[doc(hidden)]
+pub fn fast_path(text: &str) -> Option<AccessEvent<'_>> {
+    fast::access(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +232,147 @@ mod tests {
                 .kind(),
             "too_large"
         );
+    }
+}
+
+/// Bounded, stable-Rust equivalents of the fuzz targets in fuzz/ (run by
+/// `cargo test` in CI): arbitrary and mutated input never panics, every
+/// failure is typed, and whatever the fast path accepts serde_json agrees with.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OK: &str = r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00.123+02:00","key_id":"k1","nonce":"n1","client_ts":1795824000000,"client_ip":"10.0.0.1","method":"GET","path":"/v1/x","status":200,"user_agent":"ua","client_id":"c","signature":"s"}"#;
+    const LC: &str = r#"{"key_id":"k1","state":"rotating","at":"2026-11-28T00:00:00Z","successor":"k2","grace_until":1795824600000}"#;
+
+    fn check_access(d: &Decoder, bytes: &[u8]) {
+        match d.access(bytes) {
+            Ok(ev) => {
+                assert!(!ev.event_id.is_empty() && !ev.key_id.is_empty());
+                assert!(ev.status <= AccessEvent::MAX_STATUS);
+                let text = std::str::from_utf8(bytes).unwrap();
+                if let Some(fast) = fast_path(text) {
+                    let reference: AccessEvent<'_> = serde_json::from_str(text).unwrap();
+                    assert_eq!(fast, reference, "{text}");
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty() && !e.kind().is_empty()),
+        }
+    }
+
+    fn check_lifecycle(d: &Decoder, bytes: &[u8]) {
+        match d.lifecycle(bytes) {
+            Ok(ev) => assert!(!ev.key_id.is_empty()),
+            Err(e) => assert!(!e.kind().is_empty()),
+        }
+    }
+
+    /// A valid record with bytes overwritten, inserted or cut off.
+    fn mutated(base: &'static str) -> impl Strategy<Value = Vec<u8>> {
+        (
+            0..base.len(),
+            prop::collection::vec(any::<u8>(), 0..8),
+            0..3u8,
+        )
+            .prop_map(move |(at, bytes, how)| {
+                let mut v = base.as_bytes().to_vec();
+                match how {
+                    0 => {
+                        for (i, b) in bytes.into_iter().enumerate() {
+                            if let Some(x) = v.get_mut(at + i) {
+                                *x = b;
+                            }
+                        }
+                    }
+                    1 => {
+                        v.splice(at..at, bytes);
+                    }
+                    _ => v.truncate(at),
+                }
+                v
+            })
+    }
+
+    /// Tokens that make JSON records odd in ways real input is.
+    fn tokens() -> impl Strategy<Value = Vec<u8>> {
+        let tok = prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "\\",
+            "\\u0000",
+            "\\ud800",
+            "null",
+            "true",
+            "-0",
+            "1e999",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "0.5",
+            "\"event_id\"",
+            "\"key_id\"",
+            "\"received_at\"",
+            "\"client_ts\"",
+            "\"status\"",
+            "\"nonce\"",
+            "\"2026-02-30T00:00:00Z\"",
+            "\"2026-11-28T00:00:00+25:00\"",
+            "\u{feff}",
+            "\u{1F600}",
+            " ",
+            "\n",
+            "\"x\"",
+        ]);
+        prop::collection::vec(tok, 0..40).prop_map(|v| v.concat().into_bytes())
+    }
+
+    #[test]
+    fn the_seed_records_decode_and_take_the_fast_path() {
+        // otherwise the mutations would only exercise error paths
+        assert!(fast_path(OK).is_some());
+        Decoder::default().access(OK.as_bytes()).unwrap();
+        Decoder::default().lifecycle(LC.as_bytes()).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let d = Decoder::default();
+            check_access(&d, &bytes);
+            check_lifecycle(&d, &bytes);
+        }
+
+        #[test]
+        fn mutated_access_events_never_panic(bytes in mutated(OK)) {
+            check_access(&Decoder::default(), &bytes);
+        }
+
+        #[test]
+        fn mutated_lifecycle_events_never_panic(bytes in mutated(LC)) {
+            check_lifecycle(&Decoder::default(), &bytes);
+        }
+
+        #[test]
+        fn json_token_soup_never_panics(bytes in tokens()) {
+            let d = Decoder::default();
+            check_access(&d, &bytes);
+            check_lifecycle(&d, &bytes);
+        }
+
+        #[test]
+        fn any_limit_is_enforced(limit in 64usize..400, bytes in mutated(OK)) {
+            let d = Decoder { max_event_bytes: limit };
+            match d.access(&bytes) {
+                Err(DecodeError::TooLarge { len, .. }) => prop_assert!(len > limit),
+                _ => prop_assert!(bytes.len() <= limit),
+            }
+        }
     }
 }

@@ -656,6 +656,30 @@ fn admin_config(cfg: &crate::config::KafkaSection) -> rdkafka::ClientConfig {
     c
 }
 
+/// Properties of the clients that read the alert topic back.
+fn reader_props(k: &crate::config::KafkaSection) -> std::collections::BTreeMap<String, String> {
+    k.properties
+        .iter()
+        .chain(&k.consumer_properties)
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect()
+}
+
+/// A Kafka client that cannot be created was given properties librdkafka
+/// refuses: a configuration error (exit 2), not a runtime failure.
+fn client_error(what: &str, e: rdkafka::error::KafkaError) -> PipelineError {
+    use rdkafka::error::KafkaError;
+    match e {
+        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => {
+            PipelineError::Config(crate::config::ConfigError::Invalid(format!(
+                "{what}: {e} (check kafka.properties, kafka.consumer_properties and \
+                 kafka.producer_properties)"
+            )))
+        }
+        e => PipelineError::Input(format!("{what}: {e}")),
+    }
+}
+
 /// Creates the topics replayguard writes to, when they are missing.
 fn create_topics(
     cfg: &crate::config::KafkaSection,
@@ -663,7 +687,7 @@ fn create_topics(
 ) -> Result<(), PipelineError> {
     let admin: AdminClient<DefaultClientContext> = admin_config(cfg)
         .create()
-        .map_err(|e| PipelineError::Input(format!("Kafka admin client: {e}")))?;
+        .map_err(|e| client_error("Kafka admin client", e))?;
     let mut names = vec![cfg.alert_topic.clone(), cfg.dead_letter_topic.clone()];
     if !report_topic.is_empty() {
         names.push(report_topic.to_string());
@@ -776,9 +800,10 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     }
     let producer = |what: &str| {
         ksink::producer(&k.brokers, &k.properties, &k.producer_properties)
-            .map_err(|e| PipelineError::Input(format!("{what} producer: {e}")))
+            .map_err(|e| client_error(&format!("{what} producer"), e))
     };
-    let mut alerts = KafkaAlertSink::new(producer("alert")?, &k.alert_topic);
+    let mut alerts = KafkaAlertSink::new(producer("alert")?, &k.alert_topic)
+        .with_reader(&k.brokers, reader_props(k));
     let dlq = KafkaDeadLetterSink::new(producer("dead-letter")?, &k.dead_letter_topic);
     // alerts a crash left in the outbox: those already on the alert topic
     // (produced, not yet removed from the outbox) are not produced again
@@ -844,12 +869,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         last_group_commit: Instant::now(),
         persisted_positions: Default::default(),
         brokers: k.brokers.clone(),
-        consumer_props: k
-            .properties
-            .iter()
-            .chain(&k.consumer_properties)
-            .map(|(a, b)| (a.clone(), b.clone()))
-            .collect(),
+        consumer_props: reader_props(k),
     }));
 
     let report_cfg = config.report.rules(config.usage.top_clients);
@@ -868,10 +888,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         for (key, v) in k.properties.iter().chain(&k.producer_properties) {
             c.set(key, v);
         }
-        Some(
-            c.create()
-                .map_err(|e| PipelineError::Input(format!("report producer: {e}")))?,
-        )
+        Some(c.create().map_err(|e| client_error("report producer", e))?)
     };
     let mut last_report = Instant::now();
 
@@ -890,6 +907,9 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         for (key, v) in k.properties.iter().chain(&k.consumer_properties) {
             c.set(key, v);
         }
+        let c: BaseConsumer = c
+            .create()
+            .map_err(|e| client_error("lifecycle consumer", e))?;
         let (topic, quiet, stop) = (
             k.lifecycle_topic.clone(),
             k.lifecycle_quiet.as_std(),
@@ -923,7 +943,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
             rt: rt.clone(),
             status: status.clone(),
         })
-        .map_err(|e| PipelineError::Input(format!("Kafka consumer: {e}")))?;
+        .map_err(|e| client_error("Kafka consumer", e))?;
     let mut topics: Vec<String> = k.input_topics.clone();
     if k.repartition {
         topics.push(k.repartition_topic());

@@ -27,6 +27,8 @@ struct Tracked {
     last_error: Option<String>,
     /// (topic, partition) -> highest offset acknowledged
     written: BTreeMap<(String, i32), i64>,
+    /// acknowledgements without an offset (see [`KafkaAlertSink`])
+    offsetless: u64,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -38,6 +40,32 @@ impl ProducerContext for DeliveryTracker {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(m) => {
+                use rdkafka::message::Headers;
+                let id = || {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "alert_id"))
+                        .and_then(|h| h.value)
+                        .map(String::from_utf8_lossy)
+                };
+                if m.offset() < 0 {
+                    // acknowledged (as a duplicate of an earlier send, after
+                    // a retry across a broker restart) without saying where
+                    // it is: whether its batch is really on the topic gets
+                    // checked. librdkafka numbers a batch's messages from its
+                    // base offset, so only the first one shows it.
+                    t.offsetless += 1;
+                }
+                if tracing::enabled!(target: "replayguard::delivery", tracing::Level::TRACE) {
+                    let id = id();
+                    tracing::trace!(
+                        target: "replayguard::delivery",
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        alert_id = ?id,
+                        "acknowledged"
+                    );
+                }
                 let e = t
                     .written
                     .entry((m.topic().to_string(), m.partition()))
@@ -62,6 +90,16 @@ impl DeliveryTracker {
         Some((n, t.last_error.take().unwrap_or_default()))
     }
 
+    fn take_offsetless(&self) -> u64 {
+        std::mem::take(
+            &mut self
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .offsetless,
+        )
+    }
+
     /// Highest acknowledged offset per (topic, partition).
     pub fn written(&self) -> BTreeMap<(String, i32), i64> {
         self.inner
@@ -80,7 +118,7 @@ pub fn producer(
     brokers: &str,
     common: &BTreeMap<String, String>,
     specific: &BTreeMap<String, String>,
-) -> Result<Arc<Producer_>, SinkError> {
+) -> Result<Arc<Producer_>, KafkaError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -93,7 +131,6 @@ pub fn producer(
     }
     c.create_with_context(DeliveryTracker::default())
         .map(Arc::new)
-        .map_err(|e| SinkError::Delivery(format!("creating the Kafka producer: {e}")))
 }
 
 /// Sends one record, waiting for room in the local queue when it is full.
@@ -157,6 +194,11 @@ pub struct KafkaAlertSink {
     skip_until: std::time::Instant,
     /// Alerts not produced again because they were already on the topic.
     pub skipped: u64,
+    /// How to read the alert topic back (brokers, consumer properties).
+    reader: Option<(String, BTreeMap<String, String>)>,
+    /// Alerts produced again because an offset-less acknowledgement turned
+    /// out not to be on the topic.
+    pub resent: u64,
 }
 
 impl KafkaAlertSink {
@@ -168,7 +210,16 @@ impl KafkaAlertSink {
             skip: Default::default(),
             skip_until: std::time::Instant::now(),
             skipped: 0,
+            reader: None,
+            resent: 0,
         }
+    }
+
+    /// Lets the sink read the alert topic back, to check acknowledgements
+    /// that came without an offset.
+    pub fn with_reader(mut self, brokers: &str, props: BTreeMap<String, String>) -> Self {
+        self.reader = Some((brokers.to_string(), props));
+        self
     }
 
     pub fn topic(&self) -> &str {
@@ -265,11 +316,11 @@ struct AlertHead<'a> {
     key_id: std::borrow::Cow<'a, str>,
 }
 
-impl AlertSink for KafkaAlertSink {
-    fn deliver(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
-        if !self.skip.is_empty() && std::time::Instant::now() > self.skip_until {
-            self.skip.clear();
-        }
+impl KafkaAlertSink {
+    fn send_all<'a>(
+        &mut self,
+        batch: impl Iterator<Item = &'a OutboxEntry>,
+    ) -> Result<(), SinkError> {
         for e in batch {
             let head: AlertHead<'_> = serde_json::from_slice(&e.json)
                 .map_err(|err| SinkError::Delivery(format!("outbox entry {}: {err}", e.seq)))?;
@@ -294,7 +345,65 @@ impl AlertSink for KafkaAlertSink {
                     .headers(headers),
             )?;
         }
-        flush(&self.producer, self.timeout, "alerts")
+        Ok(())
+    }
+}
+
+impl AlertSink for KafkaAlertSink {
+    /// Produces the batch and waits for every acknowledgement. An
+    /// acknowledgement without an offset (a broker answering a retried send
+    /// as a duplicate, typically after it restarted) is checked against the
+    /// topic: a broker that lost the original would otherwise lose the alert
+    /// (seen with Tansu on S3 storage). Those not found are produced again.
+    fn deliver(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
+        if !self.skip.is_empty() && std::time::Instant::now() > self.skip_until {
+            self.skip.clear();
+        }
+        let before = self.positions();
+        self.send_all(batch.iter())?;
+        flush(&self.producer, self.timeout, "alerts")?;
+        for attempt in 0.. {
+            if self.producer.context().take_offsetless() == 0 {
+                break;
+            }
+            let Some((brokers, props)) = &self.reader else {
+                break;
+            };
+            if attempt == 5 {
+                return Err(SinkError::Delivery(format!(
+                    "alerts acknowledged without an offset and not found on {}",
+                    self.topic
+                )));
+            }
+            let on_topic = alert_ids_since(
+                brokers,
+                props,
+                &self.topic,
+                &before,
+                Duration::from_millis(1500),
+            )?;
+            let missing: Vec<&OutboxEntry> = batch
+                .iter()
+                .filter(|e| {
+                    serde_json::from_slice::<AlertHead<'_>>(&e.json).is_ok_and(|h| {
+                        !on_topic.contains(h.alert_id) && !self.skip.contains(h.alert_id)
+                    })
+                })
+                .collect();
+            tracing::warn!(
+                batch = batch.len(),
+                not_on_topic = missing.len(),
+                "the broker acknowledged alerts without an offset: checked the topic for them"
+            );
+            if missing.is_empty() {
+                break;
+            }
+            self.resent += missing.len() as u64;
+            metrics::counter!("replayguard_alerts_resent_total").increment(missing.len() as u64);
+            self.send_all(missing.into_iter())?;
+            flush(&self.producer, self.timeout, "alerts")?;
+        }
+        Ok(())
     }
 }
 

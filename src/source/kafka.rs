@@ -139,19 +139,12 @@ pub enum LifecycleMsg {
 /// Reads the whole lifecycle topic from the beginning, then follows it,
 /// sending what it reads to `tx`, until `stop` is set.
 pub fn read_lifecycle(
-    config: ClientConfig,
+    consumer: BaseConsumer,
     topic: String,
     quiet: Duration,
     tx: Sender<LifecycleMsg>,
     stop: Arc<AtomicBool>,
 ) {
-    let consumer: BaseConsumer = match config.create() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tx.send(LifecycleMsg::Error(format!("lifecycle consumer: {e}")));
-            return;
-        }
-    };
     let mut assigned = 0usize;
     let mut last_seen = Instant::now();
     let started = Instant::now();

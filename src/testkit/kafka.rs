@@ -466,7 +466,11 @@ impl Detector {
                 "--http",
                 &format!("127.0.0.1:{http}"),
             ])
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("REPLAYGUARD_TEST_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

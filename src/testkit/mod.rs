@@ -19,13 +19,19 @@ impl Default for Dir {
 }
 
 impl Dir {
+    /// A fresh temporary directory, removed at the end of the test unless
+    /// `REPLAYGUARD_KEEP_TEST_DIRS` is set (to read detector logs afterwards).
     pub fn new() -> Self {
-        Dir {
-            tmp: tempfile::Builder::new()
-                .prefix("replayguard-test-")
-                .tempdir()
-                .expect("temp dir"),
+        let keep = std::env::var_os("REPLAYGUARD_KEEP_TEST_DIRS").is_some();
+        let tmp = tempfile::Builder::new()
+            .prefix("replayguard-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("temp dir");
+        if keep {
+            eprintln!("test dir kept: {}", tmp.path().display());
         }
+        Dir { tmp }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
