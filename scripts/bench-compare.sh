@@ -32,13 +32,13 @@ bytes=$(stat -c %s "$events")
 
 rows=()
 row() { rows+=("$(printf '| %s | %s | %s | %s | %s | %s |' "$@")"); }
-fmt() { printf "%'.0f" "$1"; }
+fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
 
 # --- replayguard scan: median of three, peak RSS of the median run
 echo "replayguard scan" >&2
 scan_rates=()
 for i in 1 2 3; do
-  rm -rf "$out/state"
+  rm -rf "$out/state" "$out/scan-alerts.jsonl"
   /usr/bin/time -f '%M' -o "$out/scan-rss-$i" "$rg" scan --quiet --state-dir "$out/state" \
     --lifecycle "$out/keys.jsonl" --alerts "$out/scan-alerts.jsonl" "$events" 2>"$out/scan-$i.err"
   r=$(sed -n 's/.*(\([0-9]*\) events\/s).*/\1/p' "$out/scan-$i.err")
