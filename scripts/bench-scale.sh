@@ -22,7 +22,7 @@ if [ -n "${CONFIG:-}" ]; then cfg=(--config "$CONFIG"); fi
 out="${BENCH_DIR:-bench-out}/scale"
 mkdir -p "$out"
 if [ $# -gt 0 ]; then points=("$@"); else
-  points=("1000 1000000" "10000 1000000" "100000 1000000" "100000 3000000" "100000 10000000")
+  points=("1000 1000000" "10000 1000000" "100000 1000000" "1000 10000000" "100000 3000000" "100000 10000000")
 fi
 : >"$out/empty.jsonl"
 echo "| keys | live nonces (target) | live windows restored | events | events/s | peak RSS MiB | state on disk MiB | reopen s |"
