@@ -69,7 +69,10 @@ for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sl
 echo "redis unpipelined" >&2
 redis1=$("$base" redis "$events" "$out/redis.ids" --port "$port" --server-pid "$rpid")
 echo "redis pipelined" >&2
+cpu0=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
 redis500=$("$base" redis "$events" "$out/redis500.ids" --port "$port" --pipeline 500 --server-pid "$rpid")
+cpu1=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
+redis_cpu=$(python3 -c "print(f'{($cpu1 - $cpu0) / $(getconf CLK_TCK):.2f}')")
 kill "$rpid" 2>/dev/null || true
 
 check() { if cmp -s "$out/scan.ids" "$1"; then echo "equal ($replays)"; else echo "**DIFFERENT**: $(wc -l <"$1") vs $replays"; fi; }
@@ -100,3 +103,5 @@ echo
 echo "| detector | events/s | scan ÷ this | peak RSS MiB | state bytes / live nonce | replays vs scan |"
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+echo
+echo "redis-server CPU during the pipelined run: ${redis_cpu} s of $(python3 -c "print(f'{$(jget "$redis500" seconds):.2f}')") s"

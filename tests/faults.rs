@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use replayguard::decode::Decoder;
-use replayguard::detect::DetectConfig;
 use replayguard::generate::{GenConfig, Rng};
-use replayguard::model::{self, ModelEvent};
 use replayguard::schema::LifecycleEvent;
 use replayguard::testkit::kafka::*;
 use replayguard::testkit::verify::{verify, Expected, Verdict};
@@ -20,15 +18,7 @@ use crate::util::*;
 const GROUP: &str = "rg-faults";
 
 fn expected(lines: &[String], lifecycle: &[LifecycleEvent]) -> Vec<Expected> {
-    let d = Decoder::default();
-    let events: Vec<ModelEvent> = lines
-        .iter()
-        .filter_map(|l| d.access(l.as_bytes()).ok().map(|e| ModelEvent::from(&e)))
-        .collect();
-    model::expected_alerts(&DetectConfig::default(), &events, lifecycle)
-        .into_iter()
-        .map(|e| (e.kind, e.key_id, e.event_id))
-        .collect()
+    model_expected(lines, lifecycle)
 }
 
 /// Traffic without usage anomalies (no bursts of 401/403): every alert is in the ground truth.
@@ -47,26 +37,6 @@ fn harness_traffic(d: &Dir, events: u64, seed: u64) -> Traffic {
             ..Default::default()
         },
     )
-}
-
-fn lifecycle_of(t: &Traffic) -> (Vec<String>, Vec<LifecycleEvent>) {
-    let lines: Vec<String> = std::fs::read_to_string(&t.lifecycle)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let recs = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (lines, recs)
-}
-
-fn setup(d: &Dir) -> Broker {
-    let b = Broker::start(d);
-    b.create_topic("access-events", 4);
-    b.create_topic("key-lifecycle", 1);
-    b
 }
 
 fn merge(a: &mut BTreeMap<i32, i64>, b: BTreeMap<i32, i64>) {
@@ -89,6 +59,19 @@ fn wait_caught_up(b: &Broker, ends: &BTreeMap<i32, i64>, dets: &[&Detector]) {
     );
 }
 
+/// The verifier over this harness's topics and group.
+fn verdict(b: &Broker, ends: &BTreeMap<i32, i64>, truth: &[Expected]) -> Verdict {
+    verify(
+        &b.addr(),
+        "replayguard-alerts",
+        "replayguard-dead-letters",
+        GROUP,
+        "access-events",
+        ends,
+        truth,
+    )
+}
+
 fn check(name: &str, v: &Verdict) {
     eprintln!("fault scenario {name}: {v}");
     assert!(v.passed(), "{name}: {v}");
@@ -97,7 +80,7 @@ fn check(name: &str, v: &Verdict) {
 #[test]
 fn kill_9_at_ten_random_points_over_200k_events() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let t = harness_traffic(&d, 200_000, 41);
     let (lc_lines, lc) = lifecycle_of(&t);
     produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
@@ -143,15 +126,7 @@ fn kill_9_at_ten_random_points_over_200k_events() {
     let ends = producer.join().unwrap();
     wait_caught_up(&b, &ends, &[&det]);
     assert!(det.stop().success());
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     eprintln!(
         "kill -9 x10 over {} events in {:.0}s",
         t.lines.len(),
@@ -167,39 +142,10 @@ fn kill_9_at_ten_random_points_over_200k_events() {
     check("kill -9 x10", &v);
 }
 
-fn event(id: &str, t: i64, key: &str, nonce: &str, ip: &str) -> String {
-    format!(
-        r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"{ip}","method":"POST","path":"/api/v3/order","status":200}}"#
-    )
-}
-
-const T0: i64 = 1_795_824_000_000;
-
-/// First sightings of `tag` for many keys, or replays of an earlier phase's nonces.
-fn phase(tag: &str, t: i64, keys: usize, replays_of: Option<&str>) -> Vec<String> {
-    (0..keys)
-        .map(|k| {
-            let nonce = format!("{}-n{k}", replays_of.unwrap_or(tag));
-            let ip = if replays_of.is_some() {
-                "192.0.2.9"
-            } else {
-                "10.0.0.1"
-            };
-            event(
-                &format!("{tag}-e{k}"),
-                t + k as i64,
-                &format!("key-{k}"),
-                &nonce,
-                ip,
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn partitions_move_both_ways_with_replays_straddling_every_move() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let all = [
         "access-events/0",
         "access-events/1",
@@ -269,15 +215,7 @@ fn partitions_move_both_ways_with_replays_straddling_every_move() {
     assert!(a.stop().success());
     let truth = expected(&lines, &[]);
     assert_eq!(truth.len(), 3 * keys, "every straddling replay is expected");
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     check("partition moves", &v);
 }
 
@@ -320,15 +258,7 @@ fn a_broker_restart_mid_stream() {
     eprintln!("broker restarted with {at_restart} of {total} events processed");
     wait_caught_up(&b, &ends, &[&det]);
     assert!(det.stop().success());
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     let log = std::fs::read_to_string(d.path("a.log")).unwrap();
     eprintln!(
         "offset-less acknowledgements checked against the topic: {}",
@@ -340,7 +270,7 @@ fn a_broker_restart_mid_stream() {
 #[test]
 fn a_group_reset_backwards_reports_nothing_again() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let t = harness_traffic(&d, 20_000, 44);
     let (lc_lines, lc) = lifecycle_of(&t);
     produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
@@ -389,22 +319,14 @@ fn a_group_reset_backwards_reports_nothing_again() {
     .len();
     assert_eq!(alerts_after, alerts_before, "no new alerts");
     assert!(det.stop().success());
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     check("group reset by 5000", &v);
 }
 
 #[test]
 fn hostile_records_become_dead_letters_and_their_neighbours_are_processed() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let good = |i: usize| {
         event(
             &format!("g{i}"),
@@ -502,15 +424,7 @@ fn hostile_records_become_dead_letters_and_their_neighbours_are_processed() {
     assert!(dl.iter().any(|m| m.key.is_none()), "a null key stays null");
     let truth = expected(&lines, &[]);
     assert!(!truth.is_empty());
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     eprintln!("hostile records: detector RSS {} MiB", rss_kib / 1024);
     assert!(rss_kib < 768 * 1024, "bounded memory: {rss_kib} KiB");
     check("hostile records", &v);
@@ -519,7 +433,7 @@ fn hostile_records_become_dead_letters_and_their_neighbours_are_processed() {
 #[test]
 fn a_full_disk_pauses_the_detector_until_space_returns() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let mnt = d.path("small-disk");
     std::fs::create_dir_all(&mnt).unwrap();
     let _mount = Tmpfs::mount(&mnt, 48);
@@ -568,15 +482,7 @@ fn a_full_disk_pauses_the_detector_until_space_returns() {
         || det.get("/healthz").is_some_and(|h| h.starts_with("ok")),
     );
     assert!(det.stop().success());
-    let v = verify(
-        &b.addr(),
-        "replayguard-alerts",
-        "replayguard-dead-letters",
-        GROUP,
-        "access-events",
-        &ends,
-        &truth,
-    );
+    let v = verdict(&b, &ends, &truth);
     check("disk full", &v);
 }
 
@@ -620,7 +526,7 @@ impl Drop for Tmpfs {
 #[test]
 fn raw_nonces_and_signatures_are_never_stored_or_logged() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let nonce = "n0nce-PLANTED-7f3a9c1e5b";
     let signature = "s1gnature-PLANTED-d4c2b0a8e6";
     let lines: Vec<String> = (0..200)

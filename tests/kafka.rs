@@ -4,9 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use replayguard::decode::Decoder;
-use replayguard::detect::DetectConfig;
 use replayguard::generate::GenConfig;
-use replayguard::model::{self, ModelEvent};
 use replayguard::schema::{Alert, LifecycleEvent};
 
 use crate::util::*;
@@ -16,35 +14,20 @@ const GROUP: &str = "rg-test";
 
 /// The alerts the model expects for `lines` (arrival order) and `lifecycle`.
 fn expected(lines: &[String], lifecycle: &[LifecycleEvent]) -> BTreeSet<(String, String, String)> {
-    let d = Decoder::default();
-    let events: Vec<ModelEvent> = lines
-        .iter()
-        .filter_map(|l| d.access(l.as_bytes()).ok().map(|e| ModelEvent::from(&e)))
-        .collect();
-    model::expected_alerts(&DetectConfig::default(), &events, lifecycle)
+    model_expected(lines, lifecycle)
         .into_iter()
-        .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
-        .collect()
-}
-
-fn alerts_of(msgs: &[Msg]) -> Vec<Alert> {
-    msgs.iter()
-        .map(|m| serde_json::from_slice(&m.value).expect("alert v1"))
+        .map(|(k, key, ev)| (k.as_str().to_string(), key, ev))
         .collect()
 }
 
 /// The core-rule alerts (what the model predicts).
 fn set(alerts: &[Alert]) -> BTreeSet<(String, String, String)> {
-    alerts
-        .iter()
-        .filter(|a| a.kind.is_core())
-        .map(|a| {
-            (
-                a.kind.as_str().to_string(),
-                a.key_id.clone(),
-                a.event_id.clone(),
-            )
-        })
+    keyset(alerts).into_iter().collect()
+}
+
+fn alerts_of(msgs: &[Msg]) -> Vec<Alert> {
+    msgs.iter()
+        .map(|m| serde_json::from_slice(&m.value).expect("alert v1"))
         .collect()
 }
 
@@ -57,32 +40,10 @@ fn assert_no_repeats(alerts: &[Alert]) {
     assert!(repeated.is_empty(), "repeated alert ids: {repeated:?}");
 }
 
-fn setup(d: &Dir) -> Broker {
-    let b = Broker::start(d);
-    b.create_topic("access-events", 4);
-    b.create_topic("key-lifecycle", 1);
-    b
-}
-
-fn lifecycle_lines(t: &Traffic) -> Vec<String> {
-    std::fs::read_to_string(&t.lifecycle)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-fn lifecycle_records(t: &Traffic) -> Vec<LifecycleEvent> {
-    lifecycle_lines(t)
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let t = traffic(
         &d,
         &GenConfig {
@@ -93,26 +54,18 @@ fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_records(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    let lc = lifecycle_of(&t).1;
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
     let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
     let want = expected(&t.lines, &lc);
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let det = Detector::start(&d, "a", &cfg);
-    let mut got = Vec::new();
-    wait_for(
+    let got = wait_for_alerts(
+        &b.addr(),
         "every expected alert on the alert topic",
+        want.len(),
         Duration::from_secs(90),
         &[&det],
-        || {
-            got = consume(
-                &b.addr(),
-                "replayguard-alerts",
-                want.len(),
-                Duration::from_secs(5),
-            );
-            got.len() >= want.len()
-        },
     );
     let alerts = alerts_of(&got);
     assert_eq!(set(&alerts), want);
@@ -163,7 +116,7 @@ fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
 #[test]
 fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let t = traffic(
         &d,
         &GenConfig {
@@ -174,8 +127,8 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_records(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    let lc = lifecycle_of(&t).1;
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
     let (first, second) = t.lines.split_at(t.lines.len() / 2);
     produce(&b.addr(), "access-events", &keyed(first));
     let cfg = detector_config(&d, "a", &b, GROUP, "");
@@ -206,20 +159,12 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
     producer.join().unwrap();
     let det = Detector::start(&d, "a", &cfg);
     let want = expected(&t.lines, &lc);
-    let mut got = Vec::new();
-    wait_for(
+    let got = wait_for_alerts(
+        &b.addr(),
         "all alerts after the restart",
+        want.len(),
         Duration::from_secs(90),
         &[&det],
-        || {
-            got = consume(
-                &b.addr(),
-                "replayguard-alerts",
-                want.len(),
-                Duration::from_secs(5),
-            );
-            got.len() >= want.len()
-        },
     );
     let alerts = alerts_of(&got);
     assert_no_repeats(&alerts);
@@ -227,18 +172,10 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
     assert!(det.stop().success());
 }
 
-fn event(id: &str, t: i64, key: &str, nonce: &str, ip: &str) -> String {
-    format!(
-        r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"{ip}","method":"POST","path":"/api/v3/order","status":200}}"#
-    )
-}
-
-const T0: i64 = 1_795_824_000_000;
-
 #[test]
 fn a_lifecycle_update_takes_effect() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let det = Detector::start(&d, "a", &cfg);
     wait_for(
@@ -289,15 +226,12 @@ fn a_lifecycle_update_takes_effect() {
         })
         .collect();
     produce(&b.addr(), "access-events", &keyed(&after));
-    let mut got = Vec::new();
-    wait_for(
+    let got = wait_for_alerts(
+        &b.addr(),
         "retired_key alerts",
+        5,
         Duration::from_secs(60),
         &[&det],
-        || {
-            got = consume(&b.addr(), "replayguard-alerts", 5, Duration::from_secs(3));
-            got.len() >= 5
-        },
     );
     let alerts = alerts_of(&got);
     let ids: BTreeSet<&str> = alerts.iter().map(|a| a.event_id.as_str()).collect();
@@ -310,34 +244,10 @@ fn a_lifecycle_update_takes_effect() {
     assert!(det.stop().success());
 }
 
-/// Requests for many keys, a new nonce each; `replays_of` reuses the nonces
-/// of an earlier phase, from another client.
-fn phase(tag: &str, t: i64, keys: usize, replays_of: Option<&str>) -> Vec<String> {
-    (0..keys)
-        .map(|k| {
-            let nonce = match replays_of {
-                Some(p) => format!("{p}-n{k}"),
-                None => format!("{tag}-n{k}"),
-            };
-            event(
-                &format!("{tag}-e{k}"),
-                t + k as i64,
-                &format!("key-{k}"),
-                &nonce,
-                if replays_of.is_some() {
-                    "192.0.2.9"
-                } else {
-                    "10.0.0.1"
-                },
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let all = [
         "access-events/0",
         "access-events/1",
@@ -415,16 +325,13 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     produce(&b.addr(), "access-events", &keyed(&p3));
     lines.extend(p3);
     let want = expected(&lines, &[]);
-    let mut got = Vec::new();
-    wait_for("phase 3 alerts", Duration::from_secs(90), &[&a], || {
-        got = consume(
-            &b.addr(),
-            "replayguard-alerts",
-            want.len(),
-            Duration::from_secs(3),
-        );
-        got.len() >= want.len()
-    });
+    let got = wait_for_alerts(
+        &b.addr(),
+        "phase 3 alerts",
+        want.len(),
+        Duration::from_secs(90),
+        &[&a],
+    );
     let alerts = alerts_of(&got);
     assert_no_repeats(&alerts);
     assert_eq!(set(&alerts), want);
@@ -447,7 +354,7 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
 #[test]
 fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let t = traffic(
         &d,
         &GenConfig {
@@ -457,8 +364,8 @@ fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_records(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_lines(&t)));
+    let lc = lifecycle_of(&t).1;
+    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
     // keys that say nothing about key_id: replays land on other partitions than their first sightings
     let unkeyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = t
         .lines
@@ -479,20 +386,12 @@ fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
         .replace("[kafka]\n", "[kafka]\nrepartition = true\n");
     std::fs::write(&cfg, text).unwrap();
     let det = Detector::start(&d, "a", &cfg);
-    let mut got = Vec::new();
-    wait_for(
+    let got = wait_for_alerts(
+        &b.addr(),
         "every expected alert",
+        want.len(),
         Duration::from_secs(90),
         &[&det],
-        || {
-            got = consume(
-                &b.addr(),
-                "replayguard-alerts",
-                want.len(),
-                Duration::from_secs(3),
-            );
-            got.len() >= want.len()
-        },
     );
     let alerts = alerts_of(&got);
     assert_no_repeats(&alerts);
@@ -514,7 +413,7 @@ fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
 #[test]
 fn events_keyed_by_something_else_are_counted() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let lines: Vec<String> = (0..20)
         .map(|i| event(&format!("e{i}"), T0 + i, "k", &format!("n{i}"), "10.0.0.1"))
         .collect();
@@ -546,7 +445,7 @@ fn events_keyed_by_something_else_are_counted() {
 #[test]
 fn run_serves_the_rotation_report_live_and_publishes_it() {
     let d = Dir::new();
-    let b = setup(&d);
+    let b = setup_broker(&d);
     let (events, lc) = crate::report::rotation_log(&d);
     let lines = |p: &std::path::Path| -> Vec<String> {
         std::fs::read_to_string(p)

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-const T0: i64 = 1_795_824_000_000; // 2026-11-28T00:00:00Z
 const MIN: i64 = 60_000;
 
 fn event(id: usize, t: i64, key: &str, client: &str) -> String {

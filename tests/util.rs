@@ -6,9 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use replayguard::decode::Decoder;
 use replayguard::detect::DetectConfig;
 use replayguard::generate::{self, GenConfig, TruthLine};
-use replayguard::schema::Alert;
+use replayguard::model::{self, ModelEvent};
+use replayguard::schema::{Alert, AlertKind, LifecycleEvent};
+use replayguard::testkit::kafka::Broker;
 
 pub use replayguard::testkit::Dir;
 
@@ -135,4 +138,75 @@ pub fn truth_keyset(t: &[TruthLine]) -> Vec<(String, String, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// 2026-11-28T00:00:00Z
+pub const T0: i64 = 1_795_824_000_000;
+
+/// (kind, key, event) of the alerts the model expects for `lines` (arrival
+/// order) under `lifecycle`.
+pub fn model_expected(
+    lines: &[String],
+    lifecycle: &[LifecycleEvent],
+) -> Vec<(AlertKind, String, String)> {
+    let d = Decoder::default();
+    let events: Vec<ModelEvent> = lines
+        .iter()
+        .filter_map(|l| d.access(l.as_bytes()).ok().map(|e| ModelEvent::from(&e)))
+        .collect();
+    model::expected_alerts(&DetectConfig::default(), &events, lifecycle)
+        .into_iter()
+        .map(|e| (e.kind, e.key_id, e.event_id))
+        .collect()
+}
+
+/// The generated lifecycle file: its lines and its records.
+pub fn lifecycle_of(t: &Traffic) -> (Vec<String>, Vec<LifecycleEvent>) {
+    let lines: Vec<String> = std::fs::read_to_string(&t.lifecycle)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let recs = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, recs)
+}
+
+/// A broker with the access topic (4 partitions) and the lifecycle topic.
+pub fn setup_broker(d: &Dir) -> Broker {
+    let b = Broker::start(d);
+    b.create_topic("access-events", 4);
+    b.create_topic("key-lifecycle", 1);
+    b
+}
+
+/// One access event line.
+pub fn event(id: &str, t: i64, key: &str, nonce: &str, ip: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"{ip}","method":"POST","path":"/api/v3/order","status":200}}"#
+    )
+}
+
+/// First sightings of `tag` for many keys, or replays (from another client)
+/// of an earlier phase's nonces.
+pub fn phase(tag: &str, t: i64, keys: usize, replays_of: Option<&str>) -> Vec<String> {
+    (0..keys)
+        .map(|k| {
+            let nonce = format!("{}-n{k}", replays_of.unwrap_or(tag));
+            let ip = if replays_of.is_some() {
+                "192.0.2.9"
+            } else {
+                "10.0.0.1"
+            };
+            event(
+                &format!("{tag}-e{k}"),
+                t + k as i64,
+                &format!("key-{k}"),
+                &nonce,
+                ip,
+            )
+        })
+        .collect()
 }

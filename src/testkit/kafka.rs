@@ -241,14 +241,19 @@ pub fn produce_large(
     produce_with(addr, topic, records, &[("message.max.bytes", "4194304")])
 }
 
-/// Sets a group's committed offsets (the group must have no members).
-pub fn reset_group(addr: &str, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
-    let c: BaseConsumer = ClientConfig::new()
+/// A consumer of `group` that never commits on its own.
+fn group_consumer(addr: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Sets a group's committed offsets (the group must have no members).
+pub fn reset_group(addr: &str, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let c = group_consumer(addr, group);
     let mut tpl = TopicPartitionList::new();
     for (p, o) in offsets {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
@@ -329,12 +334,7 @@ pub struct Msg {
 /// Reads `topic` from the beginning until `want` messages arrived and
 /// nothing more came for `quiet`, or until `timeout`.
 pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Msg> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("enable.auto.commit", "false")
-        .set("group.id", "replayguard-test-reader")
-        .create()
-        .unwrap();
+    let c = group_consumer(addr, "replayguard-test-reader");
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
@@ -388,12 +388,7 @@ pub fn consume(addr: &str, topic: &str, want: usize, timeout: Duration) -> Vec<M
 
 /// The group's committed offsets for `topic` partitions 0..n.
 pub fn committed(addr: &str, group: &str, topic: &str, n: i32) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let c = group_consumer(addr, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
         tpl.add_partition(topic, p);
@@ -572,6 +567,23 @@ impl Drop for Detector {
 }
 
 /// Waits for `cond`, failing with `what` (and the detector logs) after `timeout`.
+/// Reads the alert topic until it holds at least `want` records (or fails
+/// after `timeout` with the detectors' logs); returns what it read.
+pub fn wait_for_alerts(
+    addr: &str,
+    what: &str,
+    want: usize,
+    timeout: Duration,
+    detectors: &[&Detector],
+) -> Vec<Msg> {
+    let mut got = Vec::new();
+    wait_for(what, timeout, detectors, || {
+        got = consume(addr, "replayguard-alerts", want, Duration::from_secs(3));
+        got.len() >= want
+    });
+    got
+}
+
 pub fn wait_for(
     what: &str,
     timeout: Duration,
