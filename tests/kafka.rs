@@ -54,8 +54,8 @@ fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_of(&t).1;
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
+    let (lc_lines, lc) = lifecycle_of(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
     let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
     let want = expected(&t.lines, &lc);
     let cfg = detector_config(&d, "a", &b, GROUP, "");
@@ -127,8 +127,8 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_of(&t).1;
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
+    let (lc_lines, lc) = lifecycle_of(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
     let (first, second) = t.lines.split_at(t.lines.len() / 2);
     produce(&b.addr(), "access-events", &keyed(first));
     let cfg = detector_config(&d, "a", &b, GROUP, "");
@@ -364,8 +364,8 @@ fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
             ..Default::default()
         },
     );
-    let lc = lifecycle_of(&t).1;
-    produce(&b.addr(), "key-lifecycle", &keyed(&lifecycle_of(&t).0));
+    let (lc_lines, lc) = lifecycle_of(&t);
+    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
     // keys that say nothing about key_id: replays land on other partitions than their first sightings
     let unkeyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = t
         .lines
