@@ -47,7 +47,7 @@ fn lines(n: u64, seed: u64) -> Vec<String> {
             rate: 5_000.0,
             ..Default::default()
         },
-        &Config::default().detect.rules(),
+        &Config::default().detect,
         &mut out,
         None,
         None,
@@ -147,7 +147,7 @@ brokers = "{addr}"
 group = "bench-run"
 input_topics = ["bench-in", "bench-lat"]
 lifecycle_topic = "key-lifecycle"
-lifecycle_quiet = "300ms"
+start = "earliest"
 [kafka.consumer_properties]
 "session.timeout.ms" = "2000"
 "heartbeat.interval.ms" = "500"

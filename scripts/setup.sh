@@ -21,19 +21,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# the test broker comes from a PyPI wheel: python3 with pip
-if ! command -v python3 >/dev/null 2>&1; then
-  need_py=(python3 python3-pip)
-elif ! python3 -m pip --version >/dev/null 2>&1; then
-  need_py=(python3-pip)
-else
-  need_py=()
-fi
-if [ "${SETUP_PYTHON:-0}" = 1 ] && [ ${#need_py[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_py[@]}" >/dev/null
+# Apache Kafka (scripts/kafka.sh) needs a JDK 17 and Maven; most machines of
+# this project have them already
+if [ "${SETUP_KAFKA:-0}" = 1 ]; then
+  need_kafka=()
+  command -v javac >/dev/null 2>&1 || need_kafka+=(openjdk-17-jdk-headless)
+  command -v mvn >/dev/null 2>&1 || need_kafka+=(maven)
+  if [ ${#need_kafka[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${need_kafka[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_kafka[@]}" >/dev/null
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -134,6 +134,10 @@ pub struct RunCmd {
     /// HTTP listen address for metrics, health and reports; "" disables it (http.listen).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Where a partition new to the group starts: latest, earliest or an
+    /// RFC 3339 time (kafka.start).
+    #[arg(long, value_name = "latest|earliest|TIME")]
+    pub start: Option<crate::pipeline::kafka::StartPolicy>,
 }
 
 impl RunCmd {
@@ -163,6 +167,9 @@ impl RunCmd {
         }
         if let Some(v) = &self.http {
             c.http.listen = v.clone();
+        }
+        if let Some(v) = self.start {
+            c.kafka.start = v;
         }
     }
 }

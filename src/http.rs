@@ -14,11 +14,44 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Status;
 use crate::report::{render, ReportSource};
 #[cfg(test)]
 use crate::report::{RotationReport, UsageView};
+
+/// `[http]`: the HTTP server of `run` (metrics, health, reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; "" disables the server. Default "127.0.0.1:9898".
+    pub listen: String,
+    /// Bearer token required by every endpoint except /healthz, /readyz and
+    /// /metrics. Default: none (or the REPLAYGUARD_HTTP_TOKEN environment variable).
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9898".into(),
+            token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "http.listen {:?} is not an address like 127.0.0.1:9898",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What the handlers read.
 #[derive(Clone)]

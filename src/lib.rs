@@ -30,3 +30,4 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod testkit;
+pub mod units;

@@ -25,8 +25,12 @@ fn init_tracing(cli: &Cli) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
+    // colour only for a person at a terminal (https://no-color.org)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => b.init(),
@@ -34,10 +38,12 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
+/// The config file (or none: every default), with `${NAME}` references and
+/// the REPLAYGUARD_* variables of the environment applied.
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, PipelineError> {
     Ok(match path {
         Some(p) => Config::load(p)?,
-        None => Config::default(),
+        None => Config::parse("")?,
     })
 }
 
@@ -61,11 +67,6 @@ fn run(cmd: RunCmd) -> Result<(), PipelineError> {
     let mut config = load_config(cmd.config.as_deref())?;
     cmd.apply(&mut config);
     config.validate()?;
-    if config.http.token.is_none() {
-        config.http.token = std::env::var("REPLAYGUARD_HTTP_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| PipelineError::Input(format!("metrics recorder: {e}")))?;
@@ -135,8 +136,8 @@ fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
     let mut out = out.lock();
     let io = |e: std::io::Error| PipelineError::Input(format!("writing the report: {e}"));
     if rotation {
-        let cfg = config.report.rules(config.usage.top_clients);
-        let mut reports = snap.rotations(&cfg);
+        let cfg = &config.report;
+        let mut reports = snap.rotations(cfg);
         if let Some(k) = &args.key {
             reports.retain(|r| &r.key_id == k);
             if reports.is_empty() {
@@ -172,6 +173,16 @@ fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
     }
 }
 
+/// Validates a config file as `run` would (librdkafka's property checks
+/// included, without connecting) and prints it with secrets redacted.
+fn check_config(file: &std::path::Path) -> Result<(), PipelineError> {
+    let c = Config::load(file)?;
+    pipeline::kafka::ClientFactory::new(&c.kafka).check()?;
+    print!("{}", c.to_toml_redacted());
+    eprintln!("{}: ok", file.display());
+    Ok(())
+}
+
 fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
     let config = load_config(cmd.config.as_deref())?;
     let gc = replayguard::generate::GenConfig {
@@ -203,7 +214,7 @@ fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
     let io = |e: std::io::Error| PipelineError::Input(format!("writing generated traffic: {e}"));
     let report = replayguard::generate::generate(
         &gc,
-        &config.detect.rules(),
+        &config.detect,
         &mut out,
         lc.as_mut().map(|w| w as &mut dyn Write),
         truth.as_mut().map(|w| w as &mut dyn Write),
@@ -237,12 +248,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(cmd) => scan(cmd),
         Command::Run(cmd) => run(cmd),
-        Command::CheckConfig { file } => Config::load(&file)
-            .map(|c| {
-                print!("{}", c.to_toml_redacted());
-                eprintln!("{}: ok", file.display());
-            })
-            .map_err(PipelineError::from),
+        Command::CheckConfig { file } => check_config(&file),
         Command::Generate(cmd) => generate(cmd),
         Command::Report(cmd) => report(cmd),
     };

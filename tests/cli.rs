@@ -90,3 +90,83 @@ fn kafka_properties_librdkafka_refuses_exit_2_naming_the_property() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no.such.property"), "{}", stderr(&o));
 }
+
+/// librdkafka's own messages quote the value of a property it refuses (a
+/// JAAS line with a password, a typo'd password property): neither `run`
+/// nor `check-config` ever shows it.
+#[test]
+fn refused_kafka_properties_are_named_without_their_values() {
+    let d = Dir::new();
+    for (prop, value) in [
+        (
+            "sasl.jaas.config",
+            "org.apache.kafka.common.security.plain.PlainLoginModule required username=\\\"u\\\" password=\\\"hunter2-jaas\\\";",
+        ),
+        ("sasl.pasword", "hunter2-typo"),
+    ] {
+        let p = d.write(
+            "props.toml",
+            &format!(
+                "[kafka]\nbrokers = \"127.0.0.1:1\"\ncreate_topics = false\n\
+                 [kafka.properties]\n\"{prop}\" = \"{value}\"\n\
+                 [state]\ndir = \"{}\"\n[http]\nlisten = \"\"\n",
+                d.path("state").display()
+            ),
+        );
+        for args in [
+            vec!["check-config", p.to_str().unwrap()],
+            vec!["run", "--config", p.to_str().unwrap()],
+        ] {
+            let o = run(&args, None);
+            let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {all}");
+            assert!(all.contains(prop), "{args:?}: {all}");
+            assert!(!all.contains("hunter2"), "{args:?}: {all}");
+        }
+    }
+}
+
+/// Secrets out of config files: `${NAME}` in any string and
+/// `REPLAYGUARD_KAFKA_<PROPERTY>` for librdkafka properties; an unset
+/// variable is refused, and what is read is redacted when printed.
+#[test]
+fn secrets_come_from_the_environment_and_stay_out_of_the_output() {
+    let d = Dir::new();
+    let p = d.write(
+        "env.toml",
+        "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\
+         \"sasl.username\" = \"${RG_TEST_USER}\"\n[http]\ntoken = \"${RG_TEST_TOKEN}\"\n",
+    );
+    let out = bin()
+        .args(["check-config", p.to_str().unwrap()])
+        .env("RG_TEST_USER", "svc-replayguard")
+        .env("RG_TEST_TOKEN", "planted-token-from-env")
+        .env(
+            "REPLAYGUARD_KAFKA_SASL_PASSWORD",
+            "planted-password-from-env",
+        )
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("svc-replayguard"), "{all}");
+    assert!(all.contains("\"sasl.password\" = \"<redacted>\""), "{all}");
+    assert!(!all.contains("planted"), "{all}");
+    // an unset variable: exit 2, naming it and where
+    let out = bin()
+        .args(["check-config", p.to_str().unwrap()])
+        .env_remove("RG_TEST_USER")
+        .env("RG_TEST_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RG_TEST_USER") && err.contains("sasl.username"),
+        "{err}"
+    );
+}

@@ -257,17 +257,25 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     let cfg_a = detector_config(&d, "a", &b, GROUP, "");
     let cfg_b = detector_config(&d, "b", &b, GROUP, "");
     let keys = 64;
+    // phase 0: long before, so that its window has expired by the hand-over
+    // and the live state starts after offset 0
+    let p0 = phase("p0", T0 - 1_000_000, keys, None);
+    let ends0 = produce(&b.addr(), "access-events", &keyed(&p0));
+    let a = Detector::start(&d, "a", &cfg_a);
+    wait_for(
+        "A to own every partition and process phase 0",
+        Duration::from_secs(60),
+        &[&a],
+        || {
+            let c = committed(&b.addr(), GROUP, "access-events", 4);
+            a.assigned() == all && ends0.iter().all(|(p, e)| c.get(p) == Some(e))
+        },
+    );
     // phase 1: first sightings, all seen by A
     let p1 = phase("p1", T0, keys, None);
     produce(&b.addr(), "access-events", &keyed(&p1));
-    let a = Detector::start(&d, "a", &cfg_a);
-    wait_for(
-        "A to own every partition",
-        Duration::from_secs(60),
-        &[&a],
-        || a.assigned() == all,
-    );
-    let mut lines = p1.clone();
+    let mut lines = p0.clone();
+    lines.extend(p1.clone());
     // a marker replay so we know A is through phase 1
     let mark1 = phase("m1", T0 + 10_000, 1, Some("p1"));
     produce(&b.addr(), "access-events", &keyed(&mark1));
@@ -344,9 +352,27 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
         2 * keys + 1
     );
     let log = a.log_text();
+    let rebuilds: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rebuilding the partition's state"))
+        .collect();
+    assert!(!rebuilds.is_empty(), "A rebuilt the partitions it got back");
+    // Kafka keeps the offset-commit metadata: the rebuild starts where B's
+    // live state began, not at the beginning of the partition
     assert!(
-        log.contains("rebuilding the partition's state"),
-        "A rebuilt the partitions it got back"
+        rebuilds.iter().all(|l| l.contains("metadata=true")),
+        "{rebuilds:?}"
+    );
+    let from = |l: &str| -> u64 {
+        l.split("rebuild_from=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        rebuilds.iter().any(|l| from(l) > 0),
+        "a rebuild from the commit metadata, not from offset 0: {rebuilds:?}"
     );
     assert!(a.stop().success());
 }
@@ -493,4 +519,173 @@ fn run_serves_the_rotation_report_live_and_publishes_it() {
         .iter()
         .any(|m| m.key.as_deref() == Some(b"old-b".as_slice())));
     assert!(det.stop().success());
+}
+
+/// The wall clock in epoch ms (message timestamps of records produced now).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A first deployment with the default `kafka.start = "latest"` on a topic
+/// that holds old logs: none of them raises an alert, but the replay window
+/// was warmed from the records of the last retention, so a replay of a
+/// request logged just before the deployment is caught.
+#[test]
+fn a_first_deployment_reports_nothing_old_yet_catches_a_replay_of_a_request_logged_just_before() {
+    let d = Dir::new();
+    let b = setup_broker(&d);
+    let keys = 40;
+    let now = now_ms();
+    // two hours ago (event time and message time): first sightings and their
+    // replays, which a scan from the beginning would report
+    let old_t = now - 2 * 3_600_000;
+    let mut old = phase("old", old_t, keys, None);
+    old.extend(phase("oldr", old_t + 5_000, keys, Some("old")));
+    produce_at(&b.addr(), "access-events", &keyed(&old), old_t);
+    // a minute ago: first sightings, just before the deployment
+    let recent_t = now - 60_000;
+    let recent = phase("recent", recent_t, keys, None);
+    let ends = produce(&b.addr(), "access-events", &keyed(&recent));
+    let cfg = detector_config_start(&d, "a", &b, GROUP, "latest", "");
+    let det = Detector::start(&d, "a", &cfg);
+    wait_for(
+        "the group to be at the log end (the warm-up is over)",
+        Duration::from_secs(90),
+        &[&det],
+        || {
+            let c = committed(&b.addr(), GROUP, "access-events", 4);
+            ends.iter().all(|(p, e)| c.get(p) == Some(e))
+        },
+    );
+    // after the deployment: replays of the recent requests
+    let replays = phase("replay", recent_t + 30_000, keys, Some("recent"));
+    produce(&b.addr(), "access-events", &keyed(&replays));
+    let got = wait_for_alerts(
+        &b.addr(),
+        "the replays of the recent requests",
+        keys,
+        Duration::from_secs(60),
+        &[&det],
+    );
+    let alerts = alerts_of(&got);
+    assert_eq!(alerts.len(), keys, "no alert for the old records");
+    for a in &alerts {
+        assert_eq!(a.kind.as_str(), "replay");
+        assert!(a.event_id.starts_with("replay-"), "{}", a.event_id);
+    }
+    let log = det.log_text();
+    assert!(
+        log.contains("first deployment: warming the replay window"),
+        "{log}"
+    );
+    assert!(det.stop().success());
+}
+
+/// The lifecycle topic is compacted (the latest record per key_id); after
+/// the log cleaner has compacted it, the global table read from it is still
+/// right, in a running detector and in one started afterwards.
+#[test]
+fn the_lifecycle_table_is_right_after_the_topic_was_compacted() {
+    let d = Dir::new();
+    let b = Broker::start(&d);
+    b.create_topic("access-events", 4);
+    b.create_topic_with(
+        "key-lifecycle",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "100"),
+        ],
+    );
+    let keys = 10;
+    let mut records = Vec::new();
+    for k in 0..keys {
+        let key = format!("key-{k}");
+        for (state, at) in [
+            ("active", T0),
+            ("rotating", T0 + 1000),
+            ("retired", T0 + 2000),
+        ] {
+            records.push((
+                Some(key.as_bytes().to_vec()),
+                format!(
+                    r#"{{"key_id":"{key}","state":"{state}","at":{at},"successor":"new-{k}"}}"#
+                )
+                .into_bytes(),
+            ));
+        }
+    }
+    produce(&b.addr(), "key-lifecycle", &records);
+    // the active segment is never cleaned: roll it with a later record
+    let count = || consume(&b.addr(), "key-lifecycle", 0, Duration::from_secs(5)).len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        produce(
+            &b.addr(),
+            "key-lifecycle",
+            &[(
+                Some(b"roll".to_vec()),
+                format!(r#"{{"key_id":"roll","state":"active","at":{T0}}}"#).into_bytes(),
+            )],
+        );
+        if count() < records.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log cleaner did not compact the lifecycle topic"
+        );
+    }
+    let left = count();
+    eprintln!(
+        "lifecycle topic compacted: {} records produced, {left} left",
+        records.len()
+    );
+    // uses after `retired` are reported, by the latest record of each key
+    let uses = |tag: &str, t: i64| -> Vec<String> {
+        (0..keys)
+            .map(|k| {
+                event(
+                    &format!("{tag}-{k}"),
+                    t,
+                    &format!("key-{k}"),
+                    &format!("{tag}-n{k}"),
+                    "10.0.0.1",
+                )
+            })
+            .collect()
+    };
+    let cfg = detector_config(&d, "a", &b, GROUP, "");
+    let det = Detector::start(&d, "a", &cfg);
+    produce(&b.addr(), "access-events", &keyed(&uses("u1", T0 + 3000)));
+    let got = wait_for_alerts(
+        &b.addr(),
+        "retired_key alerts",
+        keys,
+        Duration::from_secs(60),
+        &[&det],
+    );
+    let alerts = alerts_of(&got);
+    assert_eq!(alerts.len(), keys);
+    assert!(alerts.iter().all(|a| a.kind.as_str() == "retired_key"));
+    assert!(det.stop().success());
+    // a detector with no state of its own reads the compacted topic whole
+    let cfg_b = detector_config(&d, "b", &b, "rg-test-b", "");
+    let det_b = Detector::start(&d, "b", &cfg_b);
+    let got = wait_for_alerts(
+        &b.addr(),
+        "the same alerts from a detector started after the compaction",
+        2 * keys,
+        Duration::from_secs(60),
+        &[&det_b],
+    );
+    let ids: BTreeSet<String> = alerts_of(&got).iter().map(|a| a.alert_id.clone()).collect();
+    assert_eq!(ids.len(), keys, "the same alert ids, on every instance");
+    assert!(det_b.stop().success());
 }

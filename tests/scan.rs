@@ -246,3 +246,26 @@ fn a_state_dir_in_use_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+/// A file (or stdin) starting with a UTF-8 byte-order mark: the mark is
+/// skipped, the first line is an event like the others.
+#[test]
+fn a_byte_order_mark_is_skipped_not_dead_lettered() {
+    let d = Dir::new();
+    let mut text = "\u{feff}".to_string();
+    text.push_str(&event("e1", T0, "k", "n", "10.0.0.1"));
+    text.push('\n');
+    text.push_str(&event("e2", T0 + 1000, "k", "n", "10.0.0.2"));
+    text.push('\n');
+    let input = d.write("bom.jsonl", &text);
+    for args in [vec!["scan", input.to_str().unwrap()], vec!["scan", "-"]] {
+        let stdin = (args[1] == "-").then_some(text.as_bytes());
+        let o = run(&args, stdin);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("malformed:     0"), "{err}");
+        let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(alerts.len(), 1, "{err}");
+        assert_eq!(alerts[0].event_id, "e2");
+    }
+}

@@ -8,23 +8,13 @@
 
 use std::borrow::Cow;
 
-use crate::schema::timestamp::{self, Millis};
-use crate::schema::AccessEvent;
+use super::v1::{self, Fields};
+use super::value::Raw;
 
 struct Cursor<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
-}
-
-/// A scalar JSON value as the fast path understands it.
-enum Val<'a> {
-    Str(&'a str),
-    /// An unsigned integer without sign, fraction or exponent.
-    Uint(u64),
-    Null,
-    /// true, false, or a number of another form (only skipped).
-    Other,
 }
 
 impl<'a> Cursor<'a> {
@@ -71,13 +61,12 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A JSON number; returns the value if it is a plain unsigned integer.
-    fn number(&mut self) -> Option<Option<u64>> {
+    /// A JSON number (checked for its grammar); returns its text.
+    fn number(&mut self) -> Option<&'a str> {
         let start = self.i;
         let b = self.b;
         let mut i = start;
-        let neg = b.get(i) == Some(&b'-');
-        if neg {
+        if b.get(i) == Some(&b'-') {
             i += 1;
         }
         let int_start = i;
@@ -88,9 +77,7 @@ impl<'a> Cursor<'a> {
         if int_len == 0 || (int_len > 1 && b[int_start] == b'0') {
             return None;
         }
-        let mut plain = !neg;
         if b.get(i) == Some(&b'.') {
-            plain = false;
             i += 1;
             let f = i;
             while b.get(i).is_some_and(|c| c.is_ascii_digit()) {
@@ -101,7 +88,6 @@ impl<'a> Cursor<'a> {
             }
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
-            plain = false;
             i += 1;
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
@@ -115,79 +101,31 @@ impl<'a> Cursor<'a> {
             }
         }
         self.i = i;
-        if plain && int_len <= 18 {
-            let mut v = 0u64;
-            for &c in &b[int_start..i] {
-                v = v * 10 + (c - b'0') as u64;
-            }
-            Some(Some(v))
-        } else if plain {
-            // too long to be sure of: let serde_json judge range and form
-            None
-        } else {
-            Some(None)
-        }
+        Some(&self.s[start..i])
     }
 
-    fn value(&mut self) -> Option<Val<'a>> {
+    /// A scalar value; `None` for objects and arrays (serde_json skips or
+    /// refuses them) and for anything malformed.
+    fn value(&mut self) -> Option<Raw<'a>> {
         self.ws();
         match *self.b.get(self.i)? {
             b'"' => {
                 self.i += 1;
-                self.str_body().map(Val::Str)
+                self.str_body().map(|s| Raw::Str(Cow::Borrowed(s)))
             }
-            b'n' => self.literal(b"null").map(|_| Val::Null),
-            b't' => self.literal(b"true").map(|_| Val::Other),
-            b'f' => self.literal(b"false").map(|_| Val::Other),
-            b'-' | b'0'..=b'9' => Some(match self.number()? {
-                Some(v) => Val::Uint(v),
-                None => Val::Other,
-            }),
-            _ => None, // objects and arrays: serde_json skips or refuses them
+            b'n' => self.literal(b"null").map(|_| Raw::Null),
+            b't' => self.literal(b"true").map(|_| Raw::Bool(true)),
+            b'f' => self.literal(b"false").map(|_| Raw::Bool(false)),
+            b'-' | b'0'..=b'9' => self.number().map(Raw::Num),
+            _ => None,
         }
     }
 }
 
-const EVENT_ID: u16 = 1;
-const RECEIVED_AT: u16 = 1 << 1;
-const KEY_ID: u16 = 1 << 2;
-const NONCE: u16 = 1 << 3;
-const CLIENT_TS: u16 = 1 << 4;
-const CLIENT_IP: u16 = 1 << 5;
-const METHOD: u16 = 1 << 6;
-const PATH: u16 = 1 << 7;
-const STATUS: u16 = 1 << 8;
-const USER_AGENT: u16 = 1 << 9;
-const CLIENT_ID: u16 = 1 << 10;
-const SIGNATURE: u16 = 1 << 11;
-const REQUIRED: u16 =
-    EVENT_ID | RECEIVED_AT | KEY_ID | CLIENT_TS | CLIENT_IP | METHOD | PATH | STATUS;
-
-fn ts(v: Val<'_>) -> Option<Millis> {
-    match v {
-        Val::Str(s) => timestamp::parse_rfc3339(s).ok(),
-        Val::Uint(u) => timestamp::from_epoch_millis(u as i128).ok(),
-        _ => None,
-    }
-}
-
-fn req_str(v: Val<'_>) -> Option<&str> {
-    match v {
-        Val::Str(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn opt_str(v: Val<'_>) -> Option<Option<Cow<'_, str>>> {
-    match v {
-        Val::Str(s) => Some(Some(Cow::Borrowed(s))),
-        Val::Null => Some(None),
-        _ => None,
-    }
-}
-
-/// Decodes `s` if it has the common shape; `None` means "ask serde_json".
-pub fn access(s: &str) -> Option<AccessEvent<'_>> {
+/// Finds the v1 fields of `s` if it has the common shape; `None` means
+/// "ask serde_json". Values are converted by the caller ([`Fields::build`]),
+/// exactly as the slow path's.
+pub fn access(s: &str) -> Option<Fields<'_>> {
     // one pass over the line (vectorized: no early exit): a backslash means an
     // escape somewhere, a control character an invalid string or unusual white
     // space; either way serde_json decides
@@ -203,105 +141,41 @@ pub fn access(s: &str) -> Option<AccessEvent<'_>> {
     };
     c.eat(b'{')?;
     let mut seen = 0u16;
-    let (mut event_id, mut key_id, mut client_ip, mut method, mut path) = ("", "", "", "", "");
-    let (mut received_at, mut client_ts, mut status) = (0, 0, 0u16);
-    let (mut nonce, mut user_agent, mut client_id, mut signature) = (None, None, None, None);
+    let mut f = Fields::default();
     c.ws();
     if c.b.get(c.i) == Some(&b'}') {
-        return None;
-    }
-    loop {
-        c.eat(b'"')?;
-        let key = c.str_body()?;
-        c.eat(b':')?;
-        let v = c.value()?;
-        let bit = match key {
-            "event_id" => {
-                event_id = req_str(v)?;
-                EVENT_ID
-            }
-            "received_at" => {
-                received_at = ts(v)?;
-                RECEIVED_AT
-            }
-            "key_id" => {
-                key_id = req_str(v)?;
-                KEY_ID
-            }
-            "nonce" => {
-                nonce = opt_str(v)?;
-                NONCE
-            }
-            "client_ts" => {
-                client_ts = ts(v)?;
-                CLIENT_TS
-            }
-            "client_ip" => {
-                client_ip = req_str(v)?;
-                CLIENT_IP
-            }
-            "method" => {
-                method = req_str(v)?;
-                METHOD
-            }
-            "path" => {
-                path = req_str(v)?;
-                PATH
-            }
-            "status" => {
-                match v {
-                    Val::Uint(u) if u <= u16::MAX as u64 => status = u as u16,
-                    _ => return None,
+        c.i += 1;
+    } else {
+        loop {
+            c.eat(b'"')?;
+            let key = c.str_body()?;
+            c.eat(b':')?;
+            let v = c.value()?;
+            if let Some(i) = v1::field_index(key) {
+                let bit = 1u16 << i;
+                if seen & bit != 0 {
+                    return None; // a duplicate field: serde_json reports it
                 }
-                STATUS
+                seen |= bit;
+                f.vals[i] = Some(v);
             }
-            "user_agent" => {
-                user_agent = opt_str(v)?;
-                USER_AGENT
+            c.ws();
+            match c.b.get(c.i) {
+                Some(b',') => c.i += 1,
+                Some(b'}') => {
+                    c.i += 1;
+                    break;
+                }
+                _ => return None,
             }
-            "client_id" => {
-                client_id = opt_str(v)?;
-                CLIENT_ID
-            }
-            "signature" => {
-                signature = opt_str(v)?;
-                SIGNATURE
-            }
-            _ => 0,
-        };
-        if seen & bit != 0 {
-            return None; // a duplicate field: serde_json reports it
+            c.ws();
         }
-        seen |= bit;
-        c.ws();
-        match c.b.get(c.i) {
-            Some(b',') => c.i += 1,
-            Some(b'}') => {
-                c.i += 1;
-                break;
-            }
-            _ => return None,
-        }
-        c.ws();
     }
     c.ws();
-    if c.i != c.b.len() || seen & REQUIRED != REQUIRED {
+    if c.i != c.b.len() {
         return None;
     }
-    Some(AccessEvent {
-        event_id: Cow::Borrowed(event_id),
-        received_at,
-        key_id: Cow::Borrowed(key_id),
-        nonce,
-        client_ts,
-        client_ip: Cow::Borrowed(client_ip),
-        method: Cow::Borrowed(method),
-        path: Cow::Borrowed(path),
-        status,
-        user_agent,
-        client_id,
-        signature,
-    })
+    Some(f)
 }
 
 #[cfg(test)]
@@ -310,32 +184,41 @@ mod tests {
 
     use super::*;
 
-    fn serde(s: &str) -> Option<AccessEvent<'_>> {
-        serde_json::from_str(s).ok()
+    use crate::schema::AccessEvent;
+
+    /// What a path makes of a line: the event, or the kind of error.
+    type Outcome<'a> = Result<AccessEvent<'a>, &'static str>;
+
+    fn fast(s: &str) -> Option<Outcome<'_>> {
+        access(s).map(|f| f.build().map_err(|e| e.kind()))
+    }
+
+    fn serde(s: &str) -> Outcome<'_> {
+        v1::slow(s).and_then(|f| f.build()).map_err(|e| e.kind())
     }
 
     const BASE: &str = r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00.5Z","key_id":"k1","nonce":"n1","client_ts":1795824000000,"client_ip":"10.0.0.1","method":"GET","path":"/v1/x","status":200,"user_agent":"ua","client_id":null,"signature":"ab"}"#;
 
     #[test]
     fn the_common_shape_takes_the_fast_path() {
-        assert_eq!(access(BASE), serde(BASE));
-        assert!(access(BASE).is_some());
+        assert_eq!(fast(BASE), Some(serde(BASE)));
+        assert!(fast(BASE).unwrap().is_ok());
         let spaced = BASE
             .replace(",\"", " , \"")
             .replace("\":", "\" :  ")
             .replace('{', "{ ");
-        assert_eq!(access(&spaced), serde(&spaced));
-        assert!(access(&spaced).is_some());
+        assert_eq!(fast(&spaced), Some(serde(&spaced)));
+        assert!(fast(&spaced).unwrap().is_ok());
         // tabs and newlines between tokens are left to serde_json, with the same result
         let tabbed = BASE.replace(",\"", ",\n\t\"");
         assert!(access(&tabbed).is_none());
-        assert!(serde(&tabbed).is_some());
+        assert!(serde(&tabbed).is_ok());
         let extra = BASE.replace(
             "\"status\"",
             "\"x\":1.5e3,\"y\":true,\"z\":null,\"w\":\"s\",\"status\"",
         );
-        assert_eq!(access(&extra), serde(&extra));
-        assert!(access(&extra).is_some());
+        assert_eq!(fast(&extra), Some(serde(&extra)));
+        assert!(fast(&extra).unwrap().is_ok());
     }
 
     #[test]
@@ -343,21 +226,53 @@ mod tests {
         for s in [
             BASE.replace("\"e1\"", "\"e\\u0031\""), // an escape
             BASE.replace("\"k1\"", "\"k1\",\"key_id\":\"k2\""), // a duplicate
-            BASE.replace("\"status\":200", "\"status\":\"200\""), // a wrong type
-            BASE.replace("\"status\":200", "\"status\":2e2"), // a float
             BASE.replace("\"status\":200", "\"status\":070"), // a leading zero
-            BASE.replace("\"status\":200", "\"status\":70000"), // out of range
-            BASE.replace("\"status\":200,", ""),    // missing
             BASE.to_string() + "x",                 // trailing junk
             BASE.replace("\"signature\":\"ab\"", "\"nested\":{\"a\":1}"), // nested
-            BASE.replace("1795824000000", "-1"),    // negative time
-            BASE.replace("2026-11-28T00:00:00.5Z", "2026-13-28T00:00:00Z"),
-            "{}".to_string(),
             "[]".to_string(),
             "".to_string(),
         ] {
             assert!(access(&s).is_none(), "{s}");
         }
+    }
+
+    #[test]
+    fn flat_lines_are_judged_on_the_fast_path_as_serde_json_judges_them() {
+        for (s, want) in [
+            (
+                BASE.replace("\"status\":200", "\"status\":\"200\""),
+                Err("schema"),
+            ),
+            (BASE.replace("\"status\":200", "\"status\":2e2"), Ok(200)),
+            (BASE.replace("\"status\":200", "\"status\":200.0"), Ok(200)),
+            (
+                BASE.replace("\"status\":200", "\"status\":200.5"),
+                Err("schema"),
+            ),
+            (
+                BASE.replace("\"status\":200", "\"status\":70000"),
+                Err("schema"),
+            ),
+            (BASE.replace("\"status\":200,", ""), Err("schema")),
+            (BASE.replace("1795824000000", "-1"), Ok(200)),
+            (BASE.replace("1795824000000", "1.795824e12"), Ok(200)),
+            (
+                BASE.replace("2026-11-28T00:00:00.5Z", "2026-13-28T00:00:00Z"),
+                Err("schema"),
+            ),
+            ("{}".to_string(), Err("schema")),
+        ] {
+            let got = fast(&s).unwrap_or_else(|| panic!("fast path: {s}"));
+            assert_eq!(
+                got.as_ref().map(|e| e.status),
+                want.as_ref().map(|v| *v),
+                "{s}"
+            );
+            assert_eq!(got, serde(&s), "{s}");
+        }
+        let line = BASE.replace("1795824000000", "1.795824e12");
+        let ev = fast(&line).unwrap().unwrap();
+        assert_eq!(ev.client_ts, 1_795_824_000_000);
     }
 
     fn arb_string() -> impl Strategy<Value = String> {
@@ -439,16 +354,16 @@ mod tests {
     fn generated_objects_often_take_the_fast_path() {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
-        let (mut fast, mut total) = (0, 0);
+        let (mut hits, mut total) = (0, 0);
         for _ in 0..2000 {
             let s = arb_object().new_tree(&mut runner).unwrap().current();
             total += 1;
-            if access(&s).is_some() {
-                fast += 1;
+            if fast(&s).is_some_and(|r| r.is_ok()) {
+                hits += 1;
             }
         }
-        assert!(fast * 10 > total, "{fast} of {total} took the fast path");
-        assert!(fast < total, "and some did not");
+        assert!(hits * 10 > total, "{hits} of {total} took the fast path");
+        assert!(hits < total, "and some did not");
     }
 
     proptest! {
@@ -457,8 +372,8 @@ mod tests {
         /// Whenever the fast path answers, serde_json gives the same answer.
         #[test]
         fn fast_path_agrees_with_serde_json(s in arb_object()) {
-            if let Some(fast) = access(&s) {
-                prop_assert_eq!(Some(fast), serde(&s));
+            if let Some(got) = fast(&s) {
+                prop_assert_eq!(got, serde(&s));
             }
         }
 
@@ -468,8 +383,8 @@ mod tests {
             let mut s = BASE.to_string();
             if s.is_char_boundary(i) {
                 s.insert(i, c);
-                if let Some(fast) = access(&s) {
-                    prop_assert_eq!(Some(fast), serde(&s));
+                if let Some(got) = fast(&s) {
+                    prop_assert_eq!(got, serde(&s));
                 }
             }
         }
@@ -478,9 +393,9 @@ mod tests {
         #[test]
         fn valid_events_take_the_fast_path(id in "[a-f0-9-]{1,36}", st in 0u16..1000, t in 0u64..253_402_300_799_999) {
             let s = format!(r#"{{"event_id":"{id}","received_at":{t},"key_id":"k","client_ts":{t},"client_ip":"i","method":"m","path":"p","status":{st}}}"#);
-            let fast = access(&s);
-            prop_assert!(fast.is_some());
-            prop_assert_eq!(fast, serde(&s));
+            let got = fast(&s);
+            prop_assert!(got.as_ref().is_some_and(|r| r.is_ok()));
+            prop_assert_eq!(got.unwrap(), serde(&s));
         }
     }
 }
@@ -504,7 +419,7 @@ mod generated {
         let text = String::from_utf8(out).unwrap();
         let slow: Vec<&str> = text
             .lines()
-            .filter(|l| super::access(l).is_none())
+            .filter(|l| super::access(l).is_none_or(|f| f.build().is_err()))
             .collect();
         assert!(
             slow.is_empty(),

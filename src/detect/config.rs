@@ -1,21 +1,42 @@
-//! The detection rules' parameters, in integer milliseconds of event time.
+//! The detection rules' parameters (`[detect]`), in integer milliseconds of
+//! event time. Deserialized directly from the config file; [`DetectConfig::sanitize`]
+//! resolves the derived retention once, [`DetectConfig::validate`] refuses
+//! contradictions.
+
+use serde::{Deserialize, Serialize};
 
 /// Longest supported retention. Live state keeps times as 32-bit offsets,
 /// which stay exact for spans under 24 days; a week leaves room for lateness.
 pub const MAX_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
 
-/// Rule parameters. The serde config tree (`config.rs`) builds this and
-/// calls [`DetectConfig::validate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `retention` not given: derived by [`DetectConfig::sanitize`].
+const RETENTION_UNSET: i64 = i64::MIN;
+
+fn retention_unset() -> i64 {
+    RETENTION_UNSET
+}
+
+/// Rule parameters (`[detect]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
-    /// `stale_timestamp` when received_at − client_ts exceeds this.
+    /// `stale_timestamp` when received_at − client_ts exceeds this. Default 300s.
+    #[serde(rename = "max_past_skew", with = "crate::units::ms")]
     pub max_past_skew_ms: i64,
-    /// `future_timestamp` when client_ts − received_at exceeds this.
+    /// `future_timestamp` when client_ts − received_at exceeds this. Default 30s.
+    #[serde(rename = "max_future_skew", with = "crate::units::ms")]
     pub max_future_skew_ms: i64,
     /// How late (behind the largest received_at seen) an event may arrive and
-    /// still get exactly the alerts it would get in order.
+    /// still get exactly the alerts it would get in order. Default 60s.
+    #[serde(rename = "allowed_lateness", with = "crate::units::ms")]
     pub allowed_lateness_ms: i64,
-    /// How long a first sighting stays a replay target.
+    /// How long a first sighting stays a replay target. Default (and
+    /// minimum): max_past_skew + max_future_skew + allowed_lateness.
+    #[serde(
+        rename = "retention",
+        with = "crate::units::ms",
+        default = "retention_unset"
+    )]
     pub retention_ms: i64,
 }
 
@@ -31,6 +52,14 @@ impl Default for DetectConfig {
 }
 
 impl DetectConfig {
+    /// Resolves derived values: a retention not given is the shortest one
+    /// that cannot let a replay slip through.
+    pub fn sanitize(&mut self) {
+        if self.retention_ms == RETENTION_UNSET {
+            self.retention_ms = self.min_retention_ms();
+        }
+    }
+
     /// The shortest retention that cannot let a replay slip through.
     pub fn min_retention_ms(&self) -> i64 {
         self.max_past_skew_ms
@@ -50,6 +79,9 @@ impl DetectConfig {
             }
         }
         let min = self.min_retention_ms();
+        if self.retention_ms == RETENTION_UNSET {
+            return Err("detect.retention is not resolved (call sanitize first)".into());
+        }
         if self.retention_ms < min {
             return Err(format!(
                 "detect.retention ({} ms) is shorter than max_past_skew + max_future_skew + \

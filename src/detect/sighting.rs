@@ -53,10 +53,21 @@ pub struct WindowRecord<S> {
 
 pub type OwnedWindow = WindowRecord<String>;
 
-/// Failure to read a sighting back (I/O in the state store).
+/// Failure to read a sighting back. Never a silent miss: a live entry whose
+/// record cannot be found is lost state, and the detector stops rather than
+/// take the miss for a new first sighting.
 #[derive(Debug, thiserror::Error)]
-#[error("reading first sightings from the state store: {0}")]
-pub struct LookupError(pub String);
+pub enum LookupError {
+    #[error("reading first sightings from the state store: {0}")]
+    Io(String),
+    #[error("reading first sightings: {0}")]
+    Corrupt(String),
+    #[error(
+        "first-sighting segment {seq} of shard {shard} is referenced by the live index but is \
+         neither pending, cached nor in the state store (lost state)"
+    )]
+    Missing { shard: u32, seq: u64 },
+}
 
 /// Append-only log of window starts and of live event ids, written by the
 /// detector and persisted by the state module.

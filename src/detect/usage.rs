@@ -29,26 +29,57 @@ pub const MINUTE: Millis = 60_000;
 pub const HOUR: Millis = 3_600_000;
 pub const DAY: Millis = 86_400_000;
 
-/// Parameters of the usage rules.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Parameters of the usage rules (`[usage]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
-    /// Report a per-minute count this many standard deviations from the baseline.
+    /// `rate_anomaly` when a key's per-minute count is this many standard
+    /// deviations from its EWMA baseline. Default 4.0.
     pub rate_z: f64,
-    /// ...and only when the count (spike) or the baseline (drop) is at least this.
+    /// ...and only when the count (spike) or the baseline (drop) is at least this. Default 30.
     pub rate_min_volume: u32,
-    /// Minutes of history before the baseline is trusted.
+    /// Minutes of a key's history before its baseline is trusted. Default 30.
     pub rate_warmup_minutes: u32,
-    /// Weight of the newest minute in the EWMA.
+    /// Weight of the newest minute in the EWMA (0 < a <= 1). Default 0.1.
     pub ewma_alpha: f64,
+    /// `auth_failure_burst` at this many 401/403 for a key... Default 20.
     pub auth_fail_threshold: u32,
+    /// ...within this window. Default 60s.
+    #[serde(rename = "auth_fail_window", with = "crate::units::ms")]
     pub auth_fail_window_ms: Millis,
+    /// `new_client` only when a key had no new client for this long... Default 24h.
+    #[serde(rename = "new_client_settle", with = "crate::units::ms")]
     pub new_client_settle_ms: Millis,
+    /// ...and has served at least this many requests. Default 100.
     pub new_client_min_requests: u64,
     /// Clients remembered per key for `new_client`; a key with more has no
-    /// settled set and raises no `new_client`.
+    /// settled set and raises no `new_client`. Default 1024.
+    #[serde(rename = "max_clients_per_key")]
     pub max_clients: usize,
-    /// Clients kept in each key's heavy-hitter table.
+    /// Clients kept in each key's heavy-hitter table (stragglers listed per
+    /// key in reports). Default 10.
     pub top_clients: usize,
+}
+
+impl UsageConfig {
+    /// Refuses values the rules cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate_z.is_finite() && self.rate_z > 0.0) {
+            return Err("usage.rate_z must be a positive number".into());
+        }
+        if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
+            return Err("usage.ewma_alpha must be in (0, 1]".into());
+        }
+        if self.auth_fail_threshold == 0 || self.auth_fail_window_ms == 0 {
+            return Err(
+                "usage.auth_fail_threshold and usage.auth_fail_window must be positive".into(),
+            );
+        }
+        if self.top_clients == 0 || self.top_clients > 1000 {
+            return Err("usage.top_clients must be between 1 and 1000".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for UsageConfig {
@@ -159,7 +190,7 @@ pub struct TopClient {
 pub type Sketch = CardinalityEstimator<u64, wyhash::WyHash, 10, 6>;
 
 /// Everything replayguard keeps about one key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyUsage {
     pub first_seen: Millis,
     pub last_seen: Millis,

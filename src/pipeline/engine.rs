@@ -19,10 +19,10 @@ use std::time::Instant;
 use super::PipelineError;
 use crate::config::Config;
 use crate::decode::Decoder;
-use crate::detect::{DetectConfig, LifecycleTable, Position, ShardDetector, ShardStats};
+use crate::detect::{DetectConfig, LifecycleTable, ShardDetector, ShardStats};
 use crate::schema::{Alert, AlertKind, LifecycleEvent};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink, OutboxEntry};
-use crate::source::{MessageKey, Payload, Record};
+use crate::source::{MessageKey, Record};
 use crate::state::{Commit, SegmentLog, SegmentView, ShardMeta, StateStore};
 use crate::telemetry;
 
@@ -48,6 +48,15 @@ struct Shard<S: StateStore> {
     /// A batch has started since the last commit (its origin is set).
     in_batch: bool,
     dirty: bool,
+}
+
+impl<S: StateStore> Shard<S> {
+    /// Rebuilding is over: from here on this instance reports, and counts from zero.
+    fn caught_up(&mut self) {
+        self.live_from = None;
+        self.det.set_stats(ShardStats::default());
+        self.committed_stats = ShardStats::default();
+    }
 }
 
 /// What a commit wrote.
@@ -81,7 +90,7 @@ pub struct Engine<S: StateStore> {
     usage_rules: crate::detect::UsageConfig,
     decoder: Decoder,
     seed: u64,
-    segment_cache: usize,
+    segments: crate::state::SegmentOptions,
     max_index_bytes: usize,
     lifecycle: LifecycleTable,
     lifecycle_pending: Vec<LifecycleEvent>,
@@ -131,11 +140,11 @@ impl<S: StateStore> Engine<S> {
         let uncommitted = outbox.len();
         Ok(Engine {
             store,
-            rules: config.detect.rules(),
-            usage_rules: config.usage.rules(),
-            decoder: config.decoder(),
+            rules: config.detect,
+            usage_rules: config.usage,
+            decoder: config.decode,
             seed: meta.seed,
-            segment_cache: config.state.segment_cache.0 as usize,
+            segments: config.state.segments(),
             max_index_bytes: config.state.max_index.0 as usize,
             lifecycle,
             lifecycle_pending: Vec::new(),
@@ -217,7 +226,7 @@ impl<S: StateStore> Engine<S> {
         det.restore_clock(meta.clock());
         let stats = ShardStats::from(&meta.stats);
         det.set_stats(stats.clone());
-        let mut log = SegmentLog::new(id, self.store.clone(), meta.next_seq, self.segment_cache);
+        let mut log = SegmentLog::new(id, self.store.clone(), meta.next_seq, self.segments);
         let keep_from = det
             .watermark()
             .map_or(i64::MIN, |wm| wm - self.rules.retention_ms);
@@ -245,6 +254,8 @@ impl<S: StateStore> Engine<S> {
             }
             Ok(())
         })?;
+        // a rebuild or warm-up interrupted by a crash goes on
+        let live_from = meta.live_from;
         telemetry::StateRestored {
             shard: name,
             keys,
@@ -264,17 +275,12 @@ impl<S: StateStore> Engine<S> {
                 cur: None,
                 stale_segments: stale,
                 committed_stats: stats,
-                live_from: None,
+                live_from,
                 in_batch: false,
                 dirty: true,
             },
         );
         Ok(id)
-    }
-
-    /// Whether a shard is open in memory.
-    pub fn is_open(&self, shard: u32) -> bool {
-        self.shards.contains_key(&shard)
     }
 
     /// Forgets a shard's in-memory state (its partition was revoked). Call
@@ -306,7 +312,7 @@ impl<S: StateStore> Engine<S> {
             Shard {
                 name,
                 det,
-                log: SegmentLog::new(shard, self.store.clone(), next_seq, self.segment_cache),
+                log: SegmentLog::new(shard, self.store.clone(), next_seq, self.segments),
                 meta: ShardMeta {
                     next_seq,
                     ..Default::default()
@@ -362,13 +368,7 @@ impl<S: StateStore> Engine<S> {
         rec: Record<'_>,
         dlq: &mut dyn DeadLetterSink,
     ) -> Result<(), PipelineError> {
-        let decoded = match rec.payload {
-            Payload::Data(b) => self.decoder.access(b),
-            Payload::Oversize { len, .. } => Err(crate::decode::DecodeError::TooLarge {
-                len,
-                limit: self.decoder.max_event_bytes,
-            }),
-        };
+        let decoded = self.decoder.decode_record(&rec);
         let s = self.shards.get_mut(&shard).expect("shard opened");
         if !s.in_batch {
             s.in_batch = true;
@@ -376,26 +376,22 @@ impl<S: StateStore> Engine<S> {
         }
         s.cur = Some((rec.pos.source, rec.pos.offset + 1));
         s.dirty = true;
-        let rebuilding = match s.live_from {
-            Some(g) if rec.pos.offset < g => true,
-            Some(_) => {
-                // caught up: from here on this instance reports, and counts from zero
-                s.live_from = None;
-                s.det.set_stats(ShardStats::default());
-                s.committed_stats = ShardStats::default();
-                false
+        if let Some(live_from) = s.live_from {
+            if rec.pos.offset < live_from {
+                // rebuilding: state only, no alerts, no dead letters, not counted
+                self.rebuilt += 1;
+                if let Ok(ev) = decoded {
+                    self.scratch.clear();
+                    s.det
+                        .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
+                    self.scratch.clear();
+                }
+                if rec.pos.offset + 1 >= live_from {
+                    s.caught_up();
+                }
+                return Ok(());
             }
-            None => false,
-        };
-        if rebuilding {
-            self.rebuilt += 1;
-            if let Ok(ev) = decoded {
-                self.scratch.clear();
-                s.det
-                    .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
-                self.scratch.clear();
-            }
-            return Ok(());
+            s.caught_up();
         }
         match decoded {
             Ok(ev) => {
@@ -418,30 +414,44 @@ impl<S: StateStore> Engine<S> {
                     });
                     self.outbox_next += 1;
                 }
+                Ok(())
             }
             Err(e) => {
-                self.malformed += 1;
                 let name = self
                     .source_names
                     .get(&rec.pos.source)
-                    .map_or("?", |s| s.as_str());
-                let msg = e.to_string();
-                telemetry::DeadLettered {
-                    source: name,
-                    offset: rec.pos.offset,
-                    error_kind: e.kind(),
-                    error: &msg,
-                }
-                .emit();
-                dlq.send(&DeadLetter {
-                    source: name,
-                    pos: rec.pos,
-                    error: &e,
-                    payload: rec.payload,
-                    key: rec.key,
-                })?;
+                    .cloned()
+                    .unwrap_or_else(|| "?".into());
+                self.dead_letter(&name, &rec, &e, dlq)
             }
         }
+    }
+
+    /// The one dead-letter path: counted, logged (redacted, rate-limited)
+    /// and sent to `dlq` with its position and original bytes.
+    pub fn dead_letter(
+        &mut self,
+        source: &str,
+        rec: &Record<'_>,
+        e: &crate::decode::DecodeError,
+        dlq: &mut dyn DeadLetterSink,
+    ) -> Result<(), PipelineError> {
+        self.malformed += 1;
+        let msg = e.to_string();
+        telemetry::DeadLettered {
+            source,
+            offset: rec.pos.offset,
+            error_kind: e.kind(),
+            error: &msg,
+        }
+        .emit();
+        dlq.send(&DeadLetter {
+            source,
+            pos: rec.pos,
+            error: e,
+            payload: rec.payload,
+            key: rec.key,
+        })?;
         Ok(())
     }
 
@@ -449,17 +459,6 @@ impl<S: StateStore> Engine<S> {
     pub fn set_value(&mut self, name: &str, v: Vec<u8>) {
         self.values.retain(|(n, _)| n != name);
         self.values.push((name.to_string(), v));
-    }
-
-    /// Counts a malformed record that did not go through [`Engine::process`]
-    /// (e.g. a lifecycle line).
-    pub fn count_malformed(&mut self) {
-        self.malformed += 1;
-    }
-
-    /// Alerts raised since the last commit.
-    pub fn uncommitted_alerts(&self) -> &[OutboxEntry] {
-        &self.outbox[self.uncommitted..]
     }
 
     /// Commits everything since the last commit atomically (see the module
@@ -518,6 +517,7 @@ impl<S: StateStore> Engine<S> {
             }
             s.meta.set_clock(s.det.clock());
             s.meta.stats = s.det.stats().into();
+            s.meta.live_from = s.live_from;
             s.meta.next_seq = s.log.next_seq();
             c.shards.push((*id, s.meta.clone()));
             let now = s.det.stats();
@@ -546,6 +546,11 @@ impl<S: StateStore> Engine<S> {
                 self.failed = Some((c, info));
                 return Err(e.into());
             }
+        }
+        // every segment handed to this commit (and to a retried one) is in
+        // the store now: only from here may the segment cache evict them
+        for s in self.shards.values_mut() {
+            s.log.mark_durable();
         }
         self.uncommitted += info.alerts;
         telemetry::Committed {
@@ -618,9 +623,9 @@ impl<S: StateStore> Engine<S> {
         t
     }
 
-    /// Statistics of one shard.
-    pub fn shard_stats(&self, shard: u32) -> Option<&ShardStats> {
-        self.shards.get(&shard).map(|s| s.det.stats())
+    /// Ids of the shards open in memory.
+    pub fn open_shards(&self) -> Vec<u32> {
+        self.shards.keys().copied().collect()
     }
 
     /// The freshest usage of a key in any open shard.
@@ -648,11 +653,6 @@ impl<S: StateStore> Engine<S> {
             Some(now) => crate::report::reports(cfg, &self.lifecycle, self, now),
             None => Vec::new(),
         }
-    }
-
-    /// Position of the record at `pos` for a dead letter or log line.
-    pub fn describe(&self, pos: Position) -> String {
-        format!("{}:{}", self.source_name(pos.source), pos.offset)
     }
 }
 

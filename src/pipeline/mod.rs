@@ -1,12 +1,13 @@
 //! The only module that knows every stage: batching, commit order, delivery
-//! and shutdown. `scan` and `run` share the [`Engine`].
+//! and shutdown. `scan` and `run` share the [`Engine`]; the Kafka runtime of
+//! `run` lives in [`kafka`].
 
 pub mod engine;
-pub mod run;
+pub mod kafka;
 pub mod scan;
 
 pub use engine::{CommitInfo, Engine, Totals};
-pub use run::{run, RunArgs, Status};
+pub use kafka::{run, RunArgs, Status};
 pub use scan::{scan, ScanArgs, ScanSummary};
 
 use crate::config::ConfigError;

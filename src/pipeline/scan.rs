@@ -1,6 +1,8 @@
 //! `replayguard scan`: the detector over JSON-lines files, no broker.
 
 use std::io::IsTerminal;
+
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,31 @@ use crate::schema::AlertKind;
 use crate::sink::{AlertSink, DeadLetterSink, JsonlAlertSink, JsonlDeadLetterSink};
 use crate::source::{FileSource, Input, LineReader, Poll, Source};
 use crate::state::{RocksStore, StateStore};
+
+/// `[scan]`: the file scanner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// Events per commit. Default 65536.
+    pub batch_events: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            batch_events: 65_536,
+        }
+    }
+}
+
+impl ScanConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_events == 0 {
+            return Err("scan.batch_events must be at least 1".into());
+        }
+        Ok(())
+    }
+}
 
 /// Name of the shard `scan` keeps its state under.
 pub const SCAN_SHARD: &str = "scan";
@@ -154,45 +181,26 @@ pub fn load_lifecycle<S: StateStore>(
             .map_err(|e| PipelineError::Input(format!("{name}: {e}")))?
         {
             line += 1;
-            let (payload, res) = match l {
-                crate::source::files::Line::Data(b) => {
-                    if crate::source::files::is_blank(b) {
-                        continue;
-                    }
-                    (crate::source::Payload::Data(b), decoder.lifecycle(b))
+            let payload = match l {
+                crate::source::files::Line::Data(b) if crate::source::files::is_blank(b) => {
+                    continue
                 }
-                crate::source::files::Line::Oversize { len, prefix } => (
-                    crate::source::Payload::Oversize { len, prefix },
-                    Err(crate::decode::DecodeError::TooLarge {
-                        len,
-                        limit: decoder.max_event_bytes,
-                    }),
-                ),
+                crate::source::files::Line::Data(b) => crate::source::Payload::Data(b),
+                crate::source::files::Line::Oversize { len, prefix } => {
+                    crate::source::Payload::Oversize { len, prefix }
+                }
+            };
+            let rec = crate::source::Record::new(crate::detect::Position::new(src, line), payload);
+            let res = match payload {
+                crate::source::Payload::Data(b) => decoder.lifecycle(b),
+                crate::source::Payload::Oversize { len, .. } => Err(decoder.too_large(len)),
             };
             match res {
                 Ok(ev) => {
                     engine.add_lifecycle(ev);
                     n += 1;
                 }
-                Err(e) => {
-                    engine.count_malformed();
-                    let pos = crate::detect::Position::new(src, line);
-                    let msg = e.to_string();
-                    crate::telemetry::DeadLettered {
-                        source: &name,
-                        offset: line,
-                        error_kind: e.kind(),
-                        error: &msg,
-                    }
-                    .emit();
-                    dlq.send(&crate::sink::DeadLetter {
-                        source: &name,
-                        pos,
-                        error: &e,
-                        payload,
-                        key: crate::source::MessageKey::None,
-                    })?;
-                }
+                Err(e) => engine.dead_letter(&name, &rec, &e, dlq)?,
             }
         }
     }

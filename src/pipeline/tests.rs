@@ -16,7 +16,7 @@ use crate::state::{MemStore, RocksStore, StateStore};
 
 fn lines(cfg: &GenConfig) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    generate::generate(cfg, &Config::default().detect.rules(), &mut out, None, None).unwrap();
+    generate::generate(cfg, &Config::default().detect, &mut out, None, None).unwrap();
     out.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| l.to_vec())
@@ -26,31 +26,13 @@ fn lines(cfg: &GenConfig) -> Vec<Vec<u8>> {
 fn config() -> Config {
     let mut c = Config::default();
     // tiny cache: evidence lookups go to the store
-    c.state.segment_cache = crate::config::ByteSize(0);
+    c.state.segment_cache = crate::units::ByteSize(0);
     c
 }
 
 /// One uninterrupted pass, committing every `batch` records.
 fn single_run<S: StateStore>(store: Arc<S>, input: &[Vec<u8>], batch: usize) -> Vec<Alert> {
-    let mut e = Engine::open(store, &config()).unwrap();
-    let shard = e.open_shard("p0").unwrap();
-    let src = e.source_id("in");
-    let mut sink = MemAlertSink::default();
-    let mut dlq = MemDeadLetterSink::default();
-    for (i, l) in input.iter().enumerate() {
-        let rec = Record::new(
-            crate::detect::Position::new(src, i as u64),
-            Payload::Data(l),
-        );
-        e.process(shard, rec, &mut dlq).unwrap();
-        if (i + 1) % batch == 0 {
-            e.commit(&mut dlq).unwrap();
-            e.deliver(&mut sink).unwrap();
-        }
-    }
-    e.commit(&mut dlq).unwrap();
-    e.deliver(&mut sink).unwrap();
-    sink.alerts()
+    engine_run(store, &config(), input, batch).0
 }
 
 /// Where a crash happens: after `at` records of a run, before or after the
@@ -68,13 +50,25 @@ fn crashing_run(
     crashes: &[(usize, Crash)],
 ) -> (Vec<Alert>, usize) {
     let store = Arc::new(MemStore::new(9));
+    let (alerts, restarts) = crashing_run_on(&store, &config(), input, batch, crashes);
+    (alerts, restarts)
+}
+
+/// [`crashing_run`] on a given store and config.
+fn crashing_run_on<S: StateStore>(
+    store: &Arc<S>,
+    config: &Config,
+    input: &[Vec<u8>],
+    batch: usize,
+    crashes: &[(usize, Crash)],
+) -> (Vec<Alert>, usize) {
     let mut sink = MemAlertSink::default();
     let mut dlq = MemDeadLetterSink::default();
     let mut crashes = crashes.to_vec();
     crashes.sort_by_key(|c| c.0);
     let mut restarts = 0;
     'restart: loop {
-        let mut e = Engine::open(store.clone(), &config()).unwrap();
+        let mut e = Engine::open(store.clone(), config).unwrap();
         // left in the outbox by a crash between commit and delivery
         e.deliver(&mut sink).unwrap();
         let shard = e.open_shard("p0").unwrap();
@@ -114,6 +108,22 @@ fn crashing_run(
         );
         return (sink.alerts(), restarts);
     }
+}
+
+/// Every usage record of a store: (shard, key) -> usage. (Compared decoded:
+/// a sketch's serialized form holds a tagged pointer, so equal sketches can
+/// differ in bytes.)
+fn usage_records<S: StateStore>(
+    store: &S,
+) -> std::collections::BTreeMap<(u32, String), crate::detect::KeyUsage> {
+    let mut m = std::collections::BTreeMap::new();
+    store
+        .for_each_usage(None, &mut |s, k, b| {
+            m.insert((s, k.to_string()), postcard::from_bytes(b).unwrap());
+            Ok(())
+        })
+        .unwrap();
+    m
 }
 
 fn ids(alerts: &[Alert]) -> BTreeSet<String> {
@@ -212,4 +222,352 @@ fn crash_between_commit_and_delivery_redelivers_the_same_alerts() {
     let (got, restarts) = crashing_run(&input, 3000, &[(3000, Crash::AfterCommit)]);
     assert_eq!(restarts, 1);
     assert_eq!(got, reference, "delivered once, after the restart");
+}
+
+/// 2026-11-28T00:00:00Z
+const T0: i64 = 1_795_824_000_000;
+
+// ---------------------------------------------------------------------------
+// The state layer under every setting: segment cache, segment size, batch
+// size and event-id length change speed and memory, never alerts.
+
+/// The state settings of one run.
+#[derive(Debug, Clone, Copy)]
+struct StateSettings {
+    segment_cache: u64,
+    segment_windows: usize,
+    segment_bytes: u64,
+}
+
+impl StateSettings {
+    const DEFAULT: StateSettings = StateSettings {
+        segment_cache: 64 << 20,
+        segment_windows: crate::state::segment::SEGMENT_WINDOWS,
+        segment_bytes: crate::state::segment::SEGMENT_BYTES as u64,
+    };
+
+    fn apply(self, c: &mut Config) {
+        c.state.segment_cache = crate::units::ByteSize(self.segment_cache);
+        c.state.segment_windows = self.segment_windows;
+        c.state.segment_bytes = crate::units::ByteSize(self.segment_bytes);
+    }
+}
+
+fn arb_settings() -> impl Strategy<Value = StateSettings> {
+    (
+        prop_oneof![Just(0u64), Just(300), Just(4096), Just(64 << 20)],
+        prop_oneof![Just(1usize), Just(2), Just(3), Just(17), Just(4096)],
+        prop_oneof![Just(64u64), Just(5000), Just(1 << 20)],
+    )
+        .prop_map(
+            |(segment_cache, segment_windows, segment_bytes)| StateSettings {
+                segment_cache,
+                segment_windows,
+                segment_bytes,
+            },
+        )
+}
+
+/// Runs `lines` through one engine, committing every `batch` records.
+fn engine_run<S: StateStore>(
+    store: Arc<S>,
+    config: &Config,
+    input: &[Vec<u8>],
+    batch: usize,
+) -> (Vec<Alert>, crate::detect::ShardStats) {
+    let mut e = Engine::open(store, config).unwrap();
+    let shard = e.open_shard("p0").unwrap();
+    let src = e.source_id("in");
+    let mut sink = MemAlertSink::default();
+    let mut dlq = MemDeadLetterSink::default();
+    for (i, l) in input.iter().enumerate() {
+        let rec = Record::new(
+            crate::detect::Position::new(src, i as u64),
+            Payload::Data(l),
+        );
+        e.process(shard, rec, &mut dlq).unwrap();
+        if (i + 1) % batch == 0 {
+            e.commit(&mut dlq).unwrap();
+            e.deliver(&mut sink).unwrap();
+        }
+    }
+    e.commit(&mut dlq).unwrap();
+    e.deliver(&mut sink).unwrap();
+    (sink.alerts(), e.totals().stats)
+}
+
+/// N first sightings of one key, then one reuse of the first nonce, all in
+/// one batch: exactly one replay, whatever N is next to a segment boundary
+/// and whatever the cache budget.
+#[test]
+fn a_reuse_after_a_batch_that_sealed_several_segments_is_a_replay() {
+    let w = crate::state::segment::SEGMENT_WINDOWS;
+    for n in [w - 1, w, w + 1, 2 * w - 1, 2 * w, 2 * w + 1, 3 * w + 7] {
+        let mut input: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"event_id":"e{i}","received_at":{},"key_id":"k","nonce":"n{i}","client_ts":{},"client_ip":"10.0.0.1","method":"GET","path":"/","status":200}}"#,
+                    T0 + i as i64,
+                    T0 + i as i64
+                )
+                .into_bytes()
+            })
+            .collect();
+        input.push(
+            format!(
+                r#"{{"event_id":"again","received_at":{},"key_id":"k","nonce":"n0","client_ts":{},"client_ip":"10.0.0.2","method":"GET","path":"/","status":200}}"#,
+                T0 + n as i64,
+                T0 + n as i64
+            )
+            .into_bytes(),
+        );
+        // and a transport duplicate of the first sighting
+        input.push(input[0].clone());
+        for cache in [0u64, 1 << 10, 64 << 20] {
+            let mut c = Config::default();
+            c.state.segment_cache = crate::units::ByteSize(cache);
+            let (alerts, stats) =
+                engine_run(Arc::new(MemStore::new(3)), &c, &input, input.len() + 1);
+            let replays: Vec<_> = alerts
+                .iter()
+                .filter(|a| a.kind == crate::schema::AlertKind::Replay)
+                .collect();
+            assert_eq!(replays.len(), 1, "N = {n}, cache {cache}");
+            assert_eq!(replays[0].event_id, "again");
+            assert_eq!(stats.duplicates, 1, "N = {n}, cache {cache}");
+            assert_eq!(stats.fingerprint_conflicts, 0);
+        }
+    }
+}
+
+/// Small rules, so that windows, skews and lateness all come into play.
+fn small_rules(c: &mut Config) {
+    c.detect.max_past_skew_ms = 100;
+    c.detect.max_future_skew_ms = 40;
+    c.detect.allowed_lateness_ms = 60;
+    c.detect.retention_ms = 200;
+}
+
+/// Model traffic: (events in arrival order within the lateness, lifecycle).
+fn arb_model_traffic() -> impl Strategy<Value = Vec<crate::model::ModelEvent>> {
+    let event = (
+        0i64..1500,
+        0usize..3,
+        prop::option::weighted(0.85, 0usize..4),
+        -160i64..80,
+        0usize..2,
+    );
+    (
+        prop::collection::vec(event, 1..160),
+        prop::collection::vec((any::<prop::sample::Index>(), 0usize..4), 0..12),
+        prop::collection::vec(0i64..=60, 1..20),
+        prop_oneof![Just(0usize), Just(4200)],
+    )
+        .prop_map(|(evs, dups, delays, id_pad)| {
+            let pad = "x".repeat(id_pad);
+            let mut events: Vec<crate::model::ModelEvent> = evs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (t, k, n, skew, ip))| crate::model::ModelEvent {
+                    event_id: format!("e{i}{pad}"),
+                    received_at: T0 + t,
+                    key_id: format!("k{k}"),
+                    nonce: n.map(|n| format!("n{n}")),
+                    client_ts: T0 + t + skew,
+                    client_ip: format!("10.0.0.{ip}"),
+                })
+                .collect();
+            events.sort_by_key(|e| e.received_at);
+            // transport duplicates, a few places later (within the lateness)
+            for (d, ahead) in dups {
+                let i = d.index(events.len());
+                let copy = events[i].clone();
+                let mut at = i + 1;
+                while at < (i + 1 + ahead).min(events.len())
+                    && events[at].received_at <= copy.received_at + 60
+                {
+                    at += 1;
+                }
+                events.insert(at, copy);
+            }
+            // arrival shuffled within the lateness (equal times keep their order)
+            let mut v: Vec<(i64, usize)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let d =
+                        delays[(e.received_at as usize).wrapping_mul(2_654_435_761) % delays.len()];
+                    (e.received_at + d, i)
+                })
+                .collect();
+            v.sort();
+            v.into_iter().map(|(_, i)| events[i].clone()).collect()
+        })
+}
+
+fn to_lines(events: &[crate::model::ModelEvent]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::to_vec(&serde_json::json!({
+                "event_id": e.event_id,
+                "received_at": e.received_at,
+                "key_id": e.key_id,
+                "nonce": e.nonce,
+                "client_ts": e.client_ts,
+                "client_ip": e.client_ip,
+                "method": "GET",
+                "path": "/",
+                "status": 200,
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
+/// (kind, key, event, first sighting) of the core alerts, sorted.
+fn core(alerts: &[Alert]) -> Vec<(String, String, String, Option<String>)> {
+    let mut v: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind.is_core())
+        .map(|a| {
+            let first = match &a.evidence {
+                crate::schema::Evidence::Replay(r) => Some(r.first_sighting.event_id.clone()),
+                _ => None,
+            };
+            (
+                a.kind.as_str().to_string(),
+                a.key_id.clone(),
+                a.event_id.clone(),
+                first,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// The engine over segments in the store agrees with the reference model
+    /// (in-order semantics: same alerts, replays name the same first sighting
+    /// for in-order input) under any segment cache, segment size, batch size
+    /// and event-id length.
+    #[test]
+    fn the_engine_matches_the_model_under_any_state_settings(
+        events in arb_model_traffic(),
+        settings in arb_settings(),
+        batch in prop_oneof![Just(1usize), 2usize..50, Just(100_000)],
+    ) {
+        let mut c = Config::default();
+        small_rules(&mut c);
+        settings.apply(&mut c);
+        let input = to_lines(&events);
+        let (alerts, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, batch);
+        let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
+        let got: Vec<_> = core(&alerts).into_iter().map(|(k, key, ev, _)| (k, key, ev)).collect();
+        let mut want: Vec<_> = expected
+            .iter()
+            .map(|e| (e.kind.as_str().to_string(), e.key_id.clone(), e.event_id.clone()))
+            .collect();
+        want.sort();
+        prop_assert_eq!(got, want);
+        // and the same alerts, evidence included, as the default settings
+        let mut d = Config::default();
+        small_rules(&mut d);
+        StateSettings::DEFAULT.apply(&mut d);
+        let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &d, &input, 100_000);
+        prop_assert_eq!(core(&alerts), core(&reference));
+    }
+
+    /// The same on RocksDB (fewer cases: each opens a store).
+    #[test]
+    fn rocksdb_matches_the_model_under_any_state_settings(
+        events in arb_model_traffic(),
+        settings in arb_settings(),
+        batch in prop_oneof![Just(1usize), 2usize..50, Just(100_000)],
+    ) {
+        let mut c = Config::default();
+        small_rules(&mut c);
+        settings.apply(&mut c);
+        let input = to_lines(&events);
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = Arc::new(RocksStore::open(dir.path(), &c.state.rocks()).unwrap());
+        let (alerts, _) = engine_run(rocks, &c, &input, batch);
+        let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 100_000);
+        prop_assert_eq!(core(&alerts), core(&reference));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Crashes inside batches that sealed several segments (kill before or
+    /// after the commit), then restarts: the alerts are those of one
+    /// uninterrupted run, and so is the per-key usage in the store.
+    #[test]
+    fn crashes_inside_batches_that_seal_several_segments(
+        seed in 0u64..1000,
+        settings in arb_settings(),
+        batch in prop_oneof![Just(4000usize), 200usize..1500],
+        crashes in prop::collection::vec((1usize..3000, any::<bool>()), 1..5),
+    ) {
+        let input = traffic(seed);
+        let mut c = config();
+        settings.apply(&mut c);
+        let reference_store = Arc::new(MemStore::new(1));
+        let (reference, _) = engine_run(reference_store.clone(), &config(), &input, 500);
+        let crashes: Vec<_> = crashes.into_iter()
+            .map(|(at, after)| (at, if after { Crash::AfterCommit } else { Crash::BeforeCommit }))
+            .collect();
+        let store = Arc::new(MemStore::new(9));
+        let (got, _) = crashing_run_on(&store, &c, &input, batch, &crashes);
+        prop_assert_eq!(ids(&got), ids(&reference));
+        let by_id: std::collections::HashMap<_, _> = reference.iter().map(|a| (a.alert_id.clone(), a)).collect();
+        for a in &got {
+            prop_assert_eq!(&a, &by_id[&a.alert_id]);
+        }
+        prop_assert_eq!(usage_records(&*store), usage_records(&*reference_store));
+    }
+}
+
+/// A transport duplicate that arrives after the live window has passed its
+/// first delivery cannot be told from a new request that late: it is counted
+/// as too late (not as a duplicate), the replay rule does not apply, and the
+/// skew alert it raises carries the original's `alert_id`, so a subscriber
+/// that drops repeats by id sees nothing new (README, "Transport duplicates").
+#[test]
+fn a_duplicate_beyond_the_live_window_repeats_the_same_alert_id() {
+    let line = |id: &str, t: i64, cts: i64| {
+        format!(
+            r#"{{"event_id":"{id}","received_at":{t},"key_id":"k","nonce":"n-{id}","client_ts":{cts},"client_ip":"10.0.0.1","method":"GET","path":"/","status":200}}"#
+        )
+        .into_bytes()
+    };
+    let c = Config::default();
+    let r = c.detect;
+    let stale = line("old", T0, T0 - r.max_past_skew_ms - 1);
+    let input = vec![
+        stale.clone(),
+        stale.clone(), // within the window: a duplicate
+        line(
+            "later",
+            T0 + r.retention_ms + r.allowed_lateness_ms + 1,
+            T0 + r.retention_ms + r.allowed_lateness_ms + 1,
+        ),
+        stale, // beyond the window
+    ];
+    let (alerts, stats) = engine_run(Arc::new(MemStore::new(1)), &c, &input, 1);
+    let stale_alerts: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind == crate::schema::AlertKind::StaleTimestamp)
+        .collect();
+    assert_eq!(stale_alerts.len(), 2, "{alerts:?}");
+    assert_eq!(stale_alerts[0].alert_id, stale_alerts[1].alert_id);
+    assert_eq!(stats.duplicates, 1);
+    assert_eq!(stats.too_late, 1);
+    assert!(!alerts
+        .iter()
+        .any(|a| a.kind == crate::schema::AlertKind::Replay));
 }

@@ -15,12 +15,19 @@ use crate::schema::KeyState;
 /// Version tag of the report format.
 pub const REPORT_SCHEMA: &str = "replayguard.rotation-report.v1";
 
-/// How reports judge readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[report]`: how reports judge readiness, and where `run` publishes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
-    /// READY once the old key has not been used for this long.
+    /// READY once the old key has not been used for this long. Default 1h.
+    #[serde(rename = "quiet_period", with = "crate::units::ms")]
     pub quiet_period_ms: Millis,
-    /// Straggling clients listed.
+    /// `run` produces every rotation report to `topic` this often. Default 60s.
+    pub interval: crate::units::DurationMs,
+    /// Reports topic (key = key_id); "" disables it. Default "replayguard-reports".
+    pub topic: String,
+    /// Straggling clients listed (`usage.top_clients`, resolved by the config).
+    #[serde(skip)]
     pub top_clients: usize,
 }
 
@@ -28,8 +35,19 @@ impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             quiet_period_ms: HOUR,
+            interval: crate::units::DurationMs::secs(60),
+            topic: "replayguard-reports".into(),
             top_clients: 10,
         }
+    }
+}
+
+impl ReportConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval.0 < 1000 {
+            return Err("report.interval must be at least 1s".into());
+        }
+        Ok(())
     }
 }
 

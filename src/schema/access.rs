@@ -2,47 +2,43 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::timestamp::{self, Millis};
 
 /// One request as logged by the gateway (access event v1).
 ///
-/// Deserialization borrows string fields from the input buffer where no JSON
-/// escapes forbid it, so decoding allocates nothing for a typical line.
-/// Unknown fields are ignored, so gateways may log more than this.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// Decoding (`decode::Decoder::access`) borrows string fields from the input
+/// buffer where no JSON escapes forbid it, so it allocates nothing for a
+/// typical line. Unknown fields are ignored, so gateways may log more than
+/// this. Serializes as access event v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessEvent<'a> {
     /// Unique per logged request; a redelivered copy keeps it.
-    #[serde(borrow)]
     pub event_id: Cow<'a, str>,
     /// Server receive time: the event time every rule uses.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(serialize_with = "timestamp::ser")]
     pub received_at: Millis,
     /// API key identifier (never the secret).
-    #[serde(borrow)]
     pub key_id: Cow<'a, str>,
     /// Per-key nonce; `null` or absent means the request carried none.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nonce: Option<Cow<'a, str>>,
     /// The time the client signed.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(serialize_with = "timestamp::ser")]
     pub client_ts: Millis,
-    #[serde(borrow)]
     pub client_ip: Cow<'a, str>,
-    #[serde(borrow)]
     pub method: Cow<'a, str>,
-    #[serde(borrow)]
     pub path: Cow<'a, str>,
     /// HTTP status the gateway answered with.
     pub status: u16,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Cow<'a, str>>,
     /// Request signature. Read so that malformed values are refused, but never
     /// stored or logged by replayguard.
-    #[serde(borrow, default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub signature: Option<Cow<'a, str>>,
 }
 

@@ -39,7 +39,12 @@ pub struct LineReader<R: Read> {
     /// Bytes of the current oversize line skipped so far, if skipping.
     skipping: Option<usize>,
     prefix: Vec<u8>,
+    /// Whether the start of the input was checked for a byte-order mark.
+    bom_checked: bool,
 }
+
+/// The UTF-8 byte-order mark some editors and Windows tools put first.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<R: Read> LineReader<R> {
     pub fn new(inner: R, max_line: usize) -> Self {
@@ -54,13 +59,26 @@ impl<R: Read> LineReader<R> {
             max_line,
             skipping: None,
             prefix: Vec::new(),
+            bom_checked: false,
         }
     }
 
-    /// The next line, without its `\n`; `None` at end of input.
+    /// The next line, without its `\n`; `None` at end of input. A UTF-8
+    /// byte-order mark at the very start of the input is skipped.
     pub fn next_line(&mut self) -> std::io::Result<Option<Line<'_>>> {
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+            if !self.bom_checked && (self.end - self.start >= BOM.len() || self.eof) {
+                self.bom_checked = true;
+                if self.buf[self.start..self.end].starts_with(BOM) {
+                    self.start += BOM.len();
+                }
+            }
+            // with fewer than three bytes so far, read more before looking
+            let newline = match self.bom_checked {
+                true => memchr::memchr(b'\n', &self.buf[self.start..self.end]),
+                false => None,
+            };
+            if let Some(i) = newline {
                 let (s, e) = (self.start, self.start + i);
                 self.start = e + 1;
                 return Ok(Some(self.finish(s, e)));
@@ -218,6 +236,38 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_skipped() {
+        assert_eq!(lines(b"\xEF\xBB\xBFa\nb\n", 10), vec!["a", "b"]);
+        assert_eq!(lines(b"\xEF\xBB\xBF", 10), Vec::<String>::new());
+        assert_eq!(lines(b"\xEF\xBB\xBF\n", 10), vec![""]);
+        // only at the very start
+        assert_eq!(
+            lines(b"a\n\xEF\xBB\xBFb", 10),
+            vec!["a".to_string(), "\u{feff}b".into()]
+        );
+        // read one byte at a time, it is still found
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.split_first() {
+                    Some((b, rest)) if !out.is_empty() => {
+                        out[0] = *b;
+                        self.0 = rest;
+                        Ok(1)
+                    }
+                    _ => Ok(0),
+                }
+            }
+        }
+        let mut r = LineReader::new(Trickle(b"\xEF\xBB\xBFx\ny"), 10);
+        let mut got = vec![];
+        while let Some(Line::Data(b)) = r.next_line().unwrap() {
+            got.push(String::from_utf8_lossy(b).into_owned());
+        }
+        assert_eq!(got, vec!["x", "y"]);
     }
 
     #[test]

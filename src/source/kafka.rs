@@ -1,8 +1,10 @@
-//! Kafka input: client configuration, message -> [`Record`], and the
-//! lifecycle reader (a global table: every instance reads the whole topic).
+//! Kafka input: message -> [`Record`], the offset-commit metadata format,
+//! and the lifecycle reader (a global table: every instance reads the whole
+//! topic).
 //!
-//! The consumer group itself (rebalances, where each partition starts) is
-//! driven by `pipeline::run`, the only place that knows the state store.
+//! The clients are made by `pipeline::kafka`'s factory; the consumer group
+//! itself (rebalances, where each partition starts) is driven there, the
+//! only place that knows the state store.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,6 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,31 +21,6 @@ use crate::detect::Position;
 
 /// Offset-commit metadata: the format tag of what replayguard writes there.
 pub const COMMIT_METADATA_TAG: &str = "rg1";
-
-/// The consumer configuration of the detectors' group.
-pub fn consumer_config(
-    brokers: &str,
-    group: &str,
-    common: &BTreeMap<String, String>,
-    specific: &BTreeMap<String, String>,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false")
-        // prefetch deep enough that fetching never waits for detection:
-        // measured 170k -> 640k records/s on Tansu; bounds prefetch memory to 256 MiB
-        .set("queued.min.messages", "500000")
-        .set("queued.max.messages.kbytes", "262144");
-    for (k, v) in common.iter().chain(specific) {
-        c.set(k, v);
-    }
-    c
-}
 
 /// Name of the shard (and source) of a topic partition.
 pub fn partition_name(topic: &str, partition: i32) -> String {
@@ -137,21 +113,23 @@ pub enum LifecycleMsg {
 }
 
 /// Reads the whole lifecycle topic from the beginning, then follows it,
-/// sending what it reads to `tx`, until `stop` is set.
+/// sending what it reads to `tx`, until `stop` is set. It has caught up once
+/// every partition's position reached its high watermark as of assignment
+/// (a partition added later is read from its beginning too).
 pub fn read_lifecycle(
     consumer: BaseConsumer,
     topic: String,
-    quiet: Duration,
     tx: Sender<LifecycleMsg>,
     stop: Arc<AtomicBool>,
 ) {
     let mut assigned = 0usize;
-    let mut last_seen = Instant::now();
-    let started = Instant::now();
+    let mut targets: Vec<i64> = Vec::new();
+    let mut last_metadata: Option<Instant> = None;
     let mut caught_up = false;
     while !stop.load(Ordering::Relaxed) {
         // (re)assign every partition from the beginning; partitions may appear later
-        if assigned == 0 || last_seen.elapsed() > Duration::from_secs(30) {
+        if last_metadata.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+            last_metadata = Some(Instant::now());
             match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
                 Ok(md) => {
                     let n = md
@@ -159,6 +137,11 @@ pub fn read_lifecycle(
                         .iter()
                         .find(|t| t.name() == topic)
                         .map_or(0, |t| t.partitions().len());
+                    if n == 0 && !caught_up {
+                        let _ = tx.send(LifecycleMsg::Error(format!(
+                            "the lifecycle topic {topic} does not exist (yet): every key counts as active"
+                        )));
+                    }
                     if n > assigned {
                         let mut tpl = TopicPartitionList::new();
                         for p in 0..n as i32 {
@@ -167,6 +150,13 @@ pub fn read_lifecycle(
                         if let Err(e) = consumer.assign(&tpl) {
                             let _ = tx.send(LifecycleMsg::Error(format!("assigning {topic}: {e}")));
                         }
+                        targets = (0..n as i32)
+                            .map(|p| {
+                                consumer
+                                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                                    .map_or(0, |(_, hi)| hi)
+                            })
+                            .collect();
                         assigned = n;
                     }
                 }
@@ -176,11 +166,9 @@ pub fn read_lifecycle(
                     )));
                 }
             }
-            last_seen = Instant::now();
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                last_seen = Instant::now();
                 let msg = LifecycleMsg::Record {
                     partition: m.partition(),
                     offset: m.offset(),
@@ -194,18 +182,31 @@ pub fn read_lifecycle(
             Some(Err(e)) => {
                 let _ = tx.send(LifecycleMsg::Error(format!("reading {topic}: {e}")));
             }
-            None => {
-                if !caught_up
-                    && (last_seen.elapsed() >= quiet || started.elapsed() > Duration::from_secs(30))
-                {
-                    caught_up = true;
-                    if tx.send(LifecycleMsg::CaughtUp).is_err() {
-                        return;
-                    }
-                }
+            None => {}
+        }
+        if !caught_up && reached(&consumer, &topic, &targets) {
+            caught_up = true;
+            if tx.send(LifecycleMsg::CaughtUp).is_err() {
+                return;
             }
         }
     }
+}
+
+/// Whether every partition's position is at or past its target offset.
+fn reached(consumer: &BaseConsumer, topic: &str, targets: &[i64]) -> bool {
+    if targets.iter().all(|t| *t <= 0) {
+        return true;
+    }
+    let Ok(pos) = consumer.position() else {
+        return false;
+    };
+    targets.iter().enumerate().all(|(p, target)| {
+        *target <= 0
+            || pos
+                .find_partition(topic, p as i32)
+                .is_some_and(|el| matches!(el.offset(), Offset::Offset(o) if o >= *target))
+    })
 }
 
 #[cfg(test)]

@@ -108,6 +108,16 @@ impl StateStore for MemStore {
             .collect())
     }
 
+    fn usage_record(&self, shard: u32, key_id: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .usage
+            .get(&(shard, key_id.to_string()))
+            .cloned())
+    }
+
     fn for_each_usage(
         &self,
         shard: Option<u32>,

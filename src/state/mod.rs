@@ -7,6 +7,7 @@
 //! changes goes into one [`Commit`], applied atomically: a crash leaves the
 //! store at the previous commit or at this one, never between.
 
+mod config;
 pub mod memory;
 pub mod rocks;
 pub mod segment;
@@ -19,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{Clock, ShardStats};
 use crate::schema::{LifecycleEvent, Millis};
 
+pub use config::StateConfig;
 pub use memory::MemStore;
 pub use rocks::{RocksOptions, RocksStore};
-pub use segment::{SegmentLog, SegmentSource, SegmentView};
+pub use segment::{SegmentLog, SegmentOptions, SegmentSource, SegmentView};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const FORMAT_VERSION: u32 = 2;
@@ -46,6 +48,14 @@ pub enum StateError {
     NoSpace(String),
 }
 
+impl StateError {
+    /// Whether retrying later may succeed (a full disk, an I/O error): the
+    /// runtime pauses and retries the same commit instead of stopping.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StateError::NoSpace(_) | StateError::Io(_))
+    }
+}
+
 /// Store-wide metadata, written once when the store is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMeta {
@@ -64,6 +74,10 @@ pub struct ShardMeta {
     pub next_seq: u64,
     /// Next offset to read, per source id: the input position this state covers.
     pub positions: BTreeMap<u32, u64>,
+    /// While rebuilding (a partition taken over, or a first deployment's
+    /// warm-up): the offset from which records are reported.
+    #[serde(default)]
+    pub live_from: Option<u64>,
 }
 
 impl ShardMeta {
@@ -180,6 +194,8 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
     /// Visits the segments of a shard in sequence order.
     fn for_each_segment(&self, shard: u32, f: &mut SegmentVisitor<'_>) -> Result<(), StateError>;
     fn lifecycle(&self) -> Result<Vec<LifecycleEvent>, StateError>;
+    /// The usage record of one key in one shard.
+    fn usage_record(&self, shard: u32, key_id: &str) -> Result<Option<Vec<u8>>, StateError>;
     /// Visits the usage records of a shard (every shard when `None`): (shard, key_id, bytes).
     fn for_each_usage(
         &self,

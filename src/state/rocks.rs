@@ -218,11 +218,20 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 
 /// Drops SST files that lie wholly inside deleted segment ranges, so disk
 /// space comes back without waiting for compaction.
+///
+/// RocksDB's `DeleteFilesInRange` (what the C API calls) includes its end
+/// key: a file that ends exactly at `segment_key(shard, below)` would be
+/// dropped with the oldest live segment in it. Every key of this column
+/// family is a 12-byte segment key, so the last key below the floor is
+/// `segment_key(shard, below - 1)`, and that is the end passed here.
 fn reclaim(db: &DB, shard: u32, below: u64) {
+    let Some(last_dead) = below.checked_sub(1) else {
+        return;
+    };
     if let Err(e) = db.delete_file_in_range_cf(
         cf(db, CF_SIGHTINGS),
         segment_key(shard, 0),
-        segment_key(shard, below),
+        segment_key(shard, last_dead),
     ) {
         tracing::warn!(error = %e, "reclaiming deleted sighting segments failed");
     }
@@ -325,6 +334,13 @@ impl StateStore for RocksStore {
                 );
             }
             Ok(out)
+        })
+    }
+
+    fn usage_record(&self, shard: u32, key_id: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.with_db(|db| {
+            db.get_cf(cf(db, CF_USAGE), super::usage_key(shard, key_id))
+                .map_err(io)
         })
     }
 
@@ -473,5 +489,110 @@ impl StateStore for RocksStore {
                 .unwrap_or(0)
         }
         walk(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::state::StateStore;
+
+    fn store(dir: &Path) -> RocksStore {
+        RocksStore::open(dir, &RocksOptions::default()).unwrap()
+    }
+
+    fn segments(s: &RocksStore, shard: u32) -> Vec<u64> {
+        let mut v = Vec::new();
+        s.for_each_segment(shard, &mut |q, _| {
+            v.push(q);
+            Ok(())
+        })
+        .unwrap();
+        v
+    }
+
+    /// A storage file that ends exactly at the oldest live segment keeps it:
+    /// reclaiming drops only files wholly below the floor.
+    #[test]
+    fn reclaim_never_drops_the_file_holding_the_floor_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let put = |range: std::ops::Range<u64>| Commit {
+            segments: range
+                .map(|q| (0u32, q, Arc::new(vec![q as u8; 100])))
+                .collect(),
+            ..Default::default()
+        };
+        // one file holding segments 0..=5 of shard 0 (it ends at key (0, 5)),
+        // compacted out of level 0 (DeleteFilesInRange leaves L0 files alone)
+        s.commit(&put(0..6)).unwrap();
+        s.with_db(|db| {
+            db.flush_cf(cf(db, CF_SIGHTINGS)).map_err(io)?;
+            db.compact_range_cf(
+                cf(db, CF_SIGHTINGS),
+                Some(segment_key(0, 0)),
+                Some(segment_key(0, 5)),
+            );
+            Ok(())
+        })
+        .unwrap();
+        let file_of_0_to_5 = |s: &RocksStore| {
+            s.with_db(|db| db.live_files().map_err(io))
+                .unwrap()
+                .into_iter()
+                .any(|f| {
+                    f.column_family_name == CF_SIGHTINGS
+                        && f.level > 0
+                        && f.start_key.as_deref() == Some(&segment_key(0, 0)[..])
+                        && f.end_key.as_deref() == Some(&segment_key(0, 5)[..])
+                })
+        };
+        assert!(file_of_0_to_5(&s), "the test needs a file ending at (0, 5)");
+        // and another holding segments 6..=8 and one of shard 1
+        let mut c = put(6..9);
+        c.segments.push((1, 0, Arc::new(vec![1; 100])));
+        s.commit(&c).unwrap();
+        s.with_db(|db| db.flush_cf(cf(db, CF_SIGHTINGS)).map_err(io))
+            .unwrap();
+        // segments 0..5 expire: the floor is 5, which is still live
+        s.commit(&Commit {
+            segment_deletes: (0..5).map(|q| (0, q)).collect(),
+            segment_floors: vec![(0, 5)],
+            ..Default::default()
+        })
+        .unwrap();
+        s.with_db(|db| {
+            reclaim(db, 0, 5);
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            file_of_0_to_5(&s),
+            "the file holding the live segment 5 is kept"
+        );
+        assert_eq!(segments(&s, 0), vec![5, 6, 7, 8]);
+        let mut got = Vec::new();
+        assert!(s.with_segment(0, 5, &mut |b| got = b.to_vec()).unwrap());
+        assert_eq!(got, vec![5u8; 100]);
+        assert_eq!(segments(&s, 1), vec![0]);
+        // with every segment of the first file dead, the file goes
+        s.commit(&Commit {
+            segment_deletes: vec![(0, 5)],
+            segment_floors: vec![(0, 6)],
+            ..Default::default()
+        })
+        .unwrap();
+        s.with_db(|db| {
+            reclaim(db, 0, 6);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(segments(&s, 0), vec![6, 7, 8]);
+        assert!(
+            !file_of_0_to_5(&s),
+            "the file of segments 0..=5 was dropped"
+        );
     }
 }

@@ -33,8 +33,13 @@ const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 const INDEX_ENTRY: usize = 12;
 const EVENT_ENTRY: usize = 20;
 
-/// Windows per segment before it is sealed.
+/// Windows per segment before it is sealed (default of [`SegmentOptions`]).
 pub const SEGMENT_WINDOWS: usize = 4096;
+
+/// Bytes of window records per segment before it is sealed (default of
+/// [`SegmentOptions`]): about 13 000 first sightings with UUID event ids, so
+/// [`SEGMENT_WINDOWS`] seals first unless event ids are long.
+pub const SEGMENT_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt sighting segment {seq}: {what}")]
@@ -345,21 +350,52 @@ pub trait SegmentSource {
     fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String>;
 }
 
-/// The [`SightingLog`] of one shard: open segment, sealed-but-unwritten
-/// segments, a bounded cache of recent segments, and the store behind them.
+/// How segments are cut and cached (from `[state]`). Changes speed and
+/// memory, never what is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentOptions {
+    /// Window records per segment before it is sealed.
+    pub max_windows: usize,
+    /// Encoded bytes of records per segment before it is sealed (long event
+    /// ids make records large: this keeps a segment, and a cache entry, small).
+    pub max_bytes: usize,
+    /// Bytes of durable segments kept in memory for evidence lookups.
+    pub cache_bytes: usize,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            max_windows: SEGMENT_WINDOWS,
+            max_bytes: SEGMENT_BYTES,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The [`SightingLog`] of one shard: open segment, sealed segments that are
+/// not yet durable, a bounded cache of durable segments, and the store behind
+/// them.
+///
+/// A sealed segment is written to the store by the next commit. Until the
+/// engine says that commit is durable ([`SegmentLog::mark_durable`]) it stays
+/// in `pending`, whatever the cache budget: the store does not have it yet,
+/// so it is the only copy. Only durable segments are cached and evicted.
 pub struct SegmentLog<S: SegmentSource> {
     shard: u32,
     source: S,
+    opts: SegmentOptions,
     /// Sequence number of the open segment.
     next_seq: u64,
     open: OpenSegment,
-    /// Sealed since the last [`SegmentLog::take_sealed`].
-    sealed: Vec<(u64, Arc<Vec<u8>>)>,
-    /// Recent sealed segments, by sequence.
+    /// Sealed and not yet durable in the store, by sequence.
+    pending: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Of `pending`, those not yet handed to a commit ([`SegmentLog::take_sealed`]).
+    unhanded: Vec<u64>,
+    /// Recent durable segments, by sequence.
     cache: BTreeMap<u64, Arc<Vec<u8>>>,
     cache_bytes: usize,
-    cache_limit: usize,
-    /// Newest time and origin of each segment that exists in the store (or is sealed).
+    /// Newest time and origin of each segment that exists in the store (or is pending).
     max_t: BTreeMap<u64, (Millis, u64)>,
     /// Input offset of the batch being appended (see [`SegmentLog::set_origin`]).
     origin: u64,
@@ -368,16 +404,21 @@ pub struct SegmentLog<S: SegmentSource> {
 }
 
 impl<S: SegmentSource> SegmentLog<S> {
-    pub fn new(shard: u32, source: S, next_seq: u64, cache_limit: usize) -> Self {
+    pub fn new(shard: u32, source: S, next_seq: u64, opts: SegmentOptions) -> Self {
         SegmentLog {
             shard,
             source,
+            opts: SegmentOptions {
+                max_windows: opts.max_windows.max(1),
+                max_bytes: opts.max_bytes.max(1),
+                cache_bytes: opts.cache_bytes,
+            },
             next_seq,
             open: OpenSegment::default(),
-            sealed: Vec::new(),
+            pending: BTreeMap::new(),
+            unhanded: Vec::new(),
             cache: BTreeMap::new(),
             cache_bytes: 0,
-            cache_limit,
             max_t: BTreeMap::new(),
             origin: 0,
             store_reads: 0,
@@ -389,13 +430,19 @@ impl<S: SegmentSource> SegmentLog<S> {
         self.next_seq
     }
 
-    /// Segments currently kept (stored or sealed).
+    /// Segments currently kept (stored or pending).
     pub fn segment_count(&self) -> usize {
         self.max_t.len()
     }
 
+    /// Bytes of durable segments cached.
     pub fn cache_bytes(&self) -> usize {
         self.cache_bytes
+    }
+
+    /// Bytes of sealed segments waiting for a durable commit.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.values().map(|b| b.len()).sum()
     }
 
     /// Registers a segment found in the store at startup.
@@ -432,20 +479,41 @@ impl<S: SegmentSource> SegmentLog<S> {
         self.next_seq += 1;
         self.max_t.insert(seq, (self.open.max_t, self.origin));
         let bytes: Arc<Vec<u8>> = Arc::new(self.open.seal(self.origin));
-        self.sealed.push((seq, bytes.clone()));
-        self.cache_bytes += bytes.len();
-        self.cache.insert(seq, bytes);
-        while self.cache_bytes > self.cache_limit && self.cache.len() > 1 {
-            let (_, b) = self.cache.pop_first().expect("non-empty");
-            self.cache_bytes -= b.len();
-        }
+        self.pending.insert(seq, bytes);
+        self.unhanded.push(seq);
     }
 
     /// Seals the open segment and hands over every segment sealed since the
-    /// last call, to be written in the next commit.
+    /// last call, to be written in the next commit. They stay findable here
+    /// until [`SegmentLog::mark_durable`].
     pub fn take_sealed(&mut self) -> Vec<(u64, Arc<Vec<u8>>)> {
         self.seal();
-        std::mem::take(&mut self.sealed)
+        let seqs = std::mem::take(&mut self.unhanded);
+        seqs.into_iter()
+            .filter_map(|q| self.pending.get(&q).map(|b| (q, b.clone())))
+            .collect()
+    }
+
+    /// Every segment handed over by [`SegmentLog::take_sealed`] is now in the
+    /// store (its commit succeeded): it moves from `pending` to the cache,
+    /// which may evict it.
+    pub fn mark_durable(&mut self) {
+        let keep: Vec<u64> = self.unhanded.clone();
+        let pending = std::mem::take(&mut self.pending);
+        for (seq, bytes) in pending {
+            if keep.contains(&seq) {
+                self.pending.insert(seq, bytes);
+                continue;
+            }
+            self.cache_bytes += bytes.len();
+            self.cache.insert(seq, bytes);
+        }
+        while self.cache_bytes > self.opts.cache_bytes {
+            let Some((_, b)) = self.cache.pop_first() else {
+                break;
+            };
+            self.cache_bytes -= b.len();
+        }
     }
 
     /// Forgets the segments whose every record is older than `keep_from` and
@@ -462,6 +530,11 @@ impl<S: SegmentSource> SegmentLog<S> {
             if let Some(b) = self.cache.remove(s) {
                 self.cache_bytes -= b.len();
             }
+            // a pending segment may expire too: nothing live refers to it,
+            // and its deletion follows its write in commit order
+            if self.pending.remove(s).is_some() {
+                self.unhanded.retain(|q| q != s);
+            }
         }
         gone
     }
@@ -474,11 +547,16 @@ impl<S: SegmentSource> SegmentLog<S> {
     fn append_common(&mut self, t: Millis) {
         self.open.note_time(t);
     }
+
+    fn full(&self) -> bool {
+        self.open.index.len() >= self.opts.max_windows
+            || self.open.records.len() >= self.opts.max_bytes
+    }
 }
 
 impl<S: SegmentSource> SightingLog for SegmentLog<S> {
     fn append_window(&mut self, rec: &WindowRecord<&str>, keep_until: Millis) -> u32 {
-        if self.open.index.len() >= SEGMENT_WINDOWS {
+        if self.full() {
             self.seal();
         }
         self.append_common(rec.first.received_at);
@@ -499,22 +577,28 @@ impl<S: SegmentSource> SightingLog for SegmentLog<S> {
         if seq == self.next_seq {
             return Ok(self.open.find(fp));
         }
-        if let Some(b) = self.cache.get(&seq) {
-            let v = SegmentView::parse(seq, b).map_err(|e| LookupError(e.to_string()))?;
-            return Ok(v.find(fp));
+        let parse = |b: &[u8]| {
+            SegmentView::parse(seq, b)
+                .map(|v| v.find(fp))
+                .map_err(|e| LookupError::Corrupt(e.to_string()))
+        };
+        if let Some(b) = self.pending.get(&seq).or_else(|| self.cache.get(&seq)) {
+            return parse(b);
         }
         self.store_reads += 1;
         let mut found = Ok(None);
         let exists = self
             .source
-            .with_segment(self.shard, seq, &mut |b| {
-                found = SegmentView::parse(seq, b)
-                    .map(|v| v.find(fp))
-                    .map_err(|e| LookupError(e.to_string()));
-            })
-            .map_err(LookupError)?;
+            .with_segment(self.shard, seq, &mut |b| found = parse(b))
+            .map_err(LookupError::Io)?;
         if !exists {
-            return Ok(None);
+            // A live entry points here, so the segment must exist: a miss is
+            // lost state, never a fingerprint collision (which would silently
+            // turn a replay into a first sighting).
+            return Err(LookupError::Missing {
+                shard: self.shard,
+                seq,
+            });
         }
         found
     }
@@ -542,7 +626,7 @@ mod tests {
 
     #[test]
     fn find_in_open_sealed_and_parsed() {
-        let mut log = SegmentLog::new(0, NoStore, 0, 1 << 20);
+        let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
         log.set_origin(1234);
         let a = log.append_window(
             &WindowRecord {

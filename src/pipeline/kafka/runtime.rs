@@ -1,0 +1,385 @@
+//! The runtime of `run`: the state the poll loop and the rebalance callbacks
+//! share (one owner, behind one lock that only they take), and the loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::client::{ClientFactory, Role};
+use super::config::KafkaConfig;
+use super::forward::Forwarder;
+use super::lifecycle::LifecycleReader;
+use super::rebalance::Ctx;
+use super::reports::{Published, Reporter};
+use super::status::Status;
+use crate::config::Config;
+use crate::decode::Decoder;
+use crate::pipeline::{Engine, PipelineError};
+use crate::sink::kafka::{self as ksink, KafkaAlertSink, KafkaDeadLetterSink};
+use crate::source::kafka as ksrc;
+use crate::state::{RocksStore, StateStore};
+
+/// The assigned partitions, by topic then partition (looked up without allocating).
+#[derive(Default)]
+pub(super) struct Parts(HashMap<String, HashMap<i32, Part>>);
+
+impl Parts {
+    pub(super) fn get_mut(&mut self, topic: &str, p: i32) -> Option<&mut Part> {
+        self.0.get_mut(topic)?.get_mut(&p)
+    }
+    pub(super) fn insert(&mut self, topic: String, p: i32, part: Part) {
+        self.0.entry(topic).or_default().insert(p, part);
+    }
+    pub(super) fn remove(&mut self, topic: &str, p: i32) -> Option<Part> {
+        self.0.get_mut(topic)?.remove(&p)
+    }
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut Part)> {
+        self.0
+            .iter_mut()
+            .flat_map(|(t, m)| m.iter_mut().map(move |(p, part)| (t.as_str(), *p, part)))
+    }
+    pub(super) fn values(&self) -> impl Iterator<Item = &Part> {
+        self.0.values().flat_map(|m| m.values())
+    }
+}
+
+/// One assigned partition.
+pub(super) struct Part {
+    /// The detector shard of the partition (`None`: a forwarded topic).
+    pub(super) shard: Option<u32>,
+    pub(super) source: u32,
+    pub(super) name: String,
+    /// Next offset to read.
+    pub(super) next: u64,
+    /// Offset last committed to the group.
+    pub(super) group_committed: Option<u64>,
+    pub(super) processed: u64,
+    pub(super) rate_mark: (Instant, u64),
+}
+
+/// Everything the poll loop and the rebalance callbacks share.
+pub(super) struct Runtime {
+    pub(super) engine: Engine<RocksStore>,
+    pub(super) alerts: KafkaAlertSink,
+    pub(super) dlq: KafkaDeadLetterSink,
+    pub(super) decoder: Decoder,
+    pub(super) parts: Parts,
+    pub(super) clients: ClientFactory,
+    pub(super) kafka: KafkaConfig,
+    /// Retention plus allowed lateness: how far back a first deployment warms.
+    pub(super) warm_span: i64,
+    /// Topics whose records are forwarded (repartition mode), not detected.
+    pub(super) forward_topics: Vec<String>,
+    pub(super) forwarder: Option<Forwarder>,
+    pub(super) records_since_commit: usize,
+    pub(super) last_commit: Instant,
+    /// Partitions paused because the store refused a commit.
+    pub(super) paused: bool,
+    /// (key absent, key mismatch, rebuilt) already reported as metrics.
+    pub(super) reported: (u64, u64, u64),
+    /// Alert-topic positions last written to the store.
+    pub(super) persisted_positions: BTreeMap<i32, i64>,
+    pub(super) last_group_commit: Instant,
+    pub(super) reporter: Reporter,
+}
+
+pub(super) fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
+    rt.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Name of the stored alert-topic positions.
+pub(super) const ALERT_POSITIONS: &str = "alert_positions";
+
+/// Records polled before they are processed under one lock.
+const MICRO_BATCH: usize = 512;
+
+impl Runtime {
+    pub(super) fn is_forwarded(&self, topic: &str) -> bool {
+        self.forward_topics.iter().any(|t| t == topic)
+    }
+
+    /// Handles one polled record.
+    fn process(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let Some(part) = self.parts.get_mut(m.topic(), m.partition()) else {
+            return Ok(()); // from a partition given away meanwhile: its new owner reads it
+        };
+        let offset = m.offset() as u64;
+        if offset < part.next {
+            return Ok(()); // already processed (a fetch racing a seek)
+        }
+        part.next = offset + 1;
+        part.processed += 1;
+        self.records_since_commit += 1;
+        let rec = ksrc::record(m, part.source, self.decoder.max_event_bytes);
+        match part.shard {
+            Some(shard) => self.engine.process(shard, rec, &mut self.dlq),
+            None => {
+                let fwd = self
+                    .forwarder
+                    .as_ref()
+                    .expect("forwarding partition without forwarder");
+                let name = part.name.clone();
+                match self.decoder.decode_record(&rec) {
+                    Ok(ev) => fwd.forward(ev.key_id.as_bytes(), m.payload().unwrap_or(&[])),
+                    Err(e) => self.engine.dead_letter(&name, &rec, &e, &mut self.dlq),
+                }
+            }
+        }
+    }
+
+    fn log_progress(&mut self, status: &Status) {
+        let lag = status.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let engine = &self.engine;
+        for (_, _, part) in self.parts.iter_mut() {
+            let (t0, n0) = part.rate_mark;
+            let secs = t0.elapsed().as_secs_f64().max(1e-3);
+            let rate = (part.processed - n0) as f64 / secs;
+            part.rate_mark = (Instant::now(), part.processed);
+            let rebuilding = part.shard.and_then(|s| engine.live_from(s));
+            tracing::info!(
+                partition = %part.name,
+                offset = part.next,
+                lag = lag.get(&part.name).copied().unwrap_or(-1),
+                events_per_sec = rate.round(),
+                rebuilding_until = ?rebuilding,
+                "partition progress"
+            );
+        }
+        let t = self.engine.totals();
+        if t.key_absent + t.key_mismatch > 0 {
+            tracing::warn!(
+                key_absent = t.key_absent,
+                key_mismatch = t.key_mismatch,
+                "events whose message key is not their key_id: per-key state needs every event of a key \
+                 on one partition (key messages by key_id, or set kafka.repartition = true)"
+            );
+        }
+    }
+}
+
+/// What `run` was asked to do.
+pub struct RunArgs {
+    pub config: Config,
+}
+
+/// Alerts a crash left in the outbox: those already on the alert topic
+/// (produced, not yet removed from the outbox) are not produced again.
+fn redeliver_outbox(
+    engine: &mut Engine<RocksStore>,
+    alerts: &mut KafkaAlertSink,
+    clients: &ClientFactory,
+    topic: &str,
+) -> Result<(), PipelineError> {
+    let left = engine.undelivered();
+    crate::telemetry::OutboxRedelivery { count: left }.emit();
+    if left > 0 {
+        let from: BTreeMap<i32, i64> = engine
+            .store()
+            .value(ALERT_POSITIONS)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let ids = ksink::alert_ids_since(
+            &clients.config(Role::Reader, Some("replayguard-alert-reader")),
+            topic,
+            &from,
+        )?;
+        tracing::info!(
+            on_topic = ids.len(),
+            "read the alert topic since the last commit"
+        );
+        alerts.skip_ids(ids);
+    }
+    engine.deliver(alerts)?;
+    if alerts.skipped > 0 {
+        tracing::info!(
+            skipped = alerts.skipped,
+            "outbox alerts already on the alert topic were not produced again"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the detector until `status.stop` is set or an error stops it.
+pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
+    let config = args.config;
+    let k = &config.kafka;
+    let clients = ClientFactory::new(k);
+    let dir = config
+        .state
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("replayguard-state"));
+    let store = Arc::new(RocksStore::open(&dir, &config.state.rocks())?);
+    let mut engine = Engine::open(store.clone(), &config)?;
+    tracing::info!(state_dir = %dir.display(), brokers = %k.brokers, group = %k.group, start = %k.start, "starting");
+    if k.create_topics {
+        super::admin::create_topics(&clients, k, &config.report.topic)?;
+    }
+    let producer = |what: &str| -> Result<Arc<ksink::Producer_>, PipelineError> {
+        let c = clients.config(Role::Producer, None);
+        Ok(Arc::new(clients.create_with_context(
+            &format!("{what} producer"),
+            &c,
+            ksink::DeliveryTracker::default(),
+        )?))
+    };
+    let mut alerts = KafkaAlertSink::new(producer("alert")?, &k.alert_topic)
+        .with_reader(clients.config(Role::Reader, Some("replayguard-alert-reader")));
+    let dlq = KafkaDeadLetterSink::new(producer("dead-letter")?, &k.dead_letter_topic);
+    redeliver_outbox(&mut engine, &mut alerts, &clients, &k.alert_topic)?;
+
+    let forwarder = if k.repartition {
+        Some(Forwarder::new(
+            producer("repartition")?,
+            k.repartition_topic(),
+        ))
+    } else {
+        None
+    };
+    let report_topic = if config.report.topic.is_empty() {
+        None
+    } else {
+        let c = clients.config(Role::ReportProducer, None);
+        Some((
+            clients.create("report producer", &c)?,
+            config.report.topic.clone(),
+            config.report.interval.as_std(),
+        ))
+    };
+    let published = Arc::new(Published::new(store));
+    let _ = status.reports.set(published.clone());
+    let rules = engine.rules();
+    let rt = Arc::new(Mutex::new(Runtime {
+        decoder: engine.decoder(),
+        warm_span: rules.retention_ms + rules.allowed_lateness_ms,
+        engine,
+        alerts,
+        dlq,
+        parts: Parts::default(),
+        clients: clients.clone(),
+        kafka: k.clone(),
+        forward_topics: if k.repartition {
+            k.input_topics.clone()
+        } else {
+            Vec::new()
+        },
+        forwarder,
+        records_since_commit: 0,
+        last_commit: Instant::now(),
+        paused: false,
+        reported: (0, 0, 0),
+        last_group_commit: Instant::now(),
+        persisted_positions: Default::default(),
+        reporter: Reporter::new(published, config.report.clone(), report_topic),
+    }));
+
+    // the lifecycle table: read whole before consuming events
+    let mut lifecycle = LifecycleReader::start(&clients, k)?;
+    while !lifecycle.caught_up() && !status.stop.load(Ordering::Relaxed) {
+        lifecycle.apply(&rt)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let mut g = lock(&rt);
+        let Runtime { engine, dlq, .. } = &mut *g;
+        engine.commit(dlq)?;
+        tracing::info!(keys = engine.lifecycle().len(), "lifecycle table loaded");
+    }
+
+    let mut cc = clients.config(Role::Group, None);
+    cc.set(
+        "statistics.interval.ms",
+        (k.log_interval.0.max(1000)).to_string(),
+    );
+    let consumer: BaseConsumer<Ctx> = clients.create_with_context(
+        "Kafka consumer",
+        &cc,
+        Ctx {
+            rt: rt.clone(),
+            status: status.clone(),
+        },
+    )?;
+    let mut topics: Vec<String> = k.input_topics.clone();
+    if k.repartition {
+        topics.push(k.repartition_topic());
+    }
+    let refs: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+    consumer
+        .subscribe(&refs)
+        .map_err(|e| PipelineError::Input(format!("subscribing to {topics:?}: {e}")))?;
+    tracing::info!(topics = ?topics, "subscribed");
+
+    let result = poll_loop(&consumer, &rt, &status, &mut lifecycle, k);
+    // graceful end: everything committed and delivered, offsets handed over
+    tracing::info!("stopping: committing and delivering");
+    let end = lock(&rt).commit_cycle(&consumer, CommitMode::Sync, &status);
+    drop(consumer); // leaves the group (revoke callback commits again: nothing left)
+    lifecycle.stop();
+    result.and(end)
+}
+
+/// Polls micro-batches without holding the runtime (rebalance callbacks take
+/// it), processes each under one lock, commits when due.
+fn poll_loop(
+    consumer: &BaseConsumer<Ctx>,
+    rt: &Mutex<Runtime>,
+    status: &Status,
+    lifecycle: &mut LifecycleReader,
+    k: &KafkaConfig,
+) -> Result<(), PipelineError> {
+    let mut last_log = Instant::now();
+    let mut batch = Vec::with_capacity(MICRO_BATCH);
+    let mut last_commit = Instant::now();
+    loop {
+        if status.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        lifecycle.apply(rt)?;
+        let wait = k
+            .commit_interval
+            .as_std()
+            .saturating_sub(last_commit.elapsed())
+            .max(Duration::from_millis(1));
+        let mut timeout = wait;
+        while batch.len() < MICRO_BATCH {
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        let mut g = lock(rt);
+        let idle = batch.is_empty();
+        for m in batch.drain(..) {
+            g.process(&m)?;
+        }
+        if g.due() {
+            last_commit = Instant::now();
+            match g.commit_cycle(consumer, CommitMode::Async, status) {
+                Ok(()) => {}
+                Err(PipelineError::State(e)) if e.is_transient() => {
+                    // paused and unhealthy; retried at the next interval
+                    drop(g);
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if idle && !g.due() {
+            let Runtime {
+                reporter, engine, ..
+            } = &mut *g;
+            reporter.on_idle(engine);
+        }
+        if last_log.elapsed() >= k.log_interval.as_std() {
+            last_log = Instant::now();
+            g.log_progress(status);
+        }
+    }
+}
