@@ -237,13 +237,8 @@ fn redis_mode(events: &str, ids_out: &str) {
             );
         }
     }
-    flush(
-        &mut pipe,
-        &mut pending,
-        &mut con,
-        &mut replays,
-        &mut duplicates,
-    );
+    let last = &mut pending;
+    flush(&mut pipe, last, &mut con, &mut replays, &mut duplicates);
     let secs = start.elapsed().as_secs_f64();
     let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
     let used_memory: u64 = info

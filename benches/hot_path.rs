@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use replayguard::config::Config;
 use replayguard::decode::Decoder;
-use replayguard::detect::{LifecycleTable, Position, ShardDetector, VecLog};
+use replayguard::detect::{LifecycleTable, Position, ShardDetector, SightingLog, VecLog};
 use replayguard::generate::{self, GenConfig};
 use replayguard::pipeline::Engine;
 use replayguard::sink::{MemAlertSink, MemDeadLetterSink};
@@ -66,23 +66,27 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Ts<'a> {
 }
 
 fn traffic() -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    generate::generate(
-        &GenConfig {
-            events: N as u64,
-            rate: 5_000.0,
-            ..Default::default()
-        },
-        &Config::default().detect,
-        &mut out,
-        None,
-        None,
-    )
-    .unwrap();
-    out.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| l.to_vec())
-        .collect()
+    generate::sample_lines(&GenConfig {
+        events: N as u64,
+        rate: 5_000.0,
+        ..Default::default()
+    })
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+/// Every decoded event through one detector and sighting log; alerts raised.
+fn detect_all<L: SightingLog>(
+    (mut det, mut log, mut out): (ShardDetector, L, Vec<replayguard::schema::Alert>),
+    decoded: &[replayguard::schema::AccessEvent<'_>],
+    lc: &LifecycleTable,
+) -> usize {
+    for (i, ev) in decoded.iter().enumerate() {
+        det.process(ev, Position::new(0, i as u64), lc, &mut log, &mut out)
+            .unwrap();
+    }
+    out.len()
 }
 
 fn run_engine<S: StateStore>(store: Arc<S>, lines: &[Vec<u8>]) -> usize {
@@ -155,13 +159,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("detect", |b| {
         b.iter_batched(
             || (ShardDetector::new(rules, 1), VecLog::default(), Vec::new()),
-            |(mut det, mut log, mut out)| {
-                for (i, ev) in decoded.iter().enumerate() {
-                    det.process(ev, Position::new(0, i as u64), &lc, &mut log, &mut out)
-                        .unwrap();
-                }
-                out.len()
-            },
+            |s| detect_all(s, &decoded, &lc),
             BatchSize::LargeInput,
         )
     });
@@ -176,13 +174,7 @@ fn benches(c: &mut Criterion) {
                     Vec::new(),
                 )
             },
-            |(mut det, mut log, mut out)| {
-                for (i, ev) in decoded.iter().enumerate() {
-                    det.process(ev, Position::new(0, i as u64), &lc, &mut log, &mut out)
-                        .unwrap();
-                }
-                out.len()
-            },
+            |s| detect_all(s, &decoded, &lc),
             BatchSize::LargeInput,
         )
     });

@@ -20,10 +20,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use replayguard::config::Config;
 use replayguard::generate::{self, GenConfig};
-use replayguard::testkit::kafka::{committed, produce, Broker, Detector};
-use replayguard::testkit::Dir;
+use replayguard_testkit::kafka::{committed, produce, Broker, Detector};
+use replayguard_testkit::Dir;
 
 const PARTITIONS: i32 = 4;
 /// fetch.wait.max.ms of every consumer here. Tansu holds a fetch for up to
@@ -39,25 +38,12 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn lines(n: u64, seed: u64) -> Vec<String> {
-    let mut out = Vec::new();
-    generate::generate(
-        &GenConfig {
-            events: n,
-            seed,
-            rate: 5_000.0,
-            ..Default::default()
-        },
-        &Config::default().detect,
-        &mut out,
-        None,
-        None,
-    )
-    .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
+    generate::sample_lines(&GenConfig {
+        events: n,
+        seed,
+        rate: 5_000.0,
+        ..Default::default()
+    })
 }
 
 fn keyed(lines: &[String]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {

@@ -13,27 +13,18 @@ done
 for p in ${EXTRA_APT_PACKAGES:-}; do
   have_pkg "$p" || need_apt+=("$p")
 done
+# Apache Kafka (scripts/kafka.sh) needs a JDK 17 and Maven; most machines of
+# this project have them already
+if [ "${SETUP_KAFKA:-0}" = 1 ]; then
+  command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
+  command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
-
-# Apache Kafka (scripts/kafka.sh) needs a JDK 17 and Maven; most machines of
-# this project have them already
-if [ "${SETUP_KAFKA:-0}" = 1 ]; then
-  need_kafka=()
-  command -v javac >/dev/null 2>&1 || need_kafka+=(openjdk-17-jdk-headless)
-  command -v mvn >/dev/null 2>&1 || need_kafka+=(maven)
-  if [ ${#need_kafka[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "setup: installing ${need_kafka[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_kafka[@]}" >/dev/null
-  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

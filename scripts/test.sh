@@ -17,7 +17,7 @@ mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null || export CARGO_TARGET_DIR="$HOME/.cach
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== fuzz targets compile (running them needs nightly: see fuzz/Cargo.toml)" >&2
 (cd fuzz && cargo check --locked --bins)
 echo "== cargo test" >&2

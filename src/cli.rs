@@ -100,7 +100,7 @@ pub struct ReportArgs {
     pub key: Option<String>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
-    /// Config file (for [report] and [usage] settings).
+    /// Config file (for its `[report]` and `[usage]` settings).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -211,7 +211,7 @@ pub struct GenerateCmd {
     /// Write the expected alerts (ground truth) here.
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
-    /// Config whose [detect] rules the ground truth follows.
+    /// Config whose `[detect]` rules the ground truth follows.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

@@ -231,6 +231,18 @@ fn push_ts(out: &mut String, t: Millis, epoch: bool) {
 
 /// Writes `cfg.events` lines of traffic to `events`, the lifecycle records to
 /// `lifecycle` and, when given, the expected alerts to `truth`.
+/// The event lines of [`generate`] under the default rules, in memory (for
+/// tests and benchmarks).
+pub fn sample_lines(cfg: &GenConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    generate(cfg, &DetectConfig::default(), &mut out, None, None).expect("writes to memory");
+    String::from_utf8(out)
+        .expect("generated lines are UTF-8")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 pub fn generate(
     cfg: &GenConfig,
     rules: &DetectConfig,

@@ -153,18 +153,10 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 
 async fn status_json(State(s): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let lag = s
-        .status
-        .lag
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let assigned = s
-        .status
-        .assigned
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    fn read<T: Clone>(m: &std::sync::Mutex<T>) -> T {
+        m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    let (lag, assigned) = (read(&s.status.lag), read(&s.status.assigned));
     axum::Json(serde_json::json!({
         "assigned": assigned,
         "ready": s.status.ready.load(Relaxed),

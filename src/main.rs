@@ -1,5 +1,7 @@
-//! The `replayguard` binary: parse the CLI, start tracing, run, map errors to
-//! exit codes (0 ok, 1 runtime failure, 2 usage or configuration error).
+//! The `replayguard` binary: parse the CLI, resolve the configuration
+//! once, start tracing, run, map errors to exit codes (0 ok, 1 runtime
+//! failure, 2 usage or configuration error). Errors are boxed only here, at
+//! the edge; the exit code comes from the error chain.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -9,8 +11,51 @@ use clap::Parser;
 use replayguard::cli::{
     Cli, Command, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat, RunCmd, ScanCmd,
 };
-use replayguard::config::Config;
+use replayguard::config::{Config, ConfigError, Env};
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
+
+/// Any failure of a command (boxed at the binary's edge only).
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// A usage error of the binary itself (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Box::new(Usage(msg.into()))
+}
+
+/// 2 when a usage or configuration error is anywhere in the chain, else 1.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<Usage>() || e.is::<ConfigError>() {
+            return 2;
+        }
+        if let Some(p) = e.downcast_ref::<PipelineError>() {
+            if p.exit_code() == 2 {
+                return 2;
+            }
+        }
+        cur = e.source();
+    }
+    1
+}
+
+/// Whether the failure is a closed stdout (`| head`): not worth a complaint.
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
 
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
@@ -40,14 +85,11 @@ fn init_tracing(cli: &Cli) {
 
 /// The config file (or none: every default), with `${NAME}` references and
 /// the REPLAYGUARD_* variables of the environment applied.
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, PipelineError> {
-    Ok(match path {
-        Some(p) => Config::load(p)?,
-        None => Config::parse("")?,
-    })
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    Config::resolve(path, &Env::process(), |_| {})
 }
 
-fn scan(cmd: ScanCmd) -> Result<(), PipelineError> {
+fn scan(cmd: ScanCmd, log_format: LogFormat) -> Result<(), Failure> {
     let config = load_config(cmd.config.as_deref())?;
     let summary = pipeline::scan(ScanArgs {
         config,
@@ -58,33 +100,33 @@ fn scan(cmd: ScanCmd) -> Result<(), PipelineError> {
         inputs: cmd.inputs,
         progress: !cmd.quiet,
     })?;
-    eprint!("{summary}");
+    match log_format {
+        LogFormat::Text => eprint!("{summary}"),
+        LogFormat::Json => eprintln!("{}", summary.to_json()),
+    }
     Ok(())
 }
 
-fn run(cmd: RunCmd) -> Result<(), PipelineError> {
+fn run(cmd: RunCmd) -> Result<(), Failure> {
     use std::sync::Arc;
-    let mut config = load_config(cmd.config.as_deref())?;
-    cmd.apply(&mut config);
-    config.validate()?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| PipelineError::Input(format!("metrics recorder: {e}")))?;
+    let config = Config::resolve(cmd.config.as_deref(), &Env::process(), |c| cmd.apply(c))?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let status = Arc::new(pipeline::Status::default());
     // a small runtime for the HTTP server and the signal handlers
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .thread_name("http")
-        .build()
-        .map_err(|e| PipelineError::Input(format!("starting the async runtime: {e}")))?;
+        .build()?;
     if !config.http.listen.is_empty() {
-        let addr: std::net::SocketAddr = config.http.listen.parse().map_err(|_| {
-            PipelineError::Usage(format!("bad --http address {:?}", config.http.listen))
-        })?;
+        let addr: std::net::SocketAddr = config
+            .http
+            .listen
+            .parse()
+            .map_err(|_| usage(format!("bad --http address {:?}", config.http.listen)))?;
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(addr))
-            .map_err(|e| PipelineError::Usage(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| usage(format!("cannot listen on {addr}: {e}")))?;
         let state = replayguard::http::AppState {
             status: status.clone(),
             metrics: Some(metrics),
@@ -110,38 +152,45 @@ fn run(cmd: RunCmd) -> Result<(), PipelineError> {
     });
     let result = pipeline::run(pipeline::RunArgs { config }, status);
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    Ok(result?)
 }
 
-fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
+fn report(cmd: ReportCmd) -> Result<(), Failure> {
     use replayguard::report::{render, Snapshot, UsageView};
     let (args, rotation): (&ReportArgs, bool) = match &cmd {
         ReportCmd::Rotation(a) => (a, true),
         ReportCmd::Usage(a) => (a, false),
     };
     let config = load_config(args.config.as_deref())?;
-    if !args.state_dir.is_dir() {
-        return Err(PipelineError::Usage(format!(
-            "no state directory at {}",
+    // a missing or empty directory, or one RocksDB does not recognise
+    let no_state = || {
+        usage(format!(
+            "no replayguard state in {}",
             args.state_dir.display()
-        )));
+        ))
+    };
+    if !args.state_dir.join("CURRENT").is_file() {
+        return Err(no_state());
     }
     let opts = replayguard::state::RocksOptions {
         read_only: true,
         ..config.state.rocks()
     };
-    let store = replayguard::state::RocksStore::open(&args.state_dir, &opts)?;
+    let store = match replayguard::state::RocksStore::open(&args.state_dir, &opts) {
+        Err(replayguard::state::StateError::NoState(_)) => return Err(no_state()),
+        r => r?,
+    };
     let snap = Snapshot::load(&store)?;
     let out = std::io::stdout();
     let mut out = out.lock();
-    let io = |e: std::io::Error| PipelineError::Input(format!("writing the report: {e}"));
+    let io = |e: std::io::Error| -> Failure { Box::new(e) };
     if rotation {
         let cfg = &config.report;
         let mut reports = snap.rotations(cfg);
         if let Some(k) = &args.key {
             reports.retain(|r| &r.key_id == k);
             if reports.is_empty() {
-                return Err(PipelineError::Usage(format!("key {k} is not in rotation")));
+                return Err(usage(format!("key {k} is not in rotation")));
             }
         }
         match args.format {
@@ -156,12 +205,10 @@ fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
         .map_err(io)
     } else {
         let Some(k) = &args.key else {
-            return Err(PipelineError::Usage("report usage needs --key".into()));
+            return Err(usage("report usage needs --key"));
         };
         let Some(u) = snap.usage.get(k) else {
-            return Err(PipelineError::Usage(format!(
-                "no usage recorded for key {k}"
-            )));
+            return Err(usage(format!("no usage recorded for key {k}")));
         };
         let view = UsageView::new(k, u, snap.now.unwrap_or(u.last_seen));
         writeln!(
@@ -175,15 +222,15 @@ fn report(cmd: ReportCmd) -> Result<(), PipelineError> {
 
 /// Validates a config file as `run` would (librdkafka's property checks
 /// included, without connecting) and prints it with secrets redacted.
-fn check_config(file: &std::path::Path) -> Result<(), PipelineError> {
+fn check_config(file: &std::path::Path) -> Result<(), Failure> {
     let c = Config::load(file)?;
-    pipeline::kafka::ClientFactory::new(&c.kafka).check()?;
+    pipeline::ClientFactory::new(&c.kafka).check()?;
     print!("{}", c.to_toml_redacted());
     eprintln!("{}: ok", file.display());
     Ok(())
 }
 
-fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
+fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
     let config = load_config(cmd.config.as_deref())?;
     let gc = replayguard::generate::GenConfig {
         events: cmd.events,
@@ -198,12 +245,12 @@ fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
         ..Default::default()
     };
     if gc.rate <= 0.0 || !gc.rate.is_finite() {
-        return Err(PipelineError::Usage("--rate must be positive".into()));
+        return Err(usage("--rate must be positive"));
     }
     let create = |p: &std::path::Path| {
         File::create(p)
             .map(|f| BufWriter::with_capacity(1 << 20, f))
-            .map_err(|e| PipelineError::Usage(format!("cannot write {}: {e}", p.display())))
+            .map_err(|e| usage(format!("cannot write {}: {e}", p.display())))
     };
     let mut out: Box<dyn Write> = match &cmd.out {
         Some(p) => Box::new(create(p)?),
@@ -211,7 +258,7 @@ fn generate(cmd: GenerateCmd) -> Result<(), PipelineError> {
     };
     let mut lc = cmd.lifecycle.as_deref().map(create).transpose()?;
     let mut truth = cmd.truth.as_deref().map(create).transpose()?;
-    let io = |e: std::io::Error| PipelineError::Input(format!("writing generated traffic: {e}"));
+    let io = |e: std::io::Error| -> Failure { Box::new(e) };
     let report = replayguard::generate::generate(
         &gc,
         &config.detect,
@@ -246,7 +293,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
     let result = match cli.command {
-        Command::Scan(cmd) => scan(cmd),
+        Command::Scan(cmd) => scan(cmd, cli.log_format),
         Command::Run(cmd) => run(cmd),
         Command::CheckConfig { file } => check_config(&file),
         Command::Generate(cmd) => generate(cmd),
@@ -254,15 +301,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            // a closed stdout (e.g. `| head`) is not worth a complaint
-            if let PipelineError::Sink(replayguard::sink::SinkError::Io { source, .. }) = &e {
-                if source.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
             eprintln!("error: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            ExitCode::from(exit_code(e.as_ref()))
         }
     }
 }

@@ -34,6 +34,44 @@ impl From<&crate::schema::AccessEvent<'_>> for ModelEvent {
     }
 }
 
+impl ModelEvent {
+    /// A generated event for property tests: event `e{i}{pad}` of key `k{key}`
+    /// at `t0 + t`, signed `skew` ms off, nonce `n{nonce}` if any, from
+    /// `10.0.0.{ip}`.
+    #[cfg(test)]
+    pub(crate) fn generated(
+        i: usize,
+        pad: &str,
+        t0: Millis,
+        (t, key, nonce, skew, ip): (Millis, usize, Option<usize>, Millis, usize),
+    ) -> Self {
+        ModelEvent {
+            event_id: format!("e{i}{pad}"),
+            received_at: t0 + t,
+            key_id: format!("k{key}"),
+            nonce: nonce.map(|n| format!("n{n}")),
+            client_ts: t0 + t + skew,
+            client_ip: format!("10.0.0.{ip}"),
+        }
+    }
+}
+
+/// Generated events for property tests: (time offset, key, nonce, skew, client)
+/// for [`ModelEvent::generated`]; small ranges, so that windows, skews and
+/// lateness all come into play.
+#[cfg(test)]
+pub(crate) fn arb_event(
+) -> impl proptest::strategy::Strategy<Value = (Millis, usize, Option<usize>, Millis, usize)> {
+    use proptest::prelude::*;
+    (
+        0i64..1500,
+        0usize..3,
+        prop::option::weighted(0.85, 0usize..4),
+        -160i64..80,
+        0usize..2,
+    )
+}
+
 /// An alert as the model expects it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Expected {
@@ -87,16 +125,17 @@ pub fn expected_alerts(
         if !seen.insert(&e.event_id) {
             continue; // a transport duplicate
         }
+        let expect = |kind, first: Option<&ModelEvent>| Expected {
+            kind,
+            key_id: e.key_id.clone(),
+            event_id: e.event_id.clone(),
+            first_event_id: first.map(|f| f.event_id.clone()),
+        };
         if let Some(n) = &e.nonce {
             let k = (e.key_id.as_str(), n.as_str());
             match windows.get(&k) {
                 Some(first) if e.received_at - first.received_at <= cfg.retention_ms => {
-                    out.push(Expected {
-                        kind: AlertKind::Replay,
-                        key_id: e.key_id.clone(),
-                        event_id: e.event_id.clone(),
-                        first_event_id: Some(first.event_id.clone()),
-                    });
+                    out.push(expect(AlertKind::Replay, Some(first)));
                 }
                 _ => {
                     windows.insert(k, e);
@@ -112,12 +151,7 @@ pub fn expected_alerts(
             None
         };
         if let Some(kind) = kind {
-            out.push(Expected {
-                kind,
-                key_id: e.key_id.clone(),
-                event_id: e.event_id.clone(),
-                first_event_id: None,
-            });
+            out.push(expect(kind, None));
         }
         if let Some(r) = key_state(lifecycle, &e.key_id, e.received_at) {
             let kind = match r.state {
@@ -130,12 +164,7 @@ pub fn expected_alerts(
                 KeyState::Revoked => Some(AlertKind::RevokedKey),
             };
             if let Some(kind) = kind {
-                out.push(Expected {
-                    kind,
-                    key_id: e.key_id.clone(),
-                    event_id: e.event_id.clone(),
-                    first_event_id: None,
-                });
+                out.push(expect(kind, None));
             }
         }
     }

@@ -84,36 +84,26 @@ impl RateLimit {
 
 static DEAD_LETTER_LOG: RateLimit = RateLimit::new(10, Duration::from_secs(10));
 
-/// A batch of events went through the detector.
-pub struct EventsProcessed<'a> {
+/// A batch of events of one shard went through the detector (what changed
+/// in its counters since the last commit).
+pub struct BatchProcessed<'a> {
     pub shard: &'a str,
-    pub count: u64,
-    pub duplicates: u64,
-    pub late: u64,
+    pub stats: &'a crate::detect::ShardStats,
 }
 
-impl EventsProcessed<'_> {
+impl BatchProcessed<'_> {
     pub fn emit(&self) {
-        counter!("replayguard_events_total", "shard" => self.shard.to_string())
-            .increment(self.count);
+        let s = self.stats;
+        counter!("replayguard_events_total", "shard" => self.shard.to_string()).increment(s.events);
         counter!("replayguard_duplicates_total", "shard" => self.shard.to_string())
-            .increment(self.duplicates);
+            .increment(s.duplicates);
         counter!("replayguard_late_events_total", "shard" => self.shard.to_string())
-            .increment(self.late);
-    }
-}
-
-/// Alerts of one kind were raised.
-pub struct AlertsRaised {
-    pub kind: AlertKind,
-    pub count: u64,
-}
-
-impl AlertsRaised {
-    pub fn emit(&self) {
-        if self.count > 0 {
-            counter!("replayguard_alerts_total", "kind" => self.kind.as_str())
-                .increment(self.count);
+            .increment(s.late);
+        for k in AlertKind::ALL {
+            let n = s.alerts[k.index()];
+            if n > 0 {
+                counter!("replayguard_alerts_total", "kind" => k.as_str()).increment(n);
+            }
         }
     }
 }
@@ -187,14 +177,18 @@ pub struct KeyChecks {
     pub mismatch: u64,
 }
 
+/// Increments a counter, only when there is something to count (so that a
+/// counter appears in /metrics only once it happened).
+fn count(name: &'static str, n: u64) {
+    if n > 0 {
+        counter!(name).increment(n);
+    }
+}
+
 impl KeyChecks {
     pub fn emit(&self) {
-        if self.absent > 0 {
-            counter!("replayguard_key_absent_total").increment(self.absent);
-        }
-        if self.mismatch > 0 {
-            counter!("replayguard_key_mismatch_total").increment(self.mismatch);
-        }
+        count("replayguard_key_absent_total", self.absent);
+        count("replayguard_key_mismatch_total", self.mismatch);
     }
 }
 
@@ -205,9 +199,7 @@ pub struct Rebuilt {
 
 impl Rebuilt {
     pub fn emit(&self) {
-        if self.records > 0 {
-            counter!("replayguard_rebuilt_records_total").increment(self.records);
-        }
+        count("replayguard_rebuilt_records_total", self.records);
     }
 }
 

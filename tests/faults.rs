@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use replayguard::decode::Decoder;
 use replayguard::generate::{GenConfig, Rng};
 use replayguard::schema::LifecycleEvent;
-use replayguard::testkit::kafka::*;
-use replayguard::testkit::verify::{verify, Expected, Verdict};
+use replayguard_testkit::kafka::*;
+use replayguard_testkit::verify::{verify, Expected, Verdict};
 
 use crate::util::*;
 
@@ -22,21 +22,36 @@ fn expected(lines: &[String], lifecycle: &[LifecycleEvent]) -> Vec<Expected> {
 }
 
 /// Traffic without usage anomalies (no bursts of 401/403): every alert is in the ground truth.
-fn harness_traffic(d: &Dir, events: u64, seed: u64) -> Traffic {
-    traffic(
-        d,
-        &GenConfig {
-            events,
-            seed,
-            rate: 2_000.0,
-            replay_rate: 0.03,
-            duplicate_rate: 0.005,
-            malformed_rate: 0.001,
-            disorder_ms: 20_000,
-            auth_fail_rate: 0.0,
-            ..Default::default()
-        },
-    )
+fn harness_gen(events: u64, seed: u64) -> GenConfig {
+    GenConfig {
+        events,
+        seed,
+        rate: 2_000.0,
+        replay_rate: 0.03,
+        duplicate_rate: 0.005,
+        malformed_rate: 0.001,
+        disorder_ms: 20_000,
+        auth_fail_rate: 0.0,
+        ..Default::default()
+    }
+}
+
+/// A broker, harness traffic with its lifecycle on the topic, the truth and
+/// (unless `produce_events` is false) the events on the access topic with
+/// the log end of every partition.
+fn harness(
+    events: u64,
+    seed: u64,
+    produce_events: bool,
+) -> (Dir, Broker, Traffic, Vec<Expected>, BTreeMap<i32, i64>) {
+    let (d, b, t, lc) = broker_with_traffic(&harness_gen(events, seed));
+    let truth = expected(&t.lines, &lc);
+    let ends = if produce_events {
+        produce(&b.addr(), "access-events", &keyed(&t.lines))
+    } else {
+        BTreeMap::new()
+    };
+    (d, b, t, truth, ends)
 }
 
 fn merge(a: &mut BTreeMap<i32, i64>, b: BTreeMap<i32, i64>) {
@@ -79,12 +94,7 @@ fn check(name: &str, v: &Verdict) {
 
 #[test]
 fn kill_9_at_ten_random_points_over_200k_events() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let t = harness_traffic(&d, 200_000, 41);
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
-    let truth = expected(&t.lines, &lc);
+    let (d, b, t, truth, _) = harness(200_000, 41, false);
     // the stream arrives while the detector is killed and restarted
     let producer = {
         let (addr, lines) = (b.addr(), t.lines.clone());
@@ -144,17 +154,8 @@ fn kill_9_at_ten_random_points_over_200k_events() {
 
 #[test]
 fn partitions_move_both_ways_with_replays_straddling_every_move() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let all = [
-        "access-events/0",
-        "access-events/1",
-        "access-events/2",
-        "access-events/3",
-    ];
-    let cfg_a = detector_config(&d, "a", &b, GROUP, "");
-    let cfg_b = detector_config(&d, "b", &b, GROUP, "");
-    let keys = 64;
+    let (d, b, cfg_a, cfg_b) = two_detectors(GROUP);
+    let (all, keys) = (ALL_PARTITIONS, 64);
     let mut lines = Vec::new();
     let mut ends = BTreeMap::new();
     let send = |batch: Vec<String>, lines: &mut Vec<String>, ends: &mut BTreeMap<i32, i64>| {
@@ -172,15 +173,7 @@ fn partitions_move_both_ways_with_replays_straddling_every_move() {
     wait_caught_up(&b, &ends, &[&a]);
     // start B: partitions move A -> B; replays of what A saw
     let bb = Detector::start(&d, "b", &cfg_b);
-    wait_for(
-        "the partitions to be split",
-        Duration::from_secs(60),
-        &[&a, &bb],
-        || {
-            let (x, y) = (a.assigned(), bb.assigned());
-            !x.is_empty() && !y.is_empty() && x.len() + y.len() == 4
-        },
-    );
+    wait_split(&a, &bb);
     send(
         phase("p2r", T0 + 60_000, keys, Some("p1")),
         &mut lines,
@@ -190,12 +183,7 @@ fn partitions_move_both_ways_with_replays_straddling_every_move() {
     wait_caught_up(&b, &ends, &[&a, &bb]);
     // stop B: partitions move back B -> A; replays of what B saw
     assert!(bb.stop().success());
-    wait_for(
-        "A to own every partition again",
-        Duration::from_secs(60),
-        &[&a],
-        || a.assigned() == all,
-    );
+    wait_owns_all(&a, "A to own every partition again");
     send(
         phase("p3r", T0 + 120_000, keys, Some("p2")),
         &mut lines,
@@ -221,14 +209,8 @@ fn partitions_move_both_ways_with_replays_straddling_every_move() {
 
 #[test]
 fn a_broker_restart_mid_stream() {
-    let d = Dir::new();
     // the broker keeps its log dir (in the test's dir) across the restart
-    let mut b = setup_broker(&d);
-    let t = harness_traffic(&d, 40_000, 43);
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
-    let truth = expected(&t.lines, &lc);
-    let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
+    let (d, mut b, t, truth, ends) = harness(40_000, 43, true);
     // while the detector works through the stream some alerts are always in
     // flight: the restart lands on them
     let cfg = detector_config(&d, "a", &b, GROUP, "");
@@ -266,13 +248,7 @@ fn a_broker_restart_mid_stream() {
 
 #[test]
 fn a_group_reset_backwards_reports_nothing_again() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let t = harness_traffic(&d, 20_000, 44);
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
-    let truth = expected(&t.lines, &lc);
-    let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
+    let (d, b, _t, truth, ends) = harness(20_000, 44, true);
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let det = Detector::start(&d, "a", &cfg);
     wait_caught_up(&b, &ends, &[&det]);
@@ -434,15 +410,10 @@ fn hostile_records_become_dead_letters_and_their_neighbours_are_processed() {
 
 #[test]
 fn a_full_disk_pauses_the_detector_until_space_returns() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
+    let (d, b, t, truth, _) = harness(80_000, 45, false);
     let mnt = d.path("small-disk");
     std::fs::create_dir_all(&mnt).unwrap();
     let _mount = Tmpfs::mount(&mnt, 48);
-    let t = harness_traffic(&d, 80_000, 45);
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
-    let truth = expected(&t.lines, &lc);
     let (first, second) = t.lines.split_at(10_000);
     let mut ends = produce(&b.addr(), "access-events", &keyed(first));
     let cfg = detector_config(&d, "a", &b, GROUP, "");

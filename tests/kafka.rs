@@ -1,4 +1,4 @@
-//! `replayguard run` against a real Kafka-protocol broker (Tansu), started per test.
+//! `replayguard run` against Apache Kafka (scripts/kafka.sh), one broker per test.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -8,7 +8,7 @@ use replayguard::generate::GenConfig;
 use replayguard::schema::{Alert, LifecycleEvent};
 
 use crate::util::*;
-use replayguard::testkit::kafka::*;
+use replayguard_testkit::kafka::*;
 
 const GROUP: &str = "rg-test";
 
@@ -40,36 +40,43 @@ fn assert_no_repeats(alerts: &[Alert]) {
     assert!(repeated.is_empty(), "repeated alert ids: {repeated:?}");
 }
 
+/// Waits for `want.len()` alerts; they must be exactly `want`, none repeated.
+fn expect_alerts(
+    b: &Broker,
+    what: &str,
+    want: &BTreeSet<(String, String, String)>,
+    dets: &[&Detector],
+) -> (Vec<Msg>, Vec<Alert>) {
+    let got = wait_for_alerts(&b.addr(), what, want.len(), Duration::from_secs(90), dets);
+    let alerts = alerts_of(&got);
+    assert_no_repeats(&alerts);
+    assert_eq!(&set(&alerts), want);
+    (got, alerts)
+}
+
+/// A detector of the test group with the usual test config.
+fn detector(d: &Dir, name: &str, b: &Broker) -> Detector {
+    Detector::start(d, name, &detector_config(d, name, b, GROUP, ""))
+}
+
 #[test]
 fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let t = traffic(
-        &d,
-        &GenConfig {
-            events: 20_000,
-            seed: 31,
-            disorder_ms: 10_000,
-            malformed_rate: 0.002,
-            ..Default::default()
-        },
-    );
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
+    let (d, b, t, lc) = broker_with_traffic(&GenConfig {
+        events: 20_000,
+        seed: 31,
+        disorder_ms: 10_000,
+        malformed_rate: 0.002,
+        ..Default::default()
+    });
     let ends = produce(&b.addr(), "access-events", &keyed(&t.lines));
     let want = expected(&t.lines, &lc);
-    let cfg = detector_config(&d, "a", &b, GROUP, "");
-    let det = Detector::start(&d, "a", &cfg);
-    let got = wait_for_alerts(
-        &b.addr(),
+    let det = detector(&d, "a", &b);
+    let (got, alerts) = expect_alerts(
+        &b,
         "every expected alert on the alert topic",
-        want.len(),
-        Duration::from_secs(90),
+        &want,
         &[&det],
     );
-    let alerts = alerts_of(&got);
-    assert_eq!(set(&alerts), want);
-    assert_no_repeats(&alerts);
     for (m, a) in got.iter().zip(&alerts) {
         assert_eq!(
             m.key.as_deref(),
@@ -115,39 +122,24 @@ fn events_in_alerts_out_with_dead_letters_and_committed_offsets() {
 
 #[test]
 fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let t = traffic(
-        &d,
-        &GenConfig {
-            events: 30_000,
-            seed: 32,
-            rate: 200.0,
-            replay_rate: 0.01,
-            ..Default::default()
-        },
-    );
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
+    let (d, b, t, lc) = broker_with_traffic(&GenConfig {
+        events: 30_000,
+        seed: 32,
+        rate: 200.0,
+        replay_rate: 0.01,
+        ..Default::default()
+    });
     let (first, second) = t.lines.split_at(t.lines.len() / 2);
     produce(&b.addr(), "access-events", &keyed(first));
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let det = Detector::start(&d, "a", &cfg);
     let want_first = expected(first, &lc);
-    wait_for(
+    wait_for_alerts(
+        &b.addr(),
         "the first half's alerts",
+        want_first.len(),
         Duration::from_secs(90),
         &[&det],
-        || {
-            consume(
-                &b.addr(),
-                "replayguard-alerts",
-                want_first.len(),
-                Duration::from_secs(3),
-            )
-            .len()
-                >= want_first.len()
-        },
     );
     // stop while the second half is arriving
     let producer = {
@@ -159,16 +151,7 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
     producer.join().unwrap();
     let det = Detector::start(&d, "a", &cfg);
     let want = expected(&t.lines, &lc);
-    let got = wait_for_alerts(
-        &b.addr(),
-        "all alerts after the restart",
-        want.len(),
-        Duration::from_secs(90),
-        &[&det],
-    );
-    let alerts = alerts_of(&got);
-    assert_no_repeats(&alerts);
-    assert_eq!(set(&alerts), want);
+    expect_alerts(&b, "all alerts after the restart", &want, &[&det]);
     assert!(det.stop().success());
 }
 
@@ -176,8 +159,7 @@ fn a_restart_mid_stream_misses_nothing_and_repeats_nothing() {
 fn a_lifecycle_update_takes_effect() {
     let d = Dir::new();
     let b = setup_broker(&d);
-    let cfg = detector_config(&d, "a", &b, GROUP, "");
-    let det = Detector::start(&d, "a", &cfg);
+    let det = detector(&d, "a", &b);
     wait_for(
         "the detector to be ready",
         Duration::from_secs(60),
@@ -246,17 +228,8 @@ fn a_lifecycle_update_takes_effect() {
 
 #[test]
 fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let all = [
-        "access-events/0",
-        "access-events/1",
-        "access-events/2",
-        "access-events/3",
-    ];
-    let cfg_a = detector_config(&d, "a", &b, GROUP, "");
-    let cfg_b = detector_config(&d, "b", &b, GROUP, "");
-    let keys = 64;
+    let (d, b, cfg_a, cfg_b) = two_detectors(GROUP);
+    let (all, keys) = (ALL_PARTITIONS, 64);
     // phase 0: long before, so that its window has expired by the hand-over
     // and the live state starts after offset 0
     let p0 = phase("p0", T0 - 1_000_000, keys, None);
@@ -288,15 +261,7 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     );
     // B joins: partitions move A -> B
     let bb = Detector::start(&d, "b", &cfg_b);
-    wait_for(
-        "the partitions to be split",
-        Duration::from_secs(60),
-        &[&a, &bb],
-        || {
-            let (x, y) = (a.assigned(), bb.assigned());
-            !x.is_empty() && !y.is_empty() && x.len() + y.len() == 4
-        },
-    );
+    wait_split(&a, &bb);
     // phase 2: replays of phase 1 (first sightings seen by A, partitions now
     // partly on B) and new nonces (first sightings seen by B)
     let p2r = phase("p2r", T0 + 60_000, keys, Some("p1"));
@@ -306,43 +271,21 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
     lines.extend(p2r);
     lines.extend(p2);
     let want2 = expected(&lines, &[]);
-    wait_for(
+    wait_for_alerts(
+        &b.addr(),
         "phase 2 alerts",
+        want2.len(),
         Duration::from_secs(90),
         &[&a, &bb],
-        || {
-            consume(
-                &b.addr(),
-                "replayguard-alerts",
-                want2.len(),
-                Duration::from_secs(3),
-            )
-            .len()
-                >= want2.len()
-        },
     );
     // B leaves: its partitions move back to A, whose state for them is behind
     assert!(bb.stop().success());
-    wait_for(
-        "A to own every partition again",
-        Duration::from_secs(60),
-        &[&a],
-        || a.assigned() == all,
-    );
+    wait_owns_all(&a, "A to own every partition again");
     let p3 = phase("p3", T0 + 120_000, keys, Some("p2"));
     produce(&b.addr(), "access-events", &keyed(&p3));
     lines.extend(p3);
     let want = expected(&lines, &[]);
-    let got = wait_for_alerts(
-        &b.addr(),
-        "phase 3 alerts",
-        want.len(),
-        Duration::from_secs(90),
-        &[&a],
-    );
-    let alerts = alerts_of(&got);
-    assert_no_repeats(&alerts);
-    assert_eq!(set(&alerts), want);
+    let (_, alerts) = expect_alerts(&b, "phase 3 alerts", &want, &[&a]);
     // every replay straddled a move and was caught
     assert_eq!(
         alerts
@@ -379,19 +322,12 @@ fn two_instances_hand_partitions_over_and_still_catch_straddling_replays() {
 
 #[test]
 fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
-    let d = Dir::new();
-    let b = setup_broker(&d);
-    let t = traffic(
-        &d,
-        &GenConfig {
-            events: 8_000,
-            seed: 33,
-            replay_rate: 0.02,
-            ..Default::default()
-        },
-    );
-    let (lc_lines, lc) = lifecycle_of(&t);
-    produce(&b.addr(), "key-lifecycle", &keyed(&lc_lines));
+    let (d, b, t, lc) = broker_with_traffic(&GenConfig {
+        events: 8_000,
+        seed: 33,
+        replay_rate: 0.02,
+        ..Default::default()
+    });
     // keys that say nothing about key_id: replays land on other partitions than their first sightings
     let unkeyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = t
         .lines
@@ -412,16 +348,7 @@ fn repartitioning_fixes_producers_that_do_not_key_by_key_id() {
         .replace("[kafka]\n", "[kafka]\nrepartition = true\n");
     std::fs::write(&cfg, text).unwrap();
     let det = Detector::start(&d, "a", &cfg);
-    let got = wait_for_alerts(
-        &b.addr(),
-        "every expected alert",
-        want.len(),
-        Duration::from_secs(90),
-        &[&det],
-    );
-    let alerts = alerts_of(&got);
-    assert_no_repeats(&alerts);
-    assert_eq!(set(&alerts), want);
+    expect_alerts(&b, "every expected alert", &want, &[&det]);
     // the detection side saw every event under its own key
     let metrics = det.get("/metrics").unwrap_or_default();
     assert!(metrics.contains("replayguard_events_total"), "{metrics}");
@@ -452,8 +379,7 @@ fn events_keyed_by_something_else_are_counted() {
         };
     }
     produce(&b.addr(), "access-events", &recs);
-    let cfg = detector_config(&d, "a", &b, GROUP, "");
-    let det = Detector::start(&d, "a", &cfg);
+    let det = detector(&d, "a", &b);
     wait_for(
         "key checks in the metrics",
         Duration::from_secs(60),

@@ -63,21 +63,14 @@ pub fn rotation_log(d: &Dir) -> (std::path::PathBuf, std::path::PathBuf) {
 fn scanned(d: &Dir) -> std::path::PathBuf {
     let (events, lc) = rotation_log(d);
     let state = d.path("state");
-    let o = run(
+    scan_ok(
         &[
-            "scan",
-            "--quiet",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--lifecycle",
-            lc.to_str().unwrap(),
-            "--alerts",
-            d.path("alerts.jsonl").to_str().unwrap(),
-            events.to_str().unwrap(),
+            ("--state-dir", &state),
+            ("--lifecycle", &lc),
+            ("--alerts", &d.path("alerts.jsonl")),
         ],
-        None,
+        &[&events],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     state
 }
 
@@ -85,18 +78,7 @@ fn scanned(d: &Dir) -> std::path::PathBuf {
 fn readiness_verdicts_counts_and_stragglers() {
     let d = Dir::new();
     let state = scanned(&d);
-    let o = run(
-        &[
-            "report",
-            "rotation",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = report_rotation(&state, "json");
     let reports: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(reports.len(), 2);
     let a = &reports[0];
@@ -117,17 +99,20 @@ fn readiness_verdicts_counts_and_stragglers() {
     assert_eq!(b["stragglers"][0]["count"], 180);
     assert_eq!(b["estimate"], Value::Null, "a flat share gives no estimate");
     // one key, and the table
-    let o = run(
-        &[
-            "report",
-            "rotation",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--key",
-            "old-b",
-        ],
-        None,
-    );
+    let key_report = |key: &str| {
+        run(
+            &[
+                "report",
+                "rotation",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--key",
+                key,
+            ],
+            None,
+        )
+    };
+    let o = key_report("old-b");
     assert!(o.status.success());
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -135,17 +120,7 @@ fn readiness_verdicts_counts_and_stragglers() {
         "{table}"
     );
     assert!(!table.contains("old-a"));
-    let o = run(
-        &[
-            "report",
-            "rotation",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--key",
-            "nope",
-        ],
-        None,
-    );
+    let o = key_report("nope");
     assert_eq!(o.status.code(), Some(2));
     // per-key usage
     let o = run(
@@ -179,18 +154,7 @@ fn chromium() -> &'static str {
 fn the_html_page_renders_chart_and_table_in_a_browser() {
     let d = Dir::new();
     let state = scanned(&d);
-    let o = run(
-        &[
-            "report",
-            "rotation",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--format",
-            "html",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = report_rotation(&state, "html");
     let page = d.path("rotations.html");
     std::fs::write(&page, &o.stdout).unwrap();
     let profile = d.path("chromium-profile");

@@ -19,20 +19,14 @@ fn scan_finds_exactly_the_planted_alerts() {
     );
     let alerts = d.path("alerts.jsonl");
     let dl = d.path("dl.jsonl");
-    let o = run(
+    let o = scan_ok(
         &[
-            "scan",
-            "--lifecycle",
-            t.lifecycle.to_str().unwrap(),
-            "--alerts",
-            alerts.to_str().unwrap(),
-            "--dead-letter",
-            dl.to_str().unwrap(),
-            t.events.to_str().unwrap(),
+            ("--lifecycle", &t.lifecycle),
+            ("--alerts", &alerts),
+            ("--dead-letter", &dl),
         ],
-        None,
+        &[&t.events],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let got = read_alerts(&alerts);
     assert!(!t.truth.is_empty());
     assert_eq!(keyset(&got), truth_keyset(&t.truth));
@@ -75,19 +69,10 @@ fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
         },
     );
     let whole = d.path("whole.jsonl");
-    let o = run(
-        &[
-            "scan",
-            "--quiet",
-            "--lifecycle",
-            t.lifecycle.to_str().unwrap(),
-            "--alerts",
-            whole.to_str().unwrap(),
-            t.events.to_str().unwrap(),
-        ],
-        None,
+    scan_ok(
+        &[("--lifecycle", &t.lifecycle), ("--alerts", &whole)],
+        &[&t.events],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     for split in [1, 9_999, 20_000, 39_999] {
         let (a, b) = t.lines.split_at(split);
         let pa = d.write(&format!("a{split}.jsonl"), &(a.join("\n") + "\n"));
@@ -95,20 +80,11 @@ fn two_runs_over_two_halves_equal_one_run_over_the_whole() {
         let state = d.path(&format!("state{split}"));
         let out = d.path(&format!("split{split}.jsonl"));
         for (i, part) in [pa, pb].iter().enumerate() {
-            let mut args = vec![
-                "scan",
-                "--quiet",
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--alerts",
-                out.to_str().unwrap(),
-            ];
+            let mut opts = vec![("--state-dir", state.as_path()), ("--alerts", &out)];
             if i == 0 {
-                args.extend(["--lifecycle", t.lifecycle.to_str().unwrap()]);
+                opts.push(("--lifecycle", &t.lifecycle));
             }
-            args.push(part.to_str().unwrap());
-            let o = run(&args, None);
-            assert!(o.status.success(), "{}", stderr(&o));
+            scan_ok(&opts, &[part]);
         }
         let one = read_alerts(&whole);
         let two = read_alerts(&out);
@@ -130,20 +106,13 @@ fn rescanning_the_same_file_recognises_every_record_as_itself() {
         },
     );
     let state = d.path("state");
-    let args = |out: &str| {
-        vec![
-            "scan".to_string(),
-            "--quiet".into(),
-            "--state-dir".into(),
-            state.to_str().unwrap().into(),
-            "--alerts".into(),
-            d.path(out).to_str().unwrap().into(),
-            t.events.to_str().unwrap().into(),
-        ]
+    let scan_to = |out: &str| {
+        scan_ok(
+            &[("--state-dir", &state), ("--alerts", &d.path(out))],
+            &[&t.events],
+        )
     };
-    let first = args("first.jsonl");
-    let o = run(&first.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
-    assert!(o.status.success());
+    let o = scan_to("first.jsonl");
     assert!(!read_alerts(&d.path("first.jsonl")).is_empty());
     let dup_line = |err: &str| {
         err.lines()
@@ -152,9 +121,7 @@ fn rescanning_the_same_file_recognises_every_record_as_itself() {
             .to_string()
     };
     let dups_first = dup_line(&stderr(&o));
-    let again = args("again.jsonl");
-    let o = run(&again.iter().map(|s| s.as_str()).collect::<Vec<_>>(), None);
-    assert!(o.status.success());
+    let o = scan_to("again.jsonl");
     let err = stderr(&o);
     assert!(
         read_alerts(&d.path("again.jsonl")).is_empty(),
@@ -200,17 +167,7 @@ fn malformed_lines_never_stop_the_scan() {
     let p = d.path("in.jsonl");
     std::fs::write(&p, &input).unwrap();
     let dl = d.path("dl.jsonl");
-    let o = run(
-        &[
-            "scan",
-            "--quiet",
-            "--dead-letter",
-            dl.to_str().unwrap(),
-            p.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = scan_ok(&[("--dead-letter", &dl)], &[&p]);
     let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(alerts.len(), 1, "the neighbours of bad lines are processed");
     let letters = read_json_lines(&dl);

@@ -42,6 +42,17 @@ fn validator(name: &str) -> Validator {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Fails with every schema error when `json` does not follow the schema.
+fn assert_valid(v: &Validator, json: &Value, what: &str) {
+    assert!(
+        v.is_valid(json),
+        "{what}: {:?}",
+        v.iter_errors(json)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
 /// (file name, contents) of every example of one format.
 fn examples(kind: &str) -> Vec<(String, String)> {
     let mut v: Vec<_> = std::fs::read_dir(schemas_dir().join("examples").join(kind))
@@ -84,13 +95,7 @@ fn access_event_examples_agree_with_the_decoder() {
         let schema_ok = v.is_valid(&json);
         let rust_ok = d.access(text.trim().as_bytes());
         if name.starts_with("valid") {
-            assert!(
-                schema_ok,
-                "{name}: {:?}",
-                v.iter_errors(&json)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-            );
+            assert_valid(&v, &json, &name);
             assert!(rust_ok.is_ok(), "{name}: {:?}", rust_ok.err());
         } else {
             assert!(!schema_ok, "{name} should fail the schema");
@@ -132,13 +137,7 @@ fn alert_examples_agree_with_the_rust_type() {
             assert!(!v.is_valid(&json), "{name} should fail the schema");
             assert!(rust.is_err(), "{name} should fail the Rust type");
         } else {
-            assert!(
-                v.is_valid(&json),
-                "{name}: {:?}",
-                v.iter_errors(&json)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-            );
+            assert_valid(&v, &json, &name);
             let a = rust.unwrap_or_else(|e| panic!("{name}: {e}"));
             // and the Rust type writes it back the same way
             assert_eq!(serde_json::to_value(&a).unwrap(), json, "{name}");
@@ -157,13 +156,7 @@ fn report_examples_agree_with_the_rust_type() {
             assert!(!v.is_valid(&json), "{name} should fail the schema");
             assert!(rust.is_err(), "{name} should fail the Rust type");
         } else {
-            assert!(
-                v.is_valid(&json),
-                "{name}: {:?}",
-                v.iter_errors(&json)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-            );
+            assert_valid(&v, &json, &name);
             let r = rust.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 serde_json::to_value(&r).unwrap(),
@@ -188,42 +181,20 @@ fn reports_of_a_scanned_rotation_follow_the_schema() {
         },
     );
     let state = d.path("state");
-    let o = run(
+    scan_ok(
         &[
-            "scan",
-            "--quiet",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--lifecycle",
-            t.lifecycle.to_str().unwrap(),
-            "--alerts",
-            d.path("a.jsonl").to_str().unwrap(),
-            t.events.to_str().unwrap(),
+            ("--state-dir", &state),
+            ("--lifecycle", &t.lifecycle),
+            ("--alerts", &d.path("a.jsonl")),
         ],
-        None,
+        &[&t.events],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(
-        &[
-            "report",
-            "rotation",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = report_rotation(&state, "json");
     let reports: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!reports.is_empty());
     let v = validator("report.v1.schema.json");
     for r in &reports {
-        assert!(
-            v.is_valid(r),
-            "{r}: {:?}",
-            v.iter_errors(r).map(|e| e.to_string()).collect::<Vec<_>>()
-        );
+        assert_valid(&v, r, &r.to_string());
     }
 }
 
@@ -241,31 +212,20 @@ fn what_scan_writes_follows_the_schemas() {
     );
     let alerts = d.path("alerts.jsonl");
     let dl = d.path("dl.jsonl");
-    let o = run(
+    scan_ok(
         &[
-            "scan",
-            "--quiet",
-            "--lifecycle",
-            t.lifecycle.to_str().unwrap(),
-            "--alerts",
-            alerts.to_str().unwrap(),
-            "--dead-letter",
-            dl.to_str().unwrap(),
-            t.events.to_str().unwrap(),
+            ("--lifecycle", &t.lifecycle),
+            ("--alerts", &alerts),
+            ("--dead-letter", &dl),
         ],
-        None,
+        &[&t.events],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let va = validator("alert.v1.schema.json");
     let written = read_json_lines(&alerts);
     assert!(written.len() > 50);
     let mut kinds = std::collections::BTreeSet::new();
     for a in &written {
-        assert!(
-            va.is_valid(a),
-            "{a}: {:?}",
-            va.iter_errors(a).map(|e| e.to_string()).collect::<Vec<_>>()
-        );
+        assert_valid(&va, a, &a.to_string());
         kinds.insert(a["kind"].as_str().unwrap().to_string());
     }
     assert!(kinds.len() >= 4, "{kinds:?}");

@@ -11,9 +11,9 @@ use replayguard::detect::DetectConfig;
 use replayguard::generate::{self, GenConfig, TruthLine};
 use replayguard::model::{self, ModelEvent};
 use replayguard::schema::{Alert, AlertKind, LifecycleEvent};
-use replayguard::testkit::kafka::Broker;
+use replayguard_testkit::kafka::{Broker, Detector};
 
-pub use replayguard::testkit::Dir;
+pub use replayguard_testkit::Dir;
 
 /// The `replayguard` binary under test (the testkit finds the same one).
 pub fn bin() -> Command {
@@ -40,6 +40,40 @@ pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
         s.write_all(input).unwrap();
     }
     child.wait_with_output().expect("wait")
+}
+
+/// Runs the binary with `args` and insists it succeeded.
+pub fn run_ok(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let o = run(args, stdin);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    o
+}
+
+/// `replayguard scan --quiet` with the given (flag, path) options over
+/// `inputs`; it must succeed.
+pub fn scan_ok(opts: &[(&str, &Path)], inputs: &[&Path]) -> Output {
+    let mut args = vec!["scan", "--quiet"];
+    for (flag, p) in opts {
+        args.push(flag);
+        args.push(p.to_str().unwrap());
+    }
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    run_ok(&args, None)
+}
+
+/// `replayguard report rotation --format FORMAT` of a state dir; it must succeed.
+pub fn report_rotation(state: &Path, format: &str) -> Output {
+    run_ok(
+        &[
+            "report",
+            "rotation",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--format",
+            format,
+        ],
+        None,
+    )
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -107,37 +141,32 @@ pub fn traffic(dir: &Dir, cfg: &GenConfig) -> Traffic {
     }
 }
 
-/// (kind, key, event) triples, sorted: what must match between runs.
-/// (kind, key, event) of the core-rule alerts (what the model predicts), sorted.
-pub fn keyset(alerts: &[Alert]) -> Vec<(String, String, String)> {
-    let mut v: Vec<_> = alerts
-        .iter()
-        .filter(|a| a.kind.is_core())
-        .map(|a| {
-            (
-                a.kind.as_str().to_string(),
-                a.key_id.clone(),
-                a.event_id.clone(),
-            )
-        })
+/// (kind, key, event) triples, sorted.
+fn sorted_triples<'a>(
+    it: impl Iterator<Item = (AlertKind, &'a str, &'a str)>,
+) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = it
+        .map(|(k, key, ev)| (k.as_str().to_string(), key.to_string(), ev.to_string()))
         .collect();
     v.sort();
     v
 }
 
+/// (kind, key, event) of the core-rule alerts (what the model predicts), sorted.
+pub fn keyset(alerts: &[Alert]) -> Vec<(String, String, String)> {
+    sorted_triples(
+        alerts
+            .iter()
+            .filter(|a| a.kind.is_core())
+            .map(|a| (a.kind, a.key_id.as_str(), a.event_id.as_str())),
+    )
+}
+
 pub fn truth_keyset(t: &[TruthLine]) -> Vec<(String, String, String)> {
-    let mut v: Vec<_> = t
-        .iter()
-        .map(|a| {
-            (
-                a.kind.as_str().to_string(),
-                a.key_id.clone(),
-                a.event_id.clone(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    sorted_triples(
+        t.iter()
+            .map(|a| (a.kind, a.key_id.as_str(), a.event_id.as_str())),
+    )
 }
 
 /// 2026-11-28T00:00:00Z
@@ -172,6 +201,57 @@ pub fn lifecycle_of(t: &Traffic) -> (Vec<String>, Vec<LifecycleEvent>) {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     (lines, recs)
+}
+
+/// A broker with generated traffic, whose lifecycle records are already on
+/// the lifecycle topic; returns the traffic and those records.
+pub fn broker_with_traffic(cfg: &GenConfig) -> (Dir, Broker, Traffic, Vec<LifecycleEvent>) {
+    let d = Dir::new();
+    let b = setup_broker(&d);
+    let t = traffic(&d, cfg);
+    let (lc_lines, lc) = lifecycle_of(&t);
+    replayguard_testkit::kafka::produce(
+        &b.addr(),
+        "key-lifecycle",
+        &replayguard_testkit::kafka::keyed(&lc_lines),
+    );
+    (d, b, t, lc)
+}
+
+/// The partitions of the access topic, as `/v1/status` names them.
+pub const ALL_PARTITIONS: [&str; 4] = [
+    "access-events/0",
+    "access-events/1",
+    "access-events/2",
+    "access-events/3",
+];
+
+/// Waits until two detectors share the four partitions.
+pub fn wait_split(a: &Detector, b: &Detector) {
+    replayguard_testkit::kafka::wait_for(
+        "the partitions to be split",
+        std::time::Duration::from_secs(60),
+        &[a, b],
+        || {
+            let (x, y) = (a.assigned(), b.assigned());
+            !x.is_empty() && !y.is_empty() && x.len() + y.len() == 4
+        },
+    );
+}
+
+/// Waits until `a` owns all four partitions.
+pub fn wait_owns_all(a: &Detector, what: &str) {
+    let d = std::time::Duration::from_secs(60);
+    replayguard_testkit::kafka::wait_for(what, d, &[a], || a.assigned() == ALL_PARTITIONS);
+}
+
+/// A broker and the configs of two detectors `a` and `b` of `group`.
+pub fn two_detectors(group: &str) -> (Dir, Broker, PathBuf, PathBuf) {
+    let d = Dir::new();
+    let b = setup_broker(&d);
+    let cfg = |name| replayguard_testkit::kafka::detector_config(&d, name, &b, group, "");
+    let (a, c) = (cfg("a"), cfg("b"));
+    (d, b, a, c)
 }
 
 /// A broker with the access topic (4 partitions) and the lifecycle topic.

@@ -318,11 +318,13 @@ token = "hunter2-http"
         assert!(Config::parse("[state]\nblock_cache = \"12 parsecs\"").is_err());
     }
 
+    fn refused(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn short_retention_is_refused_with_the_reason() {
-        let e = Config::parse("[detect]\nretention = \"389999ms\"")
-            .unwrap_err()
-            .to_string();
+        let e = refused("[detect]\nretention = \"389999ms\"");
         assert!(e.contains("shorter than"), "{e}");
         assert!(e.contains("slip through"), "{e}");
         assert!(Config::parse("[detect]\nretention = \"390s\"").is_ok());
@@ -331,9 +333,7 @@ token = "hunter2-http"
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = Config::parse("[detect]\nmax_past_skw = \"1s\"")
-            .unwrap_err()
-            .to_string();
+        let e = refused("[detect]\nmax_past_skw = \"1s\"");
         assert!(e.contains("max_past_skw"), "{e}");
         assert!(Config::parse("[nonsense]\n").is_err());
     }

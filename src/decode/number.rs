@@ -28,9 +28,35 @@ pub enum Integral {
     TooLarge,
 }
 
+/// A plain unsigned integer of at most 18 digits without a leading zero
+/// (what almost every status and epoch field is): the fast case of
+/// [`parse_json`].
+#[inline]
+pub fn plain_uint(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 18 || (b.len() > 1 && b[0] == b'0') {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as u64;
+    }
+    Some(v)
+}
+
 /// Parses the JSON number grammar (`-? int frac? exp?`, no leading zeros,
 /// no `+`); `None` when `s` is not such a number.
 pub fn parse_json(s: &str) -> Option<Decimal> {
+    if let Some(v) = plain_uint(s) {
+        return Some(Decimal {
+            negative: false,
+            digits: v as u128,
+            exp: 0,
+        });
+    }
     let b = s.as_bytes();
     let mut i = 0;
     let negative = b.first() == Some(&b'-');
@@ -97,6 +123,7 @@ pub fn parse_json(s: &str) -> Option<Decimal> {
 
 /// Parses a plain decimal string: `-?digits(.digits)?` (a numeric string
 /// such as `"1795857302.417"` or `"200"`; leading zeros allowed).
+#[allow(dead_code)] // read by the gateway input formats
 pub fn parse_plain(s: &str) -> Option<Decimal> {
     let b = s.as_bytes();
     let (negative, rest) = match b.first() {
@@ -159,6 +186,10 @@ fn pow10(e: u32) -> Option<u128> {
 impl Decimal {
     /// The value as an integer, if it is one.
     pub fn integral(&self) -> Integral {
+        if self.exp == 0 && self.digits <= i128::MAX as u128 {
+            let v = self.digits as i128;
+            return Integral::Int(if self.negative { -v } else { v });
+        }
         self.scaled_floor(0, true)
     }
 

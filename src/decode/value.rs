@@ -102,7 +102,15 @@ pub fn opt_string<'a>(
 
 /// An integer field: a JSON number with no fractional part (`200`, `200.0`,
 /// `2e2`), exactly.
+#[inline]
 pub fn integer(field: &str, text: &str) -> Result<i128, DecodeError> {
+    if let Some(v) = number::plain_uint(text) {
+        return Ok(v as i128);
+    }
+    integer_slow(field, text)
+}
+
+fn integer_slow(field: &str, text: &str) -> Result<i128, DecodeError> {
     let d = number::parse_json(text)
         .ok_or_else(|| DecodeError::Syntax(format!("field `{field}`: not a number")))?;
     match d.integral() {
@@ -137,15 +145,21 @@ pub fn timestamp(field: &str, v: Option<Raw<'_>>) -> Result<Millis, DecodeError>
     let ts = |e: timestamp::TimestampError| DecodeError::Schema(format!("field `{field}`: {e}"));
     match v {
         Some(Raw::Str(s)) => timestamp::parse_rfc3339(&s).map_err(ts),
-        Some(Raw::Num(t)) => match number::parse_json(t).map(|d| d.integral()) {
-            Some(Integral::Int(v)) => timestamp::from_epoch_millis(v).map_err(ts),
-            Some(Integral::Fraction) => {
-                Err(ts(timestamp::TimestampError::Type("a fractional number")))
+        Some(Raw::Num(t)) => {
+            let v = match number::plain_uint(t) {
+                Some(v) => Some(Integral::Int(v as i128)),
+                None => number::parse_json(t).map(|d| d.integral()),
+            };
+            match v {
+                Some(Integral::Int(v)) => timestamp::from_epoch_millis(v).map_err(ts),
+                Some(Integral::Fraction) => {
+                    Err(ts(timestamp::TimestampError::Type("a fractional number")))
+                }
+                Some(Integral::TooLarge) | None => {
+                    Err(ts(timestamp::TimestampError::Type("a number out of range")))
+                }
             }
-            Some(Integral::TooLarge) | None => {
-                Err(ts(timestamp::TimestampError::Type("a number out of range")))
-            }
-        },
+        }
         Some(other) => Err(ts(timestamp::TimestampError::Type(other.kind()))),
         None => Err(missing(field)),
     }

@@ -43,10 +43,6 @@ impl Fingerprinter {
         }
     }
 
-    pub fn seed(&self) -> u64 {
-        self.seed
-    }
-
     /// 128-bit fingerprint of (key_id, nonce); the low 64 bits index the live
     /// state, the full value confirms a match.
     #[inline]

@@ -5,14 +5,14 @@
 //! lives in [`ShardDetector`] (the live index) and in a [`SightingLog`] that
 //! the caller supplies (the state module persists it; tests use [`VecLog`]).
 
-pub mod config;
-pub mod fingerprint;
-pub mod index;
-pub mod lifecycle;
-pub mod shard;
-pub mod sighting;
-pub mod skew;
-pub mod usage;
+mod config;
+mod fingerprint;
+mod index;
+mod lifecycle;
+mod shard;
+mod sighting;
+mod skew;
+pub(crate) mod usage;
 
 pub use config::DetectConfig;
 pub use fingerprint::Position;

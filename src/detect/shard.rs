@@ -39,8 +39,9 @@ pub enum Verdict {
     Reprocessed,
 }
 
-/// Per-shard counters (monotonic).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Per-shard counters (monotonic), persisted with the shard's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ShardStats {
     pub events: u64,
     pub duplicates: u64,
@@ -49,14 +50,57 @@ pub struct ShardStats {
     pub late: u64,
     /// So late that the live window no longer covers them: replay not evaluated.
     pub too_late: u64,
+    /// Per alert kind (`AlertKind::index`); stored as a list, so a state
+    /// written before a kind existed reads back with zero for it.
+    #[serde(with = "alert_counts")]
     pub alerts: [u64; AlertKind::ALL.len()],
     /// Two different (key, nonce) pairs with one 64-bit fingerprint.
     pub fingerprint_conflicts: u64,
 }
 
+mod alert_counts {
+    use super::AlertKind;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        v: &[u64; AlertKind::ALL.len()],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[u64; AlertKind::ALL.len()], D::Error> {
+        let v: Vec<u64> = Vec::deserialize(d)?;
+        let mut out = [0; AlertKind::ALL.len()];
+        for (a, b) in out.iter_mut().zip(v) {
+            *a = b;
+        }
+        Ok(out)
+    }
+}
+
 impl ShardStats {
     pub fn alerts_total(&self) -> u64 {
         self.alerts.iter().sum()
+    }
+
+    /// What changed since `before` (an earlier value of the same counters).
+    pub fn since(&self, before: &ShardStats) -> ShardStats {
+        let mut d = ShardStats {
+            events: self.events - before.events,
+            duplicates: self.duplicates - before.duplicates,
+            reprocessed: self.reprocessed - before.reprocessed,
+            late: self.late - before.late,
+            too_late: self.too_late - before.too_late,
+            fingerprint_conflicts: self.fingerprint_conflicts - before.fingerprint_conflicts,
+            alerts: self.alerts,
+        };
+        for (a, b) in d.alerts.iter_mut().zip(before.alerts) {
+            *a -= b;
+        }
+        d
     }
 
     pub fn add(&mut self, o: &ShardStats) {
@@ -160,10 +204,6 @@ impl ShardDetector {
 
     pub fn index(&self) -> &Index {
         &self.index
-    }
-
-    pub fn seed(&self) -> u64 {
-        self.fp.seed()
     }
 
     /// Largest received_at seen minus the allowed lateness.
@@ -298,16 +338,7 @@ impl ShardDetector {
         ev: &AccessEvent<'_>,
         evidence: Evidence,
     ) -> Alert {
-        Alert {
-            alert_id: alert::alert_id(kind, &ev.key_id, &ev.event_id),
-            kind,
-            severity,
-            key_id: ev.key_id.to_string(),
-            event_id: ev.event_id.to_string(),
-            received_at: ev.received_at,
-            evidence,
-            detector_version: alert::DETECTOR_VERSION.to_string(),
-        }
+        usage::make_alert(kind, severity, ev, ev.event_id.as_bytes(), evidence)
     }
 
     fn replay_alert(

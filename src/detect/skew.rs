@@ -13,28 +13,21 @@ pub fn check(
 ) -> Option<(AlertKind, SkewEvidence)> {
     // both are within years 0000-9999, so the differences cannot overflow
     let past = received_at - client_ts;
-    if past > cfg.max_past_skew_ms {
-        return Some((
-            AlertKind::StaleTimestamp,
-            SkewEvidence {
-                skew_ms: past,
-                limit_ms: cfg.max_past_skew_ms,
-                client_ts,
-            },
-        ));
-    }
-    let future = -past;
-    if future > cfg.max_future_skew_ms {
-        return Some((
-            AlertKind::FutureTimestamp,
-            SkewEvidence {
-                skew_ms: future,
-                limit_ms: cfg.max_future_skew_ms,
-                client_ts,
-            },
-        ));
-    }
-    None
+    let (kind, skew_ms, limit_ms) = if past > cfg.max_past_skew_ms {
+        (AlertKind::StaleTimestamp, past, cfg.max_past_skew_ms)
+    } else if -past > cfg.max_future_skew_ms {
+        (AlertKind::FutureTimestamp, -past, cfg.max_future_skew_ms)
+    } else {
+        return None;
+    };
+    Some((
+        kind,
+        SkewEvidence {
+            skew_ms,
+            limit_ms,
+            client_ts,
+        },
+    ))
 }
 
 #[cfg(test)]

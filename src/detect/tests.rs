@@ -387,13 +387,7 @@ struct Gen {
 }
 
 fn arb_traffic() -> impl Strategy<Value = Gen> {
-    let event = (
-        0i64..1500,
-        0usize..3,
-        prop::option::weighted(0.85, 0usize..4),
-        -160i64..80,
-        0usize..2,
-    );
+    let event = model::arb_event();
     let lc = (
         0usize..3,
         0usize..4,
@@ -409,14 +403,7 @@ fn arb_traffic() -> impl Strategy<Value = Gen> {
             let mut events: Vec<ModelEvent> = evs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (t, k, n, skew, ip))| ModelEvent {
-                    event_id: format!("e{i}"),
-                    received_at: T0 + t,
-                    key_id: format!("k{k}"),
-                    nonce: n.map(|n| format!("n{n}")),
-                    client_ts: T0 + t + skew,
-                    client_ip: format!("10.0.0.{ip}"),
-                })
+                .map(|(i, e)| ModelEvent::generated(i, "", T0, e))
                 .collect();
             events.sort_by_key(|e| e.received_at);
             // transport duplicates: copies of earlier events, a little later in the stream

@@ -1,14 +1,14 @@
 //! The only module that knows every stage: batching, commit order, delivery
 //! and shutdown. `scan` and `run` share the [`Engine`]; the Kafka runtime of
-//! `run` lives in [`kafka`].
+//! `run` lives in `pipeline/kafka/`.
 
-pub mod engine;
-pub mod kafka;
-pub mod scan;
+mod engine;
+pub(crate) mod kafka;
+pub(crate) mod scan;
 
-pub use engine::{CommitInfo, Engine, Totals};
-pub use kafka::{run, RunArgs, Status};
-pub use scan::{scan, ScanArgs, ScanSummary};
+pub use engine::{CommitInfo, Engine, EngineOptions, Totals};
+pub use kafka::{run, ClientFactory, KafkaConfig, RunArgs, StartPolicy, Status};
+pub use scan::{scan, ScanArgs, ScanConfig, ScanSummary};
 
 use crate::config::ConfigError;
 use crate::detect::LookupError;
@@ -16,14 +16,15 @@ use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::state::StateError;
 
+/// What stops `scan` or `run`. Each variant keeps its cause as `source`, so
+/// the binary can walk the chain for the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A usage error (a missing input file, a bad flag value): exit code 2.
     #[error("{0}")]
     Usage(String),
-    #[error("input: {0}")]
-    Input(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -32,6 +33,24 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A request to the Kafka cluster failed.
+    #[error("{what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Where a partition should start could not be found out.
+    #[error("the start position of {partition}: {reason}")]
+    StartPosition { partition: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shard {0} is not open")]
+    ShardNotOpen(u32),
     #[error(
         "the live index uses {bytes} bytes for {entries} live requests, over state.max_index \
          ({limit} bytes): raise state.max_index or shorten detect.retention"
@@ -50,6 +69,18 @@ impl PipelineError {
             PipelineError::Config(_) | PipelineError::Usage(_) => 2,
             _ => 1,
         }
+    }
+
+    pub(crate) fn kafka(
+        what: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let what = what.into();
+        move |source| PipelineError::Kafka { what, source }
+    }
+
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| PipelineError::Io { what, source }
     }
 }
 

@@ -76,6 +76,32 @@ impl ScanSummary {
     pub fn events_per_second(&self) -> f64 {
         self.totals.stats.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The summary as one JSON object (for `--log-format json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.totals.stats;
+        let by_kind: serde_json::Map<String, serde_json::Value> = AlertKind::ALL
+            .iter()
+            .filter(|k| s.alerts[k.index()] > 0)
+            .map(|k| (k.as_str().to_string(), s.alerts[k.index()].into()))
+            .collect();
+        serde_json::json!({
+            "message": "replayguard scan summary",
+            "events": s.events,
+            "elapsed_s": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "events_per_s": self.events_per_second().round(),
+            "alerts": s.alerts_total(),
+            "alerts_by_kind": by_kind,
+            "duplicates": s.duplicates,
+            "reprocessed": s.reprocessed,
+            "malformed": self.totals.malformed,
+            "late": s.late,
+            "too_late": s.too_late,
+            "lifecycle_records": self.lifecycle_records,
+            "delivered": self.delivered,
+            "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
+        })
+    }
 }
 
 impl std::fmt::Display for ScanSummary {
@@ -172,13 +198,13 @@ pub fn load_lifecycle<S: StateStore>(
     let mut n = 0;
     for p in paths {
         let name = p.display().to_string();
-        let f = std::fs::File::open(p).map_err(|e| PipelineError::Input(format!("{name}: {e}")))?;
+        let f = std::fs::File::open(p).map_err(PipelineError::io(format!("reading {name}")))?;
         let src = engine.source_id(&name);
         let mut r = LineReader::new(f, decoder.max_event_bytes);
         let mut line = 0u64;
         while let Some(l) = r
             .next_line()
-            .map_err(|e| PipelineError::Input(format!("{name}: {e}")))?
+            .map_err(PipelineError::io(format!("reading {name}")))?
         {
             line += 1;
             let payload = match l {
@@ -278,9 +304,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
             let t = tempfile::Builder::new()
                 .prefix("replayguard-scan-")
                 .tempdir()
-                .map_err(|e| {
-                    PipelineError::Input(format!("creating a temporary state dir: {e}"))
-                })?;
+                .map_err(PipelineError::io("creating a temporary state dir"))?;
             let p = t.path().to_path_buf();
             temp = Some(t);
             p
@@ -333,17 +357,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     progress.done();
     // report this run only: counters persist across runs in the state
     let mut totals = engine.totals();
-    let mut run = totals.stats.clone();
-    run.events -= before.stats.events;
-    run.duplicates -= before.stats.duplicates;
-    run.reprocessed -= before.stats.reprocessed;
-    run.late -= before.stats.late;
-    run.too_late -= before.stats.too_late;
-    run.fingerprint_conflicts -= before.stats.fingerprint_conflicts;
-    for (a, b) in run.alerts.iter_mut().zip(before.stats.alerts) {
-        *a -= b;
-    }
-    totals.stats = run;
+    totals.stats = totals.stats.since(&before.stats);
     Ok(ScanSummary {
         totals,
         lifecycle_records,

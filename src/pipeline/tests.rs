@@ -340,23 +340,21 @@ fn a_reuse_after_a_batch_that_sealed_several_segments_is_a_replay() {
     }
 }
 
-/// Small rules, so that windows, skews and lateness all come into play.
-fn small_rules(c: &mut Config) {
+/// Small rules, so that windows, skews and lateness all come into play, and
+/// the given state settings.
+fn small_config(settings: StateSettings) -> Config {
+    let mut c = Config::default();
     c.detect.max_past_skew_ms = 100;
     c.detect.max_future_skew_ms = 40;
     c.detect.allowed_lateness_ms = 60;
     c.detect.retention_ms = 200;
+    settings.apply(&mut c);
+    c
 }
 
 /// Model traffic: (events in arrival order within the lateness, lifecycle).
 fn arb_model_traffic() -> impl Strategy<Value = Vec<crate::model::ModelEvent>> {
-    let event = (
-        0i64..1500,
-        0usize..3,
-        prop::option::weighted(0.85, 0usize..4),
-        -160i64..80,
-        0usize..2,
-    );
+    let event = crate::model::arb_event();
     (
         prop::collection::vec(event, 1..160),
         prop::collection::vec((any::<prop::sample::Index>(), 0usize..4), 0..12),
@@ -368,14 +366,7 @@ fn arb_model_traffic() -> impl Strategy<Value = Vec<crate::model::ModelEvent>> {
             let mut events: Vec<crate::model::ModelEvent> = evs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (t, k, n, skew, ip))| crate::model::ModelEvent {
-                    event_id: format!("e{i}{pad}"),
-                    received_at: T0 + t,
-                    key_id: format!("k{k}"),
-                    nonce: n.map(|n| format!("n{n}")),
-                    client_ts: T0 + t + skew,
-                    client_ip: format!("10.0.0.{ip}"),
-                })
+                .map(|(i, e)| crate::model::ModelEvent::generated(i, &pad, T0, e))
                 .collect();
             events.sort_by_key(|e| e.received_at);
             // transport duplicates, a few places later (within the lateness)
@@ -403,6 +394,15 @@ fn arb_model_traffic() -> impl Strategy<Value = Vec<crate::model::ModelEvent>> {
             v.sort();
             v.into_iter().map(|(_, i)| events[i].clone()).collect()
         })
+}
+
+/// Traffic, state settings and a batch size (1 to more than the input).
+fn arb_run() -> impl Strategy<Value = (Vec<crate::model::ModelEvent>, StateSettings, usize)> {
+    (
+        arb_model_traffic(),
+        arb_settings(),
+        prop_oneof![Just(1usize), 2usize..50, Just(100_000)],
+    )
 }
 
 fn to_lines(events: &[crate::model::ModelEvent]) -> Vec<Vec<u8>> {
@@ -456,13 +456,9 @@ proptest! {
     /// and event-id length.
     #[test]
     fn the_engine_matches_the_model_under_any_state_settings(
-        events in arb_model_traffic(),
-        settings in arb_settings(),
-        batch in prop_oneof![Just(1usize), 2usize..50, Just(100_000)],
+        (events, settings, batch) in arb_run(),
     ) {
-        let mut c = Config::default();
-        small_rules(&mut c);
-        settings.apply(&mut c);
+        let c = small_config(settings);
         let input = to_lines(&events);
         let (alerts, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, batch);
         let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
@@ -474,9 +470,7 @@ proptest! {
         want.sort();
         prop_assert_eq!(got, want);
         // and the same alerts, evidence included, as the default settings
-        let mut d = Config::default();
-        small_rules(&mut d);
-        StateSettings::DEFAULT.apply(&mut d);
+        let d = small_config(StateSettings::DEFAULT);
         let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &d, &input, 100_000);
         prop_assert_eq!(core(&alerts), core(&reference));
     }
@@ -484,13 +478,9 @@ proptest! {
     /// The same on RocksDB (fewer cases: each opens a store).
     #[test]
     fn rocksdb_matches_the_model_under_any_state_settings(
-        events in arb_model_traffic(),
-        settings in arb_settings(),
-        batch in prop_oneof![Just(1usize), 2usize..50, Just(100_000)],
+        (events, settings, batch) in arb_run(),
     ) {
-        let mut c = Config::default();
-        small_rules(&mut c);
-        settings.apply(&mut c);
+        let c = small_config(settings);
         let input = to_lines(&events);
         let dir = tempfile::tempdir().unwrap();
         let rocks = Arc::new(RocksStore::open(dir.path(), &c.state.rocks()).unwrap());

@@ -2,7 +2,7 @@
 //! JSON (report v1), a text table, or an HTML page.
 
 pub mod render;
-pub mod rotation;
+mod rotation;
 
 use std::collections::HashMap;
 

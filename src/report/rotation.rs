@@ -76,7 +76,7 @@ pub struct Straggler {
     /// Requests counted (Space-Saving: may overcount by `count_error`).
     pub count: u64,
     pub count_error: u64,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub last_seen: Millis,
 }
 
@@ -91,7 +91,7 @@ pub enum Verdict {
 /// its share of traffic over time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub ready_at: Millis,
     /// Half-width of the 95 % interval.
     pub plus_minus_ms: i64,
@@ -103,7 +103,7 @@ pub struct Estimate {
 /// Old and successor requests in one bucket of the chart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Point {
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub t: Millis,
     pub old: u32,
     pub successor: u32,
@@ -116,15 +116,12 @@ pub struct RotationReport {
     pub key_id: String,
     pub state: KeyState,
     /// Event time the report describes (the newest request seen).
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub as_of: Millis,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub rotation_started_at: Millis,
     pub successor: Option<String>,
-    #[serde(
-        deserialize_with = "timestamp::de_opt",
-        serialize_with = "timestamp::ser_opt"
-    )]
+    #[serde(with = "timestamp::rfc3339_opt")]
     pub grace_until: Option<Millis>,
     pub old_key: Counts,
     pub successor_key: Counts,
@@ -135,10 +132,7 @@ pub struct RotationReport {
     /// Tracked clients that used the old key in the last hour (a lower bound).
     pub clients_last_hour: u64,
     pub stragglers: Vec<Straggler>,
-    #[serde(
-        deserialize_with = "timestamp::de_opt",
-        serialize_with = "timestamp::ser_opt"
-    )]
+    #[serde(with = "timestamp::rfc3339_opt")]
     pub last_old_key_use: Option<Millis>,
     pub verdict: Verdict,
     pub reason: String,
@@ -173,19 +167,12 @@ fn counts(u: Option<&KeyUsage>, now: Millis, since: Millis) -> Counts {
     }
 }
 
-/// Requests from `since` to `now`: whole days from the day ring, the rest
-/// from the finer rings where they still cover it.
+/// Requests from `since` to `now`, from the finest ring that covers the span.
 fn since_start(u: &KeyUsage, since: Millis, now: Millis) -> u64 {
     if since > now {
         return 0;
     }
-    if now - since < 59 * MINUTE {
-        return u.minutes.sum(since, now);
-    }
-    if now - since < 47 * HOUR {
-        return u.hours.sum(since, now);
-    }
-    u.days.sum(since, now)
+    u.requests_between(since, now)
 }
 
 fn share(old: u64, new: u64) -> Option<f64> {

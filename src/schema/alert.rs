@@ -91,7 +91,7 @@ pub enum Severity {
 #[serde(deny_unknown_fields)]
 pub struct Sighting {
     pub event_id: String,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub received_at: Millis,
     pub client_ip: String,
 }
@@ -116,7 +116,7 @@ pub struct SkewEvidence {
     /// for `future_timestamp`. Always greater than `limit_ms`.
     pub skew_ms: i64,
     pub limit_ms: i64,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub client_ts: Millis,
 }
 
@@ -126,13 +126,10 @@ pub struct LifecycleEvidence {
     /// The key's state at received_at.
     pub state: KeyState,
     /// Since when that state holds.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub at: Millis,
     pub successor: Option<String>,
-    #[serde(
-        deserialize_with = "timestamp::de_opt",
-        serialize_with = "timestamp::ser_opt"
-    )]
+    #[serde(with = "timestamp::rfc3339_opt")]
     pub grace_until: Option<Millis>,
 }
 
@@ -150,7 +147,7 @@ pub struct RateEvidence {
     pub z_score: f64,
     /// Two-sided normal tail probability of the z-score.
     pub p_value: f64,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub window_start: Millis,
     pub window_ms: i64,
 }
@@ -163,7 +160,7 @@ pub struct AuthBurstEvidence {
     pub observed: u64,
     pub threshold: u64,
     /// Time of the first failure in the window.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub window_start: Millis,
     pub window_ms: i64,
 }
@@ -179,7 +176,7 @@ pub struct NewClientEvidence {
     /// Clients known on the key before this one (the baseline).
     pub known_clients: u64,
     /// No new client had appeared since then.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub settled_since: Millis,
 }
 
@@ -228,7 +225,7 @@ pub struct Alert {
     pub key_id: String,
     /// The request the alert is about.
     pub event_id: String,
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub received_at: Millis,
     pub evidence: Evidence,
     pub detector_version: String,

@@ -33,16 +33,12 @@ pub struct LifecycleEvent {
     pub key_id: String,
     pub state: KeyState,
     /// From when (event time) this state holds.
-    #[serde(deserialize_with = "timestamp::de", serialize_with = "timestamp::ser")]
+    #[serde(with = "timestamp::rfc3339")]
     pub at: Millis,
     /// The key that replaces this one, if any.
     #[serde(default)]
     pub successor: Option<String>,
     /// For `rotating`: old-key use is accepted up to and including this time.
-    #[serde(
-        default,
-        deserialize_with = "timestamp::de_opt",
-        serialize_with = "timestamp::ser_opt"
-    )]
+    #[serde(default, with = "timestamp::rfc3339_opt")]
     pub grace_until: Option<Millis>,
 }

@@ -302,7 +302,18 @@ pub fn ser_opt<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-/// Deserializes what [`ser`] writes (and everything [`de`] accepts).
+/// `#[serde(with = "timestamp::rfc3339")]`: written as RFC 3339 UTC with
+/// milliseconds, read as any timestamp [`de()`] accepts.
+pub mod rfc3339 {
+    pub use super::{de as deserialize, ser as serialize};
+}
+
+/// `#[serde(with = "timestamp::rfc3339_opt")]`, for a nullable timestamp.
+pub mod rfc3339_opt {
+    pub use super::{de_opt as deserialize, ser_opt as serialize};
+}
+
+/// Deserializes what [`ser()`] writes (and everything [`de()`] accepts).
 pub fn de_str<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
     de(d)
 }

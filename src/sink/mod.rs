@@ -2,9 +2,9 @@
 //! ([`DeadLetterSink`]), with JSON-lines writers and in-memory twins. The
 //! Kafka producers live with the `run` pipeline.
 
-pub mod jsonl;
-pub mod kafka;
-pub mod memory;
+mod jsonl;
+pub(crate) mod kafka;
+mod memory;
 
 use crate::decode::DecodeError;
 use crate::detect::Position;

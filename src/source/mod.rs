@@ -1,9 +1,9 @@
 //! Where records come from: the [`Source`] trait, JSON-lines files (and stdin),
 //! and an in-memory twin. The Kafka source lives with the `run` pipeline.
 
-pub mod files;
-pub mod kafka;
-pub mod memory;
+pub(crate) mod files;
+pub(crate) mod kafka;
+mod memory;
 
 use crate::detect::Position;
 

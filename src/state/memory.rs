@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{segment::SegmentSource, Commit, ShardMeta, StateError, StateStore, StoreMeta};
+use super::{
+    segment::{Bytes, SegmentSource},
+    Commit, ShardMeta, StateError, StateStore, StoreMeta,
+};
 use crate::schema::LifecycleEvent;
 
 #[derive(Default)]
@@ -56,7 +59,7 @@ impl MemStore {
 }
 
 impl SegmentSource for MemStore {
-    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut Bytes<'_>) -> Result<bool, StateError> {
         let g = self.inner.lock().unwrap();
         match g.segments.get(&(shard, seq)) {
             Some(b) => {
@@ -145,7 +148,7 @@ impl StateStore for MemStore {
 
     fn commit(&self, c: &Commit) -> Result<(), StateError> {
         if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StateError::Io("injected commit failure".into()));
+            return Err(StateError::Refused("injected commit failure".into()));
         }
         let mut g = self.inner.lock().unwrap();
         for (name, id) in &c.registry {

@@ -8,9 +8,9 @@
 //! store at the previous commit or at this one, never between.
 
 mod config;
-pub mod memory;
-pub mod rocks;
-pub mod segment;
+mod memory;
+mod rocks;
+pub(crate) mod segment;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,19 +23,50 @@ use crate::schema::{LifecycleEvent, Millis};
 pub use config::StateConfig;
 pub use memory::MemStore;
 pub use rocks::{RocksOptions, RocksStore};
-pub use segment::{SegmentLog, SegmentOptions, SegmentSource, SegmentView};
+pub use segment::{Bytes, SegmentLog, SegmentOptions, SegmentSource, SegmentView};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// What the state store can fail with. Callers branch on the kind: a full
+/// disk or an I/O error is transient (`run` pauses and retries the same
+/// commit), the rest stops the detector.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state store I/O: {0}")]
-    Io(String),
+    #[error("state store I/O: {source}")]
+    Io {
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("the state store is full (no space left on the device): {source}")]
+    NoSpace {
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("opening the state directory {dir}: {source}")]
+    Open {
+        dir: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("creating the state directory {dir}: {source}")]
+    CreateDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "the state directory {0} is in use by another replayguard process (RocksDB holds a lock on it)"
     )]
     Locked(String),
+    #[error("{0} holds no replayguard state")]
+    NoState(String),
+    /// The store refused a commit for another reason (the in-memory twin's
+    /// injected failures); transient like I/O.
+    #[error("the state store refused the commit: {0}")]
+    Refused(String),
+    #[error("the state store is being reopened")]
+    Reopening,
     #[error("the state directory {dir} was written with layout version {found}; this build reads version {expected}")]
     Version {
         dir: String,
@@ -44,15 +75,19 @@ pub enum StateError {
     },
     #[error("corrupt state: {0}")]
     Corrupt(String),
-    #[error("the state store is full (no space left on the device): {0}")]
-    NoSpace(String),
 }
 
 impl StateError {
     /// Whether retrying later may succeed (a full disk, an I/O error): the
     /// runtime pauses and retries the same commit instead of stopping.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StateError::NoSpace(_) | StateError::Io(_))
+        matches!(
+            self,
+            StateError::NoSpace { .. }
+                | StateError::Io { .. }
+                | StateError::Refused(_)
+                | StateError::Reopening
+        )
     }
 }
 
@@ -69,7 +104,7 @@ pub struct StoreMeta {
 pub struct ShardMeta {
     pub max_seen: Option<Millis>,
     pub last_sweep: Millis,
-    pub stats: StatsRecord,
+    pub stats: ShardStats,
     /// Sequence number of the next sighting segment.
     pub next_seq: u64,
     /// Next offset to read, per source id: the input position this state covers.
@@ -91,50 +126,6 @@ impl ShardMeta {
     pub fn set_clock(&mut self, c: Clock) {
         self.max_seen = c.max_seen;
         self.last_sweep = c.last_sweep;
-    }
-}
-
-/// Serialized [`ShardStats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsRecord {
-    pub events: u64,
-    pub duplicates: u64,
-    pub reprocessed: u64,
-    pub late: u64,
-    pub too_late: u64,
-    pub alerts: Vec<u64>,
-    pub fingerprint_conflicts: u64,
-}
-
-impl From<&ShardStats> for StatsRecord {
-    fn from(s: &ShardStats) -> Self {
-        StatsRecord {
-            events: s.events,
-            duplicates: s.duplicates,
-            reprocessed: s.reprocessed,
-            late: s.late,
-            too_late: s.too_late,
-            alerts: s.alerts.to_vec(),
-            fingerprint_conflicts: s.fingerprint_conflicts,
-        }
-    }
-}
-
-impl From<&StatsRecord> for ShardStats {
-    fn from(r: &StatsRecord) -> Self {
-        let mut s = ShardStats {
-            events: r.events,
-            duplicates: r.duplicates,
-            reprocessed: r.reprocessed,
-            late: r.late,
-            too_late: r.too_late,
-            fingerprint_conflicts: r.fingerprint_conflicts,
-            ..Default::default()
-        };
-        for (a, b) in s.alerts.iter_mut().zip(&r.alerts) {
-            *a = *b;
-        }
-        s
     }
 }
 
@@ -211,7 +202,7 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
 }
 
 impl<T: SegmentSource + ?Sized> SegmentSource for Arc<T> {
-    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut Bytes<'_>) -> Result<bool, StateError> {
         (**self).with_segment(shard, seq, f)
     }
 }

@@ -22,8 +22,9 @@ use rocksdb::{
 };
 
 use super::{
-    lifecycle_key, segment::SegmentSource, segment_key, Commit, ShardMeta, StateError, StateStore,
-    StoreMeta, FORMAT_VERSION,
+    lifecycle_key,
+    segment::{Bytes, SegmentSource},
+    segment_key, Commit, ShardMeta, StateError, StateStore, StoreMeta, FORMAT_VERSION,
 };
 use crate::schema::LifecycleEvent;
 
@@ -78,12 +79,19 @@ pub struct RocksStore {
     needs_reopen: AtomicBool,
 }
 
-fn io(e: rocksdb::Error) -> StateError {
-    let s = e.into_string();
-    if s.contains("No space left") || s.contains("ENOSPC") {
-        StateError::NoSpace(s)
+/// Whether a RocksDB error is a full disk. RocksDB's C API gives only the
+/// status text (`IO error: No space left on device`, the strerror of
+/// ENOSPC): this is the one place that reads it.
+fn is_no_space(e: &rocksdb::Error) -> bool {
+    let s = e.as_ref();
+    s.contains("No space left") || s.contains("ENOSPC")
+}
+
+fn io(source: rocksdb::Error) -> StateError {
+    if is_no_space(&source) {
+        StateError::NoSpace { source }
     } else {
-        StateError::Io(s)
+        StateError::Io { source }
     }
 }
 
@@ -125,14 +133,19 @@ fn open_db(dir: &Path, o: &RocksOptions, cache: &Cache) -> Result<DB, StateError
     } else {
         DB::open_cf_descriptors(&opts, dir, cfs)
     }
-    .map_err(|e| {
-        let s = e.into_string();
+    .map_err(|source| {
+        let s = source.as_ref();
         if s.contains("lock") || s.contains("LOCK") {
             StateError::Locked(dir.display().to_string())
-        } else if s.contains("No space left") {
-            StateError::NoSpace(s)
+        } else if is_no_space(&source) {
+            StateError::NoSpace { source }
+        } else if o.read_only && (s.contains("CURRENT") || s.contains("does not exist")) {
+            StateError::NoState(dir.display().to_string())
         } else {
-            StateError::Io(format!("opening {}: {s}", dir.display()))
+            StateError::Open {
+                dir: dir.display().to_string(),
+                source,
+            }
         }
     })
 }
@@ -140,8 +153,10 @@ fn open_db(dir: &Path, o: &RocksOptions, cache: &Cache) -> Result<DB, StateError
 impl RocksStore {
     pub fn open(dir: &Path, o: &RocksOptions) -> Result<Self, StateError> {
         if !o.read_only {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StateError::Io(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
         }
         let cache = Cache::new_lru_cache(o.block_cache_bytes);
         let db = open_db(dir, o, &cache)?;
@@ -149,12 +164,7 @@ impl RocksStore {
         let meta = match db.get_cf(cf, KEY_STORE).map_err(io)? {
             Some(b) => serde_json::from_slice::<StoreMeta>(&b)
                 .map_err(|e| StateError::Corrupt(format!("store metadata: {e}")))?,
-            None if o.read_only => {
-                return Err(StateError::Io(format!(
-                    "{} holds no replayguard state",
-                    dir.display()
-                )))
-            }
+            None if o.read_only => return Err(StateError::NoState(dir.display().to_string())),
             None => {
                 let m = StoreMeta {
                     format: FORMAT_VERSION,
@@ -195,7 +205,7 @@ impl RocksStore {
         let g = self.db.read().unwrap_or_else(|e| e.into_inner());
         match g.as_ref() {
             Some(db) => f(db),
-            None => Err(StateError::Io("the state store is being reopened".into())),
+            None => Err(StateError::Reopening),
         }
     }
 
@@ -238,7 +248,7 @@ fn reclaim(db: &DB, shard: u32, below: u64) {
 }
 
 impl SegmentSource for RocksStore {
-    fn with_segment(&self, shard: u32, seq: u64, f: &mut dyn FnMut(&[u8])) -> Result<bool, String> {
+    fn with_segment(&self, shard: u32, seq: u64, f: &mut Bytes<'_>) -> Result<bool, StateError> {
         self.with_db(
             |db| match db.get_pinned_cf(cf(db, CF_SIGHTINGS), segment_key(shard, seq)) {
                 Ok(Some(v)) => {
@@ -249,7 +259,6 @@ impl SegmentSource for RocksStore {
                 Err(e) => Err(io(e)),
             },
         )
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -493,106 +502,5 @@ impl StateStore for RocksStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::state::StateStore;
-
-    fn store(dir: &Path) -> RocksStore {
-        RocksStore::open(dir, &RocksOptions::default()).unwrap()
-    }
-
-    fn segments(s: &RocksStore, shard: u32) -> Vec<u64> {
-        let mut v = Vec::new();
-        s.for_each_segment(shard, &mut |q, _| {
-            v.push(q);
-            Ok(())
-        })
-        .unwrap();
-        v
-    }
-
-    /// A storage file that ends exactly at the oldest live segment keeps it:
-    /// reclaiming drops only files wholly below the floor.
-    #[test]
-    fn reclaim_never_drops_the_file_holding_the_floor_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        let put = |range: std::ops::Range<u64>| Commit {
-            segments: range
-                .map(|q| (0u32, q, Arc::new(vec![q as u8; 100])))
-                .collect(),
-            ..Default::default()
-        };
-        // one file holding segments 0..=5 of shard 0 (it ends at key (0, 5)),
-        // compacted out of level 0 (DeleteFilesInRange leaves L0 files alone)
-        s.commit(&put(0..6)).unwrap();
-        s.with_db(|db| {
-            db.flush_cf(cf(db, CF_SIGHTINGS)).map_err(io)?;
-            db.compact_range_cf(
-                cf(db, CF_SIGHTINGS),
-                Some(segment_key(0, 0)),
-                Some(segment_key(0, 5)),
-            );
-            Ok(())
-        })
-        .unwrap();
-        let file_of_0_to_5 = |s: &RocksStore| {
-            s.with_db(|db| db.live_files().map_err(io))
-                .unwrap()
-                .into_iter()
-                .any(|f| {
-                    f.column_family_name == CF_SIGHTINGS
-                        && f.level > 0
-                        && f.start_key.as_deref() == Some(&segment_key(0, 0)[..])
-                        && f.end_key.as_deref() == Some(&segment_key(0, 5)[..])
-                })
-        };
-        assert!(file_of_0_to_5(&s), "the test needs a file ending at (0, 5)");
-        // and another holding segments 6..=8 and one of shard 1
-        let mut c = put(6..9);
-        c.segments.push((1, 0, Arc::new(vec![1; 100])));
-        s.commit(&c).unwrap();
-        s.with_db(|db| db.flush_cf(cf(db, CF_SIGHTINGS)).map_err(io))
-            .unwrap();
-        // segments 0..5 expire: the floor is 5, which is still live
-        s.commit(&Commit {
-            segment_deletes: (0..5).map(|q| (0, q)).collect(),
-            segment_floors: vec![(0, 5)],
-            ..Default::default()
-        })
-        .unwrap();
-        s.with_db(|db| {
-            reclaim(db, 0, 5);
-            Ok(())
-        })
-        .unwrap();
-        assert!(
-            file_of_0_to_5(&s),
-            "the file holding the live segment 5 is kept"
-        );
-        assert_eq!(segments(&s, 0), vec![5, 6, 7, 8]);
-        let mut got = Vec::new();
-        assert!(s.with_segment(0, 5, &mut |b| got = b.to_vec()).unwrap());
-        assert_eq!(got, vec![5u8; 100]);
-        assert_eq!(segments(&s, 1), vec![0]);
-        // with every segment of the first file dead, the file goes
-        s.commit(&Commit {
-            segment_deletes: vec![(0, 5)],
-            segment_floors: vec![(0, 6)],
-            ..Default::default()
-        })
-        .unwrap();
-        s.with_db(|db| {
-            reclaim(db, 0, 6);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(segments(&s, 0), vec![6, 7, 8]);
-        assert!(
-            !file_of_0_to_5(&s),
-            "the file of segments 0..=5 was dropped"
-        );
-    }
-}
+#[path = "rocks_tests.rs"]
+mod tests;

@@ -29,7 +29,10 @@ pub(super) fn create_topics(
     let md = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(15))
-        .map_err(|e| PipelineError::Input(format!("Kafka metadata from {}: {e}", k.brokers)))?;
+        .map_err(PipelineError::kafka(format!(
+            "Kafka metadata from {}",
+            k.brokers
+        )))?;
     let existing: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
     let missing: Vec<NewTopic<'_>> = names
         .iter()
@@ -42,10 +45,12 @@ pub(super) fn create_topics(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| PipelineError::Input(e.to_string()))?;
+        .map_err(PipelineError::io(
+            "starting an async runtime for the admin client",
+        ))?;
     let res = rt
         .block_on(admin.create_topics(missing.iter(), &AdminOptions::new()))
-        .map_err(|e| PipelineError::Input(format!("creating topics: {e}")))?;
+        .map_err(PipelineError::kafka("creating topics"))?;
     for r in res {
         match r {
             Ok(t) => tracing::info!(topic = %t, "created topic"),

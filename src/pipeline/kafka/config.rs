@@ -30,7 +30,7 @@ pub struct KafkaConfig {
     /// Route events through an internal topic keyed by key_id before
     /// detection, for producers that do not key by key_id. Default false.
     pub repartition: bool,
-    /// The internal topic of `repartition`. Default "<group>-repartition".
+    /// The internal topic of `repartition`. Default `<group>-repartition`.
     pub repartition_topic: Option<String>,
     /// Create the alert, dead-letter and repartition topics when missing. Default true.
     pub create_topics: bool,

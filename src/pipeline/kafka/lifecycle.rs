@@ -46,7 +46,7 @@ impl LifecycleReader {
         let thread = std::thread::Builder::new()
             .name("lifecycle".into())
             .spawn(move || ksrc::read_lifecycle(c, topic, tx, s))
-            .map_err(|e| PipelineError::Input(format!("starting the lifecycle reader: {e}")))?;
+            .map_err(PipelineError::io("starting the lifecycle reader"))?;
         Ok(LifecycleReader {
             rx: Some(rx),
             topic: k.lifecycle_topic.clone(),

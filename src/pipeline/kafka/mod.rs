@@ -30,7 +30,7 @@ mod runtime;
 mod start;
 mod status;
 
-pub use client::{ClientFactory, Role};
+pub use client::ClientFactory;
 pub use config::KafkaConfig;
 pub use runtime::{run, RunArgs};
 pub use start::StartPolicy;

@@ -190,7 +190,7 @@ impl Runtime {
     ) -> Result<(), PipelineError> {
         let committed = consumer
             .committed_offsets(tpl.clone(), LOOKUP_TIMEOUT)
-            .map_err(|e| PipelineError::Input(format!("reading committed offsets: {e}")))?;
+            .map_err(PipelineError::kafka("reading committed offsets"))?;
         for el in committed.elements() {
             let (topic, p) = (el.topic().to_string(), el.partition());
             let name = ksrc::partition_name(&topic, p);
@@ -233,14 +233,17 @@ impl Runtime {
                     },
                     wall_clock_ms(),
                 )
-                .map_err(PipelineError::Input)?;
+                .map_err(|reason| PipelineError::StartPosition {
+                    partition: name.clone(),
+                    reason,
+                })?;
                 self.begin(shard, &name, known, decided, meta.as_ref())?
             };
             if let Offset::Offset(o) = start {
                 part.next = o as u64;
             }
             tpl.set_partition_offset(&topic, p, start)
-                .map_err(|e| PipelineError::Input(format!("setting the start of {name}: {e}")))?;
+                .map_err(PipelineError::kafka(format!("setting the start of {name}")))?;
             self.parts.insert(topic, p, part);
         }
         Ok(())

@@ -310,7 +310,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let refs: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
     consumer
         .subscribe(&refs)
-        .map_err(|e| PipelineError::Input(format!("subscribing to {topics:?}: {e}")))?;
+        .map_err(PipelineError::kafka(format!("subscribing to {topics:?}")))?;
     tracing::info!(topics = ?topics, "subscribed");
 
     let result = poll_loop(&consumer, &rt, &status, &mut lifecycle, k);

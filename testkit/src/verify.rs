@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use super::kafka::{committed, consume};
-use crate::schema::alert::alert_id;
-use crate::schema::{Alert, AlertKind};
+use replayguard::schema::alert::alert_id;
+use replayguard::schema::{Alert, AlertKind};
 
 /// An expected alert: (kind, key_id, event_id).
 pub type Expected = (AlertKind, String, String);

@@ -22,7 +22,7 @@ use super::Dir;
 
 /// `scripts/kafka.sh` of this checkout.
 pub fn kafka_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh")
 }
 
 pub fn free_port() -> u16 {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Side by side: `replayguard scan` of two binaries over the same input, in
+# alternating runs (A B A B ...), pinned to one core, each with fresh durable
+# state. Prints events/s and peak RSS per run, the medians, and the median of
+# the per-pair ratios B/A. The machines drift by 2x from day to day: only the
+# ratio of one run of this script is a claim.
+#
+#   scripts/bench-ab.sh OLD_BIN NEW_BIN INPUT [PAIRS] [EXTRA SCAN ARGS...]
+#   e.g. scripts/bench-ab.sh /tmp/rg-base target/release/replayguard bench-out/scan-1000000.jsonl 5
+#
+# CPU: CORE (default 1) is the one core the scans run on.
+set -euo pipefail
+a="$1" b="$2" input="$3" pairs="${4:-5}"
+shift $(( $# >= 4 ? 4 : 3 ))
+core="${CORE:-1}"
+dir="$(mktemp -d)"
+trap 'rm -rf "$dir"' EXIT
+one() {
+  local bin="$1" out
+  shift
+  rm -rf "$dir/state"
+  out=$( { /usr/bin/time -f 'rss_kib=%M' taskset -c "$core" "$bin" scan --quiet --state-dir "$dir/state" \
+      --alerts /dev/null "$@" "$input" 2>&1 >/dev/null; } 2>&1 )
+  local rate rss
+  rate=$(sed -n 's/.*(\([0-9]*\) events\/s).*/\1/p' <<<"$out")
+  rss=$(sed -n 's/rss_kib=\([0-9]*\)/\1/p' <<<"$out")
+  echo "$rate $rss"
+}
+printf '| pair | A events/s | B events/s | B/A | A peak RSS MiB | B peak RSS MiB |\n|---|---|---|---|---|---|\n'
+ra=() rb=() ratios=() ma=() mb=()
+for i in $(seq 1 "$pairs"); do
+  read -r x xm < <(one "$a" "$@")
+  read -r y ym < <(one "$b" "$@")
+  r=$(awk -v x="$x" -v y="$y" 'BEGIN { printf "%.3f", y / x }')
+  ra+=("$x") rb+=("$y") ratios+=("$r") ma+=("$xm") mb+=("$ym")
+  printf '| %d | %s | %s | %s | %d | %d |\n' "$i" "$x" "$y" "$r" $((xm / 1024)) $((ym / 1024))
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+printf '| **median** | %s | %s | **%s** | %d | %d |\n' "$(median "${ra[@]}")" "$(median "${rb[@]}")" \
+  "$(median "${ratios[@]}")" $(( $(median "${ma[@]}") / 1024 )) $(( $(median "${mb[@]}") / 1024 ))

@@ -1,0 +1,79 @@
+//! The alert outbox: alerts raised and not yet acknowledged by the sink.
+//! Those before `committed` are in the store's outbox; delivering removes
+//! them with the next commit.
+
+use crate::schema::Alert;
+use crate::sink::{AlertSink, OutboxEntry, SinkError};
+
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    entries: Vec<OutboxEntry>,
+    /// How many of `entries` are committed to the store.
+    committed: usize,
+    next_seq: u64,
+    /// Delivered: the store's entries below this go with the next commit.
+    delete_below: Option<u64>,
+}
+
+impl Outbox {
+    /// The outbox an earlier run left in the store (all committed).
+    pub(super) fn restore(stored: Vec<(u64, Vec<u8>)>) -> Self {
+        let entries: Vec<OutboxEntry> = stored
+            .into_iter()
+            .map(|(seq, json)| OutboxEntry { seq, json })
+            .collect();
+        Outbox {
+            next_seq: entries.last().map_or(0, |e| e.seq + 1),
+            committed: entries.len(),
+            entries,
+            delete_below: None,
+        }
+    }
+
+    pub(super) fn push(&mut self, a: &Alert) {
+        self.entries.push(OutboxEntry {
+            seq: self.next_seq,
+            json: serde_json::to_vec(a).expect("alert serializes"),
+        });
+        self.next_seq += 1;
+    }
+
+    /// What the next commit writes: the uncommitted entries, and the
+    /// delivered ones to delete.
+    pub(super) fn stage(&mut self) -> (Vec<(u64, Vec<u8>)>, Option<u64>) {
+        let put = self.entries[self.committed..]
+            .iter()
+            .map(|e| (e.seq, e.json.clone()))
+            .collect();
+        (put, self.delete_below.take())
+    }
+
+    /// A commit holding `n` staged entries is durable.
+    pub(super) fn committed(&mut self, n: usize) {
+        self.committed += n;
+    }
+
+    /// Hands every committed entry to the sink; they leave the store's
+    /// outbox with the next commit.
+    pub(super) fn deliver(&mut self, sink: &mut dyn AlertSink) -> Result<usize, SinkError> {
+        let n = self.committed;
+        if n == 0 {
+            return Ok(0);
+        }
+        sink.deliver(&self.entries[..n])?;
+        self.delete_below = Some(self.entries[n - 1].seq + 1);
+        self.entries.drain(..n);
+        self.committed = 0;
+        Ok(n)
+    }
+
+    /// Committed but not delivered.
+    pub(super) fn undelivered(&self) -> usize {
+        self.committed
+    }
+
+    /// Delivered entries wait for a commit to leave the store.
+    pub(super) fn delete_pending(&self) -> bool {
+        self.delete_below.is_some()
+    }
+}

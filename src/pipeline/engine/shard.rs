@@ -1,0 +1,195 @@
+//! One shard of the engine (a file scan, or one input partition): its
+//! detector, its sighting log and its progress, restored from the store or
+//! started fresh, and its part of every commit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::EngineOptions;
+use crate::detect::{ShardDetector, ShardStats};
+use crate::state::{Commit, SegmentLog, SegmentView, ShardMeta, StateError, StateStore};
+use crate::telemetry;
+
+pub(super) struct Shard<S: StateStore> {
+    pub(super) name: String,
+    pub(super) det: ShardDetector,
+    pub(super) log: SegmentLog<Arc<S>>,
+    meta: ShardMeta,
+    /// (source, next offset) of the latest record, not yet in `meta.positions`.
+    pub(super) cur: Option<(u32, u64)>,
+    /// Segments to delete with the next commit (expired at restore, or the
+    /// whole log of a shard being rebuilt).
+    stale_segments: Vec<u64>,
+    /// Stats at the last commit (for per-batch telemetry).
+    committed_stats: ShardStats,
+    /// While set, records before this offset rebuild state only: no alerts,
+    /// no dead letters, not counted (another instance already reported them,
+    /// or they are a first deployment's warm-up).
+    pub(super) live_from: Option<u64>,
+    /// A batch has started since the last commit (its origin is set).
+    pub(super) in_batch: bool,
+    pub(super) dirty: bool,
+}
+
+impl<S: StateStore> Shard<S> {
+    /// The shard `id` as the store has it (empty when new).
+    pub(super) fn restore(
+        store: &Arc<S>,
+        id: u32,
+        name: &str,
+        o: &EngineOptions,
+        seed: u64,
+    ) -> Result<Self, StateError> {
+        let started = Instant::now();
+        let meta = store.shard(id)?.unwrap_or_default();
+        let mut det = ShardDetector::new(o.rules, seed).with_usage(o.usage);
+        let mut keys = 0usize;
+        store.for_each_usage(Some(id), &mut |_, key, bytes| {
+            let u = postcard::from_bytes(bytes)
+                .map_err(|e| StateError::Corrupt(format!("usage of {key}: {e}")))?;
+            det.restore_usage(key, u);
+            keys += 1;
+            Ok(())
+        })?;
+        det.restore_clock(meta.clock());
+        det.set_stats(meta.stats.clone());
+        let mut log = SegmentLog::new(id, store.clone(), meta.next_seq, o.segments);
+        let keep_from = det
+            .watermark()
+            .map_or(i64::MIN, |wm| wm - o.rules.retention_ms);
+        let mut stale = Vec::new();
+        let (mut windows, mut events, mut segments) = (0usize, 0usize, 0usize);
+        store.for_each_segment(id, &mut |seq, bytes| {
+            let v =
+                SegmentView::parse(seq, bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            if v.max_t < keep_from {
+                stale.push(seq);
+                return Ok(());
+            }
+            segments += 1;
+            log.note_existing(seq, v.max_t, v.origin);
+            for w in v.windows() {
+                let (fp, t) = w.ok_or_else(|| {
+                    StateError::Corrupt(format!("window record in segment {seq}"))
+                })?;
+                det.restore_window(fp, t, seq as u32);
+                windows += 1;
+            }
+            for (fp, t, h) in v.events() {
+                det.restore_event(fp, t, h);
+                events += 1;
+            }
+            Ok(())
+        })?;
+        telemetry::StateRestored {
+            shard: name,
+            keys,
+            windows,
+            events,
+            segments,
+            elapsed: started.elapsed(),
+        }
+        .emit();
+        Ok(Shard {
+            name: name.to_string(),
+            committed_stats: meta.stats.clone(),
+            // a rebuild or warm-up interrupted by a crash goes on
+            live_from: meta.live_from,
+            det,
+            log,
+            meta,
+            cur: None,
+            stale_segments: stale,
+            in_batch: false,
+            dirty: true,
+        })
+    }
+
+    /// A shard with nothing in it that replaces `old` (its segments are
+    /// deleted with the next commit), reporting from `live_from` on.
+    pub(super) fn fresh(
+        store: &Arc<S>,
+        id: u32,
+        old: &Shard<S>,
+        o: &EngineOptions,
+        seed: u64,
+        live_from: u64,
+    ) -> Result<Self, StateError> {
+        let mut all = Vec::new();
+        store.for_each_segment(id, &mut |seq, _| {
+            all.push(seq);
+            Ok(())
+        })?;
+        let next_seq = old.log.next_seq();
+        Ok(Shard {
+            name: old.name.clone(),
+            det: ShardDetector::new(o.rules, seed).with_usage(o.usage),
+            log: SegmentLog::new(id, store.clone(), next_seq, o.segments),
+            meta: ShardMeta {
+                next_seq,
+                ..Default::default()
+            },
+            cur: None,
+            stale_segments: all,
+            committed_stats: ShardStats::default(),
+            live_from: Some(live_from),
+            in_batch: false,
+            dirty: true,
+        })
+    }
+
+    /// Rebuilding is over: from here on this instance reports, and counts from zero.
+    pub(super) fn caught_up(&mut self) {
+        self.live_from = None;
+        self.det.set_stats(ShardStats::default());
+        self.committed_stats = ShardStats::default();
+    }
+
+    /// Positions (source id -> next offset) this shard's state covers.
+    pub(super) fn positions(&self) -> std::collections::BTreeMap<u32, u64> {
+        let mut p = self.meta.positions.clone();
+        if let Some((src, next)) = self.cur {
+            p.insert(src, next);
+        }
+        p
+    }
+
+    /// Adds this shard's changes since the last commit to `c`; returns the
+    /// events it processed since then.
+    pub(super) fn stage(&mut self, id: u32, retention_ms: i64, c: &mut Commit) -> u64 {
+        self.dirty = false;
+        self.in_batch = false;
+        if let Some((src, next)) = self.cur.take() {
+            self.meta.positions.insert(src, next);
+        }
+        for (seq, bytes) in self.log.take_sealed() {
+            c.segments.push((id, seq, bytes));
+        }
+        let mut dels = std::mem::take(&mut self.stale_segments);
+        if let Some(wm) = self.det.watermark() {
+            dels.extend(self.log.expire(wm - retention_ms));
+        }
+        c.segment_deletes.extend(dels.into_iter().map(|q| (id, q)));
+        c.segment_floors.push((id, self.log.floor()));
+        for (key, u) in self.det.take_dirty_usage() {
+            c.usage.push((
+                id,
+                key.to_string(),
+                postcard::to_stdvec(u).expect("usage serializes"),
+            ));
+        }
+        self.meta.set_clock(self.det.clock());
+        self.meta.stats = self.det.stats().clone();
+        self.meta.live_from = self.live_from;
+        self.meta.next_seq = self.log.next_seq();
+        c.shards.push((id, self.meta.clone()));
+        let delta = self.det.stats().since(&self.committed_stats);
+        telemetry::BatchProcessed {
+            shard: &self.name,
+            stats: &delta,
+        }
+        .emit();
+        self.committed_stats = self.det.stats().clone();
+        delta.events
+    }
+}

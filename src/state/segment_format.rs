@@ -1,0 +1,314 @@
+//! The byte layout of a sealed segment (see the module docs of
+//! [`super`]): encoding, the open segment being appended to, and a sealed
+//! segment read in place.
+
+use crate::detect::{OwnedWindow, Position, SightingInfo, WindowRecord};
+use crate::schema::Millis;
+
+pub(super) const MAGIC: &[u8; 4] = b"RGS2";
+pub(super) const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
+pub(super) const INDEX_ENTRY: usize = 12;
+pub(super) const EVENT_ENTRY: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt sighting segment {seq}: {what}")]
+pub struct CorruptSegment {
+    pub seq: u64,
+    pub what: &'static str,
+}
+
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub(super) fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub(super) fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>) {
+    put_varint(out, zigzag(s.received_at.wrapping_sub(base_t)));
+    put_varint(out, s.pos.source as u64);
+    put_varint(out, s.pos.offset);
+    put_str(out, s.event_id);
+    put_str(out, s.client_ip);
+}
+
+/// A window record: high half of the fingerprint (the low half is the index
+/// key), the first sighting, and the previous window's start if any.
+pub(super) fn encode_window(out: &mut Vec<u8>, base_t: Millis, w: &WindowRecord<&str>) {
+    out.extend_from_slice(&((w.fp >> 64) as u64).to_le_bytes());
+    put_info(out, base_t, &w.first);
+    match &w.prev {
+        Some(p) => {
+            out.push(1);
+            put_info(out, base_t, p);
+        }
+        None => out.push(0),
+    }
+}
+
+pub(super) struct Reader<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    pub(super) fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    pub(super) fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+    }
+    pub(super) fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+    }
+    pub(super) fn i64(&mut self) -> Option<i64> {
+        self.u64().map(|v| v as i64)
+    }
+    pub(super) fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    pub(super) fn str(&mut self) -> Option<String> {
+        let n = self.varint()? as usize;
+        Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
+    }
+    pub(super) fn info(&mut self, base_t: Millis) -> Option<SightingInfo<String>> {
+        Some(SightingInfo {
+            received_at: base_t.wrapping_add(unzigzag(self.varint()?)),
+            pos: Position::new(u32::try_from(self.varint()?).ok()?, self.varint()?),
+            event_id: self.str()?,
+            client_ip: self.str()?,
+        })
+    }
+    /// The high fingerprint half and the first sighting's time, without the strings.
+    pub(super) fn window_head(&mut self, base_t: Millis) -> Option<(u64, Millis)> {
+        let hi = self.u64()?;
+        let t = base_t.wrapping_add(unzigzag(self.varint()?));
+        Some((hi, t))
+    }
+    pub(super) fn window(&mut self, lo: u64, base_t: Millis) -> Option<OwnedWindow> {
+        let hi = self.u64()?;
+        let first = self.info(base_t)?;
+        let prev = match self.u8()? {
+            0 => None,
+            1 => Some(self.info(base_t)?),
+            _ => return None,
+        };
+        Some(WindowRecord {
+            fp: (hi as u128) << 64 | lo as u128,
+            first,
+            prev,
+        })
+    }
+}
+
+/// A sealed segment, read in place.
+pub struct SegmentView<'a> {
+    b: &'a [u8],
+    n_windows: usize,
+    n_events: usize,
+    pub min_t: Millis,
+    pub max_t: Millis,
+    /// Input offset from which re-reading the source rebuilds this segment.
+    pub origin: u64,
+    base_t: Millis,
+}
+
+impl<'a> SegmentView<'a> {
+    pub fn parse(seq: u64, b: &'a [u8]) -> Result<Self, CorruptSegment> {
+        let bad = |what| CorruptSegment { seq, what };
+        if b.len() < HEADER || &b[..4] != MAGIC {
+            return Err(bad("bad header"));
+        }
+        let mut r = Reader { b, at: 4 };
+        let n_windows = r.u32().unwrap() as usize;
+        let n_events = r.u32().unwrap() as usize;
+        let min_t = r.i64().unwrap();
+        let max_t = r.i64().unwrap();
+        let origin = r.u64().unwrap();
+        let base_t = r.i64().unwrap();
+        let need = HEADER + n_windows * INDEX_ENTRY + n_events * EVENT_ENTRY;
+        if b.len() < need {
+            return Err(bad("truncated"));
+        }
+        Ok(SegmentView {
+            b,
+            n_windows,
+            n_events,
+            min_t,
+            max_t,
+            origin,
+            base_t,
+        })
+    }
+
+    pub(super) fn index_entry(&self, i: usize) -> (u64, u32) {
+        let o = HEADER + i * INDEX_ENTRY;
+        (
+            u64::from_le_bytes(self.b[o..o + 8].try_into().unwrap()),
+            u32::from_le_bytes(self.b[o + 8..o + 12].try_into().unwrap()),
+        )
+    }
+
+    pub(super) fn records_start(&self) -> usize {
+        HEADER + self.n_windows * INDEX_ENTRY + self.n_events * EVENT_ENTRY
+    }
+
+    pub(super) fn reader_at(&self, off: u32) -> Option<Reader<'a>> {
+        let at = self.records_start().checked_add(off as usize)?;
+        Some(Reader { b: self.b, at })
+    }
+
+    /// The window record with fingerprint `fp`, if this segment holds it.
+    pub fn find(&self, fp: u128) -> Option<OwnedWindow> {
+        let lo = fp as u64;
+        let (mut a, mut b) = (0, self.n_windows);
+        while a < b {
+            let m = (a + b) / 2;
+            let (k, off) = self.index_entry(m);
+            match k.cmp(&lo) {
+                std::cmp::Ordering::Less => a = m + 1,
+                std::cmp::Ordering::Greater => b = m,
+                std::cmp::Ordering::Equal => {
+                    return self
+                        .reader_at(off)?
+                        .window(lo, self.base_t)
+                        .filter(|w| w.fp == fp)
+                }
+            }
+        }
+        None
+    }
+
+    /// (fingerprint, first sighting's time) of every window record (one per
+    /// 64-bit fingerprint, the last appended); `None` for a damaged record.
+    pub fn windows(&self) -> impl Iterator<Item = Option<(u128, Millis)>> + '_ {
+        (0..self.n_windows).map(|i| {
+            let (lo, off) = self.index_entry(i);
+            let (hi, t) = self.reader_at(off)?.window_head(self.base_t)?;
+            Some(((hi as u128) << 64 | lo as u128, t))
+        })
+    }
+
+    /// Every live-event record: (fingerprint, time, position digest).
+    pub fn events(&self) -> impl Iterator<Item = (u64, Millis, u32)> + '_ {
+        let base = HEADER + self.n_windows * INDEX_ENTRY;
+        (0..self.n_events).map(move |i| {
+            let o = base + i * EVENT_ENTRY;
+            let b = &self.b[o..o + EVENT_ENTRY];
+            (
+                u64::from_le_bytes(b[..8].try_into().unwrap()),
+                i64::from_le_bytes(b[8..16].try_into().unwrap()),
+                u32::from_le_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+    }
+}
+
+/// The segment being appended to.
+#[derive(Default)]
+pub(super) struct OpenSegment {
+    /// (fp_lo, offset into `records`), in append order
+    pub(super) index: Vec<(u64, u32)>,
+    pub(super) events: Vec<(u64, Millis, u32)>,
+    pub(super) records: Vec<u8>,
+    pub(super) min_t: Millis,
+    pub(super) max_t: Millis,
+    /// Time the record encoding is relative to (the first record's).
+    pub(super) base_t: Millis,
+}
+
+impl OpenSegment {
+    pub(super) fn is_empty(&self) -> bool {
+        self.index.is_empty() && self.events.is_empty()
+    }
+
+    pub(super) fn note_time(&mut self, t: Millis) {
+        if self.is_empty() {
+            self.min_t = t;
+            self.max_t = t;
+            self.base_t = t;
+        } else {
+            self.min_t = self.min_t.min(t);
+            self.max_t = self.max_t.max(t);
+        }
+    }
+
+    pub(super) fn find(&self, fp: u128) -> Option<OwnedWindow> {
+        let lo = fp as u64;
+        let &(_, off) = self.index.iter().rev().find(|(k, _)| *k == lo)?;
+        Reader {
+            b: &self.records,
+            at: off as usize,
+        }
+        .window(lo, self.base_t)
+        .filter(|w| w.fp == fp)
+    }
+
+    pub(super) fn seal(&mut self, origin: u64) -> Vec<u8> {
+        // stable sort, then keep the last appended record of each fingerprint
+        let mut idx = std::mem::take(&mut self.index);
+        idx.sort_by_key(|e| e.0);
+        let mut dedup: Vec<(u64, u32)> = Vec::with_capacity(idx.len());
+        for e in idx {
+            match dedup.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => dedup.push(e),
+            }
+        }
+        let mut out = Vec::with_capacity(
+            HEADER
+                + dedup.len() * INDEX_ENTRY
+                + self.events.len() * EVENT_ENTRY
+                + self.records.len(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(dedup.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.min_t.to_le_bytes());
+        out.extend_from_slice(&self.max_t.to_le_bytes());
+        out.extend_from_slice(&origin.to_le_bytes());
+        out.extend_from_slice(&self.base_t.to_le_bytes());
+        for (k, off) in &dedup {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&off.to_le_bytes());
+        }
+        for (fp, t, h) in &self.events {
+            out.extend_from_slice(&fp.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out.extend_from_slice(&self.records);
+        self.events.clear();
+        self.records.clear();
+        out
+    }
+}

@@ -1,0 +1,94 @@
+use super::format::*;
+use super::*;
+use crate::detect::{Position, SightingInfo};
+
+struct NoStore;
+impl SegmentSource for NoStore {
+    fn with_segment(&self, _: u32, _: u64, _: &mut Bytes<'_>) -> Result<bool, StateError> {
+        Ok(false)
+    }
+}
+
+fn info(t: Millis, id: &str) -> SightingInfo<&str> {
+    SightingInfo {
+        received_at: t,
+        pos: Position::new(1, t as u64),
+        event_id: id,
+        client_ip: "10.0.0.1",
+    }
+}
+
+#[test]
+fn find_in_open_sealed_and_parsed() {
+    let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
+    log.set_origin(1234);
+    let a = log.append_window(
+        &WindowRecord {
+            fp: 7 | (1u128 << 64),
+            first: info(10, "a"),
+            prev: None,
+        },
+        10,
+    );
+    let b = log.append_window(
+        &WindowRecord {
+            fp: 7 | (1u128 << 64),
+            first: info(5, "b"),
+            prev: Some(info(1, "p")),
+        },
+        12,
+    );
+    log.append_event(99, 3, 42);
+    assert_eq!(a, b);
+    let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
+    assert_eq!(w.first.event_id, "b");
+    assert!(
+        log.window(a, 7 | (2u128 << 64)).unwrap().is_none(),
+        "full fingerprint is checked"
+    );
+    let sealed = log.take_sealed();
+    assert_eq!(sealed.len(), 1);
+    let w = log.window(a, 7 | (1u128 << 64)).unwrap().unwrap();
+    assert_eq!(w.first.event_id, "b");
+    assert_eq!(w.prev.unwrap().event_id, "p");
+    let v = SegmentView::parse(0, &sealed[0].1).unwrap();
+    assert_eq!(
+        (v.min_t, v.max_t),
+        (3, 12),
+        "max_t covers what a record supersedes"
+    );
+    assert_eq!(v.windows().count(), 1);
+    assert_eq!(v.events().collect::<Vec<_>>(), vec![(99, 3, 42)]);
+    assert!(log.expire(12).is_empty());
+    assert_eq!(log.expire(13), vec![0]);
+    assert_eq!(log.segment_count(), 0);
+}
+
+fn round_trip(x: &str) -> String {
+    let mut b = Vec::new();
+    put_str(&mut b, x);
+    Reader { b: &b, at: 0 }.str().unwrap()
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_string_round_trips(x in ".{0,60}") {
+        proptest::prop_assert_eq!(round_trip(&x), x);
+    }
+
+    #[test]
+    fn varints_round_trip(v in proptest::num::i64::ANY) {
+        let mut b = Vec::new();
+        put_varint(&mut b, zigzag(v));
+        proptest::prop_assert_eq!(unzigzag(Reader { b: &b, at: 0 }.varint().unwrap()), v);
+    }
+}
+
+#[test]
+fn corrupt_segments_are_errors() {
+    assert!(SegmentView::parse(1, b"nope").is_err());
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&1000u32.to_le_bytes());
+    b.extend_from_slice(&[0u8; 36]);
+    assert!(SegmentView::parse(1, &b).is_err());
+}
