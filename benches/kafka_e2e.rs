@@ -1,15 +1,18 @@
-//! End to end against a real Kafka-protocol broker, in one run on the same
-//! broker and topic:
-//! 1. throughput of a consume-only rdkafka client (the ceiling);
+//! End to end against Apache Kafka (started by scripts/kafka.sh on this
+//! machine, sharing its cores), in one run on the same broker and topic:
+//! 1. throughput of consume-only clients (rdkafka, and kcat when installed):
+//!    the ceiling;
 //! 2. throughput of `replayguard run` (records until the group's committed
-//!    offsets reach the end of the topic);
+//!    offsets reach the end of the topic), with the CPU the detector and
+//!    the broker used meanwhile;
 //! 3. latency from producing a replayed request to its alert appearing on
-//!    the alert topic, at half of `run`'s measured rate: p50 and p99.
+//!    the alert topic, at half of `run`'s measured rate and at 20 000
+//!    requests/s: p50 and p99.
 //!
 //! `scripts/bench-kafka.sh` builds release binaries and runs this; options:
 //! `--events N` (default 1000000), `--brokers HOST:PORT` (default: start
-//! Tansu), `--latency-rate R` (records/s of the latency phase; default half
-//! of run's measured rate), `--skip-latency` (throughput only).
+//! Apache Kafka), `--latency-rates R,R` (records/s of the latency phases;
+//! default half of run's rate and 20000), `--skip-latency`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +28,8 @@ use replayguard_testkit::kafka::{committed, produce, Broker, Detector};
 use replayguard_testkit::Dir;
 
 const PARTITIONS: i32 = 4;
-/// fetch.wait.max.ms of every consumer here. Tansu holds a fetch for up to
-/// this long and returns nothing below about 50 ms; Kafka answers as soon as
-/// data is there.
+/// fetch.wait.max.ms of the latency reader (Kafka answers a fetch as soon
+/// as data is there; this bounds the wait when there is none).
 const FETCH_WAIT_MS: u64 = 50;
 
 fn arg(name: &str) -> Option<String> {
@@ -122,7 +124,11 @@ fn main() {
 
     let secs = consume_only(&addr, "bench-in", n);
     let ceiling = n as f64 / secs;
-    eprintln!("consume-only: {ceiling:.0} records/s");
+    eprintln!("consume-only (rdkafka): {ceiling:.0} records/s");
+    let kcat = kcat_consume_only(&addr, "bench-in", n);
+    if let Some(k) = kcat {
+        eprintln!("consume-only (kcat): {k:.0} records/s");
+    }
 
     let cfg = dir.write(
         "run.toml",
@@ -137,12 +143,10 @@ start = "earliest"
 [kafka.consumer_properties]
 "session.timeout.ms" = "2000"
 "heartbeat.interval.ms" = "500"
-"fetch.wait.max.ms" = "{fw}"
 [state]
 dir = "{state}"
 "#,
             state = dir.path("state").display(),
-            fw = FETCH_WAIT_MS,
         ),
     );
     let det = Detector::start(&dir, "run", &cfg);
@@ -156,6 +160,10 @@ dir = "{state}"
         std::thread::sleep(Duration::from_millis(20));
     }
     let t0 = Instant::now();
+    let cpu0 = (
+        det.cpu_secs(),
+        broker.as_ref().map_or(0.0, |b| b.cpu_secs()),
+    );
     let total: i64 = ends.values().sum();
     loop {
         let c = committed(&addr, "bench-run", "bench-in", PARTITIONS);
@@ -171,14 +179,84 @@ dir = "{state}"
     }
     let run_secs = t0.elapsed().as_secs_f64();
     let run_rate = n as f64 / run_secs;
-    eprintln!("replayguard run: {run_rate:.0} records/s");
+    let det_cores = (det.cpu_secs() - cpu0.0) / run_secs;
+    let broker_cores = broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu0.1) / run_secs;
+    eprintln!(
+        "replayguard run: {run_rate:.0} records/s (detector {det_cores:.2} cores, broker {broker_cores:.2} cores)"
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| events | {n} ({} bytes each on average), {PARTITIONS} partitions |",
+        bytes / n
+    );
+    println!("| consume-only rdkafka client | {ceiling:.0} records/s |");
+    if let Some(k) = kcat {
+        println!("| consume-only kcat | {k:.0} records/s |");
+    }
+    println!("| replayguard run (detect + commit + produce alerts) | {run_rate:.0} records/s |");
+    println!(
+        "| ratio run / consume-only rdkafka | {:.0} % |",
+        100.0 * run_rate / ceiling
+    );
+    println!(
+        "| CPU during the run phase (2 cores) | detector {det_cores:.2} cores, broker {broker_cores:.2} cores |"
+    );
     if std::env::args().any(|a| a == "--skip-latency") {
         drop(det);
         return;
     }
+    let rates: Vec<f64> = match arg("--latency-rates") {
+        Some(v) => v.split(',').map(|r| r.parse().unwrap()).collect(),
+        None => vec![(run_rate / 2.0).round(), 20_000.0],
+    };
+    for (phase, rate) in rates.into_iter().enumerate() {
+        let (lat, replays) = latency(&addr, rate, phase, &det);
+        let pct =
+            |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+        println!(
+            "| replay → alert latency at {rate:.0} requests/s ({replays} replays) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+            pct(0.50),
+            pct(0.99),
+            lat.last().unwrap().as_secs_f64() * 1e3
+        );
+    }
+    let status = det.stop();
+    assert!(status.success());
+}
 
-    // latency at half of run's rate: replays of requests sent 50 ms earlier
-    let rate = arg("--latency-rate").map_or(run_rate / 2.0, |r| r.parse().unwrap());
+/// kcat reading the topic to its end: records/s, when kcat is installed.
+fn kcat_consume_only(addr: &str, topic: &str, n: usize) -> Option<f64> {
+    let t = Instant::now();
+    let out = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            addr,
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o\n",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    let got = out.stdout.iter().filter(|b| **b == b'\n').count();
+    if got != n {
+        eprintln!("kcat read {got} of {n} records");
+        return None;
+    }
+    Some(n as f64 / secs)
+}
+
+/// Produces `rate` requests/s for 15 s, every 100th a replay of a request
+/// about 50 ms before it, and measures produce -> alert consumed.
+fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration>, usize) {
     let seconds = 15.0;
     let count = (rate * seconds) as usize;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -186,7 +264,7 @@ dir = "{state}"
     let seen_ids: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (addr, sent, seen, stop) = (addr.clone(), sent.clone(), seen.clone(), stop.clone());
+        let (addr, sent, seen, stop) = (addr.to_string(), sent.clone(), seen.clone(), stop.clone());
         let seen_ids = seen_ids.clone();
         std::thread::spawn(move || {
             let c: BaseConsumer = ClientConfig::new()
@@ -223,12 +301,13 @@ dir = "{state}"
         })
     };
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
+        .set("bootstrap.servers", addr)
         .set("linger.ms", "0")
         .create()
         .unwrap();
     let t_start = Instant::now();
-    let base = 1_795_824_000_000i64 + 3_600_000; // after the bulk data
+    // after the bulk data, and an hour apart per phase
+    let base = 1_795_824_000_000i64 + 3_600_000 * (1 + phase as i64);
     let mut replays = 0;
     for i in 0..count {
         // paced in 1 ms steps: sleeping, not spinning, leaves the cores to the detector and the broker
@@ -247,21 +326,21 @@ dir = "{state}"
                 j -= 1;
             }
             (
-                format!("lat-r{i}"),
+                format!("lat{phase}-r{i}"),
                 format!("lat-key-{}", j % 64),
-                format!("lat-n{j}"),
+                format!("lat{phase}-n{j}"),
             )
         } else {
             (
-                format!("lat-e{i}"),
+                format!("lat{phase}-e{i}"),
                 format!("lat-key-{}", i % 64),
-                format!("lat-n{i}"),
+                format!("lat{phase}-n{i}"),
             )
         };
         let line = format!(
             r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"10.9.0.1","method":"POST","path":"/api/v3/order","status":200}}"#
         );
-        if id.starts_with("lat-r") {
+        if id.contains("-r") {
             sent.lock().unwrap().insert(id.clone(), Instant::now());
         }
         let mut r = BaseRecord::<str, str, ()>::to("bench-in")
@@ -303,29 +382,5 @@ dir = "{state}"
             det.log_text()
         );
     }
-    let pct =
-        |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
-    let status = det.stop();
-    assert!(status.success());
-
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| events | {n} ({} bytes each on average), {PARTITIONS} partitions |",
-        bytes / n
-    );
-    println!("| consume-only rdkafka client | {ceiling:.0} records/s |");
-    println!("| replayguard run (detect + commit + produce alerts) | {run_rate:.0} records/s |");
-    println!(
-        "| ratio run / consume-only | {:.0} % |",
-        100.0 * run_rate / ceiling
-    );
-    println!(
-        "| replay → alert latency at {rate:.0} records/s ({} replays) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
-        lat.len(),
-        pct(0.50),
-        pct(0.99),
-        lat.last().unwrap().as_secs_f64() * 1e3
-    );
-    println!("| consumers' fetch.wait.max.ms | {FETCH_WAIT_MS} |");
+    (lat, replays)
 }

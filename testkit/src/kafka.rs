@@ -25,6 +25,21 @@ pub fn kafka_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh")
 }
 
+/// CPU seconds (user + system) of a process, from /proc/PID/stat.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // fields after the command name (which may hold spaces) in parentheses
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0 // USER_HZ
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -178,6 +193,14 @@ impl Broker {
             assert!(Instant::now() < deadline, "topic {name} has no leader");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// CPU seconds (user + system) the broker's JVM has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        std::fs::read_to_string(self.dir.join("broker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .map_or(0.0, cpu_secs)
     }
 
     /// The broker's server log (for failure messages).
@@ -543,6 +566,11 @@ impl Detector {
                     .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             })
             .unwrap_or(0)
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.child.as_ref().map_or(0, |c| c.id()))
     }
 
     /// SIGTERM, then waits for a graceful exit.
