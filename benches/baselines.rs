@@ -213,9 +213,9 @@ fn redis_mode(events: &str, ids_out: &str) {
         let Ok(ev) = decoder.access(line) else {
             continue;
         };
-        let nkey = match &ev.nonce {
-            Some(nonce) => format!("n:{}\0{}", ev.key_id, nonce),
-            None => String::new(),
+        let nkey = match (&ev.key_id, &ev.nonce) {
+            (Some(key), Some(nonce)) => format!("n:{key}\0{nonce}"),
+            _ => String::new(),
         };
         pipe.cmd("EVALSHA")
             .arg(&sha)

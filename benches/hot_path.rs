@@ -135,6 +135,33 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // the same requests as Kong's log serializer writes them (about twice
+    // as long), through the kong preset
+    let kong: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| generate::kong_line(std::str::from_utf8(l).unwrap()).into_bytes())
+        .collect();
+    let kong_bytes: usize = kong.iter().map(|l| l.len()).sum();
+    eprintln!(
+        "kong: {:.0} bytes each on average",
+        kong_bytes as f64 / kong.len() as f64
+    );
+    let kong_decoder = Decoder::new(
+        &replayguard::decode::DecodeConfig::default(),
+        &replayguard::decode::InputConfig {
+            format: replayguard::decode::Format::Kong,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    g.bench_function("decode_kong", |b| {
+        b.iter(|| {
+            for l in &kong {
+                black_box(kong_decoder.access(l).unwrap());
+            }
+        })
+    });
+
     g.bench_function("decode_serde_json_only", |b| {
         b.iter(|| {
             for l in &lines {

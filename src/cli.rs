@@ -48,6 +48,9 @@ pub enum Command {
     },
     /// Write realistic traffic with planted replays (for demos, tests, benchmarks).
     Generate(GenerateCmd),
+    /// Write the access events v1 a gateway's log yields (to check a
+    /// mapping, or to feed v1 to another pipeline).
+    Convert(ConvertCmd),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +73,41 @@ pub struct ScanCmd {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// The input's log format (input.format): v1, kong, envoy, nginx,
+    /// aws-apigw, traefik or mapped.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub input_format: Option<crate::decode::Format>,
+    /// Exit 0 even when more than half of an input's first 1000 records
+    /// are dead letters.
+    #[arg(long)]
+    pub allow_dead_letters: bool,
+    /// JSON-lines input files; none or "-" reads stdin.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+}
+
+fn parse_format(s: &str) -> Result<crate::decode::Format, String> {
+    crate::decode::Format::parse(s)
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertCmd {
+    /// TOML config file (its [input] and [decode] sections).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The input's log format (input.format).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub input_format: Option<crate::decode::Format>,
+    /// Write the v1 events here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Append records that do not decode here (with source, line number and error).
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+    /// Exit 0 even when more than half of an input's first 1000 records
+    /// are dead letters.
+    #[arg(long)]
+    pub allow_dead_letters: bool,
     /// JSON-lines input files; none or "-" reads stdin.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -138,6 +176,9 @@ pub struct RunCmd {
     /// RFC 3339 time (kafka.start).
     #[arg(long, value_name = "latest|earliest|TIME")]
     pub start: Option<crate::pipeline::kafka::StartPolicy>,
+    /// The input topics' log format (input.format).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub input_format: Option<crate::decode::Format>,
 }
 
 impl RunCmd {
@@ -170,6 +211,9 @@ impl RunCmd {
         }
         if let Some(v) = self.start {
             c.kafka.start = v;
+        }
+        if let Some(f) = self.input_format {
+            c.input.format = f;
         }
     }
 }
@@ -214,4 +258,8 @@ pub struct GenerateCmd {
     /// Config whose `[detect]` rules the ground truth follows.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log format of the lines: v1, or kong (the same requests as Kong's
+    /// log serializer writes them).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format, default_value = "v1")]
+    pub format: crate::decode::Format,
 }

@@ -91,6 +91,9 @@ pub struct GenConfig {
     /// Fraction of responses that are 401/403 (bursts of them raise
     /// `auth_failure_burst`, which the ground truth does not cover).
     pub auth_fail_rate: f64,
+    /// The log format of the lines: `v1`, or `kong` (the same requests as
+    /// Kong's log serializer writes them).
+    pub format: crate::decode::Format,
 }
 
 impl Default for GenConfig {
@@ -111,8 +114,59 @@ impl Default for GenConfig {
             rotations: 2,
             epoch_ms_rate: 0.1,
             auth_fail_rate: 0.02,
+            format: crate::decode::Format::V1,
         }
     }
+}
+
+/// The request of an access event v1 line as Kong's log serializer writes
+/// it (about twice as long); a line that does not decode is kept as it is.
+pub fn kong_line(v1_line: &str) -> String {
+    let Ok(ev) = crate::decode::Decoder::default().access(v1_line.as_bytes()) else {
+        return v1_line.to_string();
+    };
+    let mut headers = serde_json::Map::new();
+    headers.insert("host".into(), "api.example.com".into());
+    if let Some(ua) = &ev.user_agent {
+        headers.insert("user-agent".into(), ua.as_ref().into());
+    }
+    headers.insert("accept".into(), "application/json".into());
+    if let Some(k) = &ev.key_id {
+        headers.insert("x-api-key".into(), k.as_ref().into());
+    }
+    if let Some(n) = &ev.nonce {
+        headers.insert("x-nonce".into(), n.as_ref().into());
+    }
+    if let Some(t) = ev.client_ts {
+        headers.insert("x-timestamp".into(), t.to_string().into());
+    }
+    if let Some(s) = &ev.signature {
+        headers.insert("x-signature".into(), s.as_ref().into());
+    }
+    let mut v = serde_json::json!({
+        "request": {
+            "id": ev.event_id,
+            "method": ev.method,
+            "uri": ev.path,
+            "url": format!("https://api.example.com:8443{}", ev.path),
+            "size": 412,
+            "querystring": {},
+            "headers": headers,
+        },
+        "upstream_uri": ev.path,
+        "response": {"status": ev.status, "size": 934, "headers": {"content-type": "application/json"}},
+        "latencies": {"request": 12, "kong": 2, "proxy": 10},
+        "tries": [{"balancer_latency": 0, "port": 8080, "ip": "10.20.0.5"}],
+        "client_ip": ev.client_ip,
+        "service": {"name": "trading", "host": "trading.internal", "port": 8080, "protocol": "http"},
+        "route": {"name": "api", "paths": ["/api", "/sapi"]},
+        "started_at": ev.received_at,
+        "workspace_name": "default",
+    });
+    if let Some(c) = &ev.client_id {
+        v["consumer"] = serde_json::json!({"username": c});
+    }
+    v.to_string()
 }
 
 const PATHS: &[(&str, &str)] = &[
@@ -350,7 +404,10 @@ pub fn generate(
      -> std::io::Result<()> {
         while heap.peek().is_some_and(|p| p.arrival <= until) {
             let p = heap.pop().expect("peeked");
-            events.write_all(p.line.as_bytes())?;
+            match cfg.format {
+                crate::decode::Format::Kong => events.write_all(kong_line(&p.line).as_bytes())?,
+                _ => events.write_all(p.line.as_bytes())?,
+            }
             events.write_all(b"\n")?;
             if let Some(m) = p.model {
                 model_events.push(m);
@@ -488,9 +545,9 @@ pub fn generate(
             let m = ModelEvent {
                 event_id,
                 received_at: t,
-                key_id: key.id.clone(),
+                key_id: Some(key.id.clone()),
                 nonce: nonce.clone(),
-                client_ts,
+                client_ts: Some(client_ts),
                 client_ip,
             };
             if let Some(n) = nonce {

@@ -264,9 +264,9 @@ mod tests {
                 let e = AccessEvent {
                     event_id: Cow::Owned(format!("e{i}")),
                     received_at: t0 + i * 1000,
-                    key_id: Cow::Borrowed(key),
+                    key_id: Some(Cow::Borrowed(key)),
                     nonce: None,
-                    client_ts: t0 + i * 1000,
+                    client_ts: Some(t0 + i * 1000),
                     client_ip: Cow::Borrowed("10.0.0.7"),
                     method: Cow::Borrowed("GET"),
                     path: Cow::Borrowed("/"),

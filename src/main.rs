@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use replayguard::cli::{
-    Cli, Command, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat, RunCmd, ScanCmd,
+    Cli, Command, ConvertCmd, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat, RunCmd,
+    ScanCmd,
 };
 use replayguard::config::{Config, ConfigError, Env};
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
@@ -63,6 +64,7 @@ fn init_tracing(cli: &Cli) {
         Command::Scan(_)
         | Command::Generate(_)
         | Command::CheckConfig { .. }
+        | Command::Convert(_)
         | Command::Report(_) => "warn",
         Command::Run(_) => "info,librdkafka=warn,rdkafka=warn",
     };
@@ -89,8 +91,23 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     Config::resolve(path, &Env::process(), |_| {})
 }
 
+/// The failure of a command that read mostly dead letters (exit code 1).
+fn mostly_dead(inputs: &[String]) -> Failure {
+    format!(
+        "more than half of the first {} records of {} are dead letters \
+         (pass --allow-dead-letters to accept)",
+        pipeline::FIRST_RECORDS,
+        inputs.join(", ")
+    )
+    .into()
+}
+
 fn scan(cmd: ScanCmd, log_format: LogFormat) -> Result<(), Failure> {
-    let config = load_config(cmd.config.as_deref())?;
+    let config = Config::resolve(cmd.config.as_deref(), &Env::process(), |c| {
+        if let Some(f) = cmd.input_format {
+            c.input.format = f;
+        }
+    })?;
     let summary = pipeline::scan(ScanArgs {
         config,
         state_dir: cmd.state_dir,
@@ -103,6 +120,28 @@ fn scan(cmd: ScanCmd, log_format: LogFormat) -> Result<(), Failure> {
     match log_format {
         LogFormat::Text => eprint!("{summary}"),
         LogFormat::Json => eprintln!("{}", summary.to_json()),
+    }
+    if !summary.mostly_dead.is_empty() && !cmd.allow_dead_letters {
+        return Err(mostly_dead(&summary.mostly_dead));
+    }
+    Ok(())
+}
+
+fn convert(cmd: ConvertCmd) -> Result<(), Failure> {
+    let config = Config::resolve(cmd.config.as_deref(), &Env::process(), |c| {
+        if let Some(f) = cmd.input_format {
+            c.input.format = f;
+        }
+    })?;
+    let summary = pipeline::convert(pipeline::ConvertArgs {
+        config,
+        output: cmd.output,
+        dead_letter: cmd.dead_letter,
+        inputs: cmd.inputs,
+    })?;
+    eprint!("{summary}");
+    if !summary.mostly_dead.is_empty() && !cmd.allow_dead_letters {
+        return Err(mostly_dead(&summary.mostly_dead));
     }
     Ok(())
 }
@@ -242,8 +281,15 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
         malformed_rate: cmd.malformed_rate,
         disorder_ms: cmd.disorder_ms,
         rotations: cmd.rotations,
+        format: cmd.format,
         ..Default::default()
     };
+    if !matches!(
+        gc.format,
+        replayguard::decode::Format::V1 | replayguard::decode::Format::Kong
+    ) {
+        return Err(usage("generate writes --format v1 or kong"));
+    }
     if gc.rate <= 0.0 || !gc.rate.is_finite() {
         return Err(usage("--rate must be positive"));
     }
@@ -298,6 +344,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Generate(cmd) => generate(cmd),
         Command::Report(cmd) => report(cmd),
+        Command::Convert(cmd) => convert(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,6 +132,33 @@ impl DeadLettered<'_> {
     }
 }
 
+/// More than half of an input's first records were dead letters: most
+/// likely the input is in another format than the one configured.
+pub struct MostlyDeadLetters<'a> {
+    pub input: &'a str,
+    pub seen: u32,
+    pub dead: u32,
+    pub format: &'a str,
+}
+
+impl MostlyDeadLetters<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            input = self.input,
+            dead_letters = self.dead,
+            of_first = self.seen,
+            input_format = self.format,
+            "{} of the first {} records of {} are dead letters: is the input in format {}? \
+             (see --input-format: v1, kong, envoy, nginx, aws-apigw, traefik, mapped)",
+            self.dead,
+            self.seen,
+            self.input,
+            self.format
+        );
+        counter!("replayguard_inputs_mostly_dead_letters_total").increment(1);
+    }
+}
+
 /// A commit of state, positions and outbox reached the store.
 pub struct Committed {
     pub events: u64,

@@ -615,3 +615,28 @@ fn the_lifecycle_table_is_right_after_the_topic_was_compacted() {
     assert_eq!(ids.len(), keys, "the same alert ids, on every instance");
     assert!(det_b.stop().success());
 }
+
+#[test]
+fn a_topic_of_kong_logs_gives_the_alerts_of_the_same_requests_in_v1() {
+    let (d, b, t, lc) = broker_with_traffic(&GenConfig {
+        events: 5_000,
+        seed: 43,
+        disorder_ms: 5_000,
+        ..Default::default()
+    });
+    // the same requests as Kong's kafka-log plugin writes them
+    let recs: Vec<_> = keyed(&t.lines)
+        .into_iter()
+        .map(|(k, v)| {
+            let line = String::from_utf8(v).unwrap();
+            (k, replayguard::generate::kong_line(&line).into_bytes())
+        })
+        .collect();
+    produce(&b.addr(), "access-events", &recs);
+    let want = expected(&t.lines, &lc);
+    assert!(!want.is_empty());
+    let cfg = detector_config(&d, "a", &b, GROUP, "[input]\nformat = \"kong\"\n");
+    let det = Detector::start(&d, "a", &cfg);
+    expect_alerts(&b, "the alerts of the v1 requests", &want, &[&det]);
+    assert!(det.stop().success());
+}

@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod faults;
+mod gateways;
 mod kafka;
 mod report;
 mod scan;

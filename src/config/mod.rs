@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::{Env, KAFKA_ENV_PREFIX};
 
-use crate::decode::Decoder;
+use crate::decode::{DecodeConfig, InputConfig};
 use crate::detect::{DetectConfig, UsageConfig};
 use crate::http::HttpConfig;
 use crate::pipeline::kafka::KafkaConfig;
@@ -45,7 +45,8 @@ pub enum ConfigError {
 pub struct Config {
     pub detect: DetectConfig,
     pub usage: UsageConfig,
-    pub decode: Decoder,
+    pub input: InputConfig,
+    pub decode: DecodeConfig,
     pub state: StateConfig,
     pub scan: ScanConfig,
     pub kafka: KafkaConfig,
@@ -142,6 +143,7 @@ impl Config {
         let invalid = ConfigError::Invalid;
         self.detect.validate().map_err(invalid)?;
         self.usage.validate().map_err(invalid)?;
+        self.input.validate().map_err(invalid)?;
         self.decode.validate().map_err(invalid)?;
         self.state.validate().map_err(invalid)?;
         self.scan.validate().map_err(invalid)?;

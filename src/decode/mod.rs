@@ -2,11 +2,20 @@
 //! caller sends to the dead-letter place together with the record's position.
 
 mod fast;
+mod input;
+mod json;
+mod mapped;
 mod number;
 mod v1;
 mod value;
 
+use std::sync::Arc;
+
+pub use input::{Format, InputConfig, TimeConfig, TimeFormat};
+pub use mapped::{derived_event_id, DERIVED_ID_PREFIX};
+
 use crate::schema::{AccessEvent, LifecycleEvent};
+use input::Mapping;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,24 +45,24 @@ impl DecodeError {
     }
 }
 
-/// The decoder and its limits (`[decode]` in the config).
+/// `[decode]`: the limits of decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Decoder {
+pub struct DecodeConfig {
     /// Records longer than this are dead-lettered unread. Default 64KiB.
     #[serde(with = "crate::units::bytes")]
     pub max_event_bytes: usize,
 }
 
-impl Default for Decoder {
+impl Default for DecodeConfig {
     fn default() -> Self {
-        Decoder {
+        DecodeConfig {
             max_event_bytes: 64 * 1024,
         }
     }
 }
 
-impl Decoder {
+impl DecodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_event_bytes < 64 {
             return Err("decode.max_event_bytes must be at least 64 bytes".into());
@@ -62,6 +71,44 @@ impl Decoder {
             return Err("decode.max_event_bytes must be at most 64MiB".into());
         }
         Ok(())
+    }
+}
+
+/// The decoder: its limits and the input format, resolved once.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub max_event_bytes: usize,
+    /// `None`: access event v1.
+    mapping: Option<Arc<Mapping>>,
+}
+
+impl Default for Decoder {
+    /// Access event v1 with the default limits.
+    fn default() -> Self {
+        Decoder::with_limit(DecodeConfig::default().max_event_bytes)
+    }
+}
+
+impl Decoder {
+    /// The decoder of `[decode]` and `[input]` (both validated).
+    pub fn new(decode: &DecodeConfig, input: &InputConfig) -> Result<Decoder, String> {
+        Ok(Decoder {
+            max_event_bytes: decode.max_event_bytes,
+            mapping: input.mapping()?.map(Arc::new),
+        })
+    }
+
+    /// Access event v1 with records up to `max_event_bytes`.
+    pub fn with_limit(max_event_bytes: usize) -> Decoder {
+        Decoder {
+            max_event_bytes,
+            mapping: None,
+        }
+    }
+
+    /// The input format this decoder reads.
+    pub fn format(&self) -> Format {
+        self.mapping.as_ref().map_or(Format::V1, |m| m.format)
     }
 
     fn text<'a>(&self, bytes: &'a [u8]) -> Result<&'a str, DecodeError> {
@@ -82,12 +129,16 @@ impl Decoder {
         Ok(text)
     }
 
-    /// Decodes one access event v1, borrowing strings from `bytes`. The
+    /// Decodes one access event, borrowing strings from `bytes`. In v1 the
     /// common flat shape takes a fast path; everything else, errors
     /// included, is serde_json's. Both find the fields; one set of typed
-    /// conversions judges them.
+    /// conversions judges them. A gateway format goes through its mapping
+    /// ([`mapped`]).
     pub fn access<'a>(&self, bytes: &'a [u8]) -> Result<AccessEvent<'a>, DecodeError> {
         let text = self.text(bytes)?;
+        if let Some(m) = &self.mapping {
+            return mapped::access(m, text);
+        }
         match fast::access(text) {
             Some(fields) => fields.build(),
             None => v1::slow(text)?.build(),
@@ -178,7 +229,7 @@ mod tests {
     #[test]
     fn decodes_and_borrows() {
         let ev = Decoder::default().access(OK.as_bytes()).unwrap();
-        assert_eq!(ev.received_at, ev.client_ts);
+        assert_eq!(Some(ev.received_at), ev.client_ts);
         assert!(matches!(ev.event_id, std::borrow::Cow::Borrowed(_)));
         assert_eq!(ev.nonce.as_deref(), Some("n1"));
     }
@@ -193,10 +244,24 @@ mod tests {
     }
 
     #[test]
+    fn unsigned_requests_decode_without_key_and_client_time() {
+        let d = Decoder::default();
+        for (from, to) in [
+            ("\"key_id\":\"k1\",", ""),
+            ("\"key_id\":\"k1\"", "\"key_id\":null"),
+        ] {
+            let line = OK.replace(from, to);
+            assert_eq!(d.access(line.as_bytes()).unwrap().key_id, None, "{line}");
+        }
+        let line = OK.replace("\"client_ts\":1795824000000,", "");
+        assert_eq!(d.access(line.as_bytes()).unwrap().client_ts, None);
+        let line = OK.replace("1795824000000", "null");
+        assert_eq!(d.access(line.as_bytes()).unwrap().client_ts, None);
+    }
+
+    #[test]
     fn typed_errors() {
-        let d = Decoder {
-            max_event_bytes: 1024,
-        };
+        let d = Decoder::with_limit(1024);
         let kind = |s: &[u8]| d.access(s).unwrap_err().kind();
         assert_eq!(kind(b"not json"), "syntax");
         assert_eq!(kind(&OK.as_bytes()[..50]), "syntax");
@@ -207,7 +272,8 @@ mod tests {
             ("\"status\":200", "\"status\":70000"),
             ("\"status\":200", "\"status\":1000"),
             ("\"status\":200", "\"status\":\"200\""),
-            ("\"key_id\":\"k1\",", ""),
+            ("\"path\":\"/v1/x\",", ""),
+            ("\"client_ts\":1795824000000", "\"client_ts\":true"),
             ("\"key_id\":\"k1\"", "\"key_id\":\"\""),
             ("\"key_id\":\"k1\"", "\"key_id\":\"k1\",\"key_id\":\"k2\""),
             ("1795824000000", "1795824000000.5"),
@@ -227,9 +293,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_never_overflows_the_stack() {
-        let d = Decoder {
-            max_event_bytes: 1 << 20,
-        };
+        let d = Decoder::with_limit(1 << 20);
         let deep = |field: &str| {
             let mut s = OK.replacen('{', &format!("{{\"{field}\":"), 1);
             let nest = "[".repeat(100_000) + &"]".repeat(100_000) + ",";
@@ -266,10 +330,22 @@ mod robustness {
     fn check_access(d: &Decoder, bytes: &[u8]) {
         match d.access(bytes) {
             Ok(ev) => {
-                assert!(!ev.event_id.is_empty() && !ev.key_id.is_empty());
+                assert!(!ev.event_id.is_empty());
+                assert!(ev.key_id.as_deref().is_none_or(|k| !k.is_empty()));
                 assert!(ev.status <= AccessEvent::MAX_STATUS);
             }
             Err(e) => assert!(!e.to_string().is_empty() && !e.kind().is_empty()),
+        }
+        // every gateway format: typed failures, never a panic
+        for format in Format::ALL {
+            let input = InputConfig {
+                format,
+                ..InputConfig::default()
+            };
+            let g = Decoder::new(&DecodeConfig::default(), &input).unwrap();
+            if let Err(e) = g.access(bytes) {
+                assert!(!e.to_string().is_empty());
+            }
         }
         if let Ok(text) = std::str::from_utf8(bytes) {
             if let Some(fast) = fast_path(text) {
@@ -389,7 +465,7 @@ mod robustness {
 
         #[test]
         fn any_limit_is_enforced(limit in 64usize..400, bytes in mutated(OK)) {
-            let d = Decoder { max_event_bytes: limit };
+            let d = Decoder::with_limit(limit);
             match d.access(&bytes) {
                 Err(DecodeError::TooLarge { len, .. }) => prop_assert!(len > limit),
                 _ => prop_assert!(bytes.len() <= limit),

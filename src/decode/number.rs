@@ -123,7 +123,6 @@ pub fn parse_json(s: &str) -> Option<Decimal> {
 
 /// Parses a plain decimal string: `-?digits(.digits)?` (a numeric string
 /// such as `"1795857302.417"` or `"200"`; leading zeros allowed).
-#[allow(dead_code)] // read by the gateway input formats
 pub fn parse_plain(s: &str) -> Option<Decimal> {
     let b = s.as_bytes();
     let (negative, rest) = match b.first() {

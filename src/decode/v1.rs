@@ -75,9 +75,9 @@ impl<'a> Fields<'a> {
         Ok(AccessEvent {
             event_id: value::nonempty(n[EVENT_ID], self.take(EVENT_ID))?,
             received_at: value::timestamp(n[RECEIVED_AT], self.take(RECEIVED_AT))?,
-            key_id: value::nonempty(n[KEY_ID], self.take(KEY_ID))?,
+            key_id: value::opt_nonempty(n[KEY_ID], self.take(KEY_ID))?,
             nonce: value::opt_string(n[NONCE], self.take(NONCE))?,
-            client_ts: value::timestamp(n[CLIENT_TS], self.take(CLIENT_TS))?,
+            client_ts: value::opt_timestamp(n[CLIENT_TS], self.take(CLIENT_TS))?,
             client_ip: value::string(n[CLIENT_IP], self.take(CLIENT_IP))?,
             method: value::string(n[METHOD], self.take(METHOD))?,
             path: value::string(n[PATH], self.take(PATH))?,

@@ -88,6 +88,18 @@ pub fn nonempty<'a>(field: &str, v: Option<Raw<'a>>) -> Result<Cow<'a, str>, Dec
     Ok(s)
 }
 
+/// An optional string that must not be empty when present: absent or null
+/// is `None`.
+pub fn opt_nonempty<'a>(
+    field: &str,
+    v: Option<Raw<'a>>,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    match v {
+        Some(Raw::Null) | None => Ok(None),
+        v => nonempty(field, v).map(Some),
+    }
+}
+
 /// An optional string: absent or null is `None`.
 pub fn opt_string<'a>(
     field: &str,

@@ -306,23 +306,30 @@ impl ShardDetector {
             self.stats.too_late += 1;
         }
 
-        if let Some((kind, evidence)) = skew::check(&self.cfg, t, ev.client_ts) {
-            out.push(self.alert(kind, Severity::Medium, ev, Evidence::Skew(evidence)));
+        // every other rule is per key: an unsigned request is only counted
+        // (and recognised when it comes twice)
+        let Some(key_id) = ev.key_id.as_deref() else {
+            return Ok(Verdict::Evaluated);
+        };
+        if let Some(client_ts) = ev.client_ts {
+            if let Some((kind, evidence)) = skew::check(&self.cfg, t, client_ts) {
+                out.push(self.alert(kind, Severity::Medium, ev, Evidence::Skew(evidence)));
+            }
         }
-        if let Some(rec) = lifecycle.state_at(&ev.key_id, t) {
+        if let Some(rec) = lifecycle.state_at(key_id, t) {
             if let Some((kind, severity, evidence)) = lifecycle::check(rec, t) {
                 out.push(self.alert(kind, severity, ev, Evidence::Lifecycle(evidence)));
             }
         }
-        let u = match self.usage.get_mut(&*ev.key_id) {
+        let u = match self.usage.get_mut(key_id) {
             Some(u) => u,
             None => self
                 .usage
-                .entry(ev.key_id.as_ref().into())
+                .entry(key_id.into())
                 .or_insert_with(|| KeyUsage::new(t)),
         };
         if !u.dirty || u.total == 0 {
-            self.usage_dirty.push(ev.key_id.as_ref().into());
+            self.usage_dirty.push(key_id.into());
         }
         usage::observe(&self.usage_cfg, u, ev, out);
         for a in &out[first_alert..] {
@@ -413,11 +420,11 @@ impl ShardDetector {
                 }));
             }
         }
-        let Some(nonce) = ev.nonce.as_deref() else {
+        let (Some(key_id), Some(nonce)) = (ev.key_id.as_deref(), ev.nonce.as_deref()) else {
             self.remember_event(efp, t, pos, log);
             return Ok(None);
         };
-        let nfp = self.fp.nonce(&ev.key_id, nonce);
+        let nfp = self.fp.nonce(key_id, nonce);
         let me = SightingInfo {
             received_at: t,
             pos,
@@ -450,7 +457,7 @@ impl ShardDetector {
         let first = w.first.as_ref();
         if t >= first.received_at {
             if t - first.received_at <= self.cfg.retention_ms {
-                out.push(self.replay_alert(&ev.key_id, me, first));
+                out.push(self.replay_alert(key_id, me, first));
                 self.remember_event(efp, t, pos, log);
             } else {
                 // the window has passed: this sighting starts a new one
@@ -469,7 +476,7 @@ impl ShardDetector {
             .filter(|p| self.live(p.received_at, wm));
         match prev {
             Some(p) if t >= p.received_at && t - p.received_at <= self.cfg.retention_ms => {
-                out.push(self.replay_alert(&ev.key_id, me, p));
+                out.push(self.replay_alert(key_id, me, p));
                 self.remember_event(efp, t, pos, log);
             }
             Some(p) if t < p.received_at => {
@@ -479,7 +486,7 @@ impl ShardDetector {
             _ => {
                 if first.received_at - t <= self.cfg.retention_ms {
                     // this event opens the window and the former start replays it
-                    out.push(self.replay_alert(&ev.key_id, first, me));
+                    out.push(self.replay_alert(key_id, first, me));
                     let fp_first = self.fp.event(first.event_id);
                     self.remember_event(fp_first, first.received_at, first.pos, log);
                     self.start_window(nfp, me, prev, Some(first.received_at), log);

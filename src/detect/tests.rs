@@ -16,9 +16,9 @@ fn ev(id: &str, t: Millis, key: &str, nonce: Option<&str>) -> AccessEvent<'stati
     AccessEvent {
         event_id: Cow::Owned(id.into()),
         received_at: t,
-        key_id: Cow::Owned(key.into()),
+        key_id: Some(Cow::Owned(key.into())),
         nonce: nonce.map(|n| Cow::Owned(n.into())),
-        client_ts: t,
+        client_ts: Some(t),
         client_ip: Cow::Borrowed("10.0.0.1"),
         method: Cow::Borrowed("GET"),
         path: Cow::Borrowed("/v1/x"),
@@ -149,7 +149,7 @@ fn other_key_or_no_nonce_is_not_a_replay() {
 fn transport_duplicates_raise_nothing_and_are_counted() {
     let mut h = Harness::new(DetectConfig::default());
     let mut stale = ev("a", T0, "k", Some("n"));
-    stale.client_ts = T0 - 400 * S;
+    stale.client_ts = Some(T0 - 400 * S);
     assert_eq!(h.kinds(&stale), vec![AlertKind::StaleTimestamp]);
     let (v, alerts) = h.feed(&stale);
     assert_eq!((v, alerts.len()), (Verdict::Duplicate, 0));
@@ -195,7 +195,7 @@ fn one_event_can_raise_several_kinds() {
         grace_until: None,
     });
     let mut a = ev("a", T0, "k", Some("n"));
-    a.client_ts = T0 - 10 * S;
+    a.client_ts = Some(T0 - 10 * S);
     h.feed(&a);
     let mut b = ev("b", T0 + 295 * S, "k", Some("n"));
     b.client_ts = a.client_ts; // a replayed signed request keeps its signed time
@@ -227,7 +227,7 @@ fn skew_limits_are_exclusive() {
     let mut check = |h: &mut Harness, cts_offset: Millis| {
         n += 1;
         let mut e = ev(&format!("e{n}"), T0 + n * S, "k", None);
-        e.client_ts = e.received_at + cts_offset;
+        e.client_ts = Some(e.received_at + cts_offset);
         h.kinds(&e)
     };
     assert!(check(&mut h, -300_000).is_empty());
@@ -333,7 +333,7 @@ fn too_late_events_skip_the_replay_rule_but_not_the_others() {
     let mut h = Harness::new(cfg);
     h.feed(&ev("a", T0 + 10 * cfg.retention_ms, "k", None));
     let mut old = ev("b", T0, "k", Some("n"));
-    old.client_ts = T0 - 301 * S;
+    old.client_ts = Some(T0 - 301 * S);
     assert_eq!(h.kinds(&old), vec![AlertKind::StaleTimestamp]);
     assert_eq!(h.det.stats().too_late, 1);
     assert_eq!(h.det.stats().late, 1);
@@ -464,7 +464,7 @@ fn access(e: &ModelEvent) -> AccessEvent<'_> {
     AccessEvent {
         event_id: Cow::Borrowed(&e.event_id),
         received_at: e.received_at,
-        key_id: Cow::Borrowed(&e.key_id),
+        key_id: e.key_id.as_deref().map(Cow::Borrowed),
         nonce: e.nonce.as_deref().map(Cow::Borrowed),
         client_ts: e.client_ts,
         client_ip: Cow::Borrowed(&e.client_ip),

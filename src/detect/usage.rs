@@ -302,8 +302,9 @@ pub fn client_label<'a>(ev: &'a AccessEvent<'_>) -> &'a str {
     ev.client_id.as_deref().unwrap_or(&ev.client_ip)
 }
 
-/// An alert about request `ev`; its id hashes the kind, the key and `id_part`
-/// (the event id for a per-request alert, a window for the usage rules).
+/// An alert about request `ev` (which has a key: no per-key rule judges an
+/// unsigned request); its id hashes the kind, the key and `id_part` (the
+/// event id for a per-request alert, a window for the usage rules).
 pub(crate) fn make_alert(
     kind: AlertKind,
     severity: Severity,
@@ -311,11 +312,16 @@ pub(crate) fn make_alert(
     id_part: &[u8],
     evidence: Evidence,
 ) -> Alert {
+    debug_assert!(
+        ev.key_id.is_some(),
+        "per-key alert about an unsigned request"
+    );
+    let key_id = ev.key_id.as_deref().unwrap_or_default();
     Alert {
-        alert_id: alert::alert_id_parts(kind.as_str(), &[ev.key_id.as_bytes(), id_part]),
+        alert_id: alert::alert_id_parts(kind.as_str(), &[key_id.as_bytes(), id_part]),
         kind,
         severity,
-        key_id: ev.key_id.to_string(),
+        key_id: key_id.to_string(),
         event_id: ev.event_id.to_string(),
         received_at: ev.received_at,
         evidence,

@@ -8,9 +8,9 @@ fn ev(t: Millis, status: u16, client: &str) -> AccessEvent<'static> {
     AccessEvent {
         event_id: Cow::Owned(format!("e{t}-{client}-{status}")),
         received_at: t,
-        key_id: Cow::Borrowed("k"),
+        key_id: Some(Cow::Borrowed("k")),
         nonce: None,
-        client_ts: t,
+        client_ts: Some(t),
         client_ip: Cow::Owned(format!("10.0.0.{}", client.len())),
         method: Cow::Borrowed("GET"),
         path: Cow::Borrowed("/"),

@@ -2,11 +2,15 @@
 //! and shutdown. `scan` and `run` share the [`Engine`]; the Kafka runtime of
 //! `run` lives in `pipeline/kafka/`.
 
+mod convert;
 mod engine;
+mod health;
 pub(crate) mod kafka;
 pub(crate) mod scan;
 
+pub use convert::{convert, ConvertArgs, ConvertSummary};
 pub use engine::{CommitInfo, Engine, EngineOptions, Totals};
+pub use health::FIRST_RECORDS;
 pub use kafka::{run, ClientFactory, KafkaConfig, RunArgs, StartPolicy, Status};
 pub use scan::{scan, ScanArgs, ScanConfig, ScanSummary};
 

@@ -70,6 +70,11 @@ pub struct ScanSummary {
     /// Alerts delivered (including ones an earlier, interrupted run committed).
     pub delivered: usize,
     pub state_dir: Option<PathBuf>,
+    /// The input format read.
+    pub format: crate::decode::Format,
+    /// Inputs of which more than half of the first records were dead
+    /// letters (`scan` exits 1 unless `--allow-dead-letters`).
+    pub mostly_dead: Vec<String>,
 }
 
 impl ScanSummary {
@@ -100,6 +105,8 @@ impl ScanSummary {
             "lifecycle_records": self.lifecycle_records,
             "delivered": self.delivered,
             "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
+            "input_format": self.format.as_str(),
+            "mostly_dead_letters": self.mostly_dead,
         })
     }
 }
@@ -134,6 +141,14 @@ impl std::fmt::Display for ScanSummary {
             )?;
         }
         writeln!(f, "  malformed:     {}", self.totals.malformed)?;
+        for input in &self.mostly_dead {
+            writeln!(
+                f,
+                "    most of the first records of {input} are not in format {}: \
+                 try --input-format",
+                self.format
+            )?;
+        }
         writeln!(
             f,
             "  late:          {} ({} beyond the live window)",
@@ -194,7 +209,7 @@ pub fn load_lifecycle<S: StateStore>(
     paths: &[PathBuf],
     dlq: &mut dyn DeadLetterSink,
 ) -> Result<usize, PipelineError> {
-    let decoder = engine.decoder();
+    let decoder = engine.decoder().clone();
     let mut n = 0;
     for p in paths {
         let name = p.display().to_string();
@@ -273,21 +288,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     let started = Instant::now();
     let config = args.config;
     // open the inputs first: a missing file is a usage error, before any work
-    let mut named: Vec<(String, Box<dyn std::io::Read + Send>)> = Vec::new();
-    let stdin_only = args.inputs.is_empty();
-    for p in &args.inputs {
-        if p.as_os_str() == "-" {
-            named.push(("-".into(), Box::new(std::io::stdin())));
-        } else {
-            let f = std::fs::File::open(p).map_err(|e| {
-                PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
-            })?;
-            named.push((p.display().to_string(), Box::new(f)));
-        }
-    }
-    if stdin_only {
-        named.push(("-".into(), Box::new(std::io::stdin())));
-    }
+    let named = super::convert::open_inputs(&args.inputs)?;
     for p in &args.lifecycle {
         if !p.is_file() {
             return Err(PipelineError::Usage(format!(
@@ -355,6 +356,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     )?;
     delivered += counting.n;
     progress.done();
+    engine.finish_inputs();
     // report this run only: counters persist across runs in the state
     let mut totals = engine.totals();
     totals.stats = totals.stats.since(&before.stats);
@@ -364,6 +366,8 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
         elapsed: started.elapsed(),
         delivered,
         state_dir: if temp.is_some() { None } else { Some(dir) },
+        format: engine.decoder().format(),
+        mostly_dead: engine.mostly_dead_inputs().to_vec(),
     })
 }
 

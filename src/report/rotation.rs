@@ -426,9 +426,9 @@ mod tests {
         let e = AccessEvent {
             event_id: Cow::Borrowed("e"),
             received_at: t,
-            key_id: Cow::Owned(key.to_string()),
+            key_id: Some(Cow::Owned(key.to_string())),
             nonce: None,
-            client_ts: t,
+            client_ts: Some(t),
             client_ip: Cow::Borrowed("10.0.0.1"),
             method: Cow::Borrowed("GET"),
             path: Cow::Borrowed("/"),

@@ -19,14 +19,20 @@ pub struct AccessEvent<'a> {
     /// Server receive time: the event time every rule uses.
     #[serde(serialize_with = "timestamp::ser")]
     pub received_at: Millis,
-    /// API key identifier (never the secret).
-    pub key_id: Cow<'a, str>,
+    /// API key identifier (never the secret); `None`: an unsigned request
+    /// (a public endpoint), which no per-key rule judges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<Cow<'a, str>>,
     /// Per-key nonce; `null` or absent means the request carried none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nonce: Option<Cow<'a, str>>,
-    /// The time the client signed.
-    #[serde(serialize_with = "timestamp::ser")]
-    pub client_ts: Millis,
+    /// The time the client signed; `None`: the request carried none (the
+    /// skew rules do not apply).
+    #[serde(
+        serialize_with = "timestamp::ser_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_ts: Option<Millis>,
     pub client_ip: Cow<'a, str>,
     pub method: Cow<'a, str>,
     pub path: Cow<'a, str>,
@@ -62,7 +68,7 @@ impl AccessEvent<'_> {
         AccessEvent {
             event_id: own(self.event_id),
             received_at: self.received_at,
-            key_id: own(self.key_id),
+            key_id: self.key_id.map(own),
             nonce: self.nonce.map(own),
             client_ts: self.client_ts,
             client_ip: own(self.client_ip),

@@ -197,6 +197,50 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
     Ok(ms)
 }
 
+/// Parses a Common Log Format time, as NGINX's `$time_local` and Apache's
+/// `%t` write it: `28/Nov/2026:09:15:02 +0000` (English month names, an
+/// offset of `±HHMM`).
+pub fn parse_clf(s: &str) -> Result<Millis, TimestampError> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let clf = |m| TimestampError::Syntax(m);
+    let b = s.as_bytes();
+    if b.len() != 26 {
+        return Err(clf(
+            "not a Common Log Format time like 28/Nov/2026:09:15:02 +0000",
+        ));
+    }
+    let day = digits(b, 0, 2)?;
+    expect(b, 2, b"/", "expected '/' after the day")?;
+    let month = MONTHS
+        .iter()
+        .position(|m| m[..] == b[3..6])
+        .ok_or(clf("expected a month name like Nov"))? as u32
+        + 1;
+    expect(b, 6, b"/", "expected '/' after the month")?;
+    let year = digits(b, 7, 4)? as i64;
+    expect(b, 11, b":", "expected ':' after the year")?;
+    let hour = digits(b, 12, 2)?;
+    expect(b, 14, b":", "expected ':' after the hour")?;
+    let minute = digits(b, 15, 2)?;
+    expect(b, 17, b":", "expected ':' after the minutes")?;
+    let second = digits(b, 18, 2)?;
+    expect(b, 20, b" ", "expected ' ' before the offset")?;
+    expect(b, 21, b"+-", "expected an offset like +0000")?;
+    let (oh, om) = (digits(b, 22, 2)?, digits(b, 24, 2)?);
+    if oh > 23 || om > 59 {
+        return Err(TimestampError::Range("offset"));
+    }
+    let sign = if b[21] == b'-' { -1 } else { 1 };
+    let rfc = format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{}{oh:02}:{om:02}",
+        if sign < 0 { '-' } else { '+' }
+    );
+    parse_rfc3339(&rfc)
+}
+
 /// Checks an integer of epoch milliseconds against the supported range.
 pub fn from_epoch_millis(v: i128) -> Result<Millis, TimestampError> {
     if (MIN_MILLIS as i128..=MAX_MILLIS as i128).contains(&v) {
@@ -321,6 +365,33 @@ pub fn de_str<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_log_format() {
+        assert_eq!(
+            parse_clf("28/Nov/2026:09:15:02 +0000").unwrap(),
+            parse_rfc3339("2026-11-28T09:15:02Z").unwrap()
+        );
+        assert_eq!(
+            parse_clf("28/Nov/2026:11:15:02 +0200").unwrap(),
+            parse_rfc3339("2026-11-28T09:15:02Z").unwrap()
+        );
+        assert_eq!(
+            parse_clf("01/Jan/1970:00:00:00 -0130").unwrap(),
+            90 * 60 * 1000
+        );
+        for bad in [
+            "28/Nov/2026:09:15:02",
+            "28/nov/2026:09:15:02 +0000",
+            "31/Nov/2026:09:15:02 +0000",
+            "28/Nov/2026:24:15:02 +0000",
+            "28/Nov/2026:09:15:02 +2400",
+            "28/Nov/2026T09:15:02 +0000",
+            "2026-11-28T09:15:02Z",
+        ] {
+            assert!(parse_clf(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn epoch_and_offsets() {

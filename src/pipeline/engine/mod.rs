@@ -28,6 +28,7 @@ use outbox::Outbox;
 use registry::Registry;
 use shard::Shard;
 
+use super::health::InputHealth;
 use super::PipelineError;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder};
@@ -39,7 +40,7 @@ use crate::state::{Commit, SegmentOptions, StateStore};
 use crate::telemetry;
 
 /// What the engine needs from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub rules: DetectConfig,
     pub usage: UsageConfig,
@@ -54,7 +55,8 @@ impl From<&Config> for EngineOptions {
         EngineOptions {
             rules: c.detect,
             usage: c.usage,
-            decoder: c.decode,
+            decoder: Decoder::new(&c.decode, &c.input)
+                .expect("a validated config's input format resolves"),
             segments: c.state.segments(),
             max_index_bytes: c.state.max_index.0 as usize,
         }
@@ -106,6 +108,7 @@ pub struct Engine<S: StateStore> {
     usage_reset: Vec<u32>,
     /// Named values for the next commit.
     values: Vec<(String, Vec<u8>)>,
+    inputs: InputHealth,
 }
 
 impl<S: StateStore> Engine<S> {
@@ -134,6 +137,7 @@ impl<S: StateStore> Engine<S> {
             failed: None,
             usage_reset: Vec::new(),
             values: Vec::new(),
+            inputs: InputHealth::default(),
         })
     }
 
@@ -145,8 +149,8 @@ impl<S: StateStore> Engine<S> {
         &self.opts.rules
     }
 
-    pub fn decoder(&self) -> Decoder {
-        self.opts.decoder
+    pub fn decoder(&self) -> &Decoder {
+        &self.opts.decoder
     }
 
     pub fn lifecycle(&self) -> &LifecycleTable {
@@ -253,13 +257,18 @@ impl<S: StateStore> Engine<S> {
             }
             s.caught_up();
         }
+        if self.inputs.record(rec.pos.source, decoded.is_err()) {
+            let input = self.registry.source_name(rec.pos.source);
+            self.inputs
+                .flag(rec.pos.source, input, self.opts.decoder.format());
+        }
         match decoded {
             Ok(ev) => {
                 match rec.key {
                     MessageKey::None => {}
                     MessageKey::Absent => self.key_absent += 1,
                     MessageKey::Present(k) => {
-                        if k != ev.key_id.as_bytes() {
+                        if k != ev.key_id.as_deref().unwrap_or_default().as_bytes() {
                             self.key_mismatch += 1;
                         }
                     }
@@ -305,6 +314,25 @@ impl<S: StateStore> Engine<S> {
             key: rec.key,
         })?;
         Ok(())
+    }
+
+    fn warn_mostly_dead(&mut self, source: u32) {
+        let input = self.registry.source_name(source).to_string();
+        self.inputs.flag(source, &input, self.opts.decoder.format());
+    }
+
+    /// Judges the inputs that ended before their first
+    /// `FIRST_RECORDS` records (`scan`, at the end of its files).
+    pub fn finish_inputs(&mut self) {
+        for source in self.inputs.unjudged() {
+            self.warn_mostly_dead(source);
+        }
+    }
+
+    /// The inputs of which more than half of the first `FIRST_RECORDS`
+    /// records were dead letters (by name, in the order found).
+    pub fn mostly_dead_inputs(&self) -> &[String] {
+        self.inputs.flagged()
     }
 
     /// Stores a named value with the next commit.

@@ -124,7 +124,12 @@ impl Runtime {
                     .expect("forwarding partition without forwarder");
                 let name = part.name.clone();
                 match self.decoder.decode_record(&rec) {
-                    Ok(ev) => fwd.forward(ev.key_id.as_bytes(), m.payload().unwrap_or(&[])),
+                    // keyed by key_id; an unsigned request by its event id
+                    // (a redelivered copy still meets the first one)
+                    Ok(ev) => fwd.forward(
+                        ev.key_id.as_deref().unwrap_or(&ev.event_id).as_bytes(),
+                        m.payload().unwrap_or(&[]),
+                    ),
                     Err(e) => self.engine.dead_letter(&name, &rec, &e, &mut self.dlq),
                 }
             }
@@ -254,7 +259,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let _ = status.reports.set(published.clone());
     let rules = engine.rules();
     let rt = Arc::new(Mutex::new(Runtime {
-        decoder: engine.decoder(),
+        decoder: engine.decoder().clone(),
         warm_span: rules.retention_ms + rules.allowed_lateness_ms,
         engine,
         alerts,

@@ -1,0 +1,277 @@
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+
+fn paths(list: &[&[&str]]) -> Paths {
+    let mut p = Paths::new(list.len());
+    for (i, segs) in list.iter().enumerate() {
+        assert!(p.add(segs, &[], i));
+    }
+    p
+}
+
+fn run<'a>(s: &'a str, p: &Paths) -> Result<Vec<Option<Val<'a>>>, ScanError> {
+    let mut out = vec![None; p.slots()];
+    scan(s, p, &mut out).map(|_| out)
+}
+
+fn str_val(raw: &str) -> Option<Val<'_>> {
+    Some(Val::Str {
+        raw,
+        escaped: false,
+    })
+}
+
+#[test]
+fn finds_top_level_and_nested_values() {
+    let p = paths(&[&["a"], &["b", "c"], &["b", "d", "e"], &["x"]]);
+    let got = run(
+        r#"{"a":"1","skip":{"deep":[1,2,{"z":null}]},"b":{"c":12.5e3,"d":{"e":true}},"t":[]}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            str_val("1"),
+            Some(Val::Num("12.5e3")),
+            Some(Val::Bool(true)),
+            None
+        ]
+    );
+}
+
+#[test]
+fn header_maps_compare_keys_without_case_and_lists_give_their_first_value() {
+    let mut p = Paths::new(2);
+    assert!(p.add(&["request", "headers", "x-nonce"], &[false, false, true], 0));
+    assert!(p.add(
+        &["request", "headers", "X-Api-Key"],
+        &[false, false, true],
+        1
+    ));
+    let got = run(
+        r#"{"request":{"headers":{"X-NONCE":["n1","n2"],"x-api-key":"k"}}}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(got, vec![str_val("n1"), str_val("k")]);
+    let got = run(
+        r#"{"request":{"headers":{"x-nonce":[[1],2],"x-api-key":[]}}}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(got, vec![Some(Val::Array), Some(Val::Array)]);
+}
+
+#[test]
+fn escapes_are_found_and_decoded() {
+    let p = paths(&[&["k\"ey"], &["v"]]);
+    let got = run(r#"{"k\"ey":"a\"b\u00e9\ud83d\ude00","v":"\/"}"#, &p).unwrap();
+    let Some(Val::Str { raw, escaped: true }) = got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(unescape(raw).unwrap(), "a\"b\u{e9}\u{1F600}");
+    assert!(unescape(r"\ud800").is_err());
+    assert!(unescape(r"\udc00x").is_err());
+}
+
+#[test]
+fn wanted_duplicates_are_refused_others_ignored() {
+    let p = paths(&[&["a"]]);
+    assert_eq!(
+        run(r#"{"a":1,"a":2}"#, &p),
+        Err(ScanError::Duplicate { slot: 0 })
+    );
+    assert!(run(r#"{"a":1,"b":2,"b":3}"#, &p).is_ok());
+}
+
+#[test]
+fn not_json_or_not_an_object_is_refused() {
+    let p = paths(&[&["a"]]);
+    for bad in [
+        "",
+        "{",
+        "{\"a\"}",
+        "{\"a\":}",
+        "{\"a\":1,}",
+        "{\"a\":01}",
+        "{\"a\":1}x",
+        "{\"a\":\"\t\"}",
+        "{\"a\":tru}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":[1,]}",
+        "{\"a\":\"\\u12g4\"}",
+    ] {
+        assert!(
+            matches!(run(bad, &p), Err(ScanError::Syntax { .. })),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(run("[1,2]", &p), Err(ScanError::NotObject));
+    assert_eq!(run(" 7 ", &p), Err(ScanError::NotObject));
+}
+
+#[test]
+fn deep_nesting_in_skipped_values_costs_no_stack() {
+    let p = paths(&[&["a"]]);
+    let deep = format!(
+        "{{\"x\":{}{},\"a\":1}}",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    assert_eq!(run(&deep, &p).unwrap(), vec![Some(Val::Num("1"))]);
+}
+
+// ---------------------------------------------------------------------------
+// Against serde_json.
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        "[a-zA-Z0-9 \"\\\\/\u{e9}\u{1F600}\t\n-]{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[a-d]{1,2}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The value at `path` as the scanner reports it, from serde_json's tree.
+fn reference(v: &Value, path: &[String]) -> Option<String> {
+    let mut cur = v;
+    for seg in path {
+        cur = cur.as_object()?.get(seg)?;
+    }
+    let first = match cur {
+        Value::Array(a) => match a.first() {
+            Some(x @ (Value::Array(_) | Value::Object(_))) => {
+                let _ = x;
+                return Some("array".into());
+            }
+            Some(x) => x,
+            None => return Some("array".into()),
+        },
+        x => x,
+    };
+    Some(match first {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("bool {b}"),
+        Value::Number(n) => format!("num {}", n.as_f64().unwrap()),
+        Value::String(s) => format!("str {s}"),
+        Value::Object(_) => "object".into(),
+        Value::Array(_) => unreachable!(),
+    })
+}
+
+fn described(v: &Val<'_>) -> String {
+    match v {
+        Val::Null => "null".into(),
+        Val::Bool(b) => format!("bool {b}"),
+        Val::Num(t) => format!("num {}", t.parse::<f64>().unwrap()),
+        Val::Str { raw, .. } => format!("str {}", unescape(raw).unwrap()),
+        Val::Object => "object".into(),
+        Val::Array => "array".into(),
+    }
+}
+
+/// Every path to a value in `v` (objects only), up to depth 4.
+fn all_paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    if let Value::Object(m) = v {
+        for (k, x) in m {
+            prefix.push(k.clone());
+            out.push(prefix.clone());
+            if prefix.len() < 4 {
+                all_paths(x, prefix, out);
+            }
+            prefix.pop();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// For any JSON object and any set of its leaf paths (or missing ones),
+    /// the scanner finds what serde_json's tree has there.
+    #[test]
+    fn agrees_with_serde_json(
+        v in prop::collection::btree_map("[a-d]{1,2}", arb_json(), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        pretty in any::<bool>(),
+    ) {
+        let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
+        let mut candidates = Vec::new();
+        all_paths(&v, &mut Vec::new(), &mut candidates);
+        candidates.push(vec!["zz".into()]);
+        let mut chosen: Vec<Vec<String>> = Vec::new();
+        for pick in picks {
+            let c = &candidates[pick.index(candidates.len())];
+            // a path and its own prefix cannot both be wanted
+            if !chosen.iter().any(|x| x.starts_with(c) || c.starts_with(x)) {
+                chosen.push(c.clone());
+            }
+        }
+        let mut p = Paths::new(chosen.len());
+        for (i, c) in chosen.iter().enumerate() {
+            let segs: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
+            prop_assert!(p.add(&segs, &[], i));
+        }
+        let got = run(&text, &p).unwrap();
+        for (i, c) in chosen.iter().enumerate() {
+            prop_assert_eq!(got[i].as_ref().map(described), reference(&v, c), "{:?} in {}", c, text);
+        }
+    }
+
+    /// Any bytes: the scanner never panics, and accepts exactly the JSON
+    /// objects serde_json accepts.
+    #[test]
+    fn accepts_what_serde_json_accepts(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let p = paths(&[&["a"]]);
+            let ours = run(text, &p);
+            let theirs = serde_json::from_str::<serde::de::IgnoredAny>(text);
+            if let Err(ScanError::Syntax { .. }) = ours {
+                prop_assert!(theirs.is_err(), "{:?}", text);
+            }
+            if theirs.is_err() {
+                prop_assert!(ours.is_err(), "{:?}", text);
+            }
+        }
+    }
+
+    /// Mutations of a valid record: the same agreement.
+    #[test]
+    fn mutated_records_are_judged_as_serde_json_judges_them(
+        at in 0usize..60,
+        insert in "[\\[\\]{}\",:\\\\ a-z0-9.eE+-]{0,3}",
+        cut in 0usize..3,
+    ) {
+        let base = r#"{"a":[1,{"b":"c\"d"}],"e":-1.5e3,"f":null,"g":true}"#;
+        let mut s = base.to_string();
+        let at = at.min(s.len());
+        let end = (at + cut).min(s.len());
+        s.replace_range(at..end, &insert);
+        let p = paths(&[&["g"]]);
+        let ours = run(&s, &p);
+        let theirs = serde_json::from_str::<Value>(&s).map(|v| v.is_object());
+        match theirs {
+            Ok(true) => {
+                // duplicates of "g" are refused by us, kept by Value
+                if !matches!(ours, Err(ScanError::Duplicate { .. })) {
+                    prop_assert!(ours.is_ok(), "{:?}", s);
+                }
+            }
+            Ok(false) => prop_assert_eq!(ours, Err(ScanError::NotObject), "{:?}", s),
+            Err(_) => prop_assert!(ours.is_err(), "{:?}", s),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `replayguard convert`: the access events v1 an input format yields, one
+//! JSON line per record that decodes; the others go to the dead-letter
+//! place as in `scan`. No state, no rules.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::health::InputHealth;
+use super::PipelineError;
+use crate::config::Config;
+use crate::decode::{Decoder, Format};
+use crate::sink::{DeadLetter, DeadLetterSink, JsonlDeadLetterSink};
+use crate::source::{FileSource, Input, Source};
+
+/// What `convert` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertArgs {
+    /// Its `[input]` and `[decode]` sections are used.
+    pub config: Config,
+    /// The v1 events go here; `None` is stdout.
+    pub output: Option<PathBuf>,
+    /// Records that do not decode go here (appended); `None` only counts.
+    pub dead_letter: Option<PathBuf>,
+    /// Files to read; empty or `-` is stdin.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// The outcome of a conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertSummary {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub format: Format,
+    /// Inputs of which more than half of the first records were dead letters.
+    pub mostly_dead: Vec<String>,
+}
+
+impl std::fmt::Display for ConvertSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "replayguard convert: {} events from format {}, {} dead letters",
+            self.events, self.format, self.dead_letters
+        )?;
+        for input in &self.mostly_dead {
+            writeln!(
+                f,
+                "  most of the first records of {input} are not in format {}: \
+                 try --input-format",
+                self.format
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// An input by name, open.
+pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>);
+
+/// Opens the named inputs (none: stdin); a missing file is a usage error.
+pub(super) fn open_inputs(paths: &[PathBuf]) -> Result<Vec<NamedInput>, PipelineError> {
+    let mut named: Vec<NamedInput> = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            named.push(("-".into(), Box::new(std::io::stdin())));
+        } else {
+            let f = std::fs::File::open(p).map_err(|e| {
+                PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
+            })?;
+            named.push((p.display().to_string(), Box::new(f)));
+        }
+    }
+    if paths.is_empty() {
+        named.push(("-".into(), Box::new(std::io::stdin())));
+    }
+    Ok(named)
+}
+
+/// Runs `convert` as the CLI does.
+pub fn convert(args: ConvertArgs) -> Result<ConvertSummary, PipelineError> {
+    let decoder = Decoder::new(&args.config.decode, &args.config.input)
+        .map_err(|e| PipelineError::Usage(format!("invalid configuration: {e}")))?;
+    let named = open_inputs(&args.inputs)?;
+    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    let inputs = named
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, reader))| Input {
+            source_id: i as u32,
+            name,
+            reader,
+        })
+        .collect();
+    let mut source = FileSource::new(inputs, decoder.max_event_bytes);
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |e| PipelineError::Usage(format!("cannot write {}: {e}", p.display())),
+        )?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut dlq = match &args.dead_letter {
+        Some(p) => JsonlDeadLetterSink::file(p)?,
+        None => JsonlDeadLetterSink::discard(),
+    };
+    let mut health = InputHealth::default();
+    let mut events = 0u64;
+    let mut dead = 0u64;
+    let mut failed: Option<PipelineError> = None;
+    let io = |e: std::io::Error| PipelineError::io("writing the converted events")(e);
+    loop {
+        let poll = source.poll(4096, &mut |rec| {
+            if failed.is_some() {
+                return;
+            }
+            let decoded = decoder.decode_record(&rec);
+            let source = rec.pos.source;
+            if health.record(source, decoded.is_err()) {
+                health.flag(source, &names[source as usize], decoder.format());
+            }
+            let r = match decoded {
+                Ok(ev) => {
+                    events += 1;
+                    serde_json::to_writer(&mut out, &ev)
+                        .map_err(std::io::Error::from)
+                        .and_then(|_| out.write_all(b"\n"))
+                        .map_err(io)
+                }
+                Err(e) => {
+                    dead += 1;
+                    crate::telemetry::DeadLettered {
+                        source: &names[source as usize],
+                        offset: rec.pos.offset,
+                        error_kind: e.kind(),
+                        error: &e.to_string(),
+                    }
+                    .emit();
+                    dlq.send(&DeadLetter {
+                        source: &names[source as usize],
+                        pos: rec.pos,
+                        error: &e,
+                        payload: rec.payload,
+                        key: rec.key,
+                    })
+                    .map_err(PipelineError::from)
+                }
+            };
+            if let Err(e) = r {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if poll == crate::source::Poll::End {
+            break;
+        }
+    }
+    out.flush().map_err(io)?;
+    dlq.flush()?;
+    for s in health.unjudged() {
+        health.flag(s, &names[s as usize], decoder.format());
+    }
+    Ok(ConvertSummary {
+        events,
+        dead_letters: dead,
+        format: decoder.format(),
+        mostly_dead: health.flagged().to_vec(),
+    })
+}
