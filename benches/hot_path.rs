@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use replayguard::config::Config;
 use replayguard::decode::Decoder;
-use replayguard::detect::{LifecycleTable, Position, ShardDetector, SightingLog, VecLog};
+use replayguard::detect::{LifecycleTable, Position, ShardDetector, SightingLog, Toggle, VecLog};
 use replayguard::generate::{self, GenConfig};
 use replayguard::pipeline::Engine;
 use replayguard::sink::{MemAlertSink, MemDeadLetterSink};
@@ -66,9 +66,15 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Ts<'a> {
 }
 
 fn traffic() -> Vec<Vec<u8>> {
+    traffic_with(generate::NonceStyle::Random)
+}
+
+fn traffic_with(nonces: generate::NonceStyle) -> Vec<Vec<u8>> {
     generate::sample_lines(&GenConfig {
         events: N as u64,
         rate: 5_000.0,
+        nonces,
+        out_of_sequence_rate: 0.001,
         ..Default::default()
     })
     .into_iter()
@@ -181,7 +187,9 @@ fn benches(c: &mut Criterion) {
     });
 
     let decoded: Vec<_> = lines.iter().map(|l| decoder.access(l).unwrap()).collect();
-    let rules = Config::default().detect;
+    // every rule on: signature replays (the default) and sequence numbers
+    let mut rules = Config::default().detect;
+    rules.sequence = Toggle::On;
     let lc = LifecycleTable::default();
     g.bench_function("detect", |b| {
         b.iter_batched(
@@ -190,6 +198,28 @@ fn benches(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+
+    // nonces that are counters, where the sequence rule has work to do:
+    // its cost is the ratio of these two
+    let counter_lines = traffic_with(generate::NonceStyle::Counter);
+    let counters: Vec<_> = counter_lines
+        .iter()
+        .map(|l| decoder.access(l).unwrap())
+        .collect();
+    for (name, toggle) in [
+        ("detect_counter_nonces_sequence_off", Toggle::Off),
+        ("detect_counter_nonces_sequence_on", Toggle::On),
+    ] {
+        let mut r = rules;
+        r.sequence = toggle;
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (ShardDetector::new(r, 1), VecLog::default(), Vec::new()),
+                |s| detect_all(s, &counters, &lc),
+                BatchSize::LargeInput,
+            )
+        });
+    }
 
     g.bench_function("detect_segment_log", |b| {
         b.iter_batched(

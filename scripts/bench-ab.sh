@@ -8,7 +8,9 @@
 #   scripts/bench-ab.sh OLD_BIN NEW_BIN INPUT [PAIRS] [EXTRA SCAN ARGS...]
 #   e.g. scripts/bench-ab.sh /tmp/rg-base target/release/replayguard bench-out/scan-1000000.jsonl 5
 #
-# CPU: CORE (default 1) is the one core the scans run on.
+# CPU: CORE (default 1) is the one core the scans run on. A_ARGS / B_ARGS:
+# scan arguments for one side only (e.g. B_ARGS="--config seq.toml" when
+# the old binary does not know a setting).
 set -euo pipefail
 a="$1" b="$2" input="$3" pairs="${4:-5}"
 shift $(( $# >= 4 ? 4 : 3 ))
@@ -29,8 +31,10 @@ one() {
 printf '| pair | A events/s | B events/s | B/A | A peak RSS MiB | B peak RSS MiB |\n|---|---|---|---|---|---|\n'
 ra=() rb=() ratios=() ma=() mb=()
 for i in $(seq 1 "$pairs"); do
-  read -r x xm < <(one "$a" "$@")
-  read -r y ym < <(one "$b" "$@")
+  # shellcheck disable=SC2086 # A_ARGS / B_ARGS are word lists
+  read -r x xm < <(one "$a" ${A_ARGS:-} "$@")
+  # shellcheck disable=SC2086
+  read -r y ym < <(one "$b" ${B_ARGS:-} "$@")
   r=$(awk -v x="$x" -v y="$y" 'BEGIN { printf "%.3f", y / x }')
   ra+=("$x") rb+=("$y") ratios+=("$r") ma+=("$xm") mb+=("$ym")
   printf '| %d | %s | %s | %s | %d | %d |\n' "$i" "$x" "$y" "$r" $((xm / 1024)) $((ym / 1024))

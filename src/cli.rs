@@ -262,4 +262,20 @@ pub struct GenerateCmd {
     /// log serializer writes them).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format, default_value = "v1")]
     pub format: crate::decode::Format,
+    /// How clients choose nonces: random (16 hex digits) or counter (an
+    /// increasing number per key, as exchange APIs ask).
+    #[arg(long, value_name = "STYLE", value_parser = parse_nonces, default_value = "random")]
+    pub nonces: crate::generate::NonceStyle,
+    /// With --nonces counter: fraction of requests sent with a counter
+    /// from 6 to 60 s earlier (out of sequence).
+    #[arg(long, default_value_t = 0.0)]
+    pub out_of_sequence_rate: f64,
+}
+
+fn parse_nonces(s: &str) -> Result<crate::generate::NonceStyle, String> {
+    match s {
+        "random" => Ok(crate::generate::NonceStyle::Random),
+        "counter" => Ok(crate::generate::NonceStyle::Counter),
+        _ => Err(format!("`{s}`: expected random or counter")),
+    }
 }

@@ -94,6 +94,23 @@ pub struct GenConfig {
     /// The log format of the lines: `v1`, or `kong` (the same requests as
     /// Kong's log serializer writes them).
     pub format: crate::decode::Format,
+    /// How clients choose nonces.
+    pub nonces: NonceStyle,
+    /// With counter nonces: fraction of requests sent with a counter from
+    /// 6 to 60 s earlier (what `detect.sequence` flags).
+    pub out_of_sequence_rate: f64,
+}
+
+/// How the generated clients choose nonces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonceStyle {
+    /// 16 random hex digits.
+    #[default]
+    Random,
+    /// An increasing counter per key, as exchange APIs ask: the request's
+    /// time in microseconds (milliseconds × 1000 plus a per-key count).
+    Counter,
 }
 
 impl Default for GenConfig {
@@ -115,6 +132,8 @@ impl Default for GenConfig {
             epoch_ms_rate: 0.1,
             auth_fail_rate: 0.02,
             format: crate::decode::Format::V1,
+            nonces: NonceStyle::Random,
+            out_of_sequence_rate: 0.0,
         }
     }
 }
@@ -239,6 +258,8 @@ pub struct TruthLine {
 pub struct GenReport {
     pub lines: u64,
     pub replays_planted: u64,
+    /// Counter nonces sent from 6 to 60 s behind (`out_of_sequence_rate`).
+    pub stale_counters_planted: u64,
     pub duplicates: u64,
     pub malformed: u64,
     pub lifecycle_records: usize,
@@ -385,6 +406,8 @@ pub fn generate(
         .collect();
 
     let want_truth = truth.is_some();
+    // the last counter of each key (`NonceStyle::Counter`)
+    let mut counters = vec![0u64; keys.len()];
     let mut model_events: Vec<ModelEvent> = Vec::new();
     // recent nonce-bearing requests: (t, key, nonce, client_ts, ip)
     let mut recent: VecDeque<(Millis, usize, String, Millis, String)> = VecDeque::new();
@@ -479,6 +502,16 @@ pub fn generate(
             } else {
                 let nonce = if rng.chance(cfg.no_nonce_rate) {
                     None
+                } else if cfg.nonces == NonceStyle::Counter {
+                    // microseconds: milliseconds x 1000 plus a count per key
+                    let c = &mut counters[k];
+                    *c = (*c + 1) % 1000;
+                    let mut at = t;
+                    if cfg.out_of_sequence_rate > 0.0 && rng.chance(cfg.out_of_sequence_rate) {
+                        at -= rng.range(6_000, 60_000);
+                        report.stale_counters_planted += 1;
+                    }
+                    Some((at.max(0) as u64 * 1000 + *c).to_string())
                 } else {
                     let mut n = String::with_capacity(16);
                     rng.hex(&mut n, 16);
@@ -540,7 +573,9 @@ pub fn generate(
             line.push_str("\",\"client_id\":\"");
             line.push_str(&key.clients[rng.below(key.clients.len() as u64) as usize]);
             line.push_str("\",\"signature\":\"");
+            let sig_at = line.len();
             rng.hex(&mut line, 64);
+            let signature = Some(line[sig_at..].to_string());
             line.push_str("\"}");
             let m = ModelEvent {
                 event_id,
@@ -549,6 +584,7 @@ pub fn generate(
                 nonce: nonce.clone(),
                 client_ts: Some(client_ts),
                 client_ip,
+                signature,
             };
             if let Some(n) = nonce {
                 // sample so that the replay targets spread over the whole skew window

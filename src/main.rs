@@ -282,6 +282,8 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
         disorder_ms: cmd.disorder_ms,
         rotations: cmd.rotations,
         format: cmd.format,
+        nonces: cmd.nonces,
+        out_of_sequence_rate: cmd.out_of_sequence_rate,
         ..Default::default()
     };
     if !matches!(
@@ -321,9 +323,10 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
         w.flush().map_err(io)?;
     }
     eprintln!(
-        "generated {} lines ({} replays planted, {} duplicates, {} malformed, {} lifecycle records{})",
+        "generated {} lines ({} replays planted, {} stale counters, {} duplicates, {} malformed, {} lifecycle records{})",
         report.lines,
         report.replays_planted,
+        report.stale_counters_planted,
         report.duplicates,
         report.malformed,
         report.lifecycle_records,

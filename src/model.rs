@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::detect::DetectConfig;
+use crate::detect::{DetectConfig, Toggle};
 use crate::schema::{AlertKind, KeyState, LifecycleEvent, Millis};
 
 /// The fields of an access event the rules read.
@@ -21,6 +21,8 @@ pub struct ModelEvent {
     /// `None`: no client time (the skew rules do not apply).
     pub client_ts: Option<Millis>,
     pub client_ip: String,
+    /// Judged only when there is no nonce (and `signature_replay` is on).
+    pub signature: Option<String>,
 }
 
 impl From<&crate::schema::AccessEvent<'_>> for ModelEvent {
@@ -32,6 +34,7 @@ impl From<&crate::schema::AccessEvent<'_>> for ModelEvent {
             nonce: e.nonce.as_ref().map(|n| n.to_string()),
             client_ts: e.client_ts,
             client_ip: e.client_ip.to_string(),
+            signature: e.signature.as_ref().map(|s| s.to_string()),
         }
     }
 }
@@ -39,13 +42,14 @@ impl From<&crate::schema::AccessEvent<'_>> for ModelEvent {
 impl ModelEvent {
     /// A generated event for property tests: event `e{i}{pad}` of key `k{key}`
     /// (none: unsigned) at `t0 + t`, signed `skew` ms off (none: no client
-    /// time), nonce `n{nonce}` if any, from `10.0.0.{ip}`.
+    /// time), nonce `n{nonce}` and signature `s{sig}` if any, from
+    /// `10.0.0.{ip}`.
     #[cfg(test)]
     pub(crate) fn generated(
         i: usize,
         pad: &str,
         t0: Millis,
-        (t, key, nonce, skew, ip): Generated,
+        (t, key, nonce, skew, ip, sig): Generated,
     ) -> Self {
         ModelEvent {
             event_id: format!("e{i}{pad}"),
@@ -54,6 +58,7 @@ impl ModelEvent {
             nonce: nonce.map(|n| format!("n{n}")),
             client_ts: skew.map(|s| t0 + t + s),
             client_ip: format!("10.0.0.{ip}"),
+            signature: sig.map(|s| format!("s{s}")),
         }
     }
 }
@@ -70,12 +75,42 @@ pub(crate) fn arb_event() -> impl proptest::strategy::Strategy<Value = Generated
         prop::option::weighted(0.85, 0usize..4),
         prop::option::weighted(0.95, -160i64..80),
         0usize..2,
+        prop::option::weighted(0.5, 0usize..3),
     )
+}
+
+/// Rewrites the generated nonces `n{k}` into sequence numbers for the
+/// `detect.sequence` rule: the time in quarter milliseconds plus 25·k, so
+/// keys count up with time and interleave by up to 75 (k = 2 is written
+/// with a leading zero: another nonce, the same number); `n3` stays a
+/// nonce that is not a number.
+#[cfg(test)]
+pub(crate) fn numbered(mut events: Vec<ModelEvent>, t0: Millis) -> Vec<ModelEvent> {
+    for e in &mut events {
+        let Some(k) = e.nonce.as_deref().and_then(|n| n.strip_prefix('n')) else {
+            continue;
+        };
+        let k: i64 = k.parse().expect("generated nonce");
+        let n = (e.received_at - t0) / 4 + 25 * k;
+        e.nonce = match k {
+            2 => Some(format!("0{n}")),
+            3 => continue,
+            _ => Some(n.to_string()),
+        };
+    }
+    events
 }
 
 /// What [`arb_event`] draws: (time offset, key, nonce, skew, client).
 #[cfg(test)]
-pub(crate) type Generated = (Millis, Option<usize>, Option<usize>, Option<Millis>, usize);
+pub(crate) type Generated = (
+    Millis,
+    Option<usize>,
+    Option<usize>,
+    Option<Millis>,
+    usize,
+    Option<usize>,
+);
 
 /// An alert as the model expects it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +158,8 @@ pub fn expected_alerts(
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].received_at); // stable: equal times keep arrival order
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut windows: HashMap<(&str, &str), &ModelEvent> = HashMap::new();
+    let mut windows: HashMap<(&str, char, &str), &ModelEvent> = HashMap::new();
+    let mut sequenced: Vec<(&str, Millis, u64)> = Vec::new();
     let mut out = Vec::new();
     for i in order {
         let e = &events[i];
@@ -140,15 +176,39 @@ pub fn expected_alerts(
             event_id: e.event_id.clone(),
             first_event_id: first.map(|f| f.event_id.clone()),
         };
-        if let Some(n) = &e.nonce {
-            let k = (key_id, n.as_str());
+        // the nonce judges a request; without one, its signature
+        let basis = match (&e.nonce, &e.signature) {
+            (Some(n), _) => Some(('N', n.as_str())),
+            (None, Some(s)) if cfg.signature_replay => Some(('S', s.as_str())),
+            _ => None,
+        };
+        let mut replay = false;
+        if let Some((domain, value)) = basis {
+            let k = (key_id, domain, value);
             match windows.get(&k) {
                 Some(first) if e.received_at - first.received_at <= cfg.retention_ms => {
                     out.push(expect(AlertKind::Replay, Some(first)));
+                    replay = true;
                 }
                 _ => {
                     windows.insert(k, e);
                 }
+            }
+        }
+        // sequence numbers: smaller than the key's largest received more
+        // than the tolerance earlier, and not a replay
+        if cfg.sequence == Toggle::On {
+            if let Some(n) = e.nonce.as_deref().and_then(crate::detect::sequence_number) {
+                let larger = sequenced
+                    .iter()
+                    .filter(|(k, r, m)| {
+                        *k == key_id && e.received_at - r > cfg.sequence_tolerance_ms && *m > n
+                    })
+                    .count();
+                if larger > 0 && !replay {
+                    out.push(expect(AlertKind::OutOfSequence, None));
+                }
+                sequenced.push((key_id, e.received_at, n));
             }
         }
         let past = e.client_ts.map(|c| e.received_at - c);

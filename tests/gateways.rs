@@ -144,10 +144,12 @@ fn missing_header_placeholders_never_make_replays() {
     let d = Dir::new();
     let alerts = d.path("alerts.jsonl");
     // NGINX logs a header not sent as "", AWS as "-": three requests each
-    for (format, field, placeholder) in [
-        ("nginx", "http_x_nonce", ""),
-        ("aws-apigw", "nonce", "-"),
-        ("envoy", "nonce", "-"),
+    // (each request signed differently: the same signature without a nonce
+    // would be a signature replay)
+    for (format, field, sig_field, placeholder) in [
+        ("nginx", "http_x_nonce", "http_x_signature", ""),
+        ("aws-apigw", "nonce", "signature", "-"),
+        ("envoy", "nonce", "signature", "-"),
     ] {
         let (f, _) = fixture(format);
         let base: serde_json::Value =
@@ -156,6 +158,7 @@ fn missing_header_placeholders_never_make_replays() {
         for i in 0..3 {
             let mut v = base.clone();
             v[field] = placeholder.into();
+            v[sig_field] = format!("sig-{i}").into();
             let id_field = match format {
                 "nginx" | "envoy" => "request_id",
                 _ => "requestId",

@@ -38,6 +38,28 @@ pub struct DetectConfig {
         default = "retention_unset"
     )]
     pub retention_ms: i64,
+    /// A request without a nonce but with a signature is a replay when the
+    /// same (key_id, signature) was first seen, with another event id, no
+    /// more than `retention` earlier (the nonce rule's semantics). Default
+    /// on: for timestamp-signed APIs it is the only replay signal.
+    pub signature_replay: bool,
+    /// `on`: a nonce that is a decimal unsigned 64-bit integer is a
+    /// sequence number, and one smaller than the key's largest received
+    /// more than `sequence_tolerance` earlier raises `out_of_sequence`.
+    pub sequence: Toggle,
+    /// Requests closer together than this may interleave (concurrent
+    /// senders). Default 5s.
+    #[serde(rename = "sequence_tolerance", with = "crate::units::ms")]
+    pub sequence_tolerance_ms: i64,
+}
+
+/// A rule switched `"on"` or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Toggle {
+    #[default]
+    Off,
+    On,
 }
 
 impl Default for DetectConfig {
@@ -47,6 +69,9 @@ impl Default for DetectConfig {
             max_future_skew_ms: 30_000,
             allowed_lateness_ms: 60_000,
             retention_ms: 390_000,
+            signature_replay: true,
+            sequence: Toggle::Off,
+            sequence_tolerance_ms: 5_000,
         }
     }
 }
@@ -73,6 +98,7 @@ impl DetectConfig {
             ("max_past_skew", self.max_past_skew_ms),
             ("max_future_skew", self.max_future_skew_ms),
             ("allowed_lateness", self.allowed_lateness_ms),
+            ("sequence_tolerance", self.sequence_tolerance_ms),
         ] {
             if v < 0 {
                 return Err(format!("detect.{name} must not be negative"));

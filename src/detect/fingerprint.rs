@@ -56,6 +56,20 @@ impl Fingerprinter {
         xxh3_128_with_seed(s, self.seed)
     }
 
+    /// 128-bit fingerprint of (key_id, signature), kept apart from every
+    /// nonce fingerprint by its domain byte. State holds only this hash,
+    /// never the signature.
+    #[inline]
+    pub fn signature(&mut self, key_id: &str, signature: &str) -> u128 {
+        let s = &mut self.scratch;
+        s.clear();
+        s.push(b'S');
+        s.extend_from_slice(&(key_id.len() as u32).to_le_bytes());
+        s.extend_from_slice(key_id.as_bytes());
+        s.extend_from_slice(signature.as_bytes());
+        xxh3_128_with_seed(s, self.seed)
+    }
+
     /// 64-bit fingerprint of an event id (transport-duplicate detection).
     #[inline]
     pub fn event(&self, event_id: &str) -> u64 {

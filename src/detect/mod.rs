@@ -9,14 +9,16 @@ mod config;
 mod fingerprint;
 mod index;
 mod lifecycle;
+mod sequence;
 mod shard;
 mod sighting;
 mod skew;
 pub(crate) mod usage;
 
-pub use config::DetectConfig;
+pub use config::{DetectConfig, Toggle};
 pub use fingerprint::Position;
 pub use lifecycle::LifecycleTable;
+pub use sequence::number as sequence_number;
 pub use shard::{Clock, ShardDetector, ShardStats, Verdict};
 pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
 pub use usage::{KeyUsage, UsageConfig};

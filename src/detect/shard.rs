@@ -18,14 +18,15 @@
 //! whether or not a sweep has removed the others yet, so the answer never
 //! depends on when sweeps or restarts happen.
 
-use super::config::DetectConfig;
+use super::config::{DetectConfig, Toggle};
 use super::fingerprint::{Fingerprinter, Position};
 use super::index::{self, Index};
 use super::lifecycle::{self, LifecycleTable};
+use super::sequence;
 use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
 use super::skew;
 use super::usage::{self, KeyUsage, UsageConfig};
-use crate::schema::alert::{self, ReplayEvidence, Sighting};
+use crate::schema::alert::{self, ReplayBasis, ReplayEvidence, RequestContext, Sighting};
 use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
 
 /// What became of one event.
@@ -136,6 +137,8 @@ pub struct ShardDetector {
     usage: hashbrown::HashMap<Box<str>, KeyUsage>,
     /// Keys whose usage changed since the last [`ShardDetector::take_dirty_usage`].
     usage_dirty: Vec<Box<str>>,
+    /// Keys with sequence numbers not judged yet, by the first one's time.
+    seq_pending: std::collections::BTreeSet<(Millis, Box<str>)>,
 }
 
 impl ShardDetector {
@@ -152,6 +155,7 @@ impl ShardDetector {
             usage_cfg: UsageConfig::default(),
             usage: hashbrown::HashMap::new(),
             usage_dirty: Vec::new(),
+            seq_pending: std::collections::BTreeSet::new(),
         }
     }
 
@@ -169,6 +173,9 @@ impl ShardDetector {
     /// Restores a key's usage read back from the state store.
     pub fn restore_usage(&mut self, key: &str, mut u: KeyUsage) {
         u.dirty = false;
+        if let Some(next) = u.seq.next_undecided() {
+            self.seq_pending.insert((next, key.into()));
+        }
         self.usage.insert(key.into(), u);
     }
 
@@ -332,10 +339,83 @@ impl ShardDetector {
             self.usage_dirty.push(key_id.into());
         }
         usage::observe(&self.usage_cfg, u, ev, out);
+        if self.cfg.sequence == Toggle::On && t >= wm {
+            if let Some(n) = ev.nonce.as_deref().and_then(sequence::number) {
+                let before = u.seq.next_undecided();
+                if u.seq.insert(ev, n, usage::request_context(ev)) {
+                    // a replay (of this request, or of the one it displaced)
+                    // is never also out of sequence
+                    for a in &out[first_alert..] {
+                        if a.kind == AlertKind::Replay {
+                            u.seq.mark_replay(&a.event_id);
+                        }
+                    }
+                    let after = u.seq.next_undecided();
+                    if before != after {
+                        if let Some(b) = before {
+                            self.seq_pending.remove(&(b, key_id.into()));
+                        }
+                        if let Some(a) = after {
+                            self.seq_pending.insert((a, key_id.into()));
+                        }
+                    }
+                }
+            }
+        }
+        if self.cfg.sequence == Toggle::On {
+            self.judge_sequences(wm, out);
+        }
         for a in &out[first_alert..] {
             self.stats.alerts[a.kind.index()] += 1;
         }
         Ok(Verdict::Evaluated)
+    }
+
+    /// Judges the sequence numbers received before `until` (the watermark:
+    /// nothing earlier can still arrive), key by key.
+    fn judge_sequences(&mut self, until: Millis, out: &mut Vec<Alert>) {
+        let tolerance = self.cfg.sequence_tolerance_ms;
+        while let Some((r, _)) = self.seq_pending.first() {
+            if *r >= until {
+                break;
+            }
+            let (_, key) = self.seq_pending.pop_first().expect("peeked");
+            let Some(u) = self.usage.get_mut(&key) else {
+                continue;
+            };
+            u.seq.judge(until - 1, tolerance, |e, evidence| {
+                out.push(Alert {
+                    alert_id: alert::alert_id(AlertKind::OutOfSequence, &key, &e.event_id),
+                    kind: AlertKind::OutOfSequence,
+                    severity: Severity::High,
+                    key_id: key.to_string(),
+                    event_id: e.event_id.clone(),
+                    received_at: e.received_at,
+                    request: e.request.clone().map(Into::into),
+                    evidence: Evidence::Sequence(evidence),
+                    detector_version: alert::DETECTOR_VERSION.to_string(),
+                })
+            });
+            if !u.dirty {
+                u.dirty = true;
+                self.usage_dirty.push(key.clone());
+            }
+            if let Some(next) = u.seq.next_undecided() {
+                self.seq_pending.insert((next, key));
+            }
+        }
+    }
+
+    /// The end of a bounded input (`scan`): every sequence number still
+    /// waiting for the watermark is judged now, as if it had passed them all.
+    pub fn end_of_input(&mut self, out: &mut Vec<Alert>) {
+        let first = out.len();
+        if self.cfg.sequence == Toggle::On {
+            self.judge_sequences(Millis::MAX, out);
+        }
+        for a in &out[first..] {
+            self.stats.alerts[a.kind.index()] += 1;
+        }
     }
 
     fn alert(
@@ -351,25 +431,49 @@ impl ShardDetector {
     fn replay_alert(
         &self,
         key_id: &str,
+        basis: ReplayBasis,
         subject: SightingInfo<&str>,
         first: SightingInfo<&str>,
     ) -> Alert {
+        let accepted = subject.status < 400;
+        // the same client: by client_id when both have one, else by address
+        let same_client = match (subject.client_id, first.client_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => subject.client_ip == first.client_ip,
+        };
+        let severity = match (accepted, same_client) {
+            (true, false) => Severity::Critical,
+            (true, true) => Severity::High,
+            (false, _) => Severity::Medium,
+        };
         Alert {
             alert_id: alert::alert_id(AlertKind::Replay, key_id, subject.event_id),
             kind: AlertKind::Replay,
-            severity: Severity::High,
+            severity,
             key_id: key_id.to_string(),
             event_id: subject.event_id.to_string(),
             received_at: subject.received_at,
+            request: Some(RequestContext {
+                client_ip: subject.client_ip.to_string(),
+                method: subject.method.to_string(),
+                path: subject.path.to_string(),
+                status: subject.status,
+                user_agent: subject.user_agent.map(str::to_string),
+                client_id: subject.client_id.map(str::to_string),
+            }),
             evidence: Evidence::Replay(ReplayEvidence {
                 first_sighting: Sighting {
                     event_id: first.event_id.to_string(),
                     received_at: first.received_at,
                     client_ip: first.client_ip.to_string(),
+                    status: first.status,
+                    client_id: first.client_id.map(str::to_string),
                 },
                 age_ms: subject.received_at - first.received_at,
                 same_ip: subject.client_ip == first.client_ip,
                 retention_ms: self.cfg.retention_ms,
+                accepted,
+                basis,
             }),
             detector_version: alert::DETECTOR_VERSION.to_string(),
         }
@@ -420,16 +524,36 @@ impl ShardDetector {
                 }));
             }
         }
-        let (Some(key_id), Some(nonce)) = (ev.key_id.as_deref(), ev.nonce.as_deref()) else {
+        // a nonce judges a request; without one, its signature (if on)
+        let basis = match (
+            ev.key_id.as_deref(),
+            ev.nonce.as_deref(),
+            ev.signature.as_deref(),
+        ) {
+            (Some(key_id), Some(nonce), _) => {
+                Some((key_id, self.fp.nonce(key_id, nonce), ReplayBasis::Nonce))
+            }
+            (Some(key_id), None, Some(sig)) if self.cfg.signature_replay => Some((
+                key_id,
+                self.fp.signature(key_id, sig),
+                ReplayBasis::Signature,
+            )),
+            _ => None,
+        };
+        let Some((key_id, nfp, basis)) = basis else {
             self.remember_event(efp, t, pos, log);
             return Ok(None);
         };
-        let nfp = self.fp.nonce(key_id, nonce);
         let me = SightingInfo {
             received_at: t,
             pos,
             event_id: &*ev.event_id,
             client_ip: &*ev.client_ip,
+            method: &*ev.method,
+            path: &*ev.path,
+            status: ev.status,
+            client_id: ev.client_id.as_deref(),
+            user_agent: ev.user_agent.as_deref(),
         };
         let current = self
             .index
@@ -457,7 +581,7 @@ impl ShardDetector {
         let first = w.first.as_ref();
         if t >= first.received_at {
             if t - first.received_at <= self.cfg.retention_ms {
-                out.push(self.replay_alert(key_id, me, first));
+                out.push(self.replay_alert(key_id, basis, me, first));
                 self.remember_event(efp, t, pos, log);
             } else {
                 // the window has passed: this sighting starts a new one
@@ -476,7 +600,7 @@ impl ShardDetector {
             .filter(|p| self.live(p.received_at, wm));
         match prev {
             Some(p) if t >= p.received_at && t - p.received_at <= self.cfg.retention_ms => {
-                out.push(self.replay_alert(key_id, me, p));
+                out.push(self.replay_alert(key_id, basis, me, p));
                 self.remember_event(efp, t, pos, log);
             }
             Some(p) if t < p.received_at => {
@@ -486,7 +610,7 @@ impl ShardDetector {
             _ => {
                 if first.received_at - t <= self.cfg.retention_ms {
                     // this event opens the window and the former start replays it
-                    out.push(self.replay_alert(key_id, first, me));
+                    out.push(self.replay_alert(key_id, basis, first, me));
                     let fp_first = self.fp.event(first.event_id);
                     self.remember_event(fp_first, first.received_at, first.pos, log);
                     self.start_window(nfp, me, prev, Some(first.received_at), log);

@@ -12,13 +12,19 @@ use crate::schema::Millis;
 /// 32 bits; the log widens it again).
 pub type SegRef = u32;
 
-/// A request as remembered: enough to be evidence and to be recognised.
+/// A request as remembered: enough to be evidence (with the request's
+/// context, for the alert about it) and to be recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SightingInfo<S> {
     pub received_at: Millis,
     pub pos: Position,
     pub event_id: S,
     pub client_ip: S,
+    pub method: S,
+    pub path: S,
+    pub status: u16,
+    pub client_id: Option<S>,
+    pub user_agent: Option<S>,
 }
 
 impl<S: AsRef<str>> SightingInfo<S> {
@@ -28,6 +34,11 @@ impl<S: AsRef<str>> SightingInfo<S> {
             pos: self.pos,
             event_id: self.event_id.as_ref(),
             client_ip: self.client_ip.as_ref(),
+            method: self.method.as_ref(),
+            path: self.path.as_ref(),
+            status: self.status,
+            client_id: self.client_id.as_ref().map(|c| c.as_ref()),
+            user_agent: self.user_agent.as_ref().map(|c| c.as_ref()),
         }
     }
 
@@ -37,6 +48,11 @@ impl<S: AsRef<str>> SightingInfo<S> {
             pos: self.pos,
             event_id: self.event_id.as_ref().to_owned(),
             client_ip: self.client_ip.as_ref().to_owned(),
+            method: self.method.as_ref().to_owned(),
+            path: self.path.as_ref().to_owned(),
+            status: self.status,
+            client_id: self.client_id.as_ref().map(|c| c.as_ref().to_owned()),
+            user_agent: self.user_agent.as_ref().map(|c| c.as_ref().to_owned()),
         }
     }
 }

@@ -73,6 +73,286 @@ fn replay_first(a: &Alert) -> &str {
     }
 }
 
+fn replay_evidence(a: &Alert) -> &crate::schema::alert::ReplayEvidence {
+    match &a.evidence {
+        Evidence::Replay(r) => r,
+        e => panic!("not replay evidence: {e:?}"),
+    }
+}
+
+#[test]
+fn replay_severity_says_whether_the_api_accepted_it_and_from_whom() {
+    use crate::schema::alert::ReplayBasis;
+    use crate::schema::Severity;
+    // (status of the replay, its client_ip, its client_id) -> (accepted, severity)
+    for (status, ip, client, accepted, severity) in [
+        (200, "10.0.0.9", None, true, Severity::Critical),
+        (200, "10.0.0.1", None, true, Severity::High),
+        (399, "10.0.0.1", Some("c-1"), true, Severity::High),
+        // client ids decide when both have one, whatever the addresses
+        (200, "10.0.0.9", Some("c-1"), true, Severity::High),
+        (200, "10.0.0.1", Some("c-2"), true, Severity::Critical),
+        (400, "10.0.0.9", None, false, Severity::Medium),
+        (401, "10.0.0.1", None, false, Severity::Medium),
+    ] {
+        let mut h = Harness::new(DetectConfig::default());
+        let mut first = ev("a", T0, "k", Some("n"));
+        first.client_id = Some(Cow::Borrowed("c-1"));
+        h.feed(&first);
+        let mut again = ev("b", T0 + S, "k", Some("n"));
+        again.status = status;
+        again.client_ip = Cow::Borrowed(ip);
+        again.client_id = client.map(Cow::Borrowed);
+        again.method = Cow::Borrowed("DELETE");
+        again.user_agent = Some(Cow::Borrowed("curl/8"));
+        let (_, alerts) = h.feed(&again);
+        assert_eq!(alerts.len(), 1, "{status} {ip} {client:?}");
+        let a = &alerts[0];
+        let r = replay_evidence(a);
+        assert_eq!(
+            (r.accepted, a.severity),
+            (accepted, severity),
+            "{status} {ip} {client:?}"
+        );
+        assert_eq!(r.basis, ReplayBasis::Nonce);
+        assert_eq!(r.first_sighting.status, 200);
+        assert_eq!(r.first_sighting.client_id.as_deref(), Some("c-1"));
+        let req = a.request.as_ref().expect("request context");
+        assert_eq!(
+            (
+                req.client_ip.as_str(),
+                req.method.as_str(),
+                req.path.as_str(),
+                req.status
+            ),
+            (ip, "DELETE", "/v1/x", status)
+        );
+        assert_eq!(req.user_agent.as_deref(), Some("curl/8"));
+        assert_eq!(req.client_id.as_deref(), client);
+    }
+}
+
+#[test]
+fn a_late_request_that_opens_the_window_is_evidence_with_its_context() {
+    // the former first sighting becomes the replay: its context comes from the log
+    let mut h = Harness::new(DetectConfig::default());
+    let mut w = ev("w", T0 + 10 * S, "k", Some("n"));
+    w.status = 403;
+    w.client_id = Some(Cow::Borrowed("c-w"));
+    w.path = Cow::Borrowed("/v1/w");
+    h.feed(&w);
+    let (_, alerts) = h.feed(&ev("e", T0, "k", Some("n")));
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!((a.event_id.as_str(), replay_first(a)), ("w", "e"));
+    let req = a.request.as_ref().unwrap();
+    assert_eq!((req.path.as_str(), req.status), ("/v1/w", 403));
+    assert_eq!(req.client_id.as_deref(), Some("c-w"));
+    assert_eq!(a.severity, crate::schema::Severity::Medium);
+}
+
+#[test]
+fn signatures_replay_requests_without_a_nonce() {
+    use crate::schema::alert::ReplayBasis;
+    let signed = |id: &str, t: Millis, nonce: Option<&str>, sig: &str| {
+        let mut e = ev(id, t, "k", nonce);
+        e.signature = Some(Cow::Owned(sig.to_string()));
+        e
+    };
+    let cfg = DetectConfig::default();
+    let mut h = Harness::new(cfg);
+    h.feed(&signed("a", T0, None, "sig-1"));
+    let (_, alerts) = h.feed(&signed("b", T0 + cfg.retention_ms, None, "sig-1"));
+    assert_eq!(alerts.len(), 1, "inclusive at the retention");
+    assert_eq!(replay_evidence(&alerts[0]).basis, ReplayBasis::Signature);
+    assert_eq!(replay_first(&alerts[0]), "a");
+    // beyond the retention: a new first sighting
+    assert!(h
+        .kinds(&signed("c", T0 + 2 * cfg.retention_ms + 1, None, "sig-1"))
+        .is_empty());
+    // another key's equal signature is no replay
+    let mut other = signed("d", T0 + 2 * cfg.retention_ms + 2, None, "sig-1");
+    other.key_id = Some(Cow::Borrowed("k2"));
+    assert!(h.kinds(&other).is_empty());
+    // the state holds the signature's hash only
+    assert!(!h.log.windows.is_empty());
+    assert!(h
+        .log
+        .windows
+        .iter()
+        .all(|w| !format!("{w:?}").contains("sig-1")));
+    // a request with a nonce is judged by its nonce only
+    let mut h = Harness::new(cfg);
+    h.feed(&signed("a", T0, Some("n1"), "sig-1"));
+    assert!(h
+        .kinds(&signed("b", T0 + S, Some("n2"), "sig-1"))
+        .is_empty());
+    assert!(h.kinds(&signed("c", T0 + 2 * S, None, "sig-1")).is_empty());
+    assert_eq!(
+        h.kinds(&signed("d", T0 + 3 * S, None, "sig-1")),
+        vec![AlertKind::Replay]
+    );
+    // off: never
+    let mut h = Harness::new(DetectConfig {
+        signature_replay: false,
+        ..cfg
+    });
+    h.feed(&signed("a", T0, None, "sig-1"));
+    assert!(h.kinds(&signed("b", T0 + S, None, "sig-1")).is_empty());
+}
+
+fn seq_rules() -> DetectConfig {
+    DetectConfig {
+        sequence: Toggle::On,
+        ..DetectConfig::default()
+    }
+}
+
+fn sequence_evidence(a: &Alert) -> &crate::schema::alert::SequenceEvidence {
+    match &a.evidence {
+        Evidence::Sequence(q) => q,
+        e => panic!("not sequence evidence: {e:?}"),
+    }
+}
+
+/// The traffic of the sequence boundary tests: "p" carries 50 and "a" 100;
+/// each later request tests one boundary, and only "c" is out of sequence.
+fn sequence_boundaries(tol: Millis) -> Vec<AccessEvent<'static>> {
+    vec![
+        ev("p", T0 - 1, "k", Some("50")),
+        ev("a", T0, "k", Some("100")),
+        // exactly the tolerance after: not checked against "a"
+        ev("b", T0 + tol, "k", Some("98")),
+        // 1 ms beyond: checked, and smaller
+        ev("c", T0 + tol + 1, "k", Some("99")),
+        // the same nonce again: a replay, not also out of sequence
+        ev("d", T0 + tol + 2, "k", Some("100")),
+        // another nonce, the same number: not smaller
+        ev("e", T0 + tol + 3, "k", Some("0100")),
+        // not sequence numbers: never checked
+        ev("f", T0 + tol + 4, "k", Some("12ab")),
+        ev("g", T0 + tol + 5, "k", Some("-1")),
+        ev("h", T0 + tol + 6, "k", Some("18446744073709551616")),
+        ev("i", T0 + tol + 7, "k", Some("")),
+        // another key: its own sequence
+        ev("j", T0 + tol + 8, "k2", Some("1")),
+        // a replay of "p", smaller than "a": a replay only
+        ev("q", T0 + tol + 9, "k", Some("50")),
+    ]
+}
+
+#[test]
+fn sequence_numbers_are_checked_strictly_beyond_the_tolerance() {
+    let cfg = seq_rules();
+    let tol = cfg.sequence_tolerance_ms;
+    let mut h = Harness::new(cfg);
+    let mut alerts = vec![];
+    for e in sequence_boundaries(tol) {
+        alerts.extend(h.feed(&e).1);
+    }
+    // judged once the watermark has passed them, not before
+    assert!(
+        alerts.iter().all(|a| a.kind == AlertKind::Replay),
+        "{alerts:?}"
+    );
+    let replays: Vec<_> = alerts.iter().map(|a| a.event_id.as_str()).collect();
+    assert_eq!(replays, ["d", "q"]);
+    let later = ev("z", T0 + tol + 1 + cfg.allowed_lateness_ms + 1, "k3", None);
+    let (_, judged) = h.feed(&later);
+    assert_eq!(judged.len(), 1, "{judged:?}");
+    let a = &judged[0];
+    assert_eq!(
+        (a.kind, a.event_id.as_str()),
+        (AlertKind::OutOfSequence, "c")
+    );
+    assert_eq!(a.severity, crate::schema::Severity::High);
+    a.check().unwrap();
+    let q = sequence_evidence(a);
+    assert_eq!(
+        (
+            q.larger_nonce.as_str(),
+            q.larger_event_id.as_str(),
+            q.larger_received_at
+        ),
+        ("100", "a", T0)
+    );
+    assert_eq!((q.gap, q.tolerance_ms), (1, tol));
+    assert_eq!(a.request.as_ref().map(|r| r.path.as_str()), Some("/v1/x"));
+    let mut rest = vec![];
+    h.det.end_of_input(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    // off (the default): never
+    let mut h = Harness::new(DetectConfig::default());
+    let mut off = vec![];
+    for e in sequence_boundaries(tol) {
+        off.extend(h.feed(&e).1);
+    }
+    h.det.end_of_input(&mut off);
+    assert!(off.iter().all(|a| a.kind == AlertKind::Replay), "{off:?}");
+}
+
+#[test]
+fn the_end_of_the_input_judges_what_waits_for_the_watermark() {
+    let cfg = seq_rules();
+    let mut h = Harness::new(cfg);
+    let mut alerts = vec![];
+    for e in sequence_boundaries(cfg.sequence_tolerance_ms) {
+        alerts.extend(h.feed(&e).1);
+    }
+    h.det.end_of_input(&mut alerts);
+    let kinds: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.kind, a.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AlertKind::Replay, "d"),
+            (AlertKind::Replay, "q"),
+            (AlertKind::OutOfSequence, "c")
+        ]
+    );
+    assert_eq!(h.det.stats().alerts[AlertKind::OutOfSequence.index()], 1);
+    // a request at a time already judged is not checked (only after an end of input)
+    let (_, late) = h.feed(&ev("y", T0 + 1, "k", Some("1")));
+    let mut rest = vec![];
+    h.det.end_of_input(&mut rest);
+    assert!(late.is_empty() && rest.is_empty(), "{late:?} {rest:?}");
+}
+
+#[test]
+fn sequence_state_survives_a_restart_in_the_usage_records() {
+    let cfg = seq_rules();
+    let tol = cfg.sequence_tolerance_ms;
+    let mut h = Harness::new(cfg);
+    h.feed(&ev("a", T0, "k", Some("100")));
+    h.feed(&ev("c", T0 + tol + 1, "k", Some("99")));
+    // what a commit writes: the keys' usage (postcard) and the clock
+    let saved: Vec<(String, Vec<u8>)> = h
+        .det
+        .take_dirty_usage()
+        .into_iter()
+        .map(|(k, u)| (k.to_string(), postcard::to_stdvec(u).unwrap()))
+        .collect();
+    let clock = h.det.clock();
+    let mut det = ShardDetector::new(cfg, 7);
+    for (k, b) in &saved {
+        det.restore_usage(k, postcard::from_bytes(b).unwrap());
+    }
+    det.restore_clock(clock);
+    let mut h2 = Harness::new(cfg);
+    h2.det = det;
+    let (_, judged) = h2.feed(&ev("z", T0 + tol + 2 + cfg.allowed_lateness_ms, "k3", None));
+    assert_eq!(judged.len(), 1, "{judged:?}");
+    assert_eq!(judged[0].event_id, "c");
+    assert_eq!(sequence_evidence(&judged[0]).larger_event_id, "a");
+    // the state is bounded: once judged and beyond the tolerance, only the
+    // running maximum stays
+    let u = h2.det.take_dirty_usage();
+    let k = u.iter().find(|(k, _)| *k == "k").unwrap().1;
+    assert!(k.seq.buf.len() <= 1, "{:?}", k.seq);
+}
+
 #[test]
 fn replay_window_is_inclusive_at_the_retention() {
     let cfg = DetectConfig::default();
@@ -346,6 +626,7 @@ fn late_event_between_windows_is_judged_against_the_previous_window() {
         max_future_skew_ms: 50,
         allowed_lateness_ms: 60,
         retention_ms: 210,
+        ..DetectConfig::default()
     };
     let mut h = Harness::new(cfg);
     h.feed(&ev("p", T0, "k", Some("n")));
@@ -378,6 +659,9 @@ const RULES: DetectConfig = DetectConfig {
     max_future_skew_ms: 40,
     allowed_lateness_ms: 60,
     retention_ms: 200,
+    signature_replay: true,
+    sequence: crate::detect::Toggle::Off,
+    sequence_tolerance_ms: 20,
 };
 
 #[derive(Debug, Clone)]
@@ -473,12 +757,22 @@ fn access(e: &ModelEvent) -> AccessEvent<'_> {
         status: 200,
         user_agent: None,
         client_id: None,
-        signature: None,
+        signature: e.signature.as_deref().map(Cow::Borrowed),
     }
 }
 
 fn run_detector(events: &[ModelEvent], lifecycle: &[LifecycleEvent]) -> Vec<Alert> {
-    let mut h = Harness::new(RULES);
+    run_with(RULES, events, lifecycle)
+}
+
+/// Runs `events` through one detector, then ends the input (what `scan`
+/// does at the end of its files).
+fn run_with(
+    rules: DetectConfig,
+    events: &[ModelEvent],
+    lifecycle: &[LifecycleEvent],
+) -> Vec<Alert> {
+    let mut h = Harness::new(rules);
     for r in lifecycle {
         h.lc.upsert(r.clone());
     }
@@ -486,7 +780,50 @@ fn run_detector(events: &[ModelEvent], lifecycle: &[LifecycleEvent]) -> Vec<Aler
     for e in events {
         out.extend(h.feed(&access(e)).1);
     }
+    h.det.end_of_input(&mut out);
     out
+}
+
+/// [`RULES`] with sequence numbers checked.
+const SEQ_RULES: DetectConfig = DetectConfig {
+    sequence: crate::detect::Toggle::On,
+    ..RULES
+};
+
+/// Traffic whose nonces are mostly sequence numbers ([`model::numbered`]).
+fn arb_numbered() -> impl Strategy<Value = Gen> {
+    arb_traffic().prop_map(|g| Gen {
+        events: model::numbered(g.events, T0),
+        lifecycle: g.lifecycle,
+    })
+}
+
+/// What an out_of_sequence alert claims holds in the input.
+fn check_sequence_evidence(
+    alerts: &[Alert],
+    events: &[ModelEvent],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let by_id: std::collections::HashMap<&str, &ModelEvent> =
+        events.iter().map(|e| (e.event_id.as_str(), e)).collect();
+    for a in alerts.iter().filter(|a| a.kind == AlertKind::OutOfSequence) {
+        let Evidence::Sequence(q) = &a.evidence else {
+            panic!("not sequence evidence: {a:?}");
+        };
+        a.check()
+            .map_err(proptest::test_runner::TestCaseError::fail)?;
+        let me = by_id[a.event_id.as_str()];
+        let larger = by_id[q.larger_event_id.as_str()];
+        let n = crate::detect::sequence_number(me.nonce.as_deref().unwrap()).unwrap();
+        let m = crate::detect::sequence_number(larger.nonce.as_deref().unwrap()).unwrap();
+        prop_assert_eq!(&me.key_id, &larger.key_id);
+        prop_assert_eq!(q.larger_nonce.parse::<u64>().unwrap(), m);
+        prop_assert_eq!(q.gap, m - n);
+        prop_assert_eq!(q.larger_received_at, larger.received_at);
+        prop_assert!(me.received_at - larger.received_at > SEQ_RULES.sequence_tolerance_ms);
+        prop_assert_eq!(a.received_at, me.received_at);
+        prop_assert!(a.request.is_some());
+    }
+    Ok(())
 }
 
 fn keyset(alerts: &[Alert]) -> Vec<(AlertKind, String, String)> {
@@ -553,6 +890,41 @@ proptest! {
             prop_assert!(first.received_at <= me.received_at);
             prop_assert!(me.received_at - first.received_at <= RULES.retention_ms);
         }
+    }
+
+    /// Sequence numbers: in order, exactly the model's alerts (replays are
+    /// not also out of sequence), with evidence that holds in the input.
+    #[test]
+    fn sequence_numbers_in_order_match_the_model(g in arb_numbered()) {
+        let alerts = run_with(SEQ_RULES, &g.events, &g.lifecycle);
+        let expected = model::expected_alerts(&SEQ_RULES, &g.events, &g.lifecycle);
+        prop_assert_eq!(keyset(&alerts), model_keyset(&expected));
+        check_sequence_evidence(&alerts, &g.events)?;
+        // the rule adds alerts and takes none away
+        let off: Vec<_> = keyset(&run_with(RULES, &g.events, &g.lifecycle));
+        let on: Vec<_> = keyset(&alerts).into_iter().filter(|a| a.0 != AlertKind::OutOfSequence).collect();
+        prop_assert_eq!(on, off);
+    }
+
+    /// Sequence numbers: arrival shuffled within the allowed lateness gives
+    /// the same alerts, evidence included.
+    #[test]
+    fn sequence_numbers_shuffled_within_lateness_match_in_order(
+        g in arb_numbered(),
+        delays in prop::collection::vec(0i64..=RULES.allowed_lateness_ms, 1..50),
+    ) {
+        let shuffled = shuffle_within_lateness(&g.events, &delays);
+        let alerts = run_with(SEQ_RULES, &shuffled, &g.lifecycle);
+        let expected = model::expected_alerts(&SEQ_RULES, &shuffled, &g.lifecycle);
+        prop_assert_eq!(keyset(&alerts), model_keyset(&expected));
+        let seq = |v: &[Alert]| {
+            let mut s: Vec<_> = v.iter().filter(|a| a.kind == AlertKind::OutOfSequence).cloned()
+                .map(|a| (a.alert_id.clone(), a)).collect();
+            s.sort_by(|a, b| a.0.cmp(&b.0));
+            s
+        };
+        prop_assert_eq!(seq(&alerts), seq(&run_with(SEQ_RULES, &g.events, &g.lifecycle)));
+        check_sequence_evidence(&alerts, &g.events)?;
     }
 
     /// Every decision depends on event time only: the same input gives the

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::schema::alert::{self, AuthBurstEvidence, NewClientEvidence, RateEvidence};
+use crate::schema::alert::{
+    self, AuthBurstEvidence, NewClientEvidence, RateEvidence, RequestContext,
+};
 use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
 
 pub const MINUTE: Millis = 60_000;
@@ -217,6 +219,8 @@ pub struct KeyUsage {
     pub known_clients: Vec<u64>,
     pub clients_overflow: bool,
     pub last_new_client_at: Millis,
+    /// The sequence rule's state (`detect.sequence = "on"`).
+    pub seq: super::sequence::SeqState,
     #[serde(skip)]
     pub dirty: bool,
 }
@@ -245,6 +249,7 @@ impl KeyUsage {
             known_clients: Vec::new(),
             clients_overflow: false,
             last_new_client_at: t,
+            seq: Default::default(),
             dirty: true,
         }
     }
@@ -302,6 +307,18 @@ pub fn client_label<'a>(ev: &'a AccessEvent<'_>) -> &'a str {
     ev.client_id.as_deref().unwrap_or(&ev.client_ip)
 }
 
+/// The context of a request, as alerts carry it.
+pub(crate) fn request_context(ev: &AccessEvent<'_>) -> RequestContext {
+    RequestContext {
+        client_ip: ev.client_ip.to_string(),
+        method: ev.method.to_string(),
+        path: ev.path.to_string(),
+        status: ev.status,
+        user_agent: ev.user_agent.as_deref().map(str::to_string),
+        client_id: ev.client_id.as_deref().map(str::to_string),
+    }
+}
+
 /// An alert about request `ev` (which has a key: no per-key rule judges an
 /// unsigned request); its id hashes the kind, the key and `id_part` (the
 /// event id for a per-request alert, a window for the usage rules).
@@ -317,6 +334,9 @@ pub(crate) fn make_alert(
         "per-key alert about an unsigned request"
     );
     let key_id = ev.key_id.as_deref().unwrap_or_default();
+    // the request itself for the per-request kinds; the usage rules are
+    // about a key's traffic over a window
+    let request = kind.is_core().then(|| request_context(ev));
     Alert {
         alert_id: alert::alert_id_parts(kind.as_str(), &[key_id.as_bytes(), id_part]),
         kind,
@@ -324,6 +344,7 @@ pub(crate) fn make_alert(
         key_id: key_id.to_string(),
         event_id: ev.event_id.to_string(),
         received_at: ev.received_at,
+        request,
         evidence,
         detector_version: alert::DETECTOR_VERSION.to_string(),
     }

@@ -271,6 +271,9 @@ pub fn scan_source<S: StateStore>(
         if let Some(e) = failed {
             return Err(e);
         }
+        if poll == Poll::End {
+            engine.end_of_input();
+        }
         engine.commit(dlq)?;
         engine.deliver(alerts)?;
         on_batch(&engine.totals());

@@ -27,6 +27,8 @@ fn config() -> Config {
     let mut c = Config::default();
     // tiny cache: evidence lookups go to the store
     c.state.segment_cache = crate::units::ByteSize(0);
+    // sequence numbers checked ([`traffic`] counts up for odd seeds)
+    c.detect.sequence = crate::detect::Toggle::On;
     c
 }
 
@@ -99,6 +101,7 @@ fn crashing_run_on<S: StateStore>(
                 e.deliver(&mut sink).unwrap();
             }
         }
+        e.end_of_input();
         e.commit(&mut dlq).unwrap();
         e.deliver(&mut sink).unwrap();
         e.commit(&mut dlq).unwrap();
@@ -142,6 +145,12 @@ fn traffic(seed: u64) -> Vec<Vec<u8>> {
         malformed_rate: 0.01,
         disorder_ms: 45_000,
         keys: 20,
+        nonces: if seed % 2 == 1 {
+            crate::generate::NonceStyle::Counter
+        } else {
+            crate::generate::NonceStyle::Random
+        },
+        out_of_sequence_rate: 0.02,
         ..Default::default()
     })
 }
@@ -160,6 +169,10 @@ proptest! {
         let input = traffic(seed);
         let reference = single_run(Arc::new(MemStore::new(1)), &input, 500);
         prop_assert!(!reference.is_empty());
+        // counter nonces (odd seeds) plant stale counters
+        if seed % 2 == 1 {
+            prop_assert!(reference.iter().any(|a| a.kind == crate::schema::AlertKind::OutOfSequence));
+        }
         let crashes: Vec<_> = crashes.into_iter()
             .map(|(at, after)| (at, if after { Crash::AfterCommit } else { Crash::BeforeCommit }))
             .collect();
@@ -291,6 +304,7 @@ fn engine_run<S: StateStore>(
             e.deliver(&mut sink).unwrap();
         }
     }
+    e.end_of_input();
     e.commit(&mut dlq).unwrap();
     e.deliver(&mut sink).unwrap();
     (sink.alerts(), e.totals().stats)
@@ -348,6 +362,8 @@ fn small_config(settings: StateSettings) -> Config {
     c.detect.max_future_skew_ms = 40;
     c.detect.allowed_lateness_ms = 60;
     c.detect.retention_ms = 200;
+    c.detect.sequence = crate::detect::Toggle::On;
+    c.detect.sequence_tolerance_ms = 20;
     settings.apply(&mut c);
     c
 }
@@ -360,14 +376,19 @@ fn arb_model_traffic() -> impl Strategy<Value = Vec<crate::model::ModelEvent>> {
         prop::collection::vec((any::<prop::sample::Index>(), 0usize..4), 0..12),
         prop::collection::vec(0i64..=60, 1..20),
         prop_oneof![Just(0usize), Just(4200)],
+        any::<bool>(),
     )
-        .prop_map(|(evs, dups, delays, id_pad)| {
+        .prop_map(|(evs, dups, delays, id_pad, numbered)| {
             let pad = "x".repeat(id_pad);
             let mut events: Vec<crate::model::ModelEvent> = evs
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| crate::model::ModelEvent::generated(i, &pad, T0, e))
                 .collect();
+            if numbered {
+                // sequence numbers for `detect.sequence`
+                events = crate::model::numbered(events, T0);
+            }
             events.sort_by_key(|e| e.received_at);
             // transport duplicates, a few places later (within the lateness)
             for (d, ahead) in dups {
@@ -416,6 +437,7 @@ fn to_lines(events: &[crate::model::ModelEvent]) -> Vec<Vec<u8>> {
                 "nonce": e.nonce,
                 "client_ts": e.client_ts,
                 "client_ip": e.client_ip,
+                "signature": e.signature,
                 "method": "GET",
                 "path": "/",
                 "status": 200,

@@ -28,10 +28,13 @@ pub enum AlertKind {
     AuthFailureBurst,
     /// A key with a settled set of clients used by a client never seen before.
     NewClient,
+    /// A sequence-number nonce smaller than the key's largest one received
+    /// more than `sequence_tolerance` earlier (`detect.sequence = "on"`).
+    OutOfSequence,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::Replay,
         AlertKind::StaleTimestamp,
         AlertKind::FutureTimestamp,
@@ -40,6 +43,7 @@ impl AlertKind {
         AlertKind::RateAnomaly,
         AlertKind::AuthFailureBurst,
         AlertKind::NewClient,
+        AlertKind::OutOfSequence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +56,7 @@ impl AlertKind {
             AlertKind::RateAnomaly => "rate_anomaly",
             AlertKind::AuthFailureBurst => "auth_failure_burst",
             AlertKind::NewClient => "new_client",
+            AlertKind::OutOfSequence => "out_of_sequence",
         }
     }
 
@@ -67,6 +72,7 @@ impl AlertKind {
                 | AlertKind::FutureTimestamp
                 | AlertKind::RetiredKey
                 | AlertKind::RevokedKey
+                | AlertKind::OutOfSequence
         )
     }
 
@@ -94,6 +100,34 @@ pub struct Sighting {
     #[serde(with = "timestamp::rfc3339")]
     pub received_at: Millis,
     pub client_ip: String,
+    /// The status the API answered the earlier request with.
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The request an alert is about, as the gateway logged it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestContext {
+    pub client_ip: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// What made a request a replay: its nonce, or (a request without a nonce)
+/// its signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayBasis {
+    Nonce,
+    Signature,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -106,6 +140,10 @@ pub struct ReplayEvidence {
     pub same_ip: bool,
     /// The acceptance window in force.
     pub retention_ms: i64,
+    /// The API served the replayed request (status below 400): its replay
+    /// protection failed.
+    pub accepted: bool,
+    pub basis: ReplayBasis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -180,6 +218,20 @@ pub struct NewClientEvidence {
     pub settled_since: Millis,
 }
 
+/// Why a sequence-number nonce is out of sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceEvidence {
+    /// The key's largest nonce received more than the tolerance earlier.
+    pub larger_nonce: String,
+    pub larger_event_id: String,
+    #[serde(with = "timestamp::rfc3339")]
+    pub larger_received_at: Millis,
+    /// larger_nonce minus this request's nonce (at least 1).
+    pub gap: u64,
+    pub tolerance_ms: i64,
+}
+
 /// Evidence, one shape per kind.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -190,6 +242,7 @@ pub enum Evidence {
     Rate(RateEvidence),
     AuthBurst(AuthBurstEvidence),
     NewClient(NewClientEvidence),
+    Sequence(SequenceEvidence),
 }
 
 impl Evidence {
@@ -209,6 +262,7 @@ impl Evidence {
                 | (Evidence::Rate(_), AlertKind::RateAnomaly)
                 | (Evidence::AuthBurst(_), AlertKind::AuthFailureBurst)
                 | (Evidence::NewClient(_), AlertKind::NewClient)
+                | (Evidence::Sequence(_), AlertKind::OutOfSequence)
         )
     }
 }
@@ -227,19 +281,47 @@ pub struct Alert {
     pub event_id: String,
     #[serde(with = "timestamp::rfc3339")]
     pub received_at: Millis,
+    /// The request the alert is about (per-request kinds: replay, skew,
+    /// lifecycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestContext>,
     pub evidence: Evidence,
     pub detector_version: String,
 }
 
 impl Alert {
-    /// Checks what the type system cannot: the evidence fits the kind, and a
-    /// revoked key is always critical.
+    /// Checks what the type system cannot: the evidence fits the kind, a
+    /// revoked key is always critical, a replay's severity follows whether
+    /// it was accepted, an out-of-sequence alert is high with a gap.
     pub fn check(&self) -> Result<(), String> {
         if !self.evidence.fits(self.kind) {
             return Err(format!("evidence does not fit kind {}", self.kind.as_str()));
         }
         if self.kind == AlertKind::RevokedKey && self.severity != Severity::Critical {
             return Err("a revoked_key alert is always critical".into());
+        }
+        if let Evidence::Replay(r) = &self.evidence {
+            let fits = match self.severity {
+                Severity::Medium => !r.accepted,
+                Severity::High | Severity::Critical => r.accepted,
+                _ => false,
+            };
+            if !fits {
+                return Err(
+                    "a replay is medium when blocked, high or critical when accepted".into(),
+                );
+            }
+        }
+        if let Evidence::Sequence(q) = &self.evidence {
+            if self.severity != Severity::High {
+                return Err("an out_of_sequence alert is always high".into());
+            }
+            if q.gap == 0
+                || q.larger_nonce.is_empty()
+                || !q.larger_nonce.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err("out_of_sequence: larger_nonce is decimal, gap at least 1".into());
+            }
         }
         if self.alert_id.len() != 32
             || !self

@@ -44,6 +44,22 @@ pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>
     put_varint(out, s.pos.offset);
     put_str(out, s.event_id);
     put_str(out, s.client_ip);
+    put_str(out, s.method);
+    put_str(out, s.path);
+    put_varint(out, s.status as u64);
+    put_opt_str(out, s.client_id);
+    put_opt_str(out, s.user_agent);
+}
+
+/// An optional string: 0 for none, else 1 + its length, then its bytes.
+pub(super) fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => put_varint(out, 0),
+        Some(s) => {
+            put_varint(out, s.len() as u64 + 1);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
 }
 
 /// A window record: high half of the fingerprint (the low half is the index
@@ -106,7 +122,21 @@ impl<'a> Reader<'a> {
             pos: Position::new(u32::try_from(self.varint()?).ok()?, self.varint()?),
             event_id: self.str()?,
             client_ip: self.str()?,
+            method: self.str()?,
+            path: self.str()?,
+            status: u16::try_from(self.varint()?).ok()?,
+            client_id: self.opt_str()?,
+            user_agent: self.opt_str()?,
         })
+    }
+    pub(super) fn opt_str(&mut self) -> Option<Option<String>> {
+        match self.varint()? {
+            0 => Some(None),
+            n => {
+                let n = n as usize - 1;
+                Some(Some(std::str::from_utf8(self.take(n)?).ok()?.to_string()))
+            }
+        }
     }
     /// The high fingerprint half and the first sighting's time, without the strings.
     pub(super) fn window_head(&mut self, base_t: Millis) -> Option<(u64, Millis)> {

@@ -15,6 +15,11 @@ fn info(t: Millis, id: &str) -> SightingInfo<&str> {
         pos: Position::new(1, t as u64),
         event_id: id,
         client_ip: "10.0.0.1",
+        method: "POST",
+        path: "/api/v3/order",
+        status: 200,
+        client_id: (t % 2 == 0).then_some("c-1"),
+        user_agent: None,
     }
 }
 

@@ -288,6 +288,22 @@ impl<S: StateStore> Engine<S> {
         }
     }
 
+    /// The end of a bounded input (`scan`): every shard judges what was
+    /// still waiting for the watermark (sequence numbers), as if event time
+    /// had passed it all; the alerts go to the outbox with the next commit.
+    pub fn end_of_input(&mut self) {
+        for s in self.shards.values_mut() {
+            self.scratch.clear();
+            s.det.end_of_input(&mut self.scratch);
+            // judging changes the keys' state even when nothing is raised
+            s.dirty = true;
+            for a in &self.scratch {
+                self.outbox.push(a);
+            }
+        }
+        self.scratch.clear();
+    }
+
     /// The one dead-letter path: counted, logged (redacted, rate-limited)
     /// and sent to `dlq` with its position and original bytes.
     pub fn dead_letter(
