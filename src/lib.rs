@@ -41,4 +41,8 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub(crate) mod telemetry;
+
+/// The Prometheus exporter as `run` installs it, and the HELP text of
+/// every metric (call after installing).
+pub use telemetry::{describe as describe_metrics, prometheus as prometheus_exporter};
 pub mod units;

@@ -149,7 +149,8 @@ fn convert(cmd: ConvertCmd) -> Result<(), Failure> {
 fn run(cmd: RunCmd) -> Result<(), Failure> {
     use std::sync::Arc;
     let config = Config::resolve(cmd.config.as_deref(), &Env::process(), |c| cmd.apply(c))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let metrics = replayguard::prometheus_exporter().install_recorder()?;
+    replayguard::describe_metrics();
     let status = Arc::new(pipeline::Status::default());
     // a small runtime for the HTTP server and the signal handlers
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +158,16 @@ fn run(cmd: RunCmd) -> Result<(), Failure> {
         .enable_all()
         .thread_name("http")
         .build()?;
+    // histograms keep their samples until upkeep folds them: on an
+    // interval, not only when a scrape comes
+    let upkeep = metrics.clone();
+    rt.spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     if !config.http.listen.is_empty() {
         let addr: std::net::SocketAddr = config
             .http

@@ -10,9 +10,123 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 use crate::schema::AlertKind;
+
+/// What a metric is, for its `# TYPE` and `# HELP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric replayguard exports: name, kind, unit and help text. Label
+/// names: `partition` (an input partition, "topic/N"; in `scan` the file
+/// scan's one shard), `kind` (alert kind), `reason` (dead-letter reason),
+/// `version` (build info).
+pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
+    use MetricKind::*;
+    &[
+        ("replayguard_build_info", Gauge, None, "Always 1; the label `version` is the replayguard version."),
+        ("replayguard_events_total", Counter, None, "Access events through the detector, per input partition."),
+        ("replayguard_duplicates_total", Counter, None, "Transport duplicates (an event_id already seen in the live window), per input partition."),
+        ("replayguard_late_events_total", Counter, None, "Events that arrived behind the watermark, per input partition."),
+        ("replayguard_alerts_total", Counter, None, "Alerts raised, per alert kind."),
+        ("replayguard_dead_letters_total", Counter, None, "Records sent to the dead-letter place, per reason."),
+        ("replayguard_inputs_mostly_dead_letters_total", Counter, None, "Inputs whose first records were mostly dead letters (wrong input format?)."),
+        ("replayguard_commits_total", Counter, None, "Commits of state, input positions and outbox to the state store."),
+        ("replayguard_commit_seconds", Histogram, Some(Unit::Seconds), "Time of one commit to the state store."),
+        ("replayguard_live_entries", Gauge, None, "Requests in the live replay window."),
+        ("replayguard_index_bytes", Gauge, Some(Unit::Bytes), "Memory of the live index."),
+        ("replayguard_state_segments", Gauge, None, "Sighting segments in the state store."),
+        ("replayguard_key_absent_total", Counter, None, "Kafka records without a message key."),
+        ("replayguard_key_mismatch_total", Counter, None, "Kafka records whose message key is not their key_id."),
+        ("replayguard_rebuilt_records_total", Counter, None, "Records replayed to rebuild a partition's state (no alerts)."),
+        ("replayguard_outbox_redelivered_total", Counter, None, "Alerts left in the outbox by a crash and delivered again at start."),
+        ("replayguard_restore_seconds", Histogram, Some(Unit::Seconds), "Time to restore a partition's state from the store."),
+        ("replayguard_alerts_resent_total", Counter, None, "Alerts produced again because the broker acknowledged them without an offset and they were not on the topic."),
+        ("replayguard_reports_total", Counter, None, "Rotation reports published to the reports topic."),
+        ("replayguard_lifecycle_updates_total", Counter, None, "Key lifecycle records that changed the lifecycle table."),
+        ("replayguard_consumer_lag", Gauge, None, "Consumer lag in records, per input partition (librdkafka statistics)."),
+    ]
+};
+
+/// The Prometheus exporter as `run` installs it: every `_seconds` metric is
+/// a histogram with buckets from 0.5 ms to 10 s (the exporter's default
+/// would be a summary, which cannot be aggregated across instances).
+pub fn prometheus() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::Matcher;
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .expect("the buckets are not empty")
+}
+
+/// Registers the help text and unit of every metric and sets
+/// `replayguard_build_info`; call once after installing the recorder.
+pub fn describe() {
+    for &(name, kind, unit, help) in METRICS {
+        match (kind, unit) {
+            (MetricKind::Counter, Some(u)) => describe_counter!(name, u, help),
+            (MetricKind::Counter, None) => describe_counter!(name, help),
+            (MetricKind::Gauge, Some(u)) => describe_gauge!(name, u, help),
+            (MetricKind::Gauge, None) => describe_gauge!(name, help),
+            (MetricKind::Histogram, Some(u)) => describe_histogram!(name, u, help),
+            (MetricKind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
+    gauge!("replayguard_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Alerts produced again (see [`crate::sink::kafka`]).
+pub struct AlertsResent {
+    pub count: u64,
+}
+
+impl AlertsResent {
+    pub fn emit(&self) {
+        counter!("replayguard_alerts_resent_total").increment(self.count);
+    }
+}
+
+/// Rotation reports published.
+pub struct ReportsPublished {
+    pub count: u64,
+}
+
+impl ReportsPublished {
+    pub fn emit(&self) {
+        count("replayguard_reports_total", self.count);
+    }
+}
+
+/// A lifecycle record changed the lifecycle table.
+pub struct LifecycleUpdated;
+
+impl LifecycleUpdated {
+    pub fn emit(&self) {
+        counter!("replayguard_lifecycle_updates_total").increment(1);
+    }
+}
+
+/// The consumer lag of one input partition (librdkafka statistics).
+pub struct ConsumerLag<'a> {
+    pub partition: &'a str,
+    pub lag: i64,
+}
+
+impl ConsumerLag<'_> {
+    pub fn emit(&self) {
+        gauge!("replayguard_consumer_lag", "partition" => self.partition.to_string())
+            .set(self.lag as f64);
+    }
+}
 
 /// Removes quoted values from an error message (`` `x` `` and `"x"`), but
 /// keeps quoted field names (`` field `x` ``).
@@ -94,10 +208,12 @@ pub struct BatchProcessed<'a> {
 impl BatchProcessed<'_> {
     pub fn emit(&self) {
         let s = self.stats;
-        counter!("replayguard_events_total", "shard" => self.shard.to_string()).increment(s.events);
-        counter!("replayguard_duplicates_total", "shard" => self.shard.to_string())
+        // the one label name for an input partition (see METRICS)
+        counter!("replayguard_events_total", "partition" => self.shard.to_string())
+            .increment(s.events);
+        counter!("replayguard_duplicates_total", "partition" => self.shard.to_string())
             .increment(s.duplicates);
-        counter!("replayguard_late_events_total", "shard" => self.shard.to_string())
+        counter!("replayguard_late_events_total", "partition" => self.shard.to_string())
             .increment(s.late);
         for k in AlertKind::ALL {
             let n = s.alerts[k.index()];
@@ -276,6 +392,97 @@ impl StateRestored<'_> {
 mod tests {
     use super::{redact, RateLimit};
     use std::time::Duration;
+
+    /// Every metric this module emits is in [`super::METRICS`] (so it has
+    /// HELP text), and every one listed is emitted.
+    #[test]
+    fn every_metric_emitted_is_described() {
+        let here = include_str!("telemetry.rs");
+        let (code, _) = here.split_once("#[cfg(test)]").unwrap();
+        let listed: std::collections::BTreeSet<&str> = super::METRICS.iter().map(|m| m.0).collect();
+        let mut emitted = std::collections::BTreeSet::new();
+        for part in code.split("!(\"").skip(1) {
+            let name = part.split('"').next().unwrap();
+            if name.starts_with("replayguard_") {
+                emitted.insert(name);
+            }
+        }
+        for part in code.split("count(\"").skip(1) {
+            emitted.insert(part.split('"').next().unwrap());
+        }
+        assert!(emitted.len() > 15, "{emitted:?}");
+        let missing: Vec<_> = emitted.difference(&listed).collect();
+        assert!(missing.is_empty(), "emitted without HELP: {missing:?}");
+        let unused: Vec<_> = listed.difference(&emitted).collect();
+        assert!(unused.is_empty(), "described, never emitted: {unused:?}");
+    }
+
+    /// The exporter's page: every metric has `# HELP` and `# TYPE`, durations
+    /// are histograms in seconds, build info carries the version, and an
+    /// input partition is labelled `partition` everywhere.
+    #[test]
+    fn the_metrics_page_has_help_for_every_metric() {
+        let recorder = super::prometheus().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            super::describe();
+            let stats = crate::detect::ShardStats {
+                events: 3,
+                ..Default::default()
+            };
+            super::BatchProcessed {
+                shard: "access-events/0",
+                stats: &stats,
+            }
+            .emit();
+            super::ConsumerLag {
+                partition: "access-events/0",
+                lag: 7,
+            }
+            .emit();
+            super::Committed {
+                events: 3,
+                segments: 0,
+                deleted_segments: 0,
+                alerts: 0,
+                elapsed: Duration::from_millis(2),
+            }
+            .emit();
+        });
+        handle.run_upkeep();
+        let page = handle.render();
+        for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                page.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}:\n{page}"
+            );
+        }
+        assert!(
+            page.contains("# TYPE replayguard_commit_seconds histogram"),
+            "{page}"
+        );
+        assert!(
+            page.contains("replayguard_commit_seconds_bucket{le=\"0.0025\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!(
+                "replayguard_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{page}"
+        );
+        assert!(
+            page.contains("replayguard_events_total{partition=\"access-events/0\"} 3"),
+            "{page}"
+        );
+        assert!(
+            page.contains("replayguard_consumer_lag{partition=\"access-events/0\"} 7"),
+            "{page}"
+        );
+        assert!(!page.contains("shard="), "{page}");
+    }
 
     #[test]
     fn rate_limit_lets_a_burst_through_then_one_per_interval() {

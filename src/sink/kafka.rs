@@ -397,7 +397,10 @@ impl AlertSink for KafkaAlertSink {
                 break;
             }
             self.resent += missing.len() as u64;
-            metrics::counter!("replayguard_alerts_resent_total").increment(missing.len() as u64);
+            crate::telemetry::AlertsResent {
+                count: missing.len() as u64,
+            }
+            .emit();
             self.send_all(missing.into_iter())?;
             flush(&self.producer, self.timeout, "alerts")?;
         }

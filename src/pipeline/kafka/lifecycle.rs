@@ -78,7 +78,7 @@ impl LifecycleReader {
                 } => match rt.decoder.lifecycle(&bytes) {
                     Ok(ev) => {
                         if rt.engine.add_lifecycle(ev) {
-                            metrics::counter!("replayguard_lifecycle_updates_total").increment(1);
+                            crate::telemetry::LifecycleUpdated.emit();
                         }
                     }
                     Err(e) => {

@@ -40,8 +40,11 @@ impl ClientContext for Ctx {
             for (p, part) in &topic.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
                     let name = ksrc::partition_name(t, *p);
-                    metrics::gauge!("replayguard_consumer_lag", "partition" => name.clone())
-                        .set(part.consumer_lag as f64);
+                    crate::telemetry::ConsumerLag {
+                        partition: &name,
+                        lag: part.consumer_lag,
+                    }
+                    .emit();
                     lag.insert(name, part.consumer_lag);
                 }
             }

@@ -149,7 +149,8 @@ fn publish(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, reports: &
             tracing::warn!(error = %e, topic, "producing a rotation report");
         }
     }
-    if !reports.is_empty() {
-        metrics::counter!("replayguard_reports_total").increment(reports.len() as u64);
+    crate::telemetry::ReportsPublished {
+        count: reports.len() as u64,
     }
+    .emit();
 }
