@@ -261,11 +261,15 @@ fn report(cmd: ReportCmd) -> Result<(), Failure> {
             return Err(usage(format!("no usage recorded for key {k}")));
         };
         let view = UsageView::new(k, u, snap.now.unwrap_or(u.last_seen));
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&view).expect("serializes")
-        )
+        match args.format {
+            ReportFormat::Html => write!(out, "{}", render::usage_html(&view)),
+            // the table format of a single key's usage is its JSON
+            ReportFormat::Json | ReportFormat::Table => writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&view).expect("serializes")
+            ),
+        }
         .map_err(io)
     }
 }

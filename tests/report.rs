@@ -150,36 +150,67 @@ fn chromium() -> &'static str {
     panic!("headless Chromium is not installed: apt-get install chromium (scripts/test.sh does)");
 }
 
-#[test]
-fn the_html_page_renders_chart_and_table_in_a_browser() {
-    let d = Dir::new();
-    let state = scanned(&d);
-    let o = report_rotation(&state, "html");
-    let page = d.path("rotations.html");
-    std::fs::write(&page, &o.stdout).unwrap();
-    let profile = d.path("chromium-profile");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
+/// Headless Chromium over a page: `--dump-dom` (the DOM after the page's
+/// script ran) returned; a screenshot is kept in the test's artifacts
+/// (`$CARGO_TARGET_TMPDIR/<name>.png`) for a person to look at.
+fn browse(d: &Dir, name: &str, html: &[u8]) -> String {
+    let page = d.path(&format!("{name}.html"));
+    std::fs::write(&page, html).unwrap();
+    let chrome = |mode: &[String]| {
+        let profile = d.path(&format!("chromium-profile-{name}"));
+        Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--virtual-time-budget=3000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(mode)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("run chromium")
+    };
+    let out = chrome(&["--dump-dom".to_string()]);
     assert!(
         out.status.success(),
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"));
+    let _ = std::fs::remove_file(&shot);
+    let s = chrome(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1100,1600".to_string(),
+    ]);
+    assert!(
+        s.status.success() && shot.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_html_page_renders_chart_and_table_in_a_browser() {
+    let d = Dir::new();
+    let state = scanned(&d);
+    let o = report_rotation(&state, "html");
+    let dom = browse(&d, "report-rotations", &o.stdout);
+    // the overview: one row per key, what needs attention (not ready) first
+    assert!(dom.contains(r#"data-overview-rows="2""#), "{dom}");
+    let first_row = dom.find("overview-row").unwrap();
+    let first_verdict = &dom[first_row..first_row + 400];
+    assert!(first_verdict.contains("NOT READY"), "{first_verdict}");
+    // axes say what they count
+    assert!(dom.contains("requests per "), "{dom}");
+    assert!(dom.contains("time (UTC)"), "{dom}");
+    // the quiet-period line of the key still in use
+    assert!(dom.contains(r#"class="quiet-period""#), "{dom}");
     // the page's script runs after layout: both charts have a size, the straggler table has rows
     assert!(dom.contains(r#"data-charts-drawn="2""#), "{dom}");
     assert!(
@@ -188,4 +219,49 @@ fn the_html_page_renders_chart_and_table_in_a_browser() {
     );
     assert!(dom.contains("NOT READY") && dom.contains("READY"));
     assert!(dom.contains("laggard"));
+}
+
+#[test]
+fn report_usage_renders_html_in_a_browser() {
+    let d = Dir::new();
+    let state = scanned(&d);
+    let text = String::from_utf8(report_rotation(&state, "json").stdout).unwrap();
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let key = reports[0]["key_id"].as_str().unwrap().to_string();
+    let o = run_ok(
+        &[
+            "report",
+            "usage",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--key",
+            &key,
+            "--format",
+            "html",
+        ],
+        None,
+    );
+    assert!(o.stdout.starts_with(b"<!doctype html>"));
+    let dom = browse(&d, "report-usage", &o.stdout);
+    assert!(
+        dom.contains(&format!("Usage of <span class=\"key\">{key}</span>")),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"class="bar""#), "{dom}");
+    assert!(dom.contains("requests per minute"), "{dom}");
+    assert!(dom.contains(r#"class="client""#), "{dom}");
+    // JSON stays the default
+    let json = run_ok(
+        &[
+            "report",
+            "usage",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--key",
+            &key,
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["key_id"], key.as_str());
 }

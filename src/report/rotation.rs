@@ -140,6 +140,27 @@ pub struct RotationReport {
     /// Bucket width of `series`.
     pub series_bucket_ms: i64,
     pub series: Vec<Point>,
+    /// The quiet period the verdict uses (`report.quiet_period`): ready
+    /// once the old key has not been used for this long. (Absent in
+    /// reports written before it was added.)
+    #[serde(default)]
+    pub quiet_period_ms: i64,
+}
+
+impl RotationReport {
+    /// When the quiet period after the last old-key use ends (the earliest
+    /// the key can be ready), if the old key was used since the rotation.
+    pub fn quiet_until(&self) -> Option<Millis> {
+        self.last_old_key_use.map(|t| t + self.quiet_period_ms)
+    }
+
+    /// Whether the last bucket of `series` is still open at `as_of` (its
+    /// count is not final).
+    pub fn last_bucket_open(&self) -> bool {
+        self.series
+            .last()
+            .is_some_and(|p| p.t + self.series_bucket_ms > self.as_of)
+    }
 }
 
 /// Where per-key usage comes from.
@@ -383,6 +404,7 @@ pub fn report(
         estimate,
         series_bucket_ms: width,
         series,
+        quiet_period_ms: quiet,
     })
 }
 
