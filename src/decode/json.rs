@@ -180,6 +180,44 @@ fn keys_equal(a: &str, b: &str, case_insensitive: bool) -> bool {
     }
 }
 
+/// What is open while skipping: the first 32 levels inline, deeper ones
+/// on the heap.
+#[derive(Default)]
+struct Stack {
+    inline: [bool; 32],
+    depth: usize,
+    deep: Vec<bool>,
+}
+
+impl Stack {
+    #[inline]
+    fn push(&mut self, object: bool) {
+        if self.depth < self.inline.len() {
+            self.inline[self.depth] = object;
+        } else {
+            self.deep.push(object);
+        }
+        self.depth += 1;
+    }
+
+    #[inline]
+    fn pop(&mut self) {
+        self.depth -= 1;
+        if self.depth >= self.inline.len() {
+            self.deep.pop();
+        }
+    }
+
+    #[inline]
+    fn last(&self) -> Option<bool> {
+        match self.depth {
+            0 => None,
+            d if d <= self.inline.len() => Some(self.inline[d - 1]),
+            _ => self.deep.last().copied(),
+        }
+    }
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     s: &'a str,
@@ -225,6 +263,13 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Result<(&'a str, bool), ScanError> {
         let start = self.i;
         if self.simple {
+            // most keys and many values are short: a plain loop over the
+            // first bytes beats memchr's setup
+            let short = &self.b[start..self.b.len().min(start + 16)];
+            if let Some(end) = short.iter().position(|&c| c == b'"') {
+                self.i = start + end + 1;
+                return Ok((&self.s[start..start + end], false));
+            }
             let Some(end) = memchr::memchr(b'"', &self.b[start..]) else {
                 return err(self.b.len(), "a closing quote");
             };
@@ -360,11 +405,13 @@ impl<'a> Cursor<'a> {
     /// Skips the rest of a container whose opening bracket was read,
     /// iteratively (a stack of what is open, not of calls).
     fn skip_open(&mut self, first: Val<'a>) -> Result<(), ScanError> {
-        // true: an object is open; false: an array
-        let mut stack: Vec<bool> = vec![matches!(first, Val::Object)];
+        // true: an object is open; false: an array (no allocation for
+        // the depths records have)
+        let mut stack = Stack::default();
+        stack.push(matches!(first, Val::Object));
         // a fresh container: its first member (or its end) comes next
         let mut fresh = true;
-        while let Some(&in_object) = stack.last() {
+        while let Some(in_object) = stack.last() {
             let close = if in_object { b'}' } else { b']' };
             let c = self.peek();
             if fresh && c == Some(close) {

@@ -262,7 +262,11 @@ proptest! {
         s.replace_range(at..end, &insert);
         let p = paths(&[&["g"]]);
         let ours = run(&s, &p);
-        let theirs = serde_json::from_str::<Value>(&s).map(|v| v.is_object());
+        // judged as serde_json judges a record whose values it ignores
+        // (as the typed decoders do): a number beyond f64's range in an
+        // ignored value is valid JSON there, only a `Value` refuses it
+        let theirs = serde_json::from_str::<serde::de::IgnoredAny>(&s)
+            .map(|_| s.trim_start().starts_with('{'));
         match theirs {
             Ok(true) => {
                 // duplicates of "g" are refused by us, kept by Value

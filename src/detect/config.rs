@@ -117,6 +117,13 @@ impl DetectConfig {
                 self.retention_ms, min
             ));
         }
+        if self.sequence_tolerance_ms > self.retention_ms {
+            return Err(format!(
+                "detect.sequence_tolerance ({} ms) is longer than detect.retention ({} ms): the \
+                 requests it compares would be forgotten before they are compared",
+                self.sequence_tolerance_ms, self.retention_ms
+            ));
+        }
         if self.retention_ms > MAX_RETENTION_MS {
             return Err(format!(
                 "detect.retention ({} ms) is longer than the supported maximum of 7 days ({} ms)",

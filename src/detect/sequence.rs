@@ -8,14 +8,15 @@
 //! request it is judged against, and whether it is itself a replay (then it
 //! is not also out of sequence), is final. The state per key is the requests
 //! not yet folded into the running maximum (those of the last lateness plus
-//! tolerance) and that maximum; it lives in the key's usage record and is
-//! committed with it.
+//! tolerance) and that maximum. The maximum and its bounds live in the key's
+//! usage record; the requests are first sightings, in the sighting log with
+//! their numbers, and are rebuilt from it at restart.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::alert::{RequestContext, SequenceEvidence};
+use crate::schema::alert::SequenceEvidence;
 use crate::schema::{AccessEvent, Millis};
 
 /// The nonce as a sequence number: a decimal unsigned 64-bit integer.
@@ -26,66 +27,39 @@ pub fn number(nonce: &str) -> Option<u64> {
     nonce.parse().ok()
 }
 
-/// A request remembered for the sequence rule.
+/// A request remembered for the sequence rule: a first sighting (replays
+/// are not kept), whose context an alert reads back from the sighting log
+/// by `fp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqEntry {
     pub n: u64,
     pub received_at: Millis,
     pub event_id: String,
-    /// A replay of an earlier request: never also out of sequence.
-    pub replay: bool,
-    /// For the alert; dropped once judged (the entry stays, for its nonce,
-    /// while it is within the tolerance of a request not judged yet).
-    pub request: Option<StoredRequest>,
+    /// The (key, nonce) fingerprint of its window in the sighting log.
+    pub fp: u128,
 }
 
-/// [`RequestContext`] as the state stores it (postcard has no "absent
-/// field": every field is written).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredRequest {
-    pub client_ip: String,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub user_agent: Option<String>,
-    pub client_id: Option<String>,
-}
-
-impl From<RequestContext> for StoredRequest {
-    fn from(r: RequestContext) -> Self {
-        StoredRequest {
-            client_ip: r.client_ip,
-            method: r.method,
-            path: r.path,
-            status: r.status,
-            user_agent: r.user_agent,
-            client_id: r.client_id,
-        }
-    }
-}
-
-impl From<StoredRequest> for RequestContext {
-    fn from(r: StoredRequest) -> Self {
-        RequestContext {
-            client_ip: r.client_ip,
-            method: r.method,
-            path: r.path,
-            status: r.status,
-            user_agent: r.user_agent,
-            client_id: r.client_id,
-        }
-    }
-}
-
-/// The sequence state of one key.
+/// The sequence state of one key. What the key's usage record keeps is the
+/// running maximum and two bounds; the requests not folded in yet are not
+/// written with it (that would rewrite them at every commit): each is a
+/// first sighting in the sighting log, which carries its number
+/// ([`crate::detect::SightingInfo::seq`]), and a restart rebuilds them from
+/// there ([`SeqState::restore`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqState {
     /// The largest nonce among the requests folded in.
     pub max: Option<(u64, String, Millis)>,
     /// Requests not yet folded in, by (received_at, event_id).
+    #[serde(skip)]
     pub buf: VecDeque<SeqEntry>,
     /// Every request received at or before this has been judged.
     pub judged_until: Option<Millis>,
+    /// Every request received before this is folded into `max`.
+    pub folded_below: Option<Millis>,
+    /// How many requests at the front of `buf` are judged (those received
+    /// at or before `judged_until`).
+    #[serde(skip)]
+    judged: usize,
 }
 
 impl SeqState {
@@ -93,42 +67,109 @@ impl SeqState {
         self.max.is_none() && self.buf.is_empty()
     }
 
+    /// The time of the oldest request not folded in.
+    pub fn oldest(&self) -> Option<Millis> {
+        self.buf.front().map(|e| e.received_at)
+    }
+
+    /// Folds every request received before `bound` (all judged) into the
+    /// running maximum.
+    pub fn fold(&mut self, bound: Millis) {
+        if self.folded_below.is_some_and(|f| f >= bound) {
+            return;
+        }
+        // the few oldest, from the front (they are all judged)
+        while self.buf.front().is_some_and(|e| e.received_at < bound) {
+            let e = self.buf.pop_front().expect("peeked");
+            self.judged = self.judged.saturating_sub(1);
+            if self.max.as_ref().is_none_or(|m| e.n > m.0) {
+                self.max = Some((e.n, e.event_id, e.received_at));
+            }
+        }
+        self.folded_below = Some(bound);
+    }
+
+    /// A first sighting read back from the sighting log at restart: kept
+    /// when it was not folded in yet.
+    pub fn restore(&mut self, n: u64, fp: u128, info: &crate::detect::SightingInfo<String>) {
+        let r = info.received_at;
+        if self.folded_below.is_some_and(|f| r < f) {
+            return;
+        }
+        let at = self
+            .buf
+            .partition_point(|e| (e.received_at, e.event_id.as_str()) < (r, &*info.event_id));
+        if self
+            .buf
+            .get(at)
+            .is_some_and(|e| e.received_at == r && e.event_id == info.event_id)
+        {
+            return;
+        }
+        self.buf.insert(
+            at,
+            SeqEntry {
+                n,
+                received_at: r,
+                event_id: info.event_id.clone(),
+                fp,
+            },
+        );
+    }
+
     /// The received_at of the first request not judged yet.
     pub fn next_undecided(&self) -> Option<Millis> {
-        let from = match self.judged_until {
+        self.buf.get(self.judged).map(|e| e.received_at)
+    }
+
+    /// After [`SeqState::restore`] calls: counts the judged requests.
+    pub fn reindex(&mut self) {
+        self.judged = match self.judged_until {
             Some(j) => self.buf.partition_point(|e| e.received_at <= j),
             None => 0,
         };
-        self.buf.get(from).map(|e| e.received_at)
     }
 
     /// Remembers a request (not a duplicate, inside the lateness). Returns
     /// false when its time was already judged (after an end-of-input flush).
-    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, request: RequestContext) -> bool {
+    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) -> bool {
         let r = ev.received_at;
         if self.judged_until.is_some_and(|j| r <= j) {
             return false;
         }
-        let at = self
+        // in order, mostly: at the back
+        let at = if self
             .buf
-            .partition_point(|e| (e.received_at, e.event_id.as_str()) <= (r, &*ev.event_id));
+            .back()
+            .is_none_or(|e| (e.received_at, e.event_id.as_str()) <= (r, &*ev.event_id))
+        {
+            self.buf.len()
+        } else {
+            self.buf
+                .partition_point(|e| (e.received_at, e.event_id.as_str()) <= (r, &*ev.event_id))
+        };
+        debug_assert!(at >= self.judged);
         self.buf.insert(
             at,
             SeqEntry {
                 n,
                 received_at: r,
                 event_id: ev.event_id.to_string(),
-                replay: false,
-                request: Some(request.into()),
+                fp,
             },
         );
         true
     }
 
-    /// Marks a remembered request as a replay.
-    pub fn mark_replay(&mut self, event_id: &str) {
-        if let Some(e) = self.buf.iter_mut().find(|e| e.event_id == event_id) {
-            e.replay = true;
+    /// Forgets a request that turned out to be a replay (a late request
+    /// took its place as the first sighting: it is not judged, and its
+    /// number is the new first sighting's).
+    pub fn remove(&mut self, event_id: &str) {
+        if let Some(i) = self.buf.iter().position(|e| e.event_id == event_id) {
+            self.buf.remove(i);
+            if i < self.judged {
+                self.judged -= 1;
+            }
         }
     }
 
@@ -140,10 +181,7 @@ impl SeqState {
         tolerance: Millis,
         mut alert: impl FnMut(&SeqEntry, SequenceEvidence),
     ) {
-        let mut i = match self.judged_until {
-            Some(j) => self.buf.partition_point(|e| e.received_at <= j),
-            None => 0,
-        };
+        let mut i = self.judged;
         while i < self.buf.len() {
             let r = self.buf[i].received_at;
             if r > until {
@@ -154,20 +192,16 @@ impl SeqState {
                 continue;
             }
             // fold the requests more than `tolerance` earlier (all judged)
-            let bound = r.saturating_sub(tolerance);
-            let fold = self.buf.partition_point(|e| e.received_at < bound);
-            for e in self.buf.drain(..fold) {
-                if self.max.as_ref().is_none_or(|m| e.n > m.0) {
-                    self.max = Some((e.n, e.event_id, e.received_at));
-                }
-            }
+            let before = self.buf.len();
+            self.fold(r.saturating_sub(tolerance));
+            let fold = before - self.buf.len();
             i -= fold.min(i);
             // every request at this time is judged against the same maximum
             let mut j = i;
             while j < self.buf.len() && self.buf[j].received_at == r {
                 let e = &self.buf[j];
                 if let Some((m, id, at)) = &self.max {
-                    if e.n < *m && !e.replay {
+                    if e.n < *m {
                         alert(
                             e,
                             SequenceEvidence {
@@ -180,10 +214,10 @@ impl SeqState {
                         );
                     }
                 }
-                self.buf[j].request = None;
                 j += 1;
             }
             self.judged_until = Some(r);
+            self.judged = j;
             i = j;
         }
     }

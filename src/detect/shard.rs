@@ -22,11 +22,13 @@ use super::config::{DetectConfig, Toggle};
 use super::fingerprint::{Fingerprinter, Position};
 use super::index::{self, Index};
 use super::lifecycle::{self, LifecycleTable};
-use super::sequence;
+use super::sequence::{self, SeqEntry};
 use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
 use super::skew;
 use super::usage::{self, KeyUsage, UsageConfig};
-use crate::schema::alert::{self, ReplayBasis, ReplayEvidence, RequestContext, Sighting};
+use crate::schema::alert::{
+    self, ReplayBasis, ReplayEvidence, RequestContext, SequenceEvidence, Sighting,
+};
 use crate::schema::{AccessEvent, Alert, AlertKind, Evidence, Millis, Severity};
 
 /// What became of one event.
@@ -173,10 +175,34 @@ impl ShardDetector {
     /// Restores a key's usage read back from the state store.
     pub fn restore_usage(&mut self, key: &str, mut u: KeyUsage) {
         u.dirty = false;
-        if let Some(next) = u.seq.next_undecided() {
-            self.seq_pending.insert((next, key.into()));
-        }
         self.usage.insert(key.into(), u);
+    }
+
+    /// A first sighting read back from the sighting log that carries a
+    /// sequence number ([`SightingInfo::seq`]); `replay`: a later request
+    /// took its place as the first sighting (it is a replay). Call
+    /// [`ShardDetector::finish_restore`] after the last one.
+    pub fn restore_sequence(&mut self, fp: u128, info: &SightingInfo<String>, replay: bool) {
+        let Some((key, n)) = &info.seq else {
+            return;
+        };
+        if self.cfg.sequence != Toggle::On || replay {
+            return;
+        }
+        if let Some(u) = self.usage.get_mut(key.as_str()) {
+            u.seq.restore(*n, fp, info);
+        }
+    }
+
+    /// After restoring usage and sequence numbers: what waits to be judged
+    /// and folded.
+    pub fn finish_restore(&mut self) {
+        for (key, u) in &mut self.usage {
+            u.seq.reindex();
+            if let Some(next) = u.seq.next_undecided() {
+                self.seq_pending.insert((next, key.clone()));
+            }
+        }
     }
 
     /// The keys whose usage changed since the last call, with their usage.
@@ -296,6 +322,18 @@ impl ShardDetector {
                 self.stats.late += 1;
             }
         }
+        // sequence numbers the watermark passes now are judged before the
+        // sweep can forget their sightings (and before this event, which
+        // cannot change them: it is not earlier than the watermark)
+        if self.cfg.sequence == Toggle::On {
+            let next_wm =
+                self.clock.max_seen.map_or(t, |m| m.max(t)) - self.cfg.allowed_lateness_ms;
+            let judged = out.len();
+            self.judge_sequences(next_wm, log, out)?;
+            for a in &out[judged..] {
+                self.stats.alerts[a.kind.index()] += 1;
+            }
+        }
         let wm = self.advance(t);
         let first_alert = out.len();
 
@@ -342,28 +380,33 @@ impl ShardDetector {
         if self.cfg.sequence == Toggle::On && t >= wm {
             if let Some(n) = ev.nonce.as_deref().and_then(sequence::number) {
                 let before = u.seq.next_undecided();
-                if u.seq.insert(ev, n, usage::request_context(ev)) {
-                    // a replay (of this request, or of the one it displaced)
-                    // is never also out of sequence
-                    for a in &out[first_alert..] {
-                        if a.kind == AlertKind::Replay {
-                            u.seq.mark_replay(&a.event_id);
-                        }
-                    }
-                    let after = u.seq.next_undecided();
-                    if before != after {
-                        if let Some(b) = before {
-                            self.seq_pending.remove(&(b, key_id.into()));
-                        }
-                        if let Some(a) = after {
-                            self.seq_pending.insert((a, key_id.into()));
+                // a replay is never also out of sequence, and has its
+                // original's number: only first sightings are kept (they
+                // are what the sighting log gives back at restart)
+                let mut replay = false;
+                for a in &out[first_alert..] {
+                    if a.kind == AlertKind::Replay {
+                        if a.event_id == *ev.event_id {
+                            replay = true;
+                        } else {
+                            // this request took the place of a later one
+                            u.seq.remove(&a.event_id);
                         }
                     }
                 }
+                if !replay {
+                    let fp = self
+                        .fp
+                        .nonce(key_id, ev.nonce.as_deref().unwrap_or_default());
+                    u.seq.insert(ev, n, fp);
+                }
+                retrack(
+                    &mut self.seq_pending,
+                    key_id,
+                    before,
+                    u.seq.next_undecided(),
+                );
             }
-        }
-        if self.cfg.sequence == Toggle::On {
-            self.judge_sequences(wm, out);
         }
         for a in &out[first_alert..] {
             self.stats.alerts[a.kind.index()] += 1;
@@ -373,8 +416,14 @@ impl ShardDetector {
 
     /// Judges the sequence numbers received before `until` (the watermark:
     /// nothing earlier can still arrive), key by key.
-    fn judge_sequences(&mut self, until: Millis, out: &mut Vec<Alert>) {
+    fn judge_sequences<L: SightingLog>(
+        &mut self,
+        until: Millis,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), LookupError> {
         let tolerance = self.cfg.sequence_tolerance_ms;
+        let mut hits: Vec<(SeqEntry, SequenceEvidence)> = Vec::new();
         while let Some((r, _)) = self.seq_pending.first() {
             if *r >= until {
                 break;
@@ -384,38 +433,101 @@ impl ShardDetector {
                 continue;
             };
             u.seq.judge(until - 1, tolerance, |e, evidence| {
-                out.push(Alert {
-                    alert_id: alert::alert_id(AlertKind::OutOfSequence, &key, &e.event_id),
-                    kind: AlertKind::OutOfSequence,
-                    severity: Severity::High,
-                    key_id: key.to_string(),
-                    event_id: e.event_id.clone(),
-                    received_at: e.received_at,
-                    request: e.request.clone().map(Into::into),
-                    evidence: Evidence::Sequence(evidence),
-                    detector_version: alert::DETECTOR_VERSION.to_string(),
-                })
+                hits.push((e.clone(), evidence));
             });
             if !u.dirty {
                 u.dirty = true;
                 self.usage_dirty.push(key.clone());
             }
-            if let Some(next) = u.seq.next_undecided() {
+            let next = u.seq.next_undecided();
+            for (e, evidence) in hits.drain(..) {
+                let request = self.sighting_context(e.fp, &e.event_id, log)?;
+                out.push(Alert {
+                    alert_id: alert::alert_id(AlertKind::OutOfSequence, &key, &e.event_id),
+                    kind: AlertKind::OutOfSequence,
+                    severity: Severity::High,
+                    key_id: key.to_string(),
+                    event_id: e.event_id,
+                    received_at: e.received_at,
+                    request,
+                    evidence: Evidence::Sequence(evidence),
+                    detector_version: alert::DETECTOR_VERSION.to_string(),
+                });
+            }
+            if let Some(next) = next {
                 self.seq_pending.insert((next, key));
             }
         }
+        // Everything before the watermark is judged now: what is more than
+        // the tolerance before it counts only through the maximum. Folded
+        // for every key each time the watermark crosses a multiple of the
+        // fold interval (a point of event time, so the state is the same
+        // whatever the batches and restarts), so that a quiet key keeps
+        // nothing the sighting log may have forgotten.
+        let interval = ((self.cfg.retention_ms - tolerance) / 2).max(1);
+        let crossed = match self.watermark() {
+            Some(prev) => until.div_euclid(interval) > prev.div_euclid(interval),
+            None => true,
+        };
+        if crossed {
+            let bound = until.saturating_sub(tolerance);
+            for (key, u) in self.usage.iter_mut() {
+                if u.seq.oldest().is_some_and(|r| r < bound) {
+                    u.seq.fold(bound);
+                    if !u.dirty {
+                        u.dirty = true;
+                        self.usage_dirty.push(key.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The request context of a first sighting, from its window in the
+    /// sighting log (the sequence rule keeps only fingerprints). `None` only
+    /// when another (key, nonce) with the same 64-bit fingerprint took the
+    /// slot.
+    fn sighting_context<L: SightingLog>(
+        &self,
+        fp: u128,
+        event_id: &str,
+        log: &mut L,
+    ) -> Result<Option<RequestContext>, LookupError> {
+        let Some(v) = self.index.nonces.get(&(fp as u64)).copied() else {
+            return Ok(None);
+        };
+        let Some(w) = log.window(index::aux(v), fp)? else {
+            return Ok(None);
+        };
+        let info = std::iter::once(&w.first)
+            .chain(w.prev.as_ref())
+            .find(|i| i.event_id == event_id);
+        Ok(info.map(|i| RequestContext {
+            client_ip: i.client_ip.clone(),
+            method: i.method.clone(),
+            path: i.path.clone(),
+            status: i.status,
+            user_agent: i.user_agent.clone(),
+            client_id: i.client_id.clone(),
+        }))
     }
 
     /// The end of a bounded input (`scan`): every sequence number still
     /// waiting for the watermark is judged now, as if it had passed them all.
-    pub fn end_of_input(&mut self, out: &mut Vec<Alert>) {
+    pub fn end_of_input<L: SightingLog>(
+        &mut self,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), LookupError> {
         let first = out.len();
         if self.cfg.sequence == Toggle::On {
-            self.judge_sequences(Millis::MAX, out);
+            self.judge_sequences(Millis::MAX, log, out)?;
         }
         for a in &out[first..] {
             self.stats.alerts[a.kind.index()] += 1;
         }
+        Ok(())
     }
 
     fn alert(
@@ -554,6 +666,15 @@ impl ShardDetector {
             status: ev.status,
             client_id: ev.client_id.as_deref(),
             user_agent: ev.user_agent.as_deref(),
+            // kept with the sighting for the sequence rule's restart
+            seq: match basis {
+                ReplayBasis::Nonce if self.cfg.sequence == Toggle::On => ev
+                    .nonce
+                    .as_deref()
+                    .and_then(sequence::number)
+                    .map(|n| (key_id, n)),
+                _ => None,
+            },
         };
         let current = self
             .index
@@ -621,5 +742,23 @@ impl ShardDetector {
             }
         }
         Ok(None)
+    }
+}
+
+/// Moves `key` in a set ordered by time from `before` to `after`.
+fn retrack(
+    set: &mut std::collections::BTreeSet<(Millis, Box<str>)>,
+    key: &str,
+    before: Option<Millis>,
+    after: Option<Millis>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(b) = before {
+        set.remove(&(b, Box::<str>::from(key)));
+    }
+    if let Some(a) = after {
+        set.insert((a, key.into()));
     }
 }

@@ -25,6 +25,10 @@ pub struct SightingInfo<S> {
     pub status: u16,
     pub client_id: Option<S>,
     pub user_agent: Option<S>,
+    /// `detect.sequence = "on"` and the nonce is a sequence number: (key_id,
+    /// number). The sequence rule's requests not yet folded into a key's
+    /// maximum are rebuilt from these at restart.
+    pub seq: Option<(S, u64)>,
 }
 
 impl<S: AsRef<str>> SightingInfo<S> {
@@ -39,6 +43,7 @@ impl<S: AsRef<str>> SightingInfo<S> {
             status: self.status,
             client_id: self.client_id.as_ref().map(|c| c.as_ref()),
             user_agent: self.user_agent.as_ref().map(|c| c.as_ref()),
+            seq: self.seq.as_ref().map(|(k, n)| (k.as_ref(), *n)),
         }
     }
 
@@ -53,6 +58,7 @@ impl<S: AsRef<str>> SightingInfo<S> {
             status: self.status,
             client_id: self.client_id.as_ref().map(|c| c.as_ref().to_owned()),
             user_agent: self.user_agent.as_ref().map(|c| c.as_ref().to_owned()),
+            seq: self.seq.as_ref().map(|(k, n)| (k.as_ref().to_owned(), *n)),
         }
     }
 }

@@ -279,7 +279,7 @@ fn sequence_numbers_are_checked_strictly_beyond_the_tolerance() {
     assert_eq!((q.gap, q.tolerance_ms), (1, tol));
     assert_eq!(a.request.as_ref().map(|r| r.path.as_str()), Some("/v1/x"));
     let mut rest = vec![];
-    h.det.end_of_input(&mut rest);
+    h.det.end_of_input(&mut h.log, &mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     // off (the default): never
     let mut h = Harness::new(DetectConfig::default());
@@ -287,7 +287,7 @@ fn sequence_numbers_are_checked_strictly_beyond_the_tolerance() {
     for e in sequence_boundaries(tol) {
         off.extend(h.feed(&e).1);
     }
-    h.det.end_of_input(&mut off);
+    h.det.end_of_input(&mut h.log, &mut off).unwrap();
     assert!(off.iter().all(|a| a.kind == AlertKind::Replay), "{off:?}");
 }
 
@@ -299,7 +299,7 @@ fn the_end_of_the_input_judges_what_waits_for_the_watermark() {
     for e in sequence_boundaries(cfg.sequence_tolerance_ms) {
         alerts.extend(h.feed(&e).1);
     }
-    h.det.end_of_input(&mut alerts);
+    h.det.end_of_input(&mut h.log, &mut alerts).unwrap();
     let kinds: Vec<_> = alerts
         .iter()
         .map(|a| (a.kind, a.event_id.as_str()))
@@ -316,12 +316,12 @@ fn the_end_of_the_input_judges_what_waits_for_the_watermark() {
     // a request at a time already judged is not checked (only after an end of input)
     let (_, late) = h.feed(&ev("y", T0 + 1, "k", Some("1")));
     let mut rest = vec![];
-    h.det.end_of_input(&mut rest);
+    h.det.end_of_input(&mut h.log, &mut rest).unwrap();
     assert!(late.is_empty() && rest.is_empty(), "{late:?} {rest:?}");
 }
 
 #[test]
-fn sequence_state_survives_a_restart_in_the_usage_records() {
+fn sequence_state_survives_a_restart_from_usage_and_sighting_log() {
     let cfg = seq_rules();
     let tol = cfg.sequence_tolerance_ms;
     let mut h = Harness::new(cfg);
@@ -335,11 +335,19 @@ fn sequence_state_survives_a_restart_in_the_usage_records() {
         .map(|(k, u)| (k.to_string(), postcard::to_stdvec(u).unwrap()))
         .collect();
     let clock = h.det.clock();
+    // the usage record keeps the maximum and bounds only
+    assert!(saved.iter().all(|(_, b)| b.len() < 2_000));
     let mut det = ShardDetector::new(cfg, 7);
     for (k, b) in &saved {
         det.restore_usage(k, postcard::from_bytes(b).unwrap());
     }
     det.restore_clock(clock);
+    // the requests not folded in come back from the sighting log
+    for w in &h.log.windows {
+        assert!(w.first.seq.is_some(), "{w:?}");
+        det.restore_sequence(w.fp, &w.first, false);
+    }
+    det.finish_restore();
     let mut h2 = Harness::new(cfg);
     h2.det = det;
     let (_, judged) = h2.feed(&ev("z", T0 + tol + 2 + cfg.allowed_lateness_ms, "k3", None));
@@ -780,7 +788,7 @@ fn run_with(
     for e in events {
         out.extend(h.feed(&access(e)).1);
     }
-    h.det.end_of_input(&mut out);
+    h.det.end_of_input(&mut h.log, &mut out).unwrap();
     out
 }
 

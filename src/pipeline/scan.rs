@@ -272,7 +272,7 @@ pub fn scan_source<S: StateStore>(
             return Err(e);
         }
         if poll == Poll::End {
-            engine.end_of_input();
+            engine.end_of_input()?;
         }
         engine.commit(dlq)?;
         engine.deliver(alerts)?;

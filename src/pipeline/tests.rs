@@ -101,7 +101,7 @@ fn crashing_run_on<S: StateStore>(
                 e.deliver(&mut sink).unwrap();
             }
         }
-        e.end_of_input();
+        e.end_of_input().unwrap();
         e.commit(&mut dlq).unwrap();
         e.deliver(&mut sink).unwrap();
         e.commit(&mut dlq).unwrap();
@@ -304,7 +304,7 @@ fn engine_run<S: StateStore>(
             e.deliver(&mut sink).unwrap();
         }
     }
-    e.end_of_input();
+    e.end_of_input().unwrap();
     e.commit(&mut dlq).unwrap();
     e.deliver(&mut sink).unwrap();
     (sink.alerts(), e.totals().stats)

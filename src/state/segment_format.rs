@@ -49,6 +49,14 @@ pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>
     put_varint(out, s.status as u64);
     put_opt_str(out, s.client_id);
     put_opt_str(out, s.user_agent);
+    match &s.seq {
+        None => out.push(0),
+        Some((key, n)) => {
+            out.push(1);
+            put_str(out, key);
+            put_varint(out, *n);
+        }
+    }
 }
 
 /// An optional string: 0 for none, else 1 + its length, then its bytes.
@@ -127,6 +135,11 @@ impl<'a> Reader<'a> {
             status: u16::try_from(self.varint()?).ok()?,
             client_id: self.opt_str()?,
             user_agent: self.opt_str()?,
+            seq: match self.u8()? {
+                0 => None,
+                1 => Some((self.str()?, self.varint()?)),
+                _ => return None,
+            },
         })
     }
     pub(super) fn opt_str(&mut self) -> Option<Option<String>> {
@@ -245,6 +258,15 @@ impl<'a> SegmentView<'a> {
             let (lo, off) = self.index_entry(i);
             let (hi, t) = self.reader_at(off)?.window_head(self.base_t)?;
             Some(((hi as u128) << 64 | lo as u128, t))
+        })
+    }
+
+    /// Every window record in full (one per 64-bit fingerprint, the last
+    /// appended); `None` for a damaged record.
+    pub fn window_records(&self) -> impl Iterator<Item = Option<OwnedWindow>> + '_ {
+        (0..self.n_windows).map(|i| {
+            let (lo, off) = self.index_entry(i);
+            self.reader_at(off)?.window(lo, self.base_t)
         })
     }
 

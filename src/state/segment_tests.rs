@@ -20,6 +20,7 @@ fn info(t: Millis, id: &str) -> SightingInfo<&str> {
         status: 200,
         client_id: (t % 2 == 0).then_some("c-1"),
         user_agent: None,
+        seq: (t % 3 == 0).then_some(("k-1", t as u64 * 1000)),
     }
 }
 

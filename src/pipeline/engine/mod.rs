@@ -291,10 +291,10 @@ impl<S: StateStore> Engine<S> {
     /// The end of a bounded input (`scan`): every shard judges what was
     /// still waiting for the watermark (sequence numbers), as if event time
     /// had passed it all; the alerts go to the outbox with the next commit.
-    pub fn end_of_input(&mut self) {
+    pub fn end_of_input(&mut self) -> Result<(), PipelineError> {
         for s in self.shards.values_mut() {
             self.scratch.clear();
-            s.det.end_of_input(&mut self.scratch);
+            s.det.end_of_input(&mut s.log, &mut self.scratch)?;
             // judging changes the keys' state even when nothing is raised
             s.dirty = true;
             for a in &self.scratch {
@@ -302,6 +302,7 @@ impl<S: StateStore> Engine<S> {
             }
         }
         self.scratch.clear();
+        Ok(())
     }
 
     /// The one dead-letter path: counted, logged (redacted, rate-limited)

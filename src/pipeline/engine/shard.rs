@@ -59,6 +59,9 @@ impl<S: StateStore> Shard<S> {
             .map_or(i64::MIN, |wm| wm - o.rules.retention_ms);
         let mut stale = Vec::new();
         let (mut windows, mut events, mut segments) = (0usize, 0usize, 0usize);
+        // first sightings that carry a sequence number (detect.sequence)
+        let sequence = o.rules.sequence == crate::detect::Toggle::On;
+        let mut numbered: Vec<(u128, crate::detect::SightingInfo<String>)> = Vec::new();
         store.for_each_segment(id, &mut |seq, bytes| {
             let v =
                 SegmentView::parse(seq, bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -79,8 +82,36 @@ impl<S: StateStore> Shard<S> {
                 det.restore_event(fp, t, h);
                 events += 1;
             }
+            if sequence {
+                for w in v.window_records() {
+                    let w = w.ok_or_else(|| {
+                        StateError::Corrupt(format!("window record in segment {seq}"))
+                    })?;
+                    if w.first.seq.is_some() {
+                        numbered.push((w.fp, w.first));
+                    }
+                }
+            }
             Ok(())
         })?;
+        // A first sighting within `retention` after an earlier one of the
+        // same nonce was displaced by it (the earlier arrived late): a replay.
+        numbered.sort_by(|a, b| {
+            (a.0, a.1.received_at, &a.1.event_id).cmp(&(b.0, b.1.received_at, &b.1.event_id))
+        });
+        numbered.dedup_by(|a, b| a.0 == b.0 && a.1.event_id == b.1.event_id);
+        let mut start: Option<(u128, i64)> = None;
+        for (fp, info) in &numbered {
+            let replay = match start {
+                Some((f, t)) if f == *fp && info.received_at - t <= o.rules.retention_ms => true,
+                _ => {
+                    start = Some((*fp, info.received_at));
+                    false
+                }
+            };
+            det.restore_sequence(*fp, info, replay);
+        }
+        det.finish_restore();
         telemetry::StateRestored {
             shard: name,
             keys,
