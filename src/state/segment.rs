@@ -263,7 +263,8 @@ impl<S: SegmentSource> SightingLog for SegmentLog<S> {
         self.append_common(rec.first.received_at);
         self.append_common(keep_until.max(rec.first.received_at));
         let off = self.open.records.len() as u32;
-        encode_window(&mut self.open.records, self.open.base_t, rec);
+        let o = &mut self.open;
+        encode_window(&mut o.records, o.base_t, rec, &mut o.dict);
         self.open.index.push((rec.fp as u64, off));
         self.next_seq as u32
     }

@@ -38,47 +38,69 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>) {
-    put_varint(out, zigzag(s.received_at.wrapping_sub(base_t)));
-    put_varint(out, s.pos.source as u64);
-    put_varint(out, s.pos.offset);
-    put_str(out, s.event_id);
-    put_str(out, s.client_ip);
-    put_str(out, s.method);
-    put_str(out, s.path);
-    put_varint(out, s.status as u64);
-    put_opt_str(out, s.client_id);
-    put_opt_str(out, s.user_agent);
-    match &s.seq {
+/// Strings of the open segment already written, by their offset in its
+/// records: a repeated client address, path, client id or user agent is
+/// written once per segment, then referred to.
+pub(super) type Dict = hashbrown::HashMap<Box<str>, u32>;
+
+/// A string that repeats across records: `2·len` and its bytes the first
+/// time in the segment, then `2·offset + 1` (where the first one is).
+pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
+    if let Some(&off) = dict.get(s) {
+        put_varint(out, 2 * off as u64 + 1);
+        return;
+    }
+    let off = out.len() as u32;
+    put_varint(out, 2 * s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    dict.insert(s.into(), off);
+}
+
+fn put_opt_shared(out: &mut Vec<u8>, s: Option<&str>, dict: &mut Dict) {
+    match s {
         None => out.push(0),
-        Some((key, n)) => {
+        Some(s) => {
             out.push(1);
-            put_str(out, key);
-            put_varint(out, *n);
+            put_shared(out, s, dict);
         }
     }
 }
 
-/// An optional string: 0 for none, else 1 + its length, then its bytes.
-pub(super) fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => put_varint(out, 0),
-        Some(s) => {
-            put_varint(out, s.len() as u64 + 1);
-            out.extend_from_slice(s.as_bytes());
+pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>, dict: &mut Dict) {
+    put_varint(out, zigzag(s.received_at.wrapping_sub(base_t)));
+    put_varint(out, s.pos.source as u64);
+    put_varint(out, s.pos.offset);
+    put_str(out, s.event_id);
+    put_shared(out, s.client_ip, dict);
+    put_str(out, s.method);
+    put_shared(out, s.path, dict);
+    put_varint(out, s.status as u64);
+    put_opt_shared(out, s.client_id, dict);
+    put_opt_shared(out, s.user_agent, dict);
+    match &s.seq {
+        None => out.push(0),
+        Some((key, n)) => {
+            out.push(1);
+            put_shared(out, key, dict);
+            put_varint(out, *n);
         }
     }
 }
 
 /// A window record: high half of the fingerprint (the low half is the index
 /// key), the first sighting, and the previous window's start if any.
-pub(super) fn encode_window(out: &mut Vec<u8>, base_t: Millis, w: &WindowRecord<&str>) {
+pub(super) fn encode_window(
+    out: &mut Vec<u8>,
+    base_t: Millis,
+    w: &WindowRecord<&str>,
+    dict: &mut Dict,
+) {
     out.extend_from_slice(&((w.fp >> 64) as u64).to_le_bytes());
-    put_info(out, base_t, &w.first);
+    put_info(out, base_t, &w.first, dict);
     match &w.prev {
         Some(p) => {
             out.push(1);
-            put_info(out, base_t, p);
+            put_info(out, base_t, p, dict);
         }
         None => out.push(0),
     }
@@ -87,6 +109,9 @@ pub(super) fn encode_window(out: &mut Vec<u8>, base_t: Millis, w: &WindowRecord<
 pub(super) struct Reader<'a> {
     pub(super) b: &'a [u8],
     pub(super) at: usize,
+    /// Where the records start in `b` (shared strings refer to offsets
+    /// from there).
+    pub(super) base: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -129,28 +154,55 @@ impl<'a> Reader<'a> {
             received_at: base_t.wrapping_add(unzigzag(self.varint()?)),
             pos: Position::new(u32::try_from(self.varint()?).ok()?, self.varint()?),
             event_id: self.str()?,
-            client_ip: self.str()?,
+            client_ip: self.shared()?,
             method: self.str()?,
-            path: self.str()?,
+            path: self.shared()?,
             status: u16::try_from(self.varint()?).ok()?,
-            client_id: self.opt_str()?,
-            user_agent: self.opt_str()?,
+            client_id: self.opt_shared()?,
+            user_agent: self.opt_shared()?,
             seq: match self.u8()? {
                 0 => None,
-                1 => Some((self.str()?, self.varint()?)),
+                1 => Some((self.shared()?, self.varint()?)),
                 _ => return None,
             },
         })
     }
-    pub(super) fn opt_str(&mut self) -> Option<Option<String>> {
-        match self.varint()? {
+    /// A string written by [`put_shared`].
+    pub(super) fn shared(&mut self) -> Option<String> {
+        let v = self.varint()?;
+        if v % 2 == 0 {
+            let n = (v / 2) as usize;
+            return Some(std::str::from_utf8(self.take(n)?).ok()?.to_string());
+        }
+        let at = self.base.checked_add(usize::try_from(v / 2).ok()?)?;
+        // the first occurrence, before this one, written inline
+        if at >= self.at {
+            return None;
+        }
+        let mut r = Reader {
+            b: self.b,
+            at,
+            base: self.base,
+        };
+        let v = r.varint()?;
+        if v % 2 != 0 {
+            return None;
+        }
+        Some(
+            std::str::from_utf8(r.take((v / 2) as usize)?)
+                .ok()?
+                .to_string(),
+        )
+    }
+
+    fn opt_shared(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
             0 => Some(None),
-            n => {
-                let n = n as usize - 1;
-                Some(Some(std::str::from_utf8(self.take(n)?).ok()?.to_string()))
-            }
+            1 => Some(Some(self.shared()?)),
+            _ => None,
         }
     }
+
     /// The high fingerprint half and the first sighting's time, without the strings.
     pub(super) fn window_head(&mut self, base_t: Millis) -> Option<(u64, Millis)> {
         let hi = self.u64()?;
@@ -191,7 +243,7 @@ impl<'a> SegmentView<'a> {
         if b.len() < HEADER || &b[..4] != MAGIC {
             return Err(bad("bad header"));
         }
-        let mut r = Reader { b, at: 4 };
+        let mut r = Reader { b, at: 4, base: 0 };
         let n_windows = r.u32().unwrap() as usize;
         let n_events = r.u32().unwrap() as usize;
         let min_t = r.i64().unwrap();
@@ -227,7 +279,11 @@ impl<'a> SegmentView<'a> {
 
     pub(super) fn reader_at(&self, off: u32) -> Option<Reader<'a>> {
         let at = self.records_start().checked_add(off as usize)?;
-        Some(Reader { b: self.b, at })
+        Some(Reader {
+            b: self.b,
+            at,
+            base: self.records_start(),
+        })
     }
 
     /// The window record with fingerprint `fp`, if this segment holds it.
@@ -292,6 +348,8 @@ pub(super) struct OpenSegment {
     pub(super) index: Vec<(u64, u32)>,
     pub(super) events: Vec<(u64, Millis, u32)>,
     pub(super) records: Vec<u8>,
+    /// The shared strings of `records`.
+    pub(super) dict: Dict,
     pub(super) min_t: Millis,
     pub(super) max_t: Millis,
     /// Time the record encoding is relative to (the first record's).
@@ -320,6 +378,7 @@ impl OpenSegment {
         Reader {
             b: &self.records,
             at: off as usize,
+            base: 0,
         }
         .window(lo, self.base_t)
         .filter(|w| w.fp == fp)
@@ -361,6 +420,7 @@ impl OpenSegment {
         out.extend_from_slice(&self.records);
         self.events.clear();
         self.records.clear();
+        self.dict.clear();
         out
     }
 }

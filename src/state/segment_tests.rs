@@ -73,7 +73,13 @@ fn find_in_open_sealed_and_parsed() {
 fn round_trip(x: &str) -> String {
     let mut b = Vec::new();
     put_str(&mut b, x);
-    Reader { b: &b, at: 0 }.str().unwrap()
+    Reader {
+        b: &b,
+        at: 0,
+        base: 0,
+    }
+    .str()
+    .unwrap()
 }
 
 proptest::proptest! {
@@ -86,7 +92,7 @@ proptest::proptest! {
     fn varints_round_trip(v in proptest::num::i64::ANY) {
         let mut b = Vec::new();
         put_varint(&mut b, zigzag(v));
-        proptest::prop_assert_eq!(unzigzag(Reader { b: &b, at: 0 }.varint().unwrap()), v);
+        proptest::prop_assert_eq!(unzigzag(Reader { b: &b, at: 0, base: 0 }.varint().unwrap()), v);
     }
 }
 
@@ -97,4 +103,36 @@ fn corrupt_segments_are_errors() {
     b.extend_from_slice(&1000u32.to_le_bytes());
     b.extend_from_slice(&[0u8; 36]);
     assert!(SegmentView::parse(1, &b).is_err());
+}
+
+#[test]
+fn repeated_strings_are_written_once_per_segment_and_read_back() {
+    let mut dict = Dict::default();
+    let mut b = Vec::new();
+    put_shared(&mut b, "Mozilla/5.0 (X11; Linux x86_64)", &mut dict);
+    let first_len = b.len();
+    put_shared(&mut b, "Mozilla/5.0 (X11; Linux x86_64)", &mut dict);
+    assert!(b.len() - first_len < 4, "a back-reference, not the bytes");
+    put_shared(&mut b, "/api/v3/order", &mut dict);
+    let mut r = Reader {
+        b: &b,
+        at: 0,
+        base: 0,
+    };
+    for want in [
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "/api/v3/order",
+    ] {
+        assert_eq!(r.shared().as_deref(), Some(want));
+    }
+    // a reference forward (or to itself) is damage, not a loop
+    let mut bad = Vec::new();
+    put_varint(&mut bad, 2 * 5 + 1);
+    let mut r = Reader {
+        b: &bad,
+        at: 0,
+        base: 0,
+    };
+    assert_eq!(r.shared(), None);
 }
