@@ -640,3 +640,79 @@ fn a_topic_of_kong_logs_gives_the_alerts_of_the_same_requests_in_v1() {
     expect_alerts(&b, "the alerts of the v1 requests", &want, &[&det]);
     assert!(det.stop().success());
 }
+
+/// `detect.sequence = "on"` in `run`: counter nonces with stale counters
+/// planted give exactly the model's alerts, out_of_sequence included, once
+/// every partition's event time has passed them (a later request on each
+/// partition: a quiet partition keeps its last requests waiting).
+#[test]
+fn run_reports_out_of_sequence_counters_like_the_model() {
+    use replayguard::detect::{DetectConfig, Toggle};
+    let (d, b, t, lc) = broker_with_traffic(&GenConfig {
+        events: 6_000,
+        seed: 47,
+        keys: 20,
+        rate: 200.0, // 30 s: counters from 6 to 60 s back find larger ones
+        disorder_ms: 5_000,
+        nonces: replayguard::generate::NonceStyle::Counter,
+        out_of_sequence_rate: 0.02,
+        ..Default::default()
+    });
+    produce(&b.addr(), "access-events", &keyed(&t.lines));
+    // one request per key of 40 more keys, past the allowed lateness: every
+    // partition's watermark moves past the traffic
+    let dec = Decoder::default();
+    let last = t
+        .lines
+        .iter()
+        .filter_map(|l| dec.access(l.as_bytes()).ok())
+        .map(|e| e.received_at)
+        .max()
+        .unwrap();
+    let ticks: Vec<String> = (0..40)
+        .map(|i| {
+            event(
+                &format!("tick-{i}"),
+                last + 61_000 + i,
+                &format!("tick-key-{i}"),
+                &format!("t{i}"),
+                "10.9.9.9",
+            )
+        })
+        .collect();
+    let ends = produce(&b.addr(), "access-events", &keyed(&ticks));
+    assert_eq!(ends.len(), 4, "the ticks reach every partition: {ends:?}");
+    let rules = DetectConfig {
+        sequence: Toggle::On,
+        ..DetectConfig::default()
+    };
+    let events: Vec<replayguard::model::ModelEvent> = t
+        .lines
+        .iter()
+        .chain(&ticks)
+        .filter_map(|l| dec.access(l.as_bytes()).ok().map(|e| (&e).into()))
+        .collect();
+    let want: BTreeSet<(String, String, String)> =
+        replayguard::model::expected_alerts(&rules, &events, &lc)
+            .into_iter()
+            .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
+            .collect();
+    let seq = want.iter().filter(|w| w.0 == "out_of_sequence").count();
+    assert!(seq >= 20, "{seq} out_of_sequence alerts expected");
+    let cfg = detector_config(&d, "a", &b, GROUP, "[detect]\nsequence = \"on\"\n");
+    let det = Detector::start(&d, "a", &cfg);
+    let (_, alerts) = expect_alerts(
+        &b,
+        "the model's alerts, out_of_sequence included",
+        &want,
+        &[&det],
+    );
+    for a in alerts
+        .iter()
+        .filter(|a| a.kind.as_str() == "out_of_sequence")
+    {
+        a.check().unwrap();
+        assert!(a.request.is_some(), "{a:?}");
+    }
+    assert!(det.stop().success());
+}
