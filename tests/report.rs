@@ -228,19 +228,13 @@ fn report_usage_renders_html_in_a_browser() {
     let text = String::from_utf8(report_rotation(&state, "json").stdout).unwrap();
     let reports: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let key = reports[0]["key_id"].as_str().unwrap().to_string();
-    let o = run_ok(
-        &[
-            "report",
-            "usage",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--key",
-            &key,
-            "--format",
-            "html",
-        ],
-        None,
-    );
+    let usage = |extra: &[&str]| {
+        let mut args = vec!["report", "usage", "--state-dir", state.to_str().unwrap()];
+        args.extend(["--key", key.as_str()]);
+        args.extend(extra);
+        run_ok(&args, None)
+    };
+    let o = usage(&["--format", "html"]);
     assert!(o.stdout.starts_with(b"<!doctype html>"));
     let dom = browse(&d, "report-usage", &o.stdout);
     assert!(
@@ -251,17 +245,7 @@ fn report_usage_renders_html_in_a_browser() {
     assert!(dom.contains("requests per minute"), "{dom}");
     assert!(dom.contains(r#"class="client""#), "{dom}");
     // JSON stays the default
-    let json = run_ok(
-        &[
-            "report",
-            "usage",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--key",
-            &key,
-        ],
-        None,
-    );
+    let json = usage(&[]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["key_id"], key.as_str());
 }

@@ -47,13 +47,7 @@ impl Fingerprinter {
     /// state, the full value confirms a match.
     #[inline]
     pub fn nonce(&mut self, key_id: &str, nonce: &str) -> u128 {
-        let s = &mut self.scratch;
-        s.clear();
-        s.push(b'N');
-        s.extend_from_slice(&(key_id.len() as u32).to_le_bytes());
-        s.extend_from_slice(key_id.as_bytes());
-        s.extend_from_slice(nonce.as_bytes());
-        xxh3_128_with_seed(s, self.seed)
+        self.keyed(b'N', key_id, nonce)
     }
 
     /// 128-bit fingerprint of (key_id, signature), kept apart from every
@@ -61,12 +55,18 @@ impl Fingerprinter {
     /// never the signature.
     #[inline]
     pub fn signature(&mut self, key_id: &str, signature: &str) -> u128 {
+        self.keyed(b'S', key_id, signature)
+    }
+
+    /// 128-bit fingerprint of (domain, key_id, value), the key length-prefixed.
+    #[inline]
+    fn keyed(&mut self, domain: u8, key_id: &str, value: &str) -> u128 {
         let s = &mut self.scratch;
         s.clear();
-        s.push(b'S');
+        s.push(domain);
         s.extend_from_slice(&(key_id.len() as u32).to_le_bytes());
         s.extend_from_slice(key_id.as_bytes());
-        s.extend_from_slice(signature.as_bytes());
+        s.extend_from_slice(value.as_bytes());
         xxh3_128_with_seed(s, self.seed)
     }
 

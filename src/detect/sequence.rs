@@ -30,7 +30,7 @@ pub fn number(nonce: &str) -> Option<u64> {
 /// A request remembered for the sequence rule: a first sighting (replays
 /// are not kept), whose context an alert reads back from the sighting log
 /// by `fp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqEntry {
     pub n: u64,
     pub received_at: Millis,
@@ -63,10 +63,6 @@ pub struct SeqState {
 }
 
 impl SeqState {
-    pub fn is_empty(&self) -> bool {
-        self.max.is_none() && self.buf.is_empty()
-    }
-
     /// The time of the oldest request not folded in.
     pub fn oldest(&self) -> Option<Millis> {
         self.buf.front().map(|e| e.received_at)
@@ -130,12 +126,12 @@ impl SeqState {
         };
     }
 
-    /// Remembers a request (not a duplicate, inside the lateness). Returns
-    /// false when its time was already judged (after an end-of-input flush).
-    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) -> bool {
+    /// Remembers a first sighting (inside the lateness); one at a time
+    /// already judged (after an end-of-input flush) is not checked.
+    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) {
         let r = ev.received_at;
         if self.judged_until.is_some_and(|j| r <= j) {
-            return false;
+            return;
         }
         // in order, mostly: at the back
         let at = if self
@@ -158,7 +154,6 @@ impl SeqState {
                 fp,
             },
         );
-        true
     }
 
     /// Forgets a request that turned out to be a replay (a late request

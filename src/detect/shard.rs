@@ -337,8 +337,17 @@ impl ShardDetector {
         let wm = self.advance(t);
         let first_alert = out.len();
 
+        // the sequence number (rule on) and the nonce fingerprint, derived
+        // once for the replay rule and the sequence rule
+        let mut seq = Sequenced {
+            n: match self.cfg.sequence {
+                Toggle::On => ev.nonce.as_deref().and_then(sequence::number),
+                Toggle::Off => None,
+            },
+            fp: None,
+        };
         if self.live(t, wm) {
-            if let Some(v) = self.replay(ev, t, wm, pos, log, out)? {
+            if let Some(v) = self.replay(ev, wm, pos, &mut seq, log, out)? {
                 out.truncate(first_alert);
                 match v {
                     Verdict::Duplicate => self.stats.duplicates += 1,
@@ -377,8 +386,12 @@ impl ShardDetector {
             self.usage_dirty.push(key_id.into());
         }
         usage::observe(&self.usage_cfg, u, ev, out);
-        if self.cfg.sequence == Toggle::On && t >= wm {
-            if let Some(n) = ev.nonce.as_deref().and_then(sequence::number) {
+        if t >= wm {
+            if let Sequenced {
+                n: Some(n),
+                fp: Some(fp),
+            } = seq
+            {
                 let before = u.seq.next_undecided();
                 // a replay is never also out of sequence, and has its
                 // original's number: only first sightings are kept (they
@@ -395,9 +408,6 @@ impl ShardDetector {
                     }
                 }
                 if !replay {
-                    let fp = self
-                        .fp
-                        .nonce(key_id, ev.nonce.as_deref().unwrap_or_default());
                     u.seq.insert(ev, n, fp);
                 }
                 retrack(
@@ -503,14 +513,7 @@ impl ShardDetector {
         let info = std::iter::once(&w.first)
             .chain(w.prev.as_ref())
             .find(|i| i.event_id == event_id);
-        Ok(info.map(|i| RequestContext {
-            client_ip: i.client_ip.clone(),
-            method: i.method.clone(),
-            path: i.path.clone(),
-            status: i.status,
-            user_agent: i.user_agent.clone(),
-            client_id: i.client_id.clone(),
-        }))
+        Ok(info.map(|i| i.as_ref().request_context()))
     }
 
     /// The end of a bounded input (`scan`): every sequence number still
@@ -565,14 +568,7 @@ impl ShardDetector {
             key_id: key_id.to_string(),
             event_id: subject.event_id.to_string(),
             received_at: subject.received_at,
-            request: Some(RequestContext {
-                client_ip: subject.client_ip.to_string(),
-                method: subject.method.to_string(),
-                path: subject.path.to_string(),
-                status: subject.status,
-                user_agent: subject.user_agent.map(str::to_string),
-                client_id: subject.client_id.map(str::to_string),
-            }),
+            request: Some(subject.request_context()),
             evidence: Evidence::Replay(ReplayEvidence {
                 first_sighting: Sighting {
                     event_id: first.event_id.to_string(),
@@ -619,12 +615,13 @@ impl ShardDetector {
     fn replay<L: SightingLog>(
         &mut self,
         ev: &AccessEvent<'_>,
-        t: Millis,
         wm: Millis,
         pos: Position,
+        seq: &mut Sequenced,
         log: &mut L,
         out: &mut Vec<Alert>,
     ) -> Result<Option<Verdict>, LookupError> {
+        let t = ev.received_at;
         let max_seen = self.clock.max_seen.unwrap_or(t);
         let efp = self.fp.event(&ev.event_id);
         if let Some(&v) = self.index.events.get(&efp) {
@@ -656,6 +653,9 @@ impl ShardDetector {
             self.remember_event(efp, t, pos, log);
             return Ok(None);
         };
+        if basis == ReplayBasis::Nonce {
+            seq.fp = Some(nfp);
+        }
         let me = SightingInfo {
             received_at: t,
             pos,
@@ -667,14 +667,7 @@ impl ShardDetector {
             client_id: ev.client_id.as_deref(),
             user_agent: ev.user_agent.as_deref(),
             // kept with the sighting for the sequence rule's restart
-            seq: match basis {
-                ReplayBasis::Nonce if self.cfg.sequence == Toggle::On => ev
-                    .nonce
-                    .as_deref()
-                    .and_then(sequence::number)
-                    .map(|n| (key_id, n)),
-                _ => None,
-            },
+            seq: seq.n.map(|n| (key_id, n)),
         };
         let current = self
             .index
@@ -761,4 +754,12 @@ fn retrack(
     if let Some(a) = after {
         set.insert((a, key.into()));
     }
+}
+
+/// What the replay rule and the sequence rule share about one request: its
+/// sequence number (rule on) and, with a nonce, its nonce fingerprint.
+#[derive(Clone, Copy)]
+struct Sequenced {
+    n: Option<u64>,
+    fp: Option<u128>,
 }

@@ -47,6 +47,18 @@ impl<S: AsRef<str>> SightingInfo<S> {
         }
     }
 
+    /// The request as alerts carry it.
+    pub fn request_context(&self) -> crate::schema::alert::RequestContext {
+        crate::schema::alert::RequestContext {
+            client_ip: self.client_ip.as_ref().to_owned(),
+            method: self.method.as_ref().to_owned(),
+            path: self.path.as_ref().to_owned(),
+            status: self.status,
+            user_agent: self.user_agent.as_ref().map(|c| c.as_ref().to_owned()),
+            client_id: self.client_id.as_ref().map(|c| c.as_ref().to_owned()),
+        }
+    }
+
     pub fn to_owned(&self) -> SightingInfo<String> {
         SightingInfo {
             received_at: self.received_at,

@@ -73,6 +73,17 @@ pub fn table(reports: &[RotationReport]) -> String {
     s
 }
 
+/// A table row of one client: name, requests, last seen.
+fn client_row(s: &mut String, class: &str, c: &super::rotation::Straggler) {
+    let _ = writeln!(
+        s,
+        r#"<tr class="{class}"><td>{}</td><td class="n">{}</td><td>{}</td></tr>"#,
+        esc(&c.client),
+        c.count,
+        format_rfc3339(c.last_seen)
+    );
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -345,13 +356,7 @@ table.overview td{white-space:nowrap}
             r.clients_last_hour,
         );
         for c in &r.stragglers {
-            let _ = writeln!(
-                s,
-                r#"<tr class="straggler"><td>{}</td><td class="n">{}</td><td>{}</td></tr>"#,
-                esc(&c.client),
-                c.count,
-                format_rfc3339(c.last_seen)
-            );
+            client_row(&mut s, "straggler", c);
         }
         s.push_str("</table></section>\n");
     }
@@ -453,13 +458,7 @@ th{{background:#f4f4f4}} td.n{{text-align:right}} .muted{{color:#666;font-size:.
     }
     s.push_str("</svg>\n<h2>Heaviest clients</h2>\n<table class=\"clients\"><tr><th>client</th><th>requests</th><th>last seen</th></tr>\n");
     for c in &u.top_clients {
-        let _ = writeln!(
-            s,
-            r#"<tr class="client"><td>{}</td><td class="n">{}</td><td>{}</td></tr>"#,
-            esc(&c.client),
-            c.count,
-            format_rfc3339(c.last_seen)
-        );
+        client_row(&mut s, "client", c);
     }
     s.push_str("</table>\n</body></html>\n");
     s
