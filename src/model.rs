@@ -157,13 +157,14 @@ pub fn expected_alerts(
 ) -> Vec<Expected> {
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].received_at); // stable: equal times keep arrival order
-    let mut seen: HashSet<&str> = HashSet::new();
+                                                   // a request is (key_id, event_id): a redelivered copy carries both
+    let mut seen: HashSet<(Option<&str>, &str)> = HashSet::new();
     let mut windows: HashMap<(&str, char, &str), &ModelEvent> = HashMap::new();
     let mut sequenced: Vec<(&str, Millis, u64)> = Vec::new();
     let mut out = Vec::new();
     for i in order {
         let e = &events[i];
-        if !seen.insert(&e.event_id) {
+        if !seen.insert((e.key_id.as_deref(), &e.event_id)) {
             continue; // a transport duplicate
         }
         // every rule is per key: an unsigned request raises nothing

@@ -25,9 +25,10 @@ pub enum MetricKind {
 }
 
 /// Every metric replayguard exports: name, kind, unit and help text. Label
-/// names: `partition` (an input partition, "topic/N"; in `scan` the file
-/// scan's one shard), `kind` (alert kind), `reason` (dead-letter reason),
-/// `version` (build info).
+/// names: `partition` (an input partition, "topic/N"; in `scan` a key-hash
+/// shard of the file scan, "scan#N"), `kind` (alert kind), `reason`
+/// (dead-letter reason), `version` (build info), `stage` and `queue`
+/// (pipeline stages and queues).
 pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
     use MetricKind::*;
     &[
@@ -40,6 +41,11 @@ pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
         ("replayguard_inputs_mostly_dead_letters_total", Counter, None, "Inputs whose first records were mostly dead letters (wrong input format?)."),
         ("replayguard_commits_total", Counter, None, "Commits of state, input positions and outbox to the state store."),
         ("replayguard_commit_seconds", Histogram, Some(Unit::Seconds), "Time of one commit to the state store."),
+        ("replayguard_commit_batch_events", Histogram, None, "Records in one commit batch of run (pipeline.batch_events bounds it)."),
+        ("replayguard_commit_delay_seconds", Histogram, Some(Unit::Seconds), "In run, from the first record of a batch being processed to its alerts acknowledged by the broker (pipeline.max_commit_delay bounds the wait for the commit)."),
+        ("replayguard_alert_delivery_seconds", Histogram, Some(Unit::Seconds), "In run, producing a commit's alerts until the broker acknowledged them all."),
+        ("replayguard_stage_busy_seconds", Histogram, Some(Unit::Seconds), "Time a pipeline stage spent working between two commits, per `stage` (read: reading files or polling Kafka and cutting chunks; decode: the decode threads together; detect: the detect workers together; commit: staging, writing and delivering). rate() of the _sum is the stage's load in cores: the stage near its thread count bounds throughput."),
+        ("replayguard_queue_depth", Gauge, None, "Chunks waiting in a pipeline queue, per `queue` (decode: submitted and not yet routed; detect-N: queued for detect worker N), sampled at each commit."),
         ("replayguard_live_entries", Gauge, None, "Requests in the live replay window."),
         ("replayguard_index_bytes", Gauge, Some(Unit::Bytes), "Memory of the live index."),
         ("replayguard_state_segments", Gauge, None, "Sighting segments in the state store."),
@@ -63,8 +69,13 @@ pub fn prometheus() -> metrics_exporter_prometheus::PrometheusBuilder {
     const BUCKETS: &[f64] = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
+    const EVENT_BUCKETS: &[f64] = &[
+        1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
+    ];
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .expect("the buckets are not empty")
+        .set_buckets_for_metric(Matcher::Suffix("_events".into()), EVENT_BUCKETS)
         .expect("the buckets are not empty")
 }
 
@@ -299,6 +310,68 @@ impl Committed {
     }
 }
 
+/// A commit batch of `run` went through: state written, alerts acknowledged.
+pub struct CommitBatch {
+    pub events: usize,
+    /// From its first record processed to its alerts acknowledged.
+    pub delay: Duration,
+    /// Producing its alerts until acknowledged (zero without alerts).
+    pub delivery: Option<Duration>,
+}
+
+impl CommitBatch {
+    pub fn emit(&self) {
+        histogram!("replayguard_commit_batch_events").record(self.events as f64);
+        histogram!("replayguard_commit_delay_seconds").record(self.delay.as_secs_f64());
+        if let Some(d) = self.delivery {
+            histogram!("replayguard_alert_delivery_seconds").record(d.as_secs_f64());
+        }
+    }
+}
+
+/// Work time of a pipeline stage since the last sample.
+pub struct StageBusy {
+    pub stage: &'static str,
+    pub busy: Duration,
+}
+
+impl StageBusy {
+    pub fn emit(&self) {
+        histogram!("replayguard_stage_busy_seconds", "stage" => self.stage)
+            .record(self.busy.as_secs_f64());
+    }
+}
+
+/// Chunks waiting in a pipeline queue.
+pub struct QueueDepth<'a> {
+    pub queue: &'a str,
+    pub depth: usize,
+}
+
+impl QueueDepth<'_> {
+    pub fn emit(&self) {
+        gauge!("replayguard_queue_depth", "queue" => self.queue.to_string()).set(self.depth as f64);
+    }
+}
+
+/// A setting that was renamed was used: it still works, under its new name.
+pub struct DeprecatedSetting {
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+impl DeprecatedSetting {
+    pub fn emit(&self) {
+        tracing::warn!(
+            setting = self.old,
+            use_instead = self.new,
+            "{} is deprecated: it is read as {}",
+            self.old,
+            self.new
+        );
+    }
+}
+
 /// Size of the live state, after a commit.
 pub struct StateSize {
     pub live_entries: usize,
@@ -448,6 +521,12 @@ mod tests {
                 elapsed: Duration::from_millis(2),
             }
             .emit();
+            super::CommitBatch {
+                events: 700,
+                delay: Duration::from_millis(4),
+                delivery: Some(Duration::from_millis(2)),
+            }
+            .emit();
         });
         handle.run_upkeep();
         let page = handle.render();
@@ -479,6 +558,15 @@ mod tests {
         );
         assert!(
             page.contains("replayguard_consumer_lag{partition=\"access-events/0\"} 7"),
+            "{page}"
+        );
+        assert!(
+            page.contains("replayguard_commit_batch_events_bucket{le=\"1000\"} 1")
+                && page.contains("replayguard_commit_batch_events_bucket{le=\"100\"} 0"),
+            "{page}"
+        );
+        assert!(
+            page.contains("replayguard_commit_delay_seconds_bucket{le=\"0.005\"} 1"),
             "{page}"
         );
         assert!(!page.contains("shard="), "{page}");

@@ -421,7 +421,18 @@ fn run_serves_the_rotation_report_live_and_publishes_it() {
                 .is_some_and(|v| v["events"].as_u64() == Some(all.len() as u64))
         },
     );
-    let body = det.get("/v1/rotations").unwrap();
+    // the live snapshot follows the commits within a second (and at once
+    // when the input is drained)
+    let mut body = String::new();
+    wait_for(
+        "the rotation report of both keys",
+        Duration::from_secs(10),
+        &[&det],
+        || {
+            body = det.get("/v1/rotations").unwrap_or_default();
+            body.matches("\"key_id\"").count() >= 2
+        },
+    );
     let reports: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let verdicts: Vec<(&str, &str)> = reports
         .iter()

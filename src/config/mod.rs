@@ -21,6 +21,7 @@ use crate::detect::{DetectConfig, UsageConfig};
 use crate::http::HttpConfig;
 use crate::pipeline::kafka::KafkaConfig;
 use crate::pipeline::scan::ScanConfig;
+use crate::pipeline::PipelineConfig;
 use crate::report::ReportConfig;
 use crate::state::StateConfig;
 
@@ -49,6 +50,7 @@ pub struct Config {
     pub decode: DecodeConfig,
     pub state: StateConfig,
     pub scan: ScanConfig,
+    pub pipeline: PipelineConfig,
     pub kafka: KafkaConfig,
     pub report: ReportConfig,
     pub http: HttpConfig,
@@ -135,6 +137,24 @@ impl Config {
     /// Resolves derived values, once: the retention, the reports' straggler count.
     pub fn sanitize(&mut self) {
         self.detect.sanitize();
+        // the settings `[pipeline]` replaced still work, with a warning
+        if let Some(d) = self.kafka.commit_interval.take() {
+            crate::telemetry::DeprecatedSetting {
+                old: "kafka.commit_interval",
+                new: "pipeline.max_commit_delay",
+            }
+            .emit();
+            self.pipeline.max_commit_delay = d;
+        }
+        if let Some(n) = self.kafka.batch_records.take() {
+            crate::telemetry::DeprecatedSetting {
+                old: "kafka.batch_records",
+                new: "pipeline.batch_events",
+            }
+            .emit();
+            self.pipeline.batch_events = n;
+        }
+        self.pipeline.sanitize();
         self.report.top_clients = self.usage.top_clients;
     }
 
@@ -147,6 +167,7 @@ impl Config {
         self.decode.validate().map_err(invalid)?;
         self.state.validate().map_err(invalid)?;
         self.scan.validate().map_err(invalid)?;
+        self.pipeline.validate().map_err(invalid)?;
         self.kafka.validate()?;
         self.report.validate().map_err(invalid)?;
         self.http.validate().map_err(invalid)?;
@@ -199,6 +220,42 @@ pub fn is_secret_property(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_batches_are_set_in_pipeline_and_the_old_kafka_names_still_work() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.pipeline.max_commit_delay, DurationMs(5));
+        assert_eq!(c.pipeline.batch_events, 20_000);
+        let c =
+            Config::parse("[pipeline]\nmax_commit_delay = \"2ms\"\nbatch_events = 100\n").unwrap();
+        assert_eq!(
+            (c.pipeline.max_commit_delay, c.pipeline.batch_events),
+            (DurationMs(2), 100)
+        );
+        // deprecated: read into [pipeline], not printed back under the old name
+        let c =
+            Config::parse("[kafka]\ncommit_interval = \"20ms\"\nbatch_records = 500\n").unwrap();
+        assert_eq!(
+            (c.pipeline.max_commit_delay, c.pipeline.batch_events),
+            (DurationMs(20), 500)
+        );
+        assert_eq!(
+            (c.kafka.commit_interval, c.kafka.batch_records),
+            (None, None)
+        );
+        let printed = c.to_toml();
+        assert!(!printed.contains("commit_interval"), "{printed}");
+        assert_eq!(Config::parse(&printed).unwrap(), c);
+        for bad in [
+            "[pipeline]\nbatch_events = 0\n",
+            "[pipeline]\nmax_commit_delay = \"2m\"\n",
+            "[kafka]\nbatch_records = 0\n",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("pipeline."), "{bad}: {e}");
+        }
+        Config::parse("[pipeline]\nmax_commit_delay = 0\n").unwrap();
+    }
 
     #[test]
     fn secrets_are_redacted_in_the_printed_config() {
@@ -365,6 +422,8 @@ brokers = "127.0.0.1:9092"
 group = "g"
 input_topics = ["a", "b"]
 commit_interval = "20ms"
+[pipeline]
+batch_events = 1000
 [kafka.properties]
 "security.protocol" = "SASL_SSL"
 [report]

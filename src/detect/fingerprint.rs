@@ -70,10 +70,24 @@ impl Fingerprinter {
         xxh3_128_with_seed(s, self.seed)
     }
 
-    /// 64-bit fingerprint of an event id (transport-duplicate detection).
+    /// 64-bit fingerprint of a request's identity, (key_id, event_id), for
+    /// transport-duplicate detection. A redelivered copy carries both; the
+    /// key is part of it so that every decision about a request depends only
+    /// on requests of the same key (what lets detection be sharded by key).
     #[inline]
-    pub fn event(&self, event_id: &str) -> u64 {
+    pub fn event(&mut self, key_id: Option<&str>, event_id: &str) -> u64 {
+        let s = &mut self.scratch;
+        s.clear();
+        match key_id {
+            Some(k) => {
+                s.push(b'K');
+                s.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                s.extend_from_slice(k.as_bytes());
+            }
+            None => s.push(b'U'),
+        }
+        s.extend_from_slice(event_id.as_bytes());
         // a distinct seed keeps event and nonce fingerprints apart
-        xxh3_64_with_seed(event_id.as_bytes(), self.seed ^ 0x9e37_79b9_7f4a_7c15)
+        xxh3_64_with_seed(s, self.seed ^ 0x9e37_79b9_7f4a_7c15)
     }
 }

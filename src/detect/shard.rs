@@ -306,6 +306,49 @@ impl ShardDetector {
         max - self.cfg.allowed_lateness_ms
     }
 
+    /// Moves event time on to `t` (a no-op when it is not later than the
+    /// largest time seen); returns the watermark. Sequence numbers the
+    /// watermark passes are judged first, before the sweep can forget their
+    /// sightings (and before a request at `t`, which cannot change them: it
+    /// is not earlier than the watermark).
+    fn tick<L: SightingLog>(
+        &mut self,
+        t: Millis,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<Millis, LookupError> {
+        if self.cfg.sequence == Toggle::On {
+            let next_wm =
+                self.clock.max_seen.map_or(t, |m| m.max(t)) - self.cfg.allowed_lateness_ms;
+            let judged = out.len();
+            self.judge_sequences(next_wm, log, out)?;
+            for a in &out[judged..] {
+                self.stats.alerts[a.kind.index()] += 1;
+            }
+        }
+        Ok(self.advance(t))
+    }
+
+    /// Moves this shard's event time on to `max_seen`, the largest
+    /// received_at of the whole input stream so far. When a stream's
+    /// requests are sharded by key, every shard judges by the stream's
+    /// clock, not by the times of the requests it happened to get: called
+    /// before each request with the stream's largest time before it, it
+    /// makes every decision exactly the one a single shard would take, since
+    /// everything else a decision reads belongs to the request's own key.
+    /// Alerts of sequence numbers the watermark passes go to `out`.
+    pub fn catch_up<L: SightingLog>(
+        &mut self,
+        max_seen: Millis,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), LookupError> {
+        if self.clock.max_seen.is_some_and(|m| m >= max_seen) {
+            return Ok(());
+        }
+        self.tick(max_seen, log, out).map(|_| ())
+    }
+
     /// Runs every rule over one event, in arrival order, appending alerts to `out`.
     pub fn process<L: SightingLog>(
         &mut self,
@@ -322,19 +365,7 @@ impl ShardDetector {
                 self.stats.late += 1;
             }
         }
-        // sequence numbers the watermark passes now are judged before the
-        // sweep can forget their sightings (and before this event, which
-        // cannot change them: it is not earlier than the watermark)
-        if self.cfg.sequence == Toggle::On {
-            let next_wm =
-                self.clock.max_seen.map_or(t, |m| m.max(t)) - self.cfg.allowed_lateness_ms;
-            let judged = out.len();
-            self.judge_sequences(next_wm, log, out)?;
-            for a in &out[judged..] {
-                self.stats.alerts[a.kind.index()] += 1;
-            }
-        }
-        let wm = self.advance(t);
+        let wm = self.tick(t, log, out)?;
         let first_alert = out.len();
 
         // the sequence number (rule on) and the nonce fingerprint, derived
@@ -623,7 +654,7 @@ impl ShardDetector {
     ) -> Result<Option<Verdict>, LookupError> {
         let t = ev.received_at;
         let max_seen = self.clock.max_seen.unwrap_or(t);
-        let efp = self.fp.event(&ev.event_id);
+        let efp = self.fp.event(ev.key_id.as_deref(), &ev.event_id);
         if let Some(&v) = self.index.events.get(&efp) {
             if self.live(index::time(v, max_seen), wm) {
                 return Ok(Some(if index::aux(v) == pos.hash32() {
@@ -699,7 +730,7 @@ impl ShardDetector {
                 self.remember_event(efp, t, pos, log);
             } else {
                 // the window has passed: this sighting starts a new one
-                let fp_first = self.fp.event(first.event_id);
+                let fp_first = self.fp.event(Some(key_id), first.event_id);
                 self.remember_event(fp_first, first.received_at, first.pos, log);
                 self.start_window(nfp, me, Some(first), None, log);
             }
@@ -725,7 +756,7 @@ impl ShardDetector {
                 if first.received_at - t <= self.cfg.retention_ms {
                     // this event opens the window and the former start replays it
                     out.push(self.replay_alert(key_id, basis, first, me));
-                    let fp_first = self.fp.event(first.event_id);
+                    let fp_first = self.fp.event(Some(key_id), first.event_id);
                     self.remember_event(fp_first, first.received_at, first.pos, log);
                     self.start_window(nfp, me, prev, Some(first.received_at), log);
                 } else {

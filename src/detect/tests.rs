@@ -453,6 +453,54 @@ fn transport_duplicates_raise_nothing_and_are_counted() {
     assert_eq!(h.det.stats().alerts[AlertKind::Replay.index()], 1);
 }
 
+/// A request is (key_id, event_id): a redelivered copy carries both. The
+/// same event id under another key is another request, judged by every
+/// rule; an unsigned request is its own identity space.
+#[test]
+fn a_request_is_its_key_and_event_id() {
+    let mut h = Harness::new(DetectConfig::default());
+    assert_eq!(h.feed(&ev("x", T0, "k1", Some("n"))).0, Verdict::Evaluated);
+    // same event id, another key: evaluated (and its own first sighting)
+    let (v, alerts) = h.feed(&ev("x", T0 + 1, "k2", Some("n")));
+    assert_eq!((v, alerts.len()), (Verdict::Evaluated, 0));
+    // a reuse of k2's nonce under yet another event id is a replay of "x" of k2
+    let (_, alerts) = h.feed(&ev("y", T0 + 2, "k2", Some("n")));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(replay_first(&alerts[0]), "x");
+    let mut unsigned = ev("x", T0 + 3, "k1", None);
+    unsigned.key_id = None;
+    assert_eq!(h.feed(&unsigned).0, Verdict::Evaluated);
+    assert_eq!(h.feed(&unsigned).0, Verdict::Duplicate);
+    // and the copies of the keyed ones are duplicates
+    assert_eq!(h.feed(&ev("x", T0, "k1", Some("n"))).0, Verdict::Duplicate);
+    assert_eq!(
+        h.feed(&ev("x", T0 + 1, "k2", Some("n"))).0,
+        Verdict::Duplicate
+    );
+    assert_eq!(h.det.stats().duplicates, 3);
+}
+
+/// Driven by its stream's clock (`catch_up` before each request), a shard
+/// that gets only some keys takes the decisions one shard of every key
+/// takes: lateness and the live window are the stream's.
+#[test]
+fn a_shard_on_the_stream_clock_judges_lateness_like_the_whole_stream() {
+    let cfg = DetectConfig::default();
+    let mut h = Harness::new(cfg);
+    h.feed(&ev("a", T0, "k1", Some("n1")));
+    // another shard saw the stream move far ahead meanwhile
+    let ahead = T0 + cfg.retention_ms + cfg.allowed_lateness_ms + 2;
+    let mut out = vec![];
+    h.det.catch_up(ahead, &mut h.log, &mut out).unwrap();
+    // a reuse of n1 at T0 + 1 is now beyond the live window: not judged
+    let (_, alerts) = h.feed(&ev("b", T0 + 1, "k1", Some("n1")));
+    assert!(alerts.is_empty(), "{alerts:?}");
+    assert_eq!((h.det.stats().late, h.det.stats().too_late), (1, 1));
+    // catching up backwards is a no-op
+    h.det.catch_up(T0, &mut h.log, &mut out).unwrap();
+    assert_eq!(h.det.clock().max_seen, Some(ahead));
+}
+
 #[test]
 fn the_same_record_at_the_same_position_is_itself() {
     let mut h = Harness::new(DetectConfig::default());

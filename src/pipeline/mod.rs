@@ -2,14 +2,17 @@
 //! and shutdown. `scan` and `run` share the [`Engine`]; the Kafka runtime of
 //! `run` lives in `pipeline/kafka/`.
 
+pub mod chunk;
+mod config;
 mod convert;
 mod engine;
 mod health;
 pub(crate) mod kafka;
 pub(crate) mod scan;
 
+pub use config::{available_cores, PipelineConfig};
 pub use convert::{convert, ConvertArgs, ConvertSummary};
-pub use engine::{CommitInfo, Engine, EngineOptions, Totals};
+pub use engine::{CommitInfo, Engine, EngineOptions, Totals, SCAN_SHARDS};
 pub use health::FIRST_RECORDS;
 pub use kafka::{run, ClientFactory, KafkaConfig, RunArgs, StartPolicy, Status};
 pub use scan::{scan, ScanArgs, ScanConfig, ScanSummary};

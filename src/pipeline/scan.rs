@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::chunk::{DecodePool, RawChunk};
 use super::engine::{Engine, Totals};
 use super::PipelineError;
 use crate::config::Config;
@@ -40,7 +41,8 @@ impl ScanConfig {
     }
 }
 
-/// Name of the shard `scan` keeps its state under.
+/// Name of the stream `scan` keeps its state under (in
+/// [`super::SCAN_SHARDS`] key-hash shards).
 pub const SCAN_SHARD: &str = "scan";
 
 /// What `scan` was asked to do.
@@ -248,41 +250,126 @@ pub fn load_lifecycle<S: StateStore>(
     Ok(n)
 }
 
-/// The scan loop over any store, source and sinks: batches of
-/// `config.scan.batch_events`, each committed and then delivered.
+/// How the scan loop cuts and queues its work (from `[scan]` and `[pipeline]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Records per commit.
+    pub batch_events: usize,
+    /// Records per chunk.
+    pub chunk_events: usize,
+    /// Decode threads (0: decode on the reading thread).
+    pub decode_threads: usize,
+    /// Chunks in flight in the decode pool.
+    pub queue_chunks: usize,
+}
+
+impl ScanOptions {
+    pub fn from_config(c: &Config) -> Self {
+        let threads = match c.pipeline.threads {
+            0 => super::available_cores(),
+            n => n,
+        };
+        ScanOptions {
+            batch_events: c.scan.batch_events,
+            chunk_events: c.pipeline.chunk_events,
+            decode_threads: if threads > 1 { threads } else { 0 },
+            queue_chunks: c.pipeline.queue_chunks,
+        }
+    }
+}
+
+/// Bytes after which a chunk is cut even if it has room for more records
+/// (long records would otherwise make chunks, and queues, large).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Records read per call to the source while filling a chunk.
+const READ_STEP: usize = 64;
+
+/// The scan loop over any store, source and sinks: records are read into
+/// chunks on this thread, decoded by the pool, routed in order to the
+/// detect workers, and committed (then delivered) every
+/// `opts.batch_events` records and at the end.
 pub fn scan_source<S: StateStore>(
     engine: &mut Engine<S>,
-    shard: u32,
+    stream: u32,
     source: &mut dyn Source,
-    batch_events: usize,
+    opts: ScanOptions,
     alerts: &mut dyn AlertSink,
     dlq: &mut dyn DeadLetterSink,
     mut on_batch: impl FnMut(&Totals),
 ) -> Result<(), PipelineError> {
+    let mut pool = DecodePool::new(
+        engine.decoder().clone(),
+        opts.decode_threads,
+        opts.queue_chunks,
+    );
+    let mut ended = false;
+    let mut since_commit = 0usize;
+    let mut read_busy = Duration::ZERO;
     loop {
-        let mut failed = None;
-        let poll = source.poll(batch_events, &mut |rec| {
-            if failed.is_none() {
-                if let Err(e) = engine.process(shard, rec, dlq) {
-                    failed = Some(e);
+        // read ahead while the decoders have room
+        while !ended && pool.has_room() {
+            let t = Instant::now();
+            let mut raw = RawChunk::with_capacity(opts.chunk_events, CHUNK_BYTES);
+            while raw.len() < opts.chunk_events && raw.bytes() < CHUNK_BYTES {
+                let step = READ_STEP.min(opts.chunk_events - raw.len());
+                if source.poll(step, &mut |rec| raw.push(stream, &rec))? == Poll::End {
+                    ended = true;
+                    break;
                 }
             }
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
+            read_busy += t.elapsed();
+            if !raw.is_empty() {
+                pool.submit(raw);
+            }
         }
-        if poll == Poll::End {
-            engine.end_of_input()?;
+        crate::telemetry::QueueDepth {
+            queue: "decode",
+            depth: pool.in_flight(),
         }
-        engine.commit(dlq)?;
-        engine.deliver(alerts)?;
-        on_batch(&engine.totals());
-        if poll == Poll::End {
-            break;
+        .emit();
+        match pool.next(true) {
+            Some(chunk) => {
+                since_commit += chunk.len();
+                engine.process_chunk(Arc::new(chunk), dlq)?;
+                if since_commit >= opts.batch_events {
+                    since_commit = 0;
+                    commit_batch(engine, dlq, alerts, &pool, &mut read_busy)?;
+                    on_batch(&engine.totals());
+                }
+            }
+            None => {
+                // everything read is routed
+                engine.end_of_input()?;
+                commit_batch(engine, dlq, alerts, &pool, &mut read_busy)?;
+                on_batch(&engine.totals());
+                break;
+            }
         }
     }
     // the last delivery's outbox entries go with a final commit
     engine.commit(dlq)?;
+    Ok(())
+}
+
+/// Commits, delivers, and tells how busy each stage was.
+fn commit_batch<S: StateStore>(
+    engine: &mut Engine<S>,
+    dlq: &mut dyn DeadLetterSink,
+    alerts: &mut dyn AlertSink,
+    pool: &DecodePool,
+    read_busy: &mut Duration,
+) -> Result<(), PipelineError> {
+    let t = Instant::now();
+    engine.commit(dlq)?;
+    engine.deliver(alerts)?;
+    for (stage, busy) in [
+        ("read", std::mem::take(read_busy)),
+        ("decode", pool.take_busy()),
+        ("commit", t.elapsed()),
+    ] {
+        crate::telemetry::StageBusy { stage, busy }.emit();
+    }
     Ok(())
 }
 
@@ -332,7 +419,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     let mut delivered = engine.deliver(alerts.as_mut())?;
 
     let lifecycle_records = load_lifecycle(&mut engine, &args.lifecycle, &mut dlq)?;
-    let shard = engine.open_shard(SCAN_SHARD)?;
+    let stream = engine.open_stream(SCAN_SHARD, super::SCAN_SHARDS)?;
     let inputs = named
         .into_iter()
         .map(|(name, reader)| Input {
@@ -350,9 +437,9 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     };
     scan_source(
         &mut engine,
-        shard,
+        stream,
         &mut source,
-        config.scan.batch_events,
+        ScanOptions::from_config(&config),
         &mut counting,
         &mut dlq,
         |t| progress.tick(t),

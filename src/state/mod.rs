@@ -26,7 +26,7 @@ pub use rocks::{RocksOptions, RocksStore};
 pub use segment::{Bytes, SegmentLog, SegmentOptions, SegmentSource, SegmentView};
 
 /// Version of the on-disk layout; a store written by another version is refused.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// What the state store can fail with. Callers branch on the kind: a full
 /// disk or an I/O error is transient (`run` pauses and retries the same

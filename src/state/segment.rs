@@ -126,6 +126,11 @@ impl<S: SegmentSource> SegmentLog<S> {
         }
     }
 
+    /// How this log cuts and caches segments.
+    pub fn options(&self) -> SegmentOptions {
+        self.opts
+    }
+
     /// Sequence number the next segment will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

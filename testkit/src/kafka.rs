@@ -467,7 +467,6 @@ brokers = "{addr}"
 group = "{group}"
 input_topics = ["access-events"]
 lifecycle_topic = "key-lifecycle"
-commit_interval = "20ms"
 log_interval = "2s"
 start = "{start}"
 [kafka.consumer_properties]

@@ -1,12 +1,28 @@
-//! The processing core shared by `scan` and `run`: decode -> detect -> state
-//! commit -> outbox, for any number of shards, over any [`StateStore`].
+//! The processing core shared by `scan` and `run`: decoded chunks -> router
+//! -> detect workers -> state commit -> outbox, for any number of input
+//! streams, over any [`StateStore`].
+//!
+//! An input *stream* (a file scan, or one Kafka partition) has one event-time
+//! clock and one input position; its requests are detected by one or more
+//! *shards* (a partition: one; a scan: [`SCAN_SHARDS`], by a hash of the
+//! key). The router ([`Engine::process_chunk`], on the caller's thread)
+//! walks every record in arrival order, keeps the stream's clock and
+//! position, dead-letters what did not decode, and hands each request to the
+//! shard of its key together with the stream's largest time before it. A
+//! shard lives on one detect worker ([`workers`]), which runs the rules in
+//! that order. Every decision about a request reads only state of its own
+//! key and the stream's clock, so the alerts are the same for any number of
+//! shards, workers, queue sizes or batch sizes.
 //!
 //! Commit order for a batch:
 //! 1. dead letters of the batch are flushed (they are at-least-once too);
-//! 2. one atomic store commit: new sighting segments, expired segment
-//!    deletes, shard progress (positions, event-time clock, counters),
-//!    lifecycle changes, and the batch's alerts into the outbox;
-//! 3. [`Engine::deliver`] hands committed alerts to the sink; once it
+//! 2. every worker stages its shards (the barrier: everything routed before
+//!    is processed): new sighting segments, expired segment deletes, shard
+//!    progress (the stream's positions, the shard's clock, counters), usage,
+//!    and the alerts raised;
+//! 3. one atomic store commit of all that, lifecycle changes, and the alerts
+//!    into the outbox;
+//! 4. [`Engine::deliver`] hands committed alerts to the sink; once it
 //!    returns, they are removed from the outbox in the next commit.
 //!
 //! A crash anywhere restarts from the last commit: state is exactly-once,
@@ -14,30 +30,38 @@
 //!
 //! The pieces: [`registry`] (names and ids), [`outbox`] (alerts until
 //! acknowledged), [`shard`] (one shard restored or fresh, and its part of a
-//! commit); this file coordinates them.
+//! commit), [`workers`] (the threads that own shards); this file routes and
+//! coordinates them.
 
 mod outbox;
 mod registry;
 mod shard;
+mod workers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use outbox::Outbox;
 use registry::Registry;
-use shard::Shard;
+use workers::{Detectors, ShardInfo, StageShard, Step};
 
+use super::chunk::{DecodedChunk, RawChunk};
 use super::health::InputHealth;
 use super::PipelineError;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder};
-use crate::detect::{DetectConfig, LifecycleTable, ShardStats, UsageConfig};
-use crate::schema::{Alert, LifecycleEvent};
+use crate::detect::{DetectConfig, KeyUsage, LifecycleTable, ShardStats, UsageConfig};
+use crate::schema::{LifecycleEvent, Millis};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink};
 use crate::source::{MessageKey, Record};
 use crate::state::{Commit, SegmentOptions, StateStore};
 use crate::telemetry;
+
+/// Key-hash shards of a file scan. Fixed, so that a state directory reads
+/// back the same whatever `pipeline.threads` says (the alerts do not depend
+/// on it either way).
+pub const SCAN_SHARDS: u32 = 16;
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]
@@ -48,6 +72,10 @@ pub struct EngineOptions {
     pub segments: SegmentOptions,
     /// Bound of the live index in memory.
     pub max_index_bytes: usize,
+    /// Detect workers; 0 or 1: detection on the caller's thread.
+    pub threads: usize,
+    /// Work items queued per detect worker before the router waits.
+    pub queue: usize,
 }
 
 impl From<&Config> for EngineOptions {
@@ -59,6 +87,11 @@ impl From<&Config> for EngineOptions {
                 .expect("a validated config's input format resolves"),
             segments: c.state.segments(),
             max_index_bytes: c.state.max_index.0 as usize,
+            threads: match c.pipeline.threads {
+                0 => super::available_cores(),
+                n => n,
+            },
+            queue: c.pipeline.queue_chunks,
         }
     }
 }
@@ -87,17 +120,53 @@ pub struct Totals {
     pub rebuilt: u64,
 }
 
-/// Decoder, detectors, live state and outbox of one process.
+/// One input stream: its shards, event-time clock and position.
+#[derive(Debug)]
+struct Stream {
+    name: String,
+    shards: Vec<u32>,
+    /// Largest received_at routed so far.
+    max_seen: Option<Millis>,
+    /// Next offset per source: the input position routed so far.
+    positions: BTreeMap<u32, u64>,
+    /// While set, records before this offset rebuild state only: no alerts,
+    /// no dead letters, not counted (another instance already reported them,
+    /// or they are a first deployment's warm-up).
+    live_from: Option<u64>,
+    /// Routed or changed since the last commit.
+    dirty: bool,
+}
+
+/// Which shard of a stream of `n` shards a request goes to: by its key, an
+/// unsigned request by its event id (a redelivered copy meets the first).
+fn route(ev: &crate::schema::AccessEvent<'_>, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let h = match ev.key_id.as_deref() {
+        Some(k) => xxhash_rust::xxh3::xxh3_64_with_seed(k.as_bytes(), 0x6b6579),
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), 0x657674),
+    };
+    (h % n as u64) as usize
+}
+
+/// Router, detect workers, outbox and commits of one process.
 pub struct Engine<S: StateStore> {
     store: Arc<S>,
     opts: EngineOptions,
-    seed: u64,
-    lifecycle: LifecycleTable,
+    lifecycle: Arc<LifecycleTable>,
     lifecycle_pending: Vec<LifecycleEvent>,
     registry: Registry,
-    shards: BTreeMap<u32, Shard<S>>,
+    /// Open streams, by id (the id of their first shard).
+    streams: BTreeMap<u32, Stream>,
+    detectors: Detectors<S>,
+    /// Per open shard, as of its last staging.
+    infos: HashMap<u32, ShardInfo>,
+    /// Steps being routed, per worker.
+    steps: Vec<Vec<Step>>,
+    /// Requests routed so far (the routing order of the next).
+    routed: u64,
     outbox: Outbox,
-    scratch: Vec<Alert>,
     malformed: u64,
     key_absent: u64,
     key_mismatch: u64,
@@ -113,23 +182,33 @@ pub struct Engine<S: StateStore> {
 
 impl<S: StateStore> Engine<S> {
     /// Opens the engine over a store: lifecycle, registry and the outbox left
-    /// by an earlier run are read back.
+    /// by an earlier run are read back; detect workers are started.
     pub fn open(store: Arc<S>, opts: impl Into<EngineOptions>) -> Result<Self, PipelineError> {
+        let opts = opts.into();
         let meta = store.meta()?;
         let mut lifecycle = LifecycleTable::default();
         for ev in store.lifecycle()? {
             lifecycle.upsert(ev);
         }
+        let detectors = Detectors::new(
+            store.clone(),
+            opts.clone(),
+            meta.seed,
+            opts.threads,
+            opts.queue,
+        );
         Ok(Engine {
             registry: Registry::new(store.registry()?),
             outbox: Outbox::restore(store.outbox()?),
+            steps: vec![Vec::new(); detectors.count()],
+            routed: 0,
+            detectors,
             store,
-            opts: opts.into(),
-            seed: meta.seed,
-            lifecycle,
+            opts,
+            lifecycle: Arc::new(lifecycle),
             lifecycle_pending: Vec::new(),
-            shards: BTreeMap::new(),
-            scratch: Vec::new(),
+            streams: BTreeMap::new(),
+            infos: HashMap::new(),
             malformed: 0,
             key_absent: 0,
             key_mismatch: 0,
@@ -166,105 +245,197 @@ impl<S: StateStore> Engine<S> {
         self.registry.source_name(id)
     }
 
-    /// Opens a shard, restoring its live state from the store.
+    /// Opens a stream of one shard (a partition), restoring it from the store.
     pub fn open_shard(&mut self, name: &str) -> Result<u32, PipelineError> {
-        let id = self.registry.shard_id(name);
-        if !self.shards.contains_key(&id) {
-            let s = Shard::restore(&self.store, id, name, &self.opts, self.seed)?;
-            self.shards.insert(id, s);
+        self.open_stream(name, 1)
+    }
+
+    /// Opens a stream of `shards` key-hash shards, restoring them from the
+    /// store; returns the stream's id. A stream of one shard keeps its
+    /// state under `name`, the others under `name#0`, `name#1`, ...
+    pub fn open_stream(&mut self, name: &str, shards: u32) -> Result<u32, PipelineError> {
+        let names: Vec<String> = match shards {
+            0 | 1 => vec![name.to_string()],
+            n => (0..n).map(|i| format!("{name}#{i}")).collect(),
+        };
+        let ids: Vec<(u32, String)> = names
+            .into_iter()
+            .map(|n| (self.registry.shard_id(&n), n))
+            .collect();
+        let id = ids[0].0;
+        if self.streams.contains_key(&id) {
+            return Ok(id);
         }
+        // the segment cache is shared by the stream's shards
+        let mut segments = self.opts.segments;
+        segments.cache_bytes /= ids.len();
+        let opened = self.detectors.open(&ids, segments)?;
+        let mut stream = Stream {
+            name: name.to_string(),
+            shards: ids.iter().map(|(i, _)| *i).collect(),
+            max_seen: None,
+            positions: BTreeMap::new(),
+            live_from: None,
+            // restoring may have found expired segments to delete
+            dirty: true,
+        };
+        for (k, o) in opened.into_iter().enumerate() {
+            stream.max_seen = stream.max_seen.max(o.max_seen);
+            // the shards of a stream commit together; should they ever
+            // differ, the lowest position re-reads the rest (recognised as
+            // reprocessed, never as replays)
+            for (src, next) in o.positions {
+                let e = stream.positions.entry(src).or_insert(next);
+                *e = (*e).min(next);
+            }
+            // a rebuild or warm-up interrupted by a crash goes on
+            stream.live_from = stream.live_from.max(o.live_from);
+            self.infos.insert(ids[k].0, o.info);
+        }
+        self.streams.insert(id, stream);
         Ok(id)
     }
 
-    /// Forgets a shard's in-memory state (its partition was revoked). Call
+    /// Forgets a stream's in-memory state (its partition was revoked). Call
     /// [`Engine::commit`] first: what is not committed is lost.
-    pub fn close_shard(&mut self, shard: u32) {
-        self.shards.remove(&shard);
+    pub fn close_shard(&mut self, stream: u32) {
+        if let Some(s) = self.streams.remove(&stream) {
+            for id in s.shards {
+                self.detectors.close(id);
+                self.infos.remove(&id);
+            }
+        }
     }
 
-    /// Throws a shard's state away, in memory and (with the next commit) in
+    /// Throws a stream's state away, in memory and (with the next commit) in
     /// the store, to rebuild it from the source: records before `live_from`
     /// only rebuild state, later ones are reported as usual.
-    pub fn reset_shard(&mut self, shard: u32, live_from: u64) -> Result<(), PipelineError> {
-        let old = self
+    pub fn reset_shard(&mut self, stream: u32, live_from: u64) -> Result<(), PipelineError> {
+        let shards = self
+            .streams
+            .get(&stream)
+            .ok_or(PipelineError::ShardNotOpen(stream))?
             .shards
-            .get(&shard)
-            .ok_or(PipelineError::ShardNotOpen(shard))?;
-        let fresh = Shard::fresh(&self.store, shard, old, &self.opts, self.seed, live_from)?;
-        self.shards.insert(shard, fresh);
-        self.usage_reset.push(shard);
+            .clone();
+        for id in &shards {
+            self.detectors.reset(*id)?;
+            self.infos.insert(*id, ShardInfo::default());
+            self.usage_reset.push(*id);
+        }
+        let s = self.streams.get_mut(&stream).expect("checked");
+        s.max_seen = None;
+        s.positions.clear();
+        s.live_from = Some(live_from);
+        s.dirty = true;
         Ok(())
     }
 
     /// Offset of the first record that is reported (not only rebuilt), while rebuilding.
-    pub fn live_from(&self, shard: u32) -> Option<u64> {
-        self.shards.get(&shard).and_then(|s| s.live_from)
+    pub fn live_from(&self, stream: u32) -> Option<u64> {
+        self.streams.get(&stream).and_then(|s| s.live_from)
     }
 
-    /// Where to re-read a shard's source from to rebuild its live state
-    /// (see [`crate::state::SegmentLog::rebuild_from`]); `None` when nothing is live.
-    pub fn rebuild_from(&self, shard: u32) -> Option<u64> {
-        self.shards.get(&shard).and_then(|s| s.log.rebuild_from())
+    /// Where to re-read a stream's source from to rebuild its live state, as
+    /// of the last commit (see [`crate::state::SegmentLog::rebuild_from`]);
+    /// `None` when nothing is live.
+    pub fn rebuild_from(&self, stream: u32) -> Option<u64> {
+        let s = self.streams.get(&stream)?;
+        s.shards
+            .iter()
+            .filter_map(|id| self.infos.get(id).and_then(|i| i.rebuild_from))
+            .min()
     }
 
-    /// Positions (source id -> next offset) that a shard's state covers.
-    pub fn positions(&self, shard: u32) -> BTreeMap<u32, u64> {
-        self.shards
-            .get(&shard)
-            .map(|s| s.positions())
+    /// Positions (source id -> next offset) that a stream's state covers
+    /// once committed.
+    pub fn positions(&self, stream: u32) -> BTreeMap<u32, u64> {
+        self.streams
+            .get(&stream)
+            .map(|s| s.positions.clone())
             .unwrap_or_default()
     }
 
-    /// Adds a lifecycle record; it is persisted with the next commit.
+    /// Adds a lifecycle record; it is persisted with the next commit and
+    /// applies to the requests routed after it.
     pub fn add_lifecycle(&mut self, ev: LifecycleEvent) -> bool {
-        let changed = self.lifecycle.upsert(ev.clone());
+        let changed = Arc::make_mut(&mut self.lifecycle).upsert(ev.clone());
         if changed {
             self.lifecycle_pending.push(ev);
         }
         changed
     }
 
-    /// Decodes and detects one record of `shard`. An undecodable record goes
-    /// to `dlq`; the position advances either way.
+    /// Decodes and detects one record of `stream` (see
+    /// [`Engine::process_chunk`]).
     pub fn process(
         &mut self,
-        shard: u32,
+        stream: u32,
         rec: Record<'_>,
         dlq: &mut dyn DeadLetterSink,
     ) -> Result<(), PipelineError> {
-        let decoded = self.opts.decoder.decode_record(&rec);
-        let s = self.shards.get_mut(&shard).expect("shard opened");
-        if !s.in_batch {
-            s.in_batch = true;
-            s.log.set_origin(rec.pos.offset);
-        }
-        s.cur = Some((rec.pos.source, rec.pos.offset + 1));
-        s.dirty = true;
-        if let Some(live_from) = s.live_from {
-            if rec.pos.offset < live_from {
-                // rebuilding: state only, no alerts, no dead letters, not counted
-                self.rebuilt += 1;
-                if let Ok(ev) = decoded {
-                    self.scratch.clear();
-                    s.det
-                        .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
-                    self.scratch.clear();
+        let mut raw = RawChunk::with_capacity(1, 0);
+        raw.push(stream, &rec);
+        let chunk = DecodedChunk::decode(raw, &self.opts.decoder);
+        self.process_chunk(Arc::new(chunk), dlq)
+    }
+
+    /// Routes the records of a decoded chunk, in order: an undecodable one
+    /// goes to `dlq`, a request to the shard of its key with its stream's
+    /// clock. Every record moves its stream's position. Records of a stream
+    /// not open (a partition revoked meanwhile) are skipped.
+    pub fn process_chunk(
+        &mut self,
+        chunk: Arc<DecodedChunk>,
+        dlq: &mut dyn DeadLetterSink,
+    ) -> Result<(), PipelineError> {
+        let raw = chunk.raw();
+        let events = chunk.events();
+        for (i, rec) in raw.records().iter().enumerate() {
+            let Some(st) = self.streams.get_mut(&rec.stream) else {
+                continue;
+            };
+            st.dirty = true;
+            st.positions.insert(rec.pos.source, rec.pos.offset + 1);
+            let mut rebuild = false;
+            if let Some(live_from) = st.live_from {
+                if rec.pos.offset < live_from {
+                    // rebuilding: state only, no alerts, no dead letters, not counted
+                    rebuild = true;
+                    self.rebuilt += 1;
+                } else {
+                    caught_up(st, &self.detectors, &mut self.steps);
                 }
-                if rec.pos.offset + 1 >= live_from {
-                    s.caught_up();
-                }
-                return Ok(());
             }
-            s.caught_up();
-        }
-        if self.inputs.record(rec.pos.source, decoded.is_err()) {
-            let input = self.registry.source_name(rec.pos.source);
-            self.inputs
-                .flag(rec.pos.source, input, self.opts.decoder.format());
-        }
-        match decoded {
-            Ok(ev) => {
-                match rec.key {
+            let decoded = &events[i];
+            if let Ok(ev) = decoded {
+                let shard = st.shards[route(ev, st.shards.len())];
+                let max_before = st.max_seen;
+                st.max_seen = Some(
+                    st.max_seen
+                        .map_or(ev.received_at, |m| m.max(ev.received_at)),
+                );
+                self.routed += 1;
+                self.steps[self.detectors.worker_of(shard)].push(Step::Event {
+                    idx: i as u32,
+                    shard,
+                    seq: self.routed,
+                    max_before,
+                    rebuild,
+                });
+            }
+            if rebuild {
+                if rec.pos.offset + 1 >= st.live_from.unwrap_or(0) {
+                    caught_up(st, &self.detectors, &mut self.steps);
+                }
+                continue;
+            }
+            if self.inputs.record(rec.pos.source, decoded.is_err()) {
+                let input = self.registry.source_name(rec.pos.source);
+                self.inputs
+                    .flag(rec.pos.source, input, self.opts.decoder.format());
+            }
+            match decoded {
+                Ok(ev) => match raw.record(i).key {
                     MessageKey::None => {}
                     MessageKey::Absent => self.key_absent += 1,
                     MessageKey::Present(k) => {
@@ -272,36 +443,27 @@ impl<S: StateStore> Engine<S> {
                             self.key_mismatch += 1;
                         }
                     }
+                },
+                Err(e) => {
+                    let name = self.registry.source_name(rec.pos.source).to_string();
+                    self.dead_letter(&name, &raw.record(i), e, dlq)?;
                 }
-                self.scratch.clear();
-                s.det
-                    .process(&ev, rec.pos, &self.lifecycle, &mut s.log, &mut self.scratch)?;
-                for a in &self.scratch {
-                    self.outbox.push(a);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let name = self.registry.source_name(rec.pos.source).to_string();
-                self.dead_letter(&name, &rec, &e, dlq)
             }
         }
+        self.detectors
+            .dispatch(&chunk, &mut self.steps, &self.lifecycle);
+        Ok(())
     }
 
     /// The end of a bounded input (`scan`): every shard judges what was
     /// still waiting for the watermark (sequence numbers), as if event time
     /// had passed it all; the alerts go to the outbox with the next commit.
     pub fn end_of_input(&mut self) -> Result<(), PipelineError> {
-        for s in self.shards.values_mut() {
-            self.scratch.clear();
-            s.det.end_of_input(&mut s.log, &mut self.scratch)?;
+        self.detectors.end_of_input();
+        for s in self.streams.values_mut() {
             // judging changes the keys' state even when nothing is raised
             s.dirty = true;
-            for a in &self.scratch {
-                self.outbox.push(a);
-            }
         }
-        self.scratch.clear();
         Ok(())
     }
 
@@ -333,16 +495,12 @@ impl<S: StateStore> Engine<S> {
         Ok(())
     }
 
-    fn warn_mostly_dead(&mut self, source: u32) {
-        let input = self.registry.source_name(source).to_string();
-        self.inputs.flag(source, &input, self.opts.decoder.format());
-    }
-
     /// Judges the inputs that ended before their first
     /// `FIRST_RECORDS` records (`scan`, at the end of its files).
     pub fn finish_inputs(&mut self) {
         for source in self.inputs.unjudged() {
-            self.warn_mostly_dead(source);
+            let input = self.registry.source_name(source).to_string();
+            self.inputs.flag(source, &input, self.opts.decoder.format());
         }
     }
 
@@ -358,9 +516,9 @@ impl<S: StateStore> Engine<S> {
         self.values.push((name.to_string(), v));
     }
 
-    /// Commits everything since the last commit atomically (see the module
-    /// docs). When the store refuses (disk full, I/O error) nothing is lost:
-    /// the commit is kept and retried first by the next call.
+    /// Commits everything routed since the last commit atomically (see the
+    /// module docs). When the store refuses (disk full, I/O error) nothing
+    /// is lost: the commit is kept and retried first by the next call.
     pub fn commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<CommitInfo, PipelineError> {
         let started = Instant::now();
         dlq.flush()?;
@@ -371,25 +529,61 @@ impl<S: StateStore> Engine<S> {
             }
             self.outbox.committed(info.alerts);
         }
-        let (outbox_put, outbox_delete_below) = self.outbox.stage();
-        let mut c = Commit {
-            registry: self.registry.take_pending(),
-            lifecycle: std::mem::take(&mut self.lifecycle_pending),
-            outbox_put,
-            outbox_delete_below,
-            usage_reset: std::mem::take(&mut self.usage_reset),
-            values: std::mem::take(&mut self.values),
-            ..Default::default()
-        };
-        let mut info = CommitInfo {
-            alerts: c.outbox_put.len(),
-            ..Default::default()
-        };
-        for (id, s) in self.shards.iter_mut().filter(|(_, s)| s.dirty) {
-            info.events += s.stage(*id, self.opts.rules.retention_ms, &mut c);
+        // the barrier: every worker stages the shards of the streams that moved
+        let mut wanted = Vec::new();
+        for s in self.streams.values_mut().filter(|s| s.dirty) {
+            s.dirty = false;
+            for id in &s.shards {
+                wanted.push(StageShard {
+                    id: *id,
+                    positions: s.positions.clone(),
+                    live_from: s.live_from,
+                });
+            }
         }
-        info.segments = c.segments.len();
-        info.deleted_segments = c.segment_deletes.len();
+        let staged = self.detectors.stage(wanted);
+        let mut c = Commit::default();
+        let mut events = 0;
+        let mut error = None;
+        let mut alerts = Vec::new();
+        for mut part in staged {
+            if let Some(e) = part.error.take() {
+                error.get_or_insert(e);
+                continue;
+            }
+            events += part.events;
+            alerts.append(&mut part.alerts);
+            for (id, info) in part.infos {
+                self.infos.insert(id, info);
+            }
+            let p = part.commit;
+            c.shards.extend(p.shards);
+            c.segments.extend(p.segments);
+            c.segment_deletes.extend(p.segment_deletes);
+            c.segment_floors.extend(p.segment_floors);
+            c.usage.extend(p.usage);
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        // in the order of the requests that raised them, whatever the workers
+        alerts.sort_by_key(|(seq, shard, _)| (*seq, *shard));
+        for (_, _, a) in &alerts {
+            self.outbox.push(a);
+        }
+        let (outbox_put, outbox_delete_below) = self.outbox.stage();
+        c.registry = self.registry.take_pending();
+        c.lifecycle = std::mem::take(&mut self.lifecycle_pending);
+        c.outbox_put = outbox_put;
+        c.outbox_delete_below = outbox_delete_below;
+        c.usage_reset = std::mem::take(&mut self.usage_reset);
+        c.values = std::mem::take(&mut self.values);
+        let info = CommitInfo {
+            alerts: c.outbox_put.len(),
+            events,
+            segments: c.segments.len(),
+            deleted_segments: c.segment_deletes.len(),
+        };
         if !c.is_empty() {
             if let Err(e) = self.store.commit(&c) {
                 self.failed = Some((c, info));
@@ -397,10 +591,8 @@ impl<S: StateStore> Engine<S> {
             }
         }
         // every segment handed to this commit (and to a retried one) is in
-        // the store now: only from here may the segment cache evict them
-        for s in self.shards.values_mut() {
-            s.log.mark_durable();
-        }
+        // the store now: only from here may the segment caches evict them
+        self.detectors.durable();
         self.outbox.committed(info.alerts);
         telemetry::Committed {
             events: info.events,
@@ -414,9 +606,21 @@ impl<S: StateStore> Engine<S> {
         telemetry::StateSize {
             live_entries: t.live_entries,
             index_bytes: t.index_bytes,
-            segments: self.shards.values().map(|s| s.log.segment_count()).sum(),
+            segments: self.infos.values().map(|i| i.segments).sum(),
         }
         .emit();
+        telemetry::StageBusy {
+            stage: "detect",
+            busy: self.detectors.take_busy(),
+        }
+        .emit();
+        for (w, depth) in self.detectors.queue_depths().into_iter().enumerate() {
+            telemetry::QueueDepth {
+                queue: &format!("detect-{w}"),
+                depth,
+            }
+            .emit();
+        }
         if t.index_bytes > self.opts.max_index_bytes {
             return Err(PipelineError::IndexFull {
                 bytes: t.index_bytes,
@@ -448,6 +652,8 @@ impl<S: StateStore> Engine<S> {
         self.failed.is_some()
     }
 
+    /// Totals as of the last commit (the shards' counters are read when
+    /// they are staged).
     pub fn totals(&self) -> Totals {
         let mut t = Totals {
             malformed: self.malformed,
@@ -456,49 +662,71 @@ impl<S: StateStore> Engine<S> {
             rebuilt: self.rebuilt,
             ..Default::default()
         };
-        for s in self.shards.values() {
-            t.stats.add(s.det.stats());
-            t.live_entries += s.det.index().len();
-            t.index_bytes += s.det.index().heap_bytes();
+        for i in self.infos.values() {
+            t.stats.add(&i.stats);
+            t.live_entries += i.live_entries;
+            t.index_bytes += i.index_bytes;
         }
         t
     }
 
-    /// Ids of the shards open in memory.
+    /// Ids of the shards open, over every stream.
     pub fn open_shards(&self) -> Vec<u32> {
-        self.shards.keys().copied().collect()
+        self.streams
+            .values()
+            .flat_map(|s| s.shards.iter().copied())
+            .collect()
+    }
+
+    /// Per key, the freshest usage of any open shard (what was routed so far).
+    pub fn usage(&mut self, keys: Vec<String>) -> HashMap<String, KeyUsage> {
+        let mut out: HashMap<String, KeyUsage> = HashMap::new();
+        for (k, u) in self.detectors.usage(keys) {
+            match out.get(&k) {
+                Some(old) if old.last_seen >= u.last_seen => {}
+                _ => {
+                    out.insert(k, u);
+                }
+            }
+        }
+        out
     }
 
     /// The freshest usage of a key in any open shard.
-    pub fn usage_of(&self, key_id: &str) -> Option<&crate::detect::KeyUsage> {
-        self.shards
-            .values()
-            .filter_map(|s| s.det.usage().get(key_id))
-            .max_by_key(|u| u.last_seen)
+    pub fn usage_of(&mut self, key_id: &str) -> Option<KeyUsage> {
+        self.usage(vec![key_id.to_string()]).remove(key_id)
     }
 
-    /// Event time of the newest request seen by any open shard.
-    pub fn now(&self) -> Option<crate::schema::Millis> {
-        self.shards
-            .values()
-            .filter_map(|s| s.det.clock().max_seen)
-            .max()
+    /// Event time of the newest request routed to any open stream.
+    pub fn now(&self) -> Option<Millis> {
+        self.streams.values().filter_map(|s| s.max_seen).max()
     }
 
     /// Rotation reports from the live state.
     pub fn rotation_reports(
-        &self,
+        &mut self,
         cfg: &crate::report::ReportConfig,
     ) -> Vec<crate::report::RotationReport> {
-        match self.now() {
-            Some(now) => crate::report::reports(cfg, &self.lifecycle, self, now),
-            None => Vec::new(),
+        let Some(now) = self.now() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = Vec::new();
+        for (k, recs) in self.lifecycle.keys() {
+            keys.push(k.to_string());
+            keys.extend(recs.records().iter().filter_map(|r| r.successor.clone()));
         }
+        keys.sort();
+        keys.dedup();
+        let usage = self.usage(keys);
+        crate::report::reports(cfg, &self.lifecycle, &usage, now)
     }
 }
 
-impl<S: StateStore> crate::report::UsageLookup for Engine<S> {
-    fn usage(&self, key_id: &str) -> Option<&crate::detect::KeyUsage> {
-        self.usage_of(key_id)
+/// A stream finished rebuilding: its shards count from zero from here on.
+fn caught_up<S: StateStore>(st: &mut Stream, d: &Detectors<S>, steps: &mut [Vec<Step>]) {
+    st.live_from = None;
+    for id in &st.shards {
+        steps[d.worker_of(*id)].push(Step::CaughtUp { shard: *id });
     }
+    tracing::debug!(stream = %st.name, "rebuilt: reporting from here on");
 }

@@ -1,6 +1,9 @@
-//! One shard of the engine (a file scan, or one input partition): its
-//! detector, its sighting log and its progress, restored from the store or
-//! started fresh, and its part of every commit.
+//! One detector shard of the engine (one input partition, or one of the
+//! key-hash shards of a file scan): its detector, its sighting log and its
+//! progress, restored from the store or started fresh, and its part of every
+//! commit. A shard lives on one detect worker; the input position and the
+//! rebuild point are the stream's (see [`super::stream`]) and are handed to
+//! it when it is staged.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,21 +17,15 @@ pub(super) struct Shard<S: StateStore> {
     pub(super) name: String,
     pub(super) det: ShardDetector,
     pub(super) log: SegmentLog<Arc<S>>,
-    meta: ShardMeta,
-    /// (source, next offset) of the latest record, not yet in `meta.positions`.
-    pub(super) cur: Option<(u32, u64)>,
+    /// Progress as last committed (or restored).
+    pub(super) meta: ShardMeta,
     /// Segments to delete with the next commit (expired at restore, or the
     /// whole log of a shard being rebuilt).
     stale_segments: Vec<u64>,
     /// Stats at the last commit (for per-batch telemetry).
     committed_stats: ShardStats,
-    /// While set, records before this offset rebuild state only: no alerts,
-    /// no dead letters, not counted (another instance already reported them,
-    /// or they are a first deployment's warm-up).
-    pub(super) live_from: Option<u64>,
     /// A batch has started since the last commit (its origin is set).
     pub(super) in_batch: bool,
-    pub(super) dirty: bool,
 }
 
 impl<S: StateStore> Shard<S> {
@@ -38,6 +35,7 @@ impl<S: StateStore> Shard<S> {
         id: u32,
         name: &str,
         o: &EngineOptions,
+        segments: crate::state::SegmentOptions,
         seed: u64,
     ) -> Result<Self, StateError> {
         let started = Instant::now();
@@ -53,7 +51,7 @@ impl<S: StateStore> Shard<S> {
         })?;
         det.restore_clock(meta.clock());
         det.set_stats(meta.stats.clone());
-        let mut log = SegmentLog::new(id, store.clone(), meta.next_seq, o.segments);
+        let mut log = SegmentLog::new(id, store.clone(), meta.next_seq, segments);
         let keep_from = det
             .watermark()
             .map_or(i64::MIN, |wm| wm - o.rules.retention_ms);
@@ -124,27 +122,22 @@ impl<S: StateStore> Shard<S> {
         Ok(Shard {
             name: name.to_string(),
             committed_stats: meta.stats.clone(),
-            // a rebuild or warm-up interrupted by a crash goes on
-            live_from: meta.live_from,
             det,
             log,
             meta,
-            cur: None,
             stale_segments: stale,
             in_batch: false,
-            dirty: true,
         })
     }
 
     /// A shard with nothing in it that replaces `old` (its segments are
-    /// deleted with the next commit), reporting from `live_from` on.
+    /// deleted with the next commit).
     pub(super) fn fresh(
         store: &Arc<S>,
         id: u32,
         old: &Shard<S>,
         o: &EngineOptions,
         seed: u64,
-        live_from: u64,
     ) -> Result<Self, StateError> {
         let mut all = Vec::new();
         store.for_each_segment(id, &mut |seq, _| {
@@ -155,44 +148,36 @@ impl<S: StateStore> Shard<S> {
         Ok(Shard {
             name: old.name.clone(),
             det: ShardDetector::new(o.rules, seed).with_usage(o.usage),
-            log: SegmentLog::new(id, store.clone(), next_seq, o.segments),
+            log: SegmentLog::new(id, store.clone(), next_seq, old.log.options()),
             meta: ShardMeta {
                 next_seq,
                 ..Default::default()
             },
-            cur: None,
             stale_segments: all,
             committed_stats: ShardStats::default(),
-            live_from: Some(live_from),
             in_batch: false,
-            dirty: true,
         })
     }
 
     /// Rebuilding is over: from here on this instance reports, and counts from zero.
     pub(super) fn caught_up(&mut self) {
-        self.live_from = None;
         self.det.set_stats(ShardStats::default());
         self.committed_stats = ShardStats::default();
     }
 
-    /// Positions (source id -> next offset) this shard's state covers.
-    pub(super) fn positions(&self) -> std::collections::BTreeMap<u32, u64> {
-        let mut p = self.meta.positions.clone();
-        if let Some((src, next)) = self.cur {
-            p.insert(src, next);
-        }
-        p
-    }
-
-    /// Adds this shard's changes since the last commit to `c`; returns the
-    /// events it processed since then.
-    pub(super) fn stage(&mut self, id: u32, retention_ms: i64, c: &mut Commit) -> u64 {
-        self.dirty = false;
+    /// Adds this shard's changes since the last commit to `c`, with the
+    /// stream's input position and rebuild point; returns the events it
+    /// processed since then.
+    pub(super) fn stage(
+        &mut self,
+        id: u32,
+        retention_ms: i64,
+        positions: &std::collections::BTreeMap<u32, u64>,
+        live_from: Option<u64>,
+        c: &mut Commit,
+    ) -> u64 {
         self.in_batch = false;
-        if let Some((src, next)) = self.cur.take() {
-            self.meta.positions.insert(src, next);
-        }
+        self.meta.positions.clone_from(positions);
         for (seq, bytes) in self.log.take_sealed() {
             c.segments.push((id, seq, bytes));
         }
@@ -211,7 +196,7 @@ impl<S: StateStore> Shard<S> {
         }
         self.meta.set_clock(self.det.clock());
         self.meta.stats = self.det.stats().clone();
-        self.meta.live_from = self.live_from;
+        self.meta.live_from = live_from;
         self.meta.next_seq = self.log.next_seq();
         c.shards.push((id, self.meta.clone()));
         let delta = self.det.stats().since(&self.committed_stats);

@@ -61,7 +61,10 @@ const READER_DEFAULTS: &[(&str, &str)] = &[
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
-    ("linger.ms", "1"),
+    // alerts go out the moment their commit is written (the commit cycle
+    // waits for their acknowledgement); under load librdkafka still batches
+    // what queues up while requests are in flight
+    ("linger.ms", "0"),
     ("compression.type", "lz4"),
     ("message.timeout.ms", "60000"),
 ];

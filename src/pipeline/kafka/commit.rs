@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::rebalance::Ctx;
-use super::runtime::{Runtime, ALERT_POSITIONS};
+use super::runtime::{Runtime, ALERT_POSITIONS, IDLE_WAIT};
 use super::status::Status;
 use crate::pipeline::PipelineError;
 use crate::source::kafka::CommitMeta;
@@ -27,21 +27,53 @@ use crate::source::kafka::CommitMeta;
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Runtime {
-    /// Whether a commit cycle is due.
-    pub(super) fn due(&self) -> bool {
-        let work = self.records_since_commit > 0
-            || self.engine.undelivered() > 0
+    /// Whether a commit cycle is due, `drained` telling whether the last
+    /// poll found the consumer's queue empty: the open batch once the input
+    /// is drained, `max_commit_delay` after its first record or at
+    /// `batch_events` records; delivered alerts' removal from the outbox and
+    /// a refused commit's retry after `max_commit_delay`; group offsets left
+    /// behind by the last commits once idle.
+    pub(super) fn due(&self, drained: bool) -> bool {
+        let delay = self.pipeline.max_commit_delay.as_std();
+        let batch = self.records_since_commit > 0
+            && (drained
+                || self.records_since_commit >= self.pipeline.batch_events
+                || self.batch_opened.is_some_and(|t| t.elapsed() >= delay));
+        let housekeeping = (self.engine.undelivered() > 0
             || self.engine.commit_pending()
-            || self.engine.outbox_delete_pending();
-        let timely = self.records_since_commit >= self.kafka.batch_records
-            || self.last_commit.elapsed() >= self.kafka.commit_interval.as_std();
-        // group offsets left behind by the last commits go out once idle, too
+            || self.engine.outbox_delete_pending())
+            && self.last_commit.elapsed() >= delay;
         let group_behind = self.last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL
             && self
                 .parts
                 .values()
                 .any(|p| p.group_committed != Some(p.next) && p.next > 0);
-        (work && timely) || group_behind
+        batch || housekeeping || group_behind
+    }
+
+    /// How long the poll loop may wait for the next record: until the open
+    /// batch (or pending housekeeping) is due, else [`IDLE_WAIT`].
+    pub(super) fn wait_for_input(&self) -> Duration {
+        let delay = self.pipeline.max_commit_delay.as_std();
+        let since = match self.batch_opened {
+            Some(t) if self.records_since_commit > 0 => Some(t),
+            _ if self.engine.outbox_delete_pending() || self.engine.undelivered() > 0 => {
+                Some(self.last_commit)
+            }
+            _ => None,
+        };
+        match since {
+            Some(t) => delay.saturating_sub(t.elapsed()),
+            None => IDLE_WAIT,
+        }
+    }
+
+    /// Records the open batch can still take.
+    pub(super) fn room(&self) -> usize {
+        self.pipeline
+            .batch_events
+            .saturating_sub(self.records_since_commit)
+            .max(1)
     }
 
     /// State + offsets + outbox to RocksDB, alerts to Kafka, offsets to the group.
@@ -52,6 +84,8 @@ impl Runtime {
         status: &Status,
     ) -> Result<(), PipelineError> {
         self.last_commit = Instant::now();
+        let cycle = Instant::now();
+        self.flush()?;
         if let Some(f) = &self.forwarder {
             f.wait_acked()?;
         }
@@ -90,11 +124,33 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         }
-        self.records_since_commit = 0;
+        let events = std::mem::take(&mut self.records_since_commit);
+        let opened = self.batch_opened.take();
         self.report_counters();
+        let delivering = Instant::now();
         let n = self.engine.deliver(&mut self.alerts)?;
         status.alerts.fetch_add(n as u64, Ordering::Relaxed);
-        self.reporter.after_commit(&self.engine);
+        if let Some(opened) = opened {
+            crate::telemetry::CommitBatch {
+                events,
+                delay: opened.elapsed(),
+                delivery: (n > 0).then(|| delivering.elapsed()),
+            }
+            .emit();
+        }
+        for (stage, busy) in [
+            ("read", std::mem::take(&mut self.read_busy)),
+            ("decode", self.pool.take_busy()),
+            ("commit", cycle.elapsed()),
+        ] {
+            crate::telemetry::StageBusy { stage, busy }.emit();
+        }
+        crate::telemetry::QueueDepth {
+            queue: "decode",
+            depth: self.pool.in_flight(),
+        }
+        .emit();
+        self.reporter.after_commit(&mut self.engine);
         if matches!(mode, CommitMode::Async)
             && self.last_group_commit.elapsed() < GROUP_COMMIT_INTERVAL
         {

@@ -36,10 +36,12 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics replayguard creates. Default 4.
     pub topic_partitions: i32,
-    /// Commit (state, offsets, alerts) at least this often. Default 20ms.
-    pub commit_interval: DurationMs,
-    /// ...or after this many records, whichever comes first. Default 20000.
-    pub batch_records: usize,
+    /// Deprecated: `pipeline.max_commit_delay` (read into it, with a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_interval: Option<DurationMs>,
+    /// Deprecated: `pipeline.batch_events` (read into it, with a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_records: Option<usize>,
     /// Interval of the per-partition lag and rate log lines. Default 30s.
     pub log_interval: DurationMs,
     /// Where a partition with neither local state nor a group offset (a
@@ -69,8 +71,8 @@ impl Default for KafkaConfig {
             repartition_topic: None,
             create_topics: true,
             topic_partitions: 4,
-            commit_interval: DurationMs(20),
-            batch_records: 20_000,
+            commit_interval: None,
+            batch_records: None,
             log_interval: DurationMs::secs(30),
             start: Default::default(),
             properties: Default::default(),
@@ -131,9 +133,6 @@ impl KafkaConfig {
         }
         if self.topic_partitions < 1 {
             return bad("kafka.topic_partitions must be at least 1".into());
-        }
-        if self.batch_records == 0 || self.commit_interval.0 == 0 {
-            return bad("kafka.batch_records and kafka.commit_interval must be positive".into());
         }
         for (k, v) in self
             .properties

@@ -101,7 +101,7 @@ impl Reporter {
 
     /// After a commit: a new snapshot when the last is a second old, and the
     /// reports to the topic when its interval has passed.
-    pub fn after_commit<S: StateStore>(&mut self, engine: &crate::pipeline::Engine<S>) {
+    pub fn after_commit<S: StateStore>(&mut self, engine: &mut crate::pipeline::Engine<S>) {
         self.stale = true;
         let snapshot_due = self
             .last_snapshot
@@ -110,12 +110,16 @@ impl Reporter {
     }
 
     /// When the input is drained: the committed state gets its snapshot now.
-    pub fn on_idle<S: StateStore>(&mut self, engine: &crate::pipeline::Engine<S>) {
+    pub fn on_idle<S: StateStore>(&mut self, engine: &mut crate::pipeline::Engine<S>) {
         let stale = self.stale;
         self.refresh(engine, stale);
     }
 
-    fn refresh<S: StateStore>(&mut self, engine: &crate::pipeline::Engine<S>, snapshot_due: bool) {
+    fn refresh<S: StateStore>(
+        &mut self,
+        engine: &mut crate::pipeline::Engine<S>,
+        snapshot_due: bool,
+    ) {
         let topic_due = self
             .topic
             .as_ref()

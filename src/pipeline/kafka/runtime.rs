@@ -18,7 +18,8 @@ use super::reports::{Published, Reporter};
 use super::status::Status;
 use crate::config::Config;
 use crate::decode::Decoder;
-use crate::pipeline::{Engine, PipelineError};
+use crate::pipeline::chunk::{DecodePool, RawChunk};
+use crate::pipeline::{Engine, PipelineConfig, PipelineError};
 use crate::sink::kafka::{self as ksink, KafkaAlertSink, KafkaDeadLetterSink};
 use crate::source::kafka as ksrc;
 use crate::state::{RocksStore, StateStore};
@@ -75,7 +76,17 @@ pub(super) struct Runtime {
     /// Topics whose records are forwarded (repartition mode), not detected.
     pub(super) forward_topics: Vec<String>,
     pub(super) forwarder: Option<Forwarder>,
+    /// `[pipeline]`: chunks, threads, when a batch is committed.
+    pub(super) pipeline: PipelineConfig,
+    /// Decodes the chunks cut from polled records, in order.
+    pub(super) pool: DecodePool,
+    /// The chunk being filled from polled records.
+    pub(super) chunk: RawChunk,
+    /// Time spent polling and cutting chunks since the last commit.
+    pub(super) read_busy: Duration,
     pub(super) records_since_commit: usize,
+    /// When the first record of the open batch was processed.
+    pub(super) batch_opened: Option<Instant>,
     pub(super) last_commit: Instant,
     /// Partitions paused because the store refused a commit.
     pub(super) paused: bool,
@@ -94,15 +105,18 @@ pub(super) fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
 /// Name of the stored alert-topic positions.
 pub(super) const ALERT_POSITIONS: &str = "alert_positions";
 
-/// Records polled before they are processed under one lock.
-const MICRO_BATCH: usize = 512;
+/// How long the poll loop waits for a record when no batch is open (it
+/// returns as soon as one comes; this paces the lifecycle table, group
+/// offsets and reports while the input is idle).
+pub(super) const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 impl Runtime {
     pub(super) fn is_forwarded(&self, topic: &str) -> bool {
         self.forward_topics.iter().any(|t| t == topic)
     }
 
-    /// Handles one polled record.
+    /// Handles one polled record: into the chunk being filled (a forwarded
+    /// one is forwarded now).
     fn process(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let Some(part) = self.parts.get_mut(m.topic(), m.partition()) else {
             return Ok(()); // from a partition given away meanwhile: its new owner reads it
@@ -113,10 +127,16 @@ impl Runtime {
         }
         part.next = offset + 1;
         part.processed += 1;
+        if self.records_since_commit == 0 {
+            self.batch_opened = Some(Instant::now());
+        }
         self.records_since_commit += 1;
         let rec = ksrc::record(m, part.source, self.decoder.max_event_bytes);
         match part.shard {
-            Some(shard) => self.engine.process(shard, rec, &mut self.dlq),
+            Some(stream) => {
+                self.chunk.push(stream, &rec);
+                Ok(())
+            }
             None => {
                 let fwd = self
                     .forwarder
@@ -134,6 +154,43 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Hands the chunk being filled to the decoders (routing the oldest
+    /// decoded ones first when the pool is full: backpressure), then routes
+    /// every chunk already decoded.
+    pub(super) fn submit(&mut self) -> Result<(), PipelineError> {
+        if !self.chunk.is_empty() {
+            while !self.pool.has_room() {
+                self.route_next(true)?;
+            }
+            let full = std::mem::replace(
+                &mut self.chunk,
+                RawChunk::with_capacity(self.pipeline.chunk_events, 0),
+            );
+            self.pool.submit(full);
+        }
+        while self.route_next(false)? {}
+        Ok(())
+    }
+
+    /// Routes the oldest decoded chunk (waiting for it when `wait`); false
+    /// when there was none.
+    fn route_next(&mut self, wait: bool) -> Result<bool, PipelineError> {
+        match self.pool.next(wait) {
+            Some(d) => {
+                self.engine.process_chunk(Arc::new(d), &mut self.dlq)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Everything polled is routed to the detect workers (before a commit).
+    pub(super) fn flush(&mut self) -> Result<(), PipelineError> {
+        self.submit()?;
+        while self.route_next(true)? {}
+        Ok(())
     }
 
     fn log_progress(&mut self, status: &Status) {
@@ -258,6 +315,11 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let published = Arc::new(Published::new(store));
     let _ = status.reports.set(published.clone());
     let rules = engine.rules();
+    let engine_decoder = engine.decoder().clone();
+    let threads = match config.pipeline.threads {
+        0 => crate::pipeline::available_cores(),
+        n => n,
+    };
     let rt = Arc::new(Mutex::new(Runtime {
         decoder: engine.decoder().clone(),
         warm_span: rules.retention_ms + rules.allowed_lateness_ms,
@@ -273,7 +335,16 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
             Vec::new()
         },
         forwarder,
+        pool: DecodePool::new(
+            engine_decoder,
+            if threads > 1 { threads } else { 0 },
+            config.pipeline.queue_chunks,
+        ),
+        chunk: RawChunk::with_capacity(config.pipeline.chunk_events, 0),
+        read_busy: Duration::ZERO,
+        pipeline: config.pipeline.clone(),
         records_since_commit: 0,
+        batch_opened: None,
         last_commit: Instant::now(),
         paused: false,
         reported: (0, 0, 0),
@@ -328,7 +399,9 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
 }
 
 /// Polls micro-batches without holding the runtime (rebalance callbacks take
-/// it), processes each under one lock, commits when due.
+/// it), processes each under one lock, commits when due: when the consumer's
+/// queue is momentarily empty, when the open batch is `max_commit_delay` old
+/// or holds `batch_events` records (see [`PipelineConfig`]).
 fn poll_loop(
     consumer: &BaseConsumer<Ctx>,
     rt: &Mutex<Runtime>,
@@ -337,24 +410,30 @@ fn poll_loop(
     k: &KafkaConfig,
 ) -> Result<(), PipelineError> {
     let mut last_log = Instant::now();
-    let mut batch = Vec::with_capacity(MICRO_BATCH);
-    let mut last_commit = Instant::now();
+    let chunk_events = lock(rt).pipeline.chunk_events;
+    let mut batch = Vec::with_capacity(chunk_events);
     loop {
         if status.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         lifecycle.apply(rt)?;
-        let wait = k
-            .commit_interval
-            .as_std()
-            .saturating_sub(last_commit.elapsed())
-            .max(Duration::from_millis(1));
-        let mut timeout = wait;
-        while batch.len() < MICRO_BATCH {
+        let (mut timeout, room) = {
+            let g = lock(rt);
+            (g.wait_for_input(), g.room())
+        };
+        let mut drained = false;
+        let mut polled_at = None;
+        while batch.len() < room.min(chunk_events) {
             match consumer.poll(timeout) {
                 Some(Ok(m)) => batch.push(m),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => break,
+                None => {
+                    drained = true;
+                    break;
+                }
+            }
+            if polled_at.is_none() {
+                polled_at = Some(Instant::now());
             }
             timeout = Duration::ZERO;
         }
@@ -363,12 +442,15 @@ fn poll_loop(
         for m in batch.drain(..) {
             g.process(&m)?;
         }
-        if g.due() {
-            last_commit = Instant::now();
+        g.submit()?;
+        if let Some(t) = polled_at {
+            g.read_busy += t.elapsed();
+        }
+        if g.due(drained) {
             match g.commit_cycle(consumer, CommitMode::Async, status) {
                 Ok(()) => {}
                 Err(PipelineError::State(e)) if e.is_transient() => {
-                    // paused and unhealthy; retried at the next interval
+                    // paused and unhealthy; retried after a pause
                     drop(g);
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
@@ -376,7 +458,7 @@ fn poll_loop(
                 Err(e) => return Err(e),
             }
         }
-        if idle && !g.due() {
+        if idle && !g.due(drained) {
             let Runtime {
                 reporter, engine, ..
             } = &mut *g;

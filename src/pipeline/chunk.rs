@@ -1,0 +1,387 @@
+//! Records travel between the pipeline's threads in chunks: a
+//! [`RawChunk`] owns the bytes of up to `pipeline.chunk_events` records and
+//! where each came from; a [`DecodedChunk`] adds the decoded events, which
+//! borrow their strings from those bytes (no copy per field, and the bytes
+//! are freed once, with the chunk).
+//!
+//! [`DecodePool`] decodes chunks on `pipeline.threads` threads and hands
+//! them back in the order they were submitted, with at most
+//! `pipeline.queue_chunks` in flight (backpressure: the reader waits).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::decode::{DecodeError, Decoder};
+use crate::detect::Position;
+use crate::schema::AccessEvent;
+use crate::source::{MessageKey, Payload, Record};
+
+/// Where one record of a [`RawChunk`] came from and where its bytes are.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord {
+    /// The engine stream the record belongs to (a file scan, a partition).
+    pub stream: u32,
+    pub pos: Position,
+    /// The payload in the chunk's buffer (only the first bytes of an
+    /// oversize record).
+    start: u32,
+    len: u32,
+    /// Its whole length when it was over the decoder's limit.
+    oversize: Option<usize>,
+    /// The message key in the buffer: `None` for keyless sources,
+    /// `Some(None)` for a Kafka message without a key.
+    key: Option<Option<(u32, u32)>>,
+}
+
+/// The bytes of up to `pipeline.chunk_events` records, with their positions.
+#[derive(Debug, Default)]
+pub struct RawChunk {
+    buf: Vec<u8>,
+    recs: Vec<RawRecord>,
+}
+
+impl RawChunk {
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        RawChunk {
+            buf: Vec::with_capacity(bytes),
+            recs: Vec::with_capacity(records),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Copies a record in.
+    pub fn push(&mut self, stream: u32, rec: &Record<'_>) {
+        let (bytes, oversize) = match rec.payload {
+            Payload::Data(b) => (b, None),
+            Payload::Oversize { len, prefix } => (prefix, Some(len)),
+        };
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(bytes);
+        let key = match rec.key {
+            MessageKey::None => None,
+            MessageKey::Absent => Some(None),
+            MessageKey::Present(k) => {
+                let ks = self.buf.len() as u32;
+                self.buf.extend_from_slice(k);
+                Some(Some((ks, k.len() as u32)))
+            }
+        };
+        self.recs.push(RawRecord {
+            stream,
+            pos: rec.pos,
+            start,
+            len: bytes.len() as u32,
+            oversize,
+            key,
+        });
+    }
+
+    pub fn records(&self) -> &[RawRecord] {
+        &self.recs
+    }
+
+    /// Record `i` as the rest of the pipeline sees it.
+    pub fn record(&self, i: usize) -> Record<'_> {
+        let r = &self.recs[i];
+        let bytes = &self.buf[r.start as usize..(r.start + r.len) as usize];
+        Record {
+            pos: r.pos,
+            payload: match r.oversize {
+                None => Payload::Data(bytes),
+                Some(len) => Payload::Oversize { len, prefix: bytes },
+            },
+            key: match r.key {
+                None => MessageKey::None,
+                Some(None) => MessageKey::Absent,
+                Some(Some((s, l))) => MessageKey::Present(&self.buf[s as usize..(s + l) as usize]),
+            },
+        }
+    }
+}
+
+/// The decoded events of a chunk, borrowing from its bytes.
+pub type Decoded<'a> = Vec<Result<AccessEvent<'a>, DecodeError>>;
+
+self_cell::self_cell!(
+    /// A [`RawChunk`] and its records decoded (one result per record).
+    pub struct DecodedChunk {
+        owner: RawChunk,
+        #[covariant]
+        dependent: Decoded,
+    }
+);
+
+impl DecodedChunk {
+    /// Decodes every record of `raw`.
+    pub fn decode(raw: RawChunk, decoder: &Decoder) -> DecodedChunk {
+        DecodedChunk::new(raw, |raw| {
+            (0..raw.len())
+                .map(|i| decoder.decode_record(&raw.record(i)))
+                .collect()
+        })
+    }
+
+    pub fn raw(&self) -> &RawChunk {
+        self.borrow_owner()
+    }
+
+    pub fn events(&self) -> &Decoded<'_> {
+        self.borrow_dependent()
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw().is_empty()
+    }
+}
+
+impl std::fmt::Debug for DecodedChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedChunk")
+            .field("records", &self.len())
+            .finish()
+    }
+}
+
+/// A chunk on its way through the pool, and where its result goes.
+type Job = (RawChunk, Sender<DecodedChunk>);
+
+/// Decodes chunks on worker threads, handing them back in submission order.
+/// With no threads it decodes on the caller's.
+pub struct DecodePool {
+    decoder: Decoder,
+    jobs: Option<Sender<Job>>,
+    /// Results in submission order (a slot per chunk in flight).
+    pending: VecDeque<Receiver<DecodedChunk>>,
+    /// Decoded on the caller's thread (no workers).
+    ready: VecDeque<DecodedChunk>,
+    max_in_flight: usize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Time the workers spent decoding (for the busy-time metric).
+    busy: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DecodePool {
+    /// `threads` 0: decode on the caller's thread.
+    pub fn new(decoder: Decoder, threads: usize, max_in_flight: usize) -> Self {
+        let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut pool = DecodePool {
+            decoder: decoder.clone(),
+            jobs: None,
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
+            threads: Vec::new(),
+            busy: busy.clone(),
+        };
+        if threads > 0 {
+            let (tx, rx) = bounded::<Job>(pool.max_in_flight);
+            for i in 0..threads {
+                let rx = rx.clone();
+                let decoder = decoder.clone();
+                let busy = busy.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("rg-decode-{i}"))
+                    .spawn(move || {
+                        for (raw, out) in rx {
+                            let t = Instant::now();
+                            let d = DecodedChunk::decode(raw, &decoder);
+                            busy.fetch_add(
+                                t.elapsed().as_nanos() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                            // the receiver is gone only when the pool is dropped
+                            let _ = out.send(d);
+                        }
+                    })
+                    .expect("spawning a decode thread");
+                pool.threads.push(h);
+            }
+            pool.jobs = Some(tx);
+        }
+        pool
+    }
+
+    /// Chunks submitted and not yet taken back.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len() + self.ready.len()
+    }
+
+    /// Whether another chunk may be submitted without exceeding the bound.
+    pub fn has_room(&self) -> bool {
+        self.in_flight() < self.max_in_flight
+    }
+
+    /// Hands a chunk to the decoders (decodes it now without workers).
+    pub fn submit(&mut self, raw: RawChunk) {
+        match &self.jobs {
+            Some(jobs) => {
+                let (tx, rx) = bounded(1);
+                jobs.send((raw, tx))
+                    .expect("decode threads run while the pool lives");
+                self.pending.push_back(rx);
+            }
+            None => {
+                let t = Instant::now();
+                let d = DecodedChunk::decode(raw, &self.decoder);
+                self.busy.fetch_add(
+                    t.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.ready.push_back(d);
+            }
+        }
+    }
+
+    /// The oldest chunk submitted, once decoded: waits for it when `wait`,
+    /// else only takes it when it is done. `None` when nothing is in flight
+    /// (or, not waiting, the oldest is not done).
+    pub fn next(&mut self, wait: bool) -> Option<DecodedChunk> {
+        if let Some(d) = self.ready.pop_front() {
+            return Some(d);
+        }
+        let rx = self.pending.front()?;
+        let d = if wait {
+            rx.recv().expect("a decode thread answers every job")
+        } else {
+            rx.try_recv().ok()?
+        };
+        self.pending.pop_front();
+        Some(d)
+    }
+
+    /// Time spent decoding so far, and resets it.
+    pub fn take_busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.swap(0, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Drop for DecodePool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        self.pending.clear();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(lines: &[&str], first: u64) -> RawChunk {
+        let mut c = RawChunk::default();
+        for (i, l) in lines.iter().enumerate() {
+            c.push(
+                7,
+                &Record::new(
+                    Position::new(1, first + i as u64),
+                    Payload::Data(l.as_bytes()),
+                ),
+            );
+        }
+        c
+    }
+
+    const OK: &str = r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00Z","key_id":"k1","nonce":"n1","client_ip":"10.0.0.1","method":"GET","path":"/v1/x","status":200}"#;
+
+    #[test]
+    fn records_keep_their_bytes_positions_and_keys() {
+        let mut c = RawChunk::default();
+        c.push(
+            3,
+            &Record {
+                pos: Position::new(2, 40),
+                payload: Payload::Data(b"abc"),
+                key: MessageKey::Present(b"k9"),
+            },
+        );
+        c.push(
+            3,
+            &Record {
+                pos: Position::new(2, 41),
+                payload: Payload::Oversize {
+                    len: 99_999,
+                    prefix: b"{\"x",
+                },
+                key: MessageKey::Absent,
+            },
+        );
+        c.push(4, &Record::new(Position::new(5, 1), Payload::Data(b"")));
+        let r = c.record(0);
+        assert_eq!(
+            (r.pos, r.payload, r.key),
+            (
+                Position::new(2, 40),
+                Payload::Data(b"abc"),
+                MessageKey::Present(b"k9")
+            )
+        );
+        let r = c.record(1);
+        assert_eq!(
+            (r.payload, r.key),
+            (
+                Payload::Oversize {
+                    len: 99_999,
+                    prefix: b"{\"x"
+                },
+                MessageKey::Absent
+            )
+        );
+        assert_eq!(c.record(2).key, MessageKey::None);
+        assert_eq!(c.records()[2].stream, 4);
+    }
+
+    #[test]
+    fn the_pool_hands_chunks_back_in_order_whatever_the_threads() {
+        for threads in [0, 1, 3] {
+            let mut pool = DecodePool::new(Decoder::default(), threads, 2);
+            let mut got = Vec::new();
+            for i in 0..20u64 {
+                if !pool.has_room() {
+                    got.push(pool.next(true).unwrap());
+                }
+                // every other chunk has a dead letter
+                let lines: Vec<&str> = if i % 2 == 0 {
+                    vec![OK, OK]
+                } else {
+                    vec![OK, "{"]
+                };
+                pool.submit(raw(&lines, i * 10));
+            }
+            while let Some(d) = pool.next(true) {
+                got.push(d);
+            }
+            assert_eq!(got.len(), 20, "threads {threads}");
+            for (i, d) in got.iter().enumerate() {
+                assert_eq!(d.raw().records()[0].pos.offset, i as u64 * 10);
+                assert!(d.events()[0].is_ok());
+                assert_eq!(d.events()[1].is_err(), i % 2 == 1);
+                assert!(matches!(
+                    d.events()[0].as_ref().unwrap().event_id,
+                    std::borrow::Cow::Borrowed(_)
+                ));
+            }
+            assert!(pool.next(false).is_none());
+        }
+    }
+}
