@@ -17,7 +17,14 @@
 //! the first sighting is a replay; a reuse never extends the window; a
 //! repeated event id is a transport duplicate, not a replay.
 //!
+//! - `plain`: not a detector but the floor of one: each line decoded by
+//!   serde_json into a borrowed struct of the access event's fields (no
+//!   timestamp conversion, nothing kept) and one hash-set insert per line
+//!   (the 64-bit hash of its key and nonce). `scan` on one core is measured
+//!   against it (`scripts/bench-scan-cores.sh`).
+//!
 //! ```text
+//! baselines plain EVENTS
 //! baselines naive EVENTS IDS_OUT
 //! baselines redis EVENTS IDS_OUT --port P [--pipeline N] [--server-pid PID]
 //! baselines replays ALERTS_JSONL IDS_OUT     # replay event ids of a scan
@@ -146,6 +153,72 @@ fn naive(events: &str, ids_out: &str) {
         })
     );
     write_ids(ids_out, replays);
+}
+
+/// An access event v1 line as serde_json reads it when nothing is converted:
+/// strings borrowed from the line (owned only when escaped), timestamps left
+/// as their JSON text.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // read, never used: the point is the decode
+struct Plain<'a> {
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    received_at: &'a serde_json::value::RawValue,
+    #[serde(borrow, default)]
+    key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    nonce: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_ts: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    client_ip: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    status: u16,
+    #[serde(borrow, default)]
+    user_agent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    signature: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The plain serde_json floor: decode every line into [`Plain`], insert one
+/// hash per line.
+fn plain(events: &str) {
+    let mut seen: hashbrown::HashSet<u64> = hashbrown::HashSet::new();
+    let (mut n, mut bad) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(1024);
+    let mut reader = open(events);
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).unwrap() == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        n += 1;
+        match serde_json::from_slice::<Plain<'_>>(line) {
+            Ok(ev) => {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(ev.key_id.as_deref().unwrap_or("").as_bytes());
+                h.update(ev.nonce.as_deref().unwrap_or(&ev.event_id).as_bytes());
+                seen.insert(h.digest());
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "plain", "events": n, "seconds": secs, "events_per_s": n as f64 / secs,
+            "undecoded": bad, "distinct": seen.len(), "peak_rss_kib": peak_rss_kib("self"),
+        })
+    );
 }
 
 /// KEYS[1] = "e:<event_id>", KEYS[2] = "n:<key_id>\0<nonce>" (or "" without
@@ -283,6 +356,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     match a.first().map(String::as_str) {
+        Some("plain") => plain(&a[1]),
         Some("naive") => naive(&a[1], &a[2]),
         Some("redis") => redis_mode(&a[1], &a[2]),
         Some("replays") => replays_of(&a[1], &a[2]),

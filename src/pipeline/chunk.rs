@@ -36,6 +36,15 @@ pub struct RawRecord {
     key: Option<Option<(u32, u32)>>,
 }
 
+impl RawRecord {
+    /// Where the message key is (`Some(None)`: a message without a key;
+    /// `None`: the source has no keys).
+    #[inline]
+    pub fn message_key(&self) -> Option<Option<(u32, u32)>> {
+        self.key
+    }
+}
+
 /// The bytes of up to `pipeline.chunk_events` records, with their positions.
 #[derive(Debug, Default)]
 pub struct RawChunk {
@@ -89,6 +98,12 @@ impl RawChunk {
             oversize,
             key,
         });
+    }
+
+    /// Bytes of the buffer at (start, length).
+    #[inline]
+    pub fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
+        &self.buf[start as usize..(start + len) as usize]
     }
 
     pub fn records(&self) -> &[RawRecord] {
@@ -268,9 +283,9 @@ impl DecodePool {
         Some(d)
     }
 
-    /// Time spent decoding so far, and resets it.
-    pub fn take_busy(&self) -> Duration {
-        Duration::from_nanos(self.busy.swap(0, std::sync::atomic::Ordering::Relaxed))
+    /// Time spent decoding so far, by every decode thread together.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

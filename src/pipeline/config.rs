@@ -24,7 +24,7 @@ pub struct PipelineConfig {
     /// Decode threads, and detect workers. Default 0: as many as the cores
     /// this process may run on; 1: everything on one thread.
     pub threads: usize,
-    /// Records per chunk handed between threads. Default 1024.
+    /// Records per chunk handed between threads. Default 256.
     pub chunk_events: usize,
     /// Chunks in flight between two stages. Default 8.
     pub queue_chunks: usize,
@@ -39,7 +39,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             threads: 0,
-            chunk_events: 1024,
+            chunk_events: 256,
             queue_chunks: 8,
             max_commit_delay: DurationMs(5),
             batch_events: 20_000,

@@ -41,8 +41,8 @@ impl ScanConfig {
     }
 }
 
-/// Name of the stream `scan` keeps its state under (in
-/// [`super::SCAN_SHARDS`] key-hash shards).
+/// Name of the stream `scan` keeps its state under (in key-hash shards, one
+/// per detect thread when the state is created).
 pub const SCAN_SHARD: &str = "scan";
 
 /// What `scan` was asked to do.
@@ -77,6 +77,10 @@ pub struct ScanSummary {
     /// Inputs of which more than half of the first records were dead
     /// letters (`scan` exits 1 unless `--allow-dead-letters`).
     pub mostly_dead: Vec<String>,
+    /// Where the time went, per pipeline stage.
+    pub stages: StageTimes,
+    /// Decode threads and detect workers (`pipeline.threads`).
+    pub threads: usize,
 }
 
 impl ScanSummary {
@@ -109,6 +113,15 @@ impl ScanSummary {
             "state_dir": self.state_dir.as_ref().map(|d| d.display().to_string()),
             "input_format": self.format.as_str(),
             "mostly_dead_letters": self.mostly_dead,
+            "threads": self.threads,
+            "stage_seconds": {
+                "read": self.stages.read.as_secs_f64(),
+                "decode": self.stages.decode.as_secs_f64(),
+                "route": self.stages.route.as_secs_f64(),
+                "detect": self.stages.detect.as_secs_f64(),
+                "commit": self.stages.commit.as_secs_f64(),
+                "waiting_for_decode": self.stages.wait.as_secs_f64(),
+            },
         })
     }
 }
@@ -162,6 +175,18 @@ impl std::fmt::Display for ScanSummary {
         if let Some(d) = &self.state_dir {
             writeln!(f, "  state:         {}", d.display())?;
         }
+        let t = &self.stages;
+        writeln!(
+            f,
+            "  stages:        read {:.2}s, decode {:.2}s, route {:.2}s, detect {:.2}s, commit {:.2}s \
+             ({} threads; busy seconds, decode and detect summed over threads)",
+            t.read.as_secs_f64(),
+            t.decode.as_secs_f64(),
+            t.route.as_secs_f64(),
+            t.detect.as_secs_f64(),
+            t.commit.as_secs_f64(),
+            self.threads,
+        )?;
         Ok(())
     }
 }
@@ -261,6 +286,8 @@ pub struct ScanOptions {
     pub decode_threads: usize,
     /// Chunks in flight in the decode pool.
     pub queue_chunks: usize,
+    /// Threads (`pipeline.threads` resolved).
+    pub threads: usize,
 }
 
 impl ScanOptions {
@@ -274,6 +301,7 @@ impl ScanOptions {
             chunk_events: c.pipeline.chunk_events,
             decode_threads: if threads > 1 { threads } else { 0 },
             queue_chunks: c.pipeline.queue_chunks,
+            threads,
         }
     }
 }
@@ -288,7 +316,8 @@ const READ_STEP: usize = 64;
 /// The scan loop over any store, source and sinks: records are read into
 /// chunks on this thread, decoded by the pool, routed in order to the
 /// detect workers, and committed (then delivered) every
-/// `opts.batch_events` records and at the end.
+/// `opts.batch_events` records and at the end; a batch's commit is written
+/// while the next batch is read and routed.
 pub fn scan_source<S: StateStore>(
     engine: &mut Engine<S>,
     stream: u32,
@@ -297,7 +326,7 @@ pub fn scan_source<S: StateStore>(
     alerts: &mut dyn AlertSink,
     dlq: &mut dyn DeadLetterSink,
     mut on_batch: impl FnMut(&Totals),
-) -> Result<(), PipelineError> {
+) -> Result<StageTimes, PipelineError> {
     let mut pool = DecodePool::new(
         engine.decoder().clone(),
         opts.decode_threads,
@@ -305,7 +334,8 @@ pub fn scan_source<S: StateStore>(
     );
     let mut ended = false;
     let mut since_commit = 0usize;
-    let mut read_busy = Duration::ZERO;
+    let mut times = StageTimes::default();
+    let mut reported = StageTimes::default();
     loop {
         // read ahead while the decoders have room
         while !ended && pool.has_room() {
@@ -318,7 +348,7 @@ pub fn scan_source<S: StateStore>(
                     break;
                 }
             }
-            read_busy += t.elapsed();
+            times.read += t.elapsed();
             if !raw.is_empty() {
                 pool.submit(raw);
             }
@@ -328,49 +358,86 @@ pub fn scan_source<S: StateStore>(
             depth: pool.in_flight(),
         }
         .emit();
-        match pool.next(true) {
+        let t = Instant::now();
+        let next = pool.next(true);
+        times.wait += t.elapsed();
+        let t = Instant::now();
+        match next {
             Some(chunk) => {
                 since_commit += chunk.len();
                 engine.process_chunk(Arc::new(chunk), dlq)?;
+                times.route += t.elapsed();
                 if since_commit >= opts.batch_events {
                     since_commit = 0;
-                    commit_batch(engine, dlq, alerts, &pool, &mut read_busy)?;
-                    on_batch(&engine.totals());
+                    let t = Instant::now();
+                    // the batch before is written while the workers stage this one
+                    if engine.commit_in_flight() {
+                        engine.finish_commit(true)?;
+                        engine.deliver(alerts)?;
+                        on_batch(&engine.totals());
+                    }
+                    engine.begin_commit(dlq)?;
+                    times.commit += t.elapsed();
+                    times.sample(engine, &pool);
+                    reported = times.emit_since(&reported);
                 }
             }
             None => {
                 // everything read is routed
                 engine.end_of_input()?;
-                commit_batch(engine, dlq, alerts, &pool, &mut read_busy)?;
+                if engine.commit_in_flight() {
+                    engine.finish_commit(true)?;
+                    engine.deliver(alerts)?;
+                }
+                engine.commit(dlq)?;
+                engine.deliver(alerts)?;
                 on_batch(&engine.totals());
-                break;
+                // the last delivery's outbox entries go with a final commit
+                engine.commit(dlq)?;
+                times.commit += t.elapsed();
+                times.sample(engine, &pool);
+                times.emit_since(&reported);
+                return Ok(times);
             }
         }
     }
-    // the last delivery's outbox entries go with a final commit
-    engine.commit(dlq)?;
-    Ok(())
 }
 
-/// Commits, delivers, and tells how busy each stage was.
-fn commit_batch<S: StateStore>(
-    engine: &mut Engine<S>,
-    dlq: &mut dyn DeadLetterSink,
-    alerts: &mut dyn AlertSink,
-    pool: &DecodePool,
-    read_busy: &mut Duration,
-) -> Result<(), PipelineError> {
-    let t = Instant::now();
-    engine.commit(dlq)?;
-    engine.deliver(alerts)?;
-    for (stage, busy) in [
-        ("read", std::mem::take(read_busy)),
-        ("decode", pool.take_busy()),
-        ("commit", t.elapsed()),
-    ] {
-        crate::telemetry::StageBusy { stage, busy }.emit();
+/// Where the time of a scan went: the reading thread's read (reading and
+/// cutting chunks), wait (for the decoders), route and commit (beginning,
+/// finishing and delivering commits), and the decode and detect threads'
+/// busy time, all together.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimes {
+    pub read: Duration,
+    pub wait: Duration,
+    pub route: Duration,
+    pub commit: Duration,
+    pub decode: Duration,
+    pub detect: Duration,
+}
+
+impl StageTimes {
+    fn sample<S: StateStore>(&mut self, engine: &Engine<S>, pool: &DecodePool) {
+        self.decode = pool.busy();
+        self.detect = engine.detect_busy();
     }
-    Ok(())
+
+    /// Emits the busy time since `before` as metrics; returns the totals.
+    fn emit_since(&self, before: &StageTimes) -> StageTimes {
+        for (stage, now, then) in [
+            ("read", self.read, before.read),
+            ("decode", self.decode, before.decode),
+            ("commit", self.commit, before.commit),
+        ] {
+            crate::telemetry::StageBusy {
+                stage,
+                busy: now.saturating_sub(then),
+            }
+            .emit();
+        }
+        *self
+    }
 }
 
 /// Runs `scan` as the CLI does.
@@ -419,7 +486,11 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     let mut delivered = engine.deliver(alerts.as_mut())?;
 
     let lifecycle_records = load_lifecycle(&mut engine, &args.lifecycle, &mut dlq)?;
-    let stream = engine.open_stream(SCAN_SHARD, super::SCAN_SHARDS)?;
+    // one key-hash shard per detect thread (a state dir written before
+    // keeps its shards: they change speed, never alerts)
+    let shards =
+        (ScanOptions::from_config(&config).threads as u32).clamp(1, super::MAX_SCAN_SHARDS);
+    let stream = engine.open_stream(SCAN_SHARD, shards)?;
     let inputs = named
         .into_iter()
         .map(|(name, reader)| Input {
@@ -435,7 +506,7 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
         inner: alerts.as_mut(),
         n: 0,
     };
-    scan_source(
+    let times = scan_source(
         &mut engine,
         stream,
         &mut source,
@@ -458,6 +529,8 @@ pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
         state_dir: if temp.is_some() { None } else { Some(dir) },
         format: engine.decoder().format(),
         mostly_dead: engine.mostly_dead_inputs().to_vec(),
+        stages: times,
+        threads: ScanOptions::from_config(&config).threads,
     })
 }
 

@@ -4,8 +4,8 @@
 //!
 //! An input *stream* (a file scan, or one Kafka partition) has one event-time
 //! clock and one input position; its requests are detected by one or more
-//! *shards* (a partition: one; a scan: [`SCAN_SHARDS`], by a hash of the
-//! key). The router ([`Engine::process_chunk`], on the caller's thread)
+//! *shards* (a partition: one; a scan: one per detect thread when its
+//! state is created, by a hash of the key). The router ([`Engine::process_chunk`], on the caller's thread)
 //! walks every record in arrival order, keeps the stream's clock and
 //! position, dead-letters what did not decode, and hands each request to the
 //! shard of its key together with the stream's largest time before it. A
@@ -54,14 +54,12 @@ use crate::decode::{DecodeError, Decoder};
 use crate::detect::{DetectConfig, KeyUsage, LifecycleTable, ShardStats, UsageConfig};
 use crate::schema::{LifecycleEvent, Millis};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink};
-use crate::source::{MessageKey, Record};
+use crate::source::Record;
 use crate::state::{Commit, SegmentOptions, StateStore};
 use crate::telemetry;
 
-/// Key-hash shards of a file scan. Fixed, so that a state directory reads
-/// back the same whatever `pipeline.threads` says (the alerts do not depend
-/// on it either way).
-pub const SCAN_SHARDS: u32 = 16;
+/// Most key-hash shards of a file scan (one per detect thread, at most this).
+pub const MAX_SCAN_SHARDS: u32 = 64;
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]
@@ -127,14 +125,42 @@ struct Stream {
     shards: Vec<u32>,
     /// Largest received_at routed so far.
     max_seen: Option<Millis>,
-    /// Next offset per source: the input position routed so far.
+    /// Next offset per source: the input position routed so far (but for
+    /// `cur`'s source).
     positions: BTreeMap<u32, u64>,
+    /// The source being read and its next offset (kept apart from
+    /// `positions`: one update per record).
+    cur: Option<(u32, u64)>,
     /// While set, records before this offset rebuild state only: no alerts,
     /// no dead letters, not counted (another instance already reported them,
     /// or they are a first deployment's warm-up).
     live_from: Option<u64>,
     /// Routed or changed since the last commit.
     dirty: bool,
+}
+
+impl Stream {
+    /// The next offset of `source` is `next`.
+    #[inline]
+    fn advance(&mut self, source: u32, next: u64) {
+        match &mut self.cur {
+            Some((s, n)) if *s == source => *n = next,
+            _ => {
+                if let Some((s, n)) = self.cur.replace((source, next)) {
+                    self.positions.insert(s, n);
+                }
+            }
+        }
+    }
+
+    /// Next offset per source routed so far.
+    fn positions(&self) -> BTreeMap<u32, u64> {
+        let mut p = self.positions.clone();
+        if let Some((s, n)) = self.cur {
+            p.insert(s, n);
+        }
+        p
+    }
 }
 
 /// Which shard of a stream of `n` shards a request goes to: by its key, an
@@ -178,6 +204,22 @@ pub struct Engine<S: StateStore> {
     /// Named values for the next commit.
     values: Vec<(String, Vec<u8>)>,
     inputs: InputHealth,
+    /// The commit begun and not finished.
+    pending: Option<PendingCommit>,
+    /// Per stream, the input positions of its last finished commit.
+    committed: HashMap<u32, BTreeMap<u32, u64>>,
+    /// Detect time already reported as a metric.
+    detect_busy_reported: std::time::Duration,
+}
+
+/// A commit begun: the workers' answers to come, and the engine's part.
+struct PendingCommit {
+    replies: Vec<crossbeam_channel::Receiver<workers::Staged>>,
+    started: Instant,
+    /// Per stream staged, the positions it commits.
+    positions: Vec<(u32, BTreeMap<u32, u64>)>,
+    /// Registry, lifecycle, usage resets and named values.
+    commit: Commit,
 }
 
 impl<S: StateStore> Engine<S> {
@@ -217,6 +259,9 @@ impl<S: StateStore> Engine<S> {
             usage_reset: Vec::new(),
             values: Vec::new(),
             inputs: InputHealth::default(),
+            pending: None,
+            committed: HashMap::new(),
+            detect_busy_reported: std::time::Duration::ZERO,
         })
     }
 
@@ -250,10 +295,13 @@ impl<S: StateStore> Engine<S> {
         self.open_stream(name, 1)
     }
 
-    /// Opens a stream of `shards` key-hash shards, restoring them from the
-    /// store; returns the stream's id. A stream of one shard keeps its
-    /// state under `name`, the others under `name#0`, `name#1`, ...
+    /// Opens a stream of key-hash shards, restoring them from the store;
+    /// returns the stream's id. A stream the store knows keeps the shards it
+    /// was created with (the alerts are the same for any number: it is a
+    /// matter of speed); a new one gets `shards`. A stream of one shard
+    /// keeps its state under `name`, the others under `name#0`, `name#1`, ...
     pub fn open_stream(&mut self, name: &str, shards: u32) -> Result<u32, PipelineError> {
+        let shards = self.registry.stream_shards(name).unwrap_or(shards);
         let names: Vec<String> = match shards {
             0 | 1 => vec![name.to_string()],
             n => (0..n).map(|i| format!("{name}#{i}")).collect(),
@@ -275,6 +323,7 @@ impl<S: StateStore> Engine<S> {
             shards: ids.iter().map(|(i, _)| *i).collect(),
             max_seen: None,
             positions: BTreeMap::new(),
+            cur: None,
             live_from: None,
             // restoring may have found expired segments to delete
             dirty: true,
@@ -292,6 +341,7 @@ impl<S: StateStore> Engine<S> {
             stream.live_from = stream.live_from.max(o.live_from);
             self.infos.insert(ids[k].0, o.info);
         }
+        self.committed.insert(id, stream.positions());
         self.streams.insert(id, stream);
         Ok(id)
     }
@@ -299,6 +349,7 @@ impl<S: StateStore> Engine<S> {
     /// Forgets a stream's in-memory state (its partition was revoked). Call
     /// [`Engine::commit`] first: what is not committed is lost.
     pub fn close_shard(&mut self, stream: u32) {
+        self.committed.remove(&stream);
         if let Some(s) = self.streams.remove(&stream) {
             for id in s.shards {
                 self.detectors.close(id);
@@ -325,6 +376,7 @@ impl<S: StateStore> Engine<S> {
         let s = self.streams.get_mut(&stream).expect("checked");
         s.max_seen = None;
         s.positions.clear();
+        s.cur = None;
         s.live_from = Some(live_from);
         s.dirty = true;
         Ok(())
@@ -351,7 +403,7 @@ impl<S: StateStore> Engine<S> {
     pub fn positions(&self, stream: u32) -> BTreeMap<u32, u64> {
         self.streams
             .get(&stream)
-            .map(|s| s.positions.clone())
+            .map(|s| s.positions())
             .unwrap_or_default()
     }
 
@@ -390,68 +442,101 @@ impl<S: StateStore> Engine<S> {
     ) -> Result<(), PipelineError> {
         let raw = chunk.raw();
         let events = chunk.events();
-        for (i, rec) in raw.records().iter().enumerate() {
-            let Some(st) = self.streams.get_mut(&rec.stream) else {
+        let mut dead = Vec::new();
+        let Engine {
+            streams,
+            detectors,
+            steps,
+            routed,
+            rebuilt,
+            inputs,
+            registry,
+            opts,
+            key_absent,
+            key_mismatch,
+            ..
+        } = self;
+        let recs = raw.records();
+        let mut run_start = 0;
+        // records of one chunk mostly come from one stream: looked up once
+        // per run of records of the same stream
+        while run_start < recs.len() {
+            let id = recs[run_start].stream;
+            let run_end = recs[run_start..]
+                .iter()
+                .position(|r| r.stream != id)
+                .map_or(recs.len(), |n| run_start + n);
+            let run = run_start..run_end;
+            run_start = run_end;
+            let Some(st) = streams.get_mut(&id) else {
                 continue;
             };
-            st.dirty = true;
-            st.positions.insert(rec.pos.source, rec.pos.offset + 1);
-            let mut rebuild = false;
-            if let Some(live_from) = st.live_from {
-                if rec.pos.offset < live_from {
-                    // rebuilding: state only, no alerts, no dead letters, not counted
-                    rebuild = true;
-                    self.rebuilt += 1;
-                } else {
-                    caught_up(st, &self.detectors, &mut self.steps);
+            for i in run {
+                let rec = &recs[i];
+                st.dirty = true;
+                st.advance(rec.pos.source, rec.pos.offset + 1);
+                let mut rebuild = false;
+                if let Some(live_from) = st.live_from {
+                    if rec.pos.offset < live_from {
+                        // rebuilding: state only, no alerts, no dead letters, not counted
+                        rebuild = true;
+                        *rebuilt += 1;
+                    } else {
+                        caught_up(st, detectors, steps);
+                    }
                 }
-            }
-            let decoded = &events[i];
-            if let Ok(ev) = decoded {
-                let shard = st.shards[route(ev, st.shards.len())];
-                let max_before = st.max_seen;
-                st.max_seen = Some(
-                    st.max_seen
-                        .map_or(ev.received_at, |m| m.max(ev.received_at)),
-                );
-                self.routed += 1;
-                self.steps[self.detectors.worker_of(shard)].push(Step::Event {
-                    idx: i as u32,
-                    shard,
-                    seq: self.routed,
-                    max_before,
-                    rebuild,
-                });
-            }
-            if rebuild {
-                if rec.pos.offset + 1 >= st.live_from.unwrap_or(0) {
-                    caught_up(st, &self.detectors, &mut self.steps);
+                let decoded = &events[i];
+                if let Ok(ev) = decoded {
+                    let shard = st.shards[route(ev, st.shards.len())];
+                    let max_before = st.max_seen;
+                    st.max_seen = Some(
+                        st.max_seen
+                            .map_or(ev.received_at, |m| m.max(ev.received_at)),
+                    );
+                    *routed += 1;
+                    steps[detectors.worker_of(shard)].push(Step::Event {
+                        idx: i as u32,
+                        shard,
+                        seq: *routed,
+                        max_before,
+                        rebuild,
+                    });
                 }
-                continue;
-            }
-            if self.inputs.record(rec.pos.source, decoded.is_err()) {
-                let input = self.registry.source_name(rec.pos.source);
-                self.inputs
-                    .flag(rec.pos.source, input, self.opts.decoder.format());
-            }
-            match decoded {
-                Ok(ev) => match raw.record(i).key {
-                    MessageKey::None => {}
-                    MessageKey::Absent => self.key_absent += 1,
-                    MessageKey::Present(k) => {
-                        if k != ev.key_id.as_deref().unwrap_or_default().as_bytes() {
-                            self.key_mismatch += 1;
+                if rebuild {
+                    if rec.pos.offset + 1 >= st.live_from.unwrap_or(0) {
+                        caught_up(st, detectors, steps);
+                    }
+                    continue;
+                }
+                if inputs.record(rec.pos.source, decoded.is_err()) {
+                    let input = registry.source_name(rec.pos.source);
+                    inputs.flag(rec.pos.source, input, opts.decoder.format());
+                }
+                match decoded {
+                    Ok(ev) => {
+                        if let Some(key) = rec.message_key() {
+                            match key.map(|k| raw.slice(k)) {
+                                None => *key_absent += 1,
+                                Some(k) => {
+                                    if k != ev.key_id.as_deref().unwrap_or_default().as_bytes() {
+                                        *key_mismatch += 1;
+                                    }
+                                }
+                            }
                         }
                     }
-                },
-                Err(e) => {
-                    let name = self.registry.source_name(rec.pos.source).to_string();
-                    self.dead_letter(&name, &raw.record(i), e, dlq)?;
+                    Err(_) => dead.push(i),
                 }
             }
         }
         self.detectors
             .dispatch(&chunk, &mut self.steps, &self.lifecycle);
+        for i in dead {
+            let rec = raw.record(i);
+            let Err(e) = &events[i] else { continue };
+            let name = self.registry.source_name(rec.pos.source).to_string();
+            self.dead_letter(&name, &rec, e, dlq)?;
+        }
         Ok(())
     }
 
@@ -516,10 +601,32 @@ impl<S: StateStore> Engine<S> {
         self.values.push((name.to_string(), v));
     }
 
-    /// Commits everything routed since the last commit atomically (see the
-    /// module docs). When the store refuses (disk full, I/O error) nothing
-    /// is lost: the commit is kept and retried first by the next call.
+    /// Commits everything routed so far atomically (see the module docs),
+    /// waiting for it: a commit in flight first, then a new one. When the
+    /// store refuses (disk full, I/O error) nothing is lost: the commit is
+    /// kept and retried first by the next call.
     pub fn commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<CommitInfo, PipelineError> {
+        if self.pending.is_some() {
+            self.finish_commit(true)?;
+        }
+        self.begin_commit(dlq)?;
+        Ok(self
+            .finish_commit(true)?
+            .expect("a commit waited for is finished"))
+    }
+
+    /// Whether a commit is begun and not finished.
+    pub fn commit_in_flight(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Begins a commit of everything routed so far: dead letters flushed,
+    /// then every worker is asked to stage its shards once it has processed
+    /// what was routed before (records routed from now on belong to the next
+    /// commit). A commit the store refused earlier is retried first. Finish
+    /// it with [`Engine::finish_commit`]; one at a time.
+    pub fn begin_commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<(), PipelineError> {
+        assert!(self.pending.is_none(), "one commit at a time");
         let started = Instant::now();
         dlq.flush()?;
         if let Some((c, info)) = self.failed.take() {
@@ -527,26 +634,56 @@ impl<S: StateStore> Engine<S> {
                 self.failed = Some((c, info));
                 return Err(e.into());
             }
+            self.detectors.durable();
             self.outbox.committed(info.alerts);
         }
-        // the barrier: every worker stages the shards of the streams that moved
         let mut wanted = Vec::new();
-        for s in self.streams.values_mut().filter(|s| s.dirty) {
+        let mut positions = Vec::new();
+        for (id, s) in self.streams.iter_mut().filter(|(_, s)| s.dirty) {
             s.dirty = false;
-            for id in &s.shards {
+            let pos = s.positions();
+            positions.push((*id, pos.clone()));
+            for shard in &s.shards {
                 wanted.push(StageShard {
-                    id: *id,
-                    positions: s.positions.clone(),
+                    id: *shard,
+                    positions: pos.clone(),
                     live_from: s.live_from,
                 });
             }
         }
-        let staged = self.detectors.stage(wanted);
-        let mut c = Commit::default();
+        self.pending = Some(PendingCommit {
+            replies: self.detectors.stage(wanted),
+            started,
+            positions,
+            commit: Commit {
+                registry: self.registry.take_pending(),
+                lifecycle: std::mem::take(&mut self.lifecycle_pending),
+                usage_reset: std::mem::take(&mut self.usage_reset),
+                values: std::mem::take(&mut self.values),
+                ..Default::default()
+            },
+        });
+        Ok(())
+    }
+
+    /// Finishes the commit in flight once every worker has staged its part
+    /// (waiting for them when `wait`): one atomic store write, then the
+    /// segments it holds may leave memory. `None` when the workers are not
+    /// done yet (not waiting) or no commit is in flight.
+    pub fn finish_commit(&mut self, wait: bool) -> Result<Option<CommitInfo>, PipelineError> {
+        let Some(p) = &self.pending else {
+            return Ok(None);
+        };
+        if !wait && !p.replies.iter().all(|r| !r.is_empty()) {
+            return Ok(None);
+        }
+        let p = self.pending.take().expect("checked");
+        let mut c = p.commit;
         let mut events = 0;
         let mut error = None;
         let mut alerts = Vec::new();
-        for mut part in staged {
+        for rx in p.replies {
+            let mut part = rx.recv().expect("a worker answers");
             if let Some(e) = part.error.take() {
                 error.get_or_insert(e);
                 continue;
@@ -556,12 +693,12 @@ impl<S: StateStore> Engine<S> {
             for (id, info) in part.infos {
                 self.infos.insert(id, info);
             }
-            let p = part.commit;
-            c.shards.extend(p.shards);
-            c.segments.extend(p.segments);
-            c.segment_deletes.extend(p.segment_deletes);
-            c.segment_floors.extend(p.segment_floors);
-            c.usage.extend(p.usage);
+            let w = part.commit;
+            c.shards.extend(w.shards);
+            c.segments.extend(w.segments);
+            c.segment_deletes.extend(w.segment_deletes);
+            c.segment_floors.extend(w.segment_floors);
+            c.usage.extend(w.usage);
         }
         if let Some(e) = error {
             return Err(e);
@@ -572,12 +709,8 @@ impl<S: StateStore> Engine<S> {
             self.outbox.push(a);
         }
         let (outbox_put, outbox_delete_below) = self.outbox.stage();
-        c.registry = self.registry.take_pending();
-        c.lifecycle = std::mem::take(&mut self.lifecycle_pending);
         c.outbox_put = outbox_put;
         c.outbox_delete_below = outbox_delete_below;
-        c.usage_reset = std::mem::take(&mut self.usage_reset);
-        c.values = std::mem::take(&mut self.values);
         let info = CommitInfo {
             alerts: c.outbox_put.len(),
             events,
@@ -594,12 +727,15 @@ impl<S: StateStore> Engine<S> {
         // the store now: only from here may the segment caches evict them
         self.detectors.durable();
         self.outbox.committed(info.alerts);
+        for (stream, pos) in p.positions {
+            self.committed.insert(stream, pos);
+        }
         telemetry::Committed {
             events: info.events,
             segments: info.segments,
             deleted_segments: info.deleted_segments,
             alerts: info.alerts,
-            elapsed: started.elapsed(),
+            elapsed: p.started.elapsed(),
         }
         .emit();
         let t = self.totals();
@@ -609,9 +745,10 @@ impl<S: StateStore> Engine<S> {
             segments: self.infos.values().map(|i| i.segments).sum(),
         }
         .emit();
+        let busy = self.detectors.busy();
         telemetry::StageBusy {
             stage: "detect",
-            busy: self.detectors.take_busy(),
+            busy: busy.saturating_sub(std::mem::replace(&mut self.detect_busy_reported, busy)),
         }
         .emit();
         for (w, depth) in self.detectors.queue_depths().into_iter().enumerate() {
@@ -628,7 +765,17 @@ impl<S: StateStore> Engine<S> {
                 entries: t.live_entries,
             });
         }
-        Ok(info)
+        Ok(Some(info))
+    }
+
+    /// Time the detect workers spent on requests so far, together.
+    pub fn detect_busy(&self) -> std::time::Duration {
+        self.detectors.busy()
+    }
+
+    /// The input positions of a stream as of its last finished commit.
+    pub fn committed_positions(&self, stream: u32) -> Option<&BTreeMap<u32, u64>> {
+        self.committed.get(&stream)
     }
 
     /// Hands every committed alert to the sink; they leave the outbox with the

@@ -39,6 +39,18 @@ impl Registry {
         id
     }
 
+    /// How many shards the stream `name` was created with, if it exists:
+    /// one is stored under `name`, more under `name#0`, `name#1`, ...
+    pub(super) fn stream_shards(&self, name: &str) -> Option<u32> {
+        if self.ids.contains_key(&format!("{SHARD}{name}")) {
+            return Some(1);
+        }
+        let n = (0..)
+            .take_while(|i| self.ids.contains_key(&format!("{SHARD}{name}#{i}")))
+            .count() as u32;
+        (n > 0).then_some(n)
+    }
+
     pub(super) fn shard_id(&mut self, name: &str) -> u32 {
         self.id(format!("{SHARD}{name}"))
     }

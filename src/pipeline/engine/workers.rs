@@ -7,7 +7,9 @@
 //! With one thread the engine keeps a single worker on its own thread and
 //! calls it directly ([`Detectors::inline`]): the same code, no queues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -413,9 +415,9 @@ impl<S: StateStore> Detectors<S> {
         self.queues.iter().map(|q| q.len()).collect()
     }
 
-    /// Time the workers spent on events so far, and resets it.
-    pub(super) fn take_busy(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.busy.swap(0, Ordering::Relaxed))
+    /// Time the workers spent on events so far, together.
+    pub(super) fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 
     /// Opens shards, each on the least loaded worker (restoring them in
@@ -500,9 +502,11 @@ impl<S: StateStore> Detectors<S> {
         }
     }
 
-    /// Every worker stages the given shards (after finishing what it was
-    /// given before): the barrier of a commit.
-    pub(super) fn stage(&mut self, shards: Vec<StageShard>) -> Vec<Staged> {
+    /// Asks every worker to stage the given shards once it has finished
+    /// what it was given before (the barrier of a commit); the answers come
+    /// on the returned channels, while the workers go on with what is
+    /// routed after.
+    pub(super) fn stage(&mut self, shards: Vec<StageShard>) -> Vec<Receiver<Staged>> {
         let mut per: Vec<Vec<StageShard>> = (0..self.count()).map(|_| Vec::new()).collect();
         for s in shards {
             per[self.worker_of(s.id)].push(s);
@@ -514,9 +518,6 @@ impl<S: StateStore> Detectors<S> {
             replies.push(rx);
         }
         replies
-            .into_iter()
-            .map(|rx| rx.recv().expect("a worker answers"))
-            .collect()
     }
 
     pub(super) fn durable(&mut self) {

@@ -8,6 +8,11 @@
 //!    which offset the partition's live state can be rebuilt. They serve lag
 //!    monitoring and the hand-over to another instance; the truth is in
 //!    RocksDB.
+//!
+//! A commit is begun when its batch is due and finished when the detect
+//! workers have staged it, while the poll loop goes on reading the next
+//! batch: under load a batch grows while the one before is written. When
+//! the input is drained the batch is committed and alerted at once.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::rebalance::Ctx;
 use super::runtime::{Runtime, ALERT_POSITIONS, IDLE_WAIT};
 use super::status::Status;
-use crate::pipeline::PipelineError;
+use crate::pipeline::{CommitInfo, PipelineError};
 use crate::source::kafka::CommitMeta;
 
 /// Group offsets are committed at most this often while running (each is a
@@ -27,9 +32,9 @@ use crate::source::kafka::CommitMeta;
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Runtime {
-    /// Whether a commit cycle is due, `drained` telling whether the last
-    /// poll found the consumer's queue empty: the open batch once the input
-    /// is drained, `max_commit_delay` after its first record or at
+    /// Whether the open batch is due for a commit, `drained` telling whether
+    /// the last poll found the consumer's queue empty: once the input is
+    /// drained, `max_commit_delay` after its first record or at
     /// `batch_events` records; delivered alerts' removal from the outbox and
     /// a refused commit's retry after `max_commit_delay`; group offsets left
     /// behind by the last commits once idle.
@@ -47,13 +52,17 @@ impl Runtime {
             && self
                 .parts
                 .values()
-                .any(|p| p.group_committed != Some(p.next) && p.next > 0);
+                .any(|p| p.group_committed != Some(p.committable) && p.committable > 0);
         batch || housekeeping || group_behind
     }
 
     /// How long the poll loop may wait for the next record: until the open
-    /// batch (or pending housekeeping) is due, else [`IDLE_WAIT`].
+    /// batch (or pending housekeeping) is due, else [`IDLE_WAIT`]; not at
+    /// all while a commit is in flight (it is finished between polls).
     pub(super) fn wait_for_input(&self) -> Duration {
+        if self.engine.commit_in_flight() {
+            return Duration::from_micros(200);
+        }
         let delay = self.pipeline.max_commit_delay.as_std();
         let since = match self.batch_opened {
             Some(t) if self.records_since_commit > 0 => Some(t),
@@ -68,26 +77,78 @@ impl Runtime {
         }
     }
 
-    /// Records the open batch can still take.
+    /// Records the open batch can still take (none when it is full: it
+    /// waits for the commit in flight, then is committed).
     pub(super) fn room(&self) -> usize {
         self.pipeline
             .batch_events
             .saturating_sub(self.records_since_commit)
-            .max(1)
     }
 
-    /// State + offsets + outbox to RocksDB, alerts to Kafka, offsets to the group.
+    /// One step of the commit cycle between two polls: the commit in flight
+    /// is finished once its workers are done (waited for when the input is
+    /// drained: nothing else to do), and the next begun when its batch is
+    /// due. When drained, the batch is everything polled, committed and
+    /// alerted before the next poll.
+    pub(super) fn commit_step(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        drained: bool,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        if self.engine.commit_in_flight() {
+            // waited for when there is nothing else to do: the input is
+            // drained, or the open batch is full
+            let wait = drained || self.records_since_commit >= self.pipeline.batch_events;
+            let finished = self.engine.finish_commit(wait);
+            self.finished(finished, consumer, CommitMode::Async, status)?;
+        }
+        if !self.engine.commit_in_flight() && self.due(drained) {
+            if drained {
+                self.flush()?;
+            }
+            self.begin_commit(consumer, status)?;
+            if drained {
+                let finished = self.engine.finish_commit(true);
+                self.finished(finished, consumer, CommitMode::Async, status)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything polled is committed, alerted and its group offsets
+    /// committed (`mode`) before this returns: on hand-over and shutdown.
     pub(super) fn commit_cycle(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         mode: CommitMode,
         status: &Status,
     ) -> Result<(), PipelineError> {
-        self.last_commit = Instant::now();
-        let cycle = Instant::now();
         self.flush()?;
+        if self.engine.commit_in_flight() {
+            let finished = self.engine.finish_commit(true);
+            self.finished(finished, consumer, mode, status)?;
+        }
+        self.begin_commit(consumer, status)?;
+        let finished = self.engine.finish_commit(true);
+        self.finished(finished, consumer, mode, status)
+    }
+
+    /// Begins the commit of everything routed so far.
+    fn begin_commit(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        self.last_commit = Instant::now();
         if let Some(f) = &self.forwarder {
             f.wait_acked()?;
+        }
+        // forwarded partitions: what is acknowledged may be group-committed
+        for (_, _, part) in self.parts.iter_mut() {
+            if part.shard.is_none() {
+                part.committable = part.next;
+            }
         }
         // where the alert topic stood before this commit's alerts go out: after
         // a crash, the alerts on it from there on are not produced again
@@ -99,33 +160,33 @@ impl Runtime {
             );
             self.persisted_positions = positions;
         }
-        match self.engine.commit(&mut self.dlq) {
-            Ok(info) => {
-                status.events.fetch_add(info.events, Ordering::Relaxed);
-                if self.paused {
-                    self.paused = false;
-                    status.set_unhealthy(None);
-                    if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.resume(&a);
-                    }
-                    tracing::warn!("the state store accepts commits again: consuming resumes");
-                }
-            }
-            Err(PipelineError::State(e)) if e.is_transient() => {
-                if !self.paused {
-                    self.paused = true;
-                    if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.pause(&a);
-                    }
-                    tracing::error!(error = %e, "the state store refused a commit: consuming paused until it accepts again");
-                }
-                status.set_unhealthy(Some(e.to_string()));
-                return Err(PipelineError::State(e));
-            }
-            Err(e) => return Err(e),
+        let begun = self.engine.begin_commit(&mut self.dlq);
+        if begun.is_ok() {
+            self.committing = (
+                std::mem::take(&mut self.records_since_commit),
+                self.batch_opened.take(),
+            );
         }
-        let events = std::mem::take(&mut self.records_since_commit);
-        let opened = self.batch_opened.take();
+        self.store_result(begun, consumer, status)
+    }
+
+    /// After a finished (or refused) commit: its alerts delivered, reports,
+    /// group offsets.
+    fn finished(
+        &mut self,
+        finished: Result<Option<CommitInfo>, PipelineError>,
+        consumer: &BaseConsumer<Ctx>,
+        mode: CommitMode,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        let info = match finished {
+            Ok(Some(info)) => info,
+            Ok(None) => return Ok(()),
+            Err(e) => return self.store_result(Err(e), consumer, status),
+        };
+        self.store_result(Ok(()), consumer, status)?;
+        status.events.fetch_add(info.events, Ordering::Relaxed);
+        let (events, opened) = std::mem::take(&mut self.committing);
         self.report_counters();
         let delivering = Instant::now();
         let n = self.engine.deliver(&mut self.alerts)?;
@@ -140,8 +201,10 @@ impl Runtime {
         }
         for (stage, busy) in [
             ("read", std::mem::take(&mut self.read_busy)),
-            ("decode", self.pool.take_busy()),
-            ("commit", cycle.elapsed()),
+            ("decode", {
+                let busy = self.pool.busy();
+                busy.saturating_sub(std::mem::replace(&mut self.decode_reported, busy))
+            }),
         ] {
             crate::telemetry::StageBusy { stage, busy }.emit();
         }
@@ -150,6 +213,18 @@ impl Runtime {
             depth: self.pool.in_flight(),
         }
         .emit();
+        // detected partitions: what the store holds may be group-committed
+        let engine = &self.engine;
+        for (_, _, part) in self.parts.iter_mut() {
+            if let Some(stream) = part.shard {
+                if let Some(&next) = engine
+                    .committed_positions(stream)
+                    .and_then(|p| p.get(&part.source))
+                {
+                    part.committable = next;
+                }
+            }
+        }
         self.reporter.after_commit(&mut self.engine);
         if matches!(mode, CommitMode::Async)
             && self.last_group_commit.elapsed() < GROUP_COMMIT_INTERVAL
@@ -158,6 +233,41 @@ impl Runtime {
         }
         self.commit_group_offsets(consumer, mode);
         Ok(())
+    }
+
+    /// A store refusal pauses consumption (and marks the instance
+    /// unhealthy) until a commit goes through again; it is retried.
+    fn store_result(
+        &mut self,
+        r: Result<(), PipelineError>,
+        consumer: &BaseConsumer<Ctx>,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        match r {
+            Ok(()) => {
+                if self.paused && !self.engine.commit_pending() {
+                    self.paused = false;
+                    status.set_unhealthy(None);
+                    if let Ok(a) = consumer.assignment() {
+                        let _ = consumer.resume(&a);
+                    }
+                    tracing::warn!("the state store accepts commits again: consuming resumes");
+                }
+                Ok(())
+            }
+            Err(PipelineError::State(e)) if e.is_transient() => {
+                if !self.paused {
+                    self.paused = true;
+                    if let Ok(a) = consumer.assignment() {
+                        let _ = consumer.pause(&a);
+                    }
+                    tracing::error!(error = %e, "the state store refused a commit: consuming paused until it accepts again");
+                }
+                status.set_unhealthy(Some(e.to_string()));
+                Err(PipelineError::State(e))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn report_counters(&mut self) {
@@ -184,23 +294,24 @@ impl Runtime {
         let engine = &self.engine;
         for (topic, p, part) in self.parts.iter_mut() {
             let reporting = part.shard.is_none_or(|s| engine.live_from(s).is_none());
-            if !reporting || part.group_committed == Some(part.next) {
+            let next = part.committable;
+            if !reporting || next == 0 || part.group_committed == Some(next) {
                 continue;
             }
             let meta = CommitMeta {
                 alerts: alert_positions.clone(),
                 rebuild_from: part
                     .shard
-                    .map(|s| engine.rebuild_from(s).unwrap_or(part.next).min(part.next)),
+                    .map(|s| engine.rebuild_from(s).unwrap_or(next).min(next)),
             };
             if tpl
-                .add_partition_offset(topic, p, Offset::Offset(part.next as i64))
+                .add_partition_offset(topic, p, Offset::Offset(next as i64))
                 .is_ok()
             {
                 if let Some(mut el) = tpl.find_partition(topic, p) {
                     el.set_metadata(meta.encode());
                 }
-                part.group_committed = Some(part.next);
+                part.group_committed = Some(next);
             }
         }
         if tpl.count() > 0 {

@@ -208,6 +208,7 @@ impl Runtime {
                 source,
                 name: name.clone(),
                 next: 0,
+                committable: 0,
                 group_committed: group,
                 processed: 0,
                 rate_mark: (Instant::now(), 0),
@@ -244,6 +245,7 @@ impl Runtime {
             };
             if let Offset::Offset(o) = start {
                 part.next = o as u64;
+                part.committable = o as u64;
             }
             tpl.set_partition_offset(&topic, p, start)
                 .map_err(PipelineError::kafka(format!("setting the start of {name}")))?;

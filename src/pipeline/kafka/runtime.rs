@@ -56,6 +56,9 @@ pub(super) struct Part {
     pub(super) name: String,
     /// Next offset to read.
     pub(super) next: u64,
+    /// Next offset the group may be told: what the state store holds (a
+    /// forwarded partition: what is forwarded and acknowledged).
+    pub(super) committable: u64,
     /// Offset last committed to the group.
     pub(super) group_committed: Option<u64>,
     pub(super) processed: u64,
@@ -84,9 +87,13 @@ pub(super) struct Runtime {
     pub(super) chunk: RawChunk,
     /// Time spent polling and cutting chunks since the last commit.
     pub(super) read_busy: Duration,
+    /// Decode time already reported as a metric.
+    pub(super) decode_reported: Duration,
     pub(super) records_since_commit: usize,
     /// When the first record of the open batch was processed.
     pub(super) batch_opened: Option<Instant>,
+    /// The batch of the commit in flight: (records, when it was opened).
+    pub(super) committing: (usize, Option<Instant>),
     pub(super) last_commit: Instant,
     /// Partitions paused because the store refused a commit.
     pub(super) paused: bool,
@@ -342,9 +349,11 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         ),
         chunk: RawChunk::with_capacity(config.pipeline.chunk_events, 0),
         read_busy: Duration::ZERO,
+        decode_reported: Duration::ZERO,
         pipeline: config.pipeline.clone(),
         records_since_commit: 0,
         batch_opened: None,
+        committing: (0, None),
         last_commit: Instant::now(),
         paused: false,
         reported: (0, 0, 0),
@@ -399,9 +408,10 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
 }
 
 /// Polls micro-batches without holding the runtime (rebalance callbacks take
-/// it), processes each under one lock, commits when due: when the consumer's
-/// queue is momentarily empty, when the open batch is `max_commit_delay` old
-/// or holds `batch_events` records (see [`PipelineConfig`]).
+/// it), cuts them into chunks for the decoders under one lock, and steps the
+/// commit cycle: a batch is committed when the consumer's queue is
+/// momentarily empty, when it is `max_commit_delay` old or holds
+/// `batch_events` records (see [`PipelineConfig`]).
 fn poll_loop(
     consumer: &BaseConsumer<Ctx>,
     rt: &Mutex<Runtime>,
@@ -446,17 +456,15 @@ fn poll_loop(
         if let Some(t) = polled_at {
             g.read_busy += t.elapsed();
         }
-        if g.due(drained) {
-            match g.commit_cycle(consumer, CommitMode::Async, status) {
-                Ok(()) => {}
-                Err(PipelineError::State(e)) if e.is_transient() => {
-                    // paused and unhealthy; retried after a pause
-                    drop(g);
-                    std::thread::sleep(Duration::from_millis(500));
-                    continue;
-                }
-                Err(e) => return Err(e),
+        match g.commit_step(consumer, drained, status) {
+            Ok(()) => {}
+            Err(PipelineError::State(e)) if e.is_transient() => {
+                // paused and unhealthy; retried after a pause
+                drop(g);
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
             }
+            Err(e) => return Err(e),
         }
         if idle && !g.due(drained) {
             let Runtime {
