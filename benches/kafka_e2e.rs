@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use replayguard::generate::{self, GenConfig};
-use replayguard_testkit::kafka::{committed, produce, Broker, Detector};
+use replayguard_testkit::kafka::{produce, Broker, Detector};
 use replayguard_testkit::Dir;
 
 const PARTITIONS: i32 = 4;
@@ -164,10 +164,16 @@ dir = "{state}"
         det.cpu_secs(),
         broker.as_ref().map_or(0.0, |b| b.cpu_secs()),
     );
-    let total: i64 = ends.values().sum();
+    // processed: every record committed to the state store with its alerts
+    // (the detector's own count, read over HTTP every 10 ms: a cheap probe
+    // that takes no CPU from what it measures)
     loop {
-        let c = committed(&addr, "bench-run", "bench-in", PARTITIONS);
-        if c.values().sum::<i64>() >= total {
+        let events = det
+            .get("/v1/status")
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["events"].as_u64())
+            .unwrap_or(0);
+        if events >= n as u64 {
             break;
         }
         assert!(
@@ -175,14 +181,27 @@ dir = "{state}"
             "run did not catch up:\n{}",
             det.log_text()
         );
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let run_secs = t0.elapsed().as_secs_f64();
-    let run_rate = n as f64 / run_secs;
     let det_cores = (det.cpu_secs() - cpu0.0) / run_secs;
     let broker_cores = broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu0.1) / run_secs;
+    // then the group's committed offsets at the end of the topic (one
+    // client, asked every 50 ms)
+    let total: i64 = ends.values().sum();
+    let offsets = CommittedOffsets::new(&addr, "bench-run", "bench-in", PARTITIONS);
+    while offsets.sum() < total {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the group offsets did not reach the end:\n{}",
+            det.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group_secs = t0.elapsed().as_secs_f64();
+    let run_rate = n as f64 / run_secs;
     eprintln!(
-        "replayguard run: {run_rate:.0} records/s (detector {det_cores:.2} cores, broker {broker_cores:.2} cores)"
+        "replayguard run: {run_rate:.0} records/s (detector {det_cores:.2} cores, broker {broker_cores:.2} cores); group offsets at the end after {group_secs:.2} s"
     );
     println!("| measure | value |");
     println!("|---|---|");
@@ -194,7 +213,13 @@ dir = "{state}"
     if let Some(k) = kcat {
         println!("| consume-only kcat | {k:.0} records/s |");
     }
-    println!("| replayguard run (detect + commit + produce alerts) | {run_rate:.0} records/s |");
+    println!(
+        "| replayguard run (detect + commit state + produce alerts) | {run_rate:.0} records/s |"
+    );
+    println!(
+        "| group offsets at the end of the topic | {group_secs:.2} s after the start ({:.0} records/s) |",
+        n as f64 / group_secs
+    );
     println!(
         "| ratio run / consume-only rdkafka | {:.0} % |",
         100.0 * run_rate / ceiling
@@ -223,6 +248,43 @@ dir = "{state}"
     }
     let status = det.stop();
     assert!(status.success());
+}
+
+/// A group's committed offsets, asked with one client.
+struct CommittedOffsets {
+    consumer: BaseConsumer,
+    tpl: TopicPartitionList,
+}
+
+impl CommittedOffsets {
+    fn new(addr: &str, group: &str, topic: &str, n: i32) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", addr)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n {
+            tpl.add_partition(topic, p);
+        }
+        CommittedOffsets { consumer, tpl }
+    }
+
+    fn sum(&self) -> i64 {
+        self.consumer
+            .committed_offsets(self.tpl.clone(), Duration::from_secs(10))
+            .map(|got| {
+                got.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// kcat reading the topic to its end: records/s, when kcat is installed.

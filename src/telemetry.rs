@@ -42,8 +42,8 @@ pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
         ("replayguard_commits_total", Counter, None, "Commits of state, input positions and outbox to the state store."),
         ("replayguard_commit_seconds", Histogram, Some(Unit::Seconds), "Time of one commit to the state store."),
         ("replayguard_commit_batch_events", Histogram, None, "Records in one commit batch of run (pipeline.batch_events bounds it)."),
-        ("replayguard_commit_delay_seconds", Histogram, Some(Unit::Seconds), "In run, from the first record of a batch being processed to its alerts acknowledged by the broker (pipeline.max_commit_delay bounds the wait for the commit)."),
-        ("replayguard_alert_delivery_seconds", Histogram, Some(Unit::Seconds), "In run, producing a commit's alerts until the broker acknowledged them all."),
+        ("replayguard_commit_delay_seconds", Histogram, Some(Unit::Seconds), "In run, from the first record of a batch being polled to its commit written (pipeline.max_commit_delay bounds the wait before the commit begins)."),
+        ("replayguard_alert_delivery_seconds", Histogram, Some(Unit::Seconds), "In run, producing a batch of alerts until the broker acknowledged them all (the poll loop goes on meanwhile)."),
         ("replayguard_stage_busy_seconds", Histogram, Some(Unit::Seconds), "Time a pipeline stage spent working between two commits, per `stage` (read: reading files or polling Kafka and cutting chunks; decode: the decode threads together; detect: the detect workers together; commit: staging, writing and delivering). rate() of the _sum is the stage's load in cores: the stage near its thread count bounds throughput."),
         ("replayguard_queue_depth", Gauge, None, "Chunks waiting in a pipeline queue, per `queue` (decode: submitted and not yet routed; detect-N: queued for detect worker N), sampled at each commit."),
         ("replayguard_live_entries", Gauge, None, "Requests in the live replay window."),
@@ -310,22 +310,29 @@ impl Committed {
     }
 }
 
-/// A commit batch of `run` went through: state written, alerts acknowledged.
+/// A commit batch of `run` is written.
 pub struct CommitBatch {
     pub events: usize,
-    /// From its first record processed to its alerts acknowledged.
+    /// From its first record polled to its commit written.
     pub delay: Duration,
-    /// Producing its alerts until acknowledged (zero without alerts).
-    pub delivery: Option<Duration>,
 }
 
 impl CommitBatch {
     pub fn emit(&self) {
         histogram!("replayguard_commit_batch_events").record(self.events as f64);
         histogram!("replayguard_commit_delay_seconds").record(self.delay.as_secs_f64());
-        if let Some(d) = self.delivery {
-            histogram!("replayguard_alert_delivery_seconds").record(d.as_secs_f64());
-        }
+    }
+}
+
+/// A batch of alerts was acknowledged by the broker.
+pub struct AlertsAcknowledged {
+    /// From producing them to the last acknowledgement.
+    pub elapsed: Duration,
+}
+
+impl AlertsAcknowledged {
+    pub fn emit(&self) {
+        histogram!("replayguard_alert_delivery_seconds").record(self.elapsed.as_secs_f64());
     }
 }
 
@@ -524,7 +531,10 @@ mod tests {
             super::CommitBatch {
                 events: 700,
                 delay: Duration::from_millis(4),
-                delivery: Some(Duration::from_millis(2)),
+            }
+            .emit();
+            super::AlertsAcknowledged {
+                elapsed: Duration::from_millis(2),
             }
             .emit();
         });

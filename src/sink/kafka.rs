@@ -181,6 +181,17 @@ pub struct KafkaAlertSink {
     /// Alerts produced again because an offset-less acknowledgement turned
     /// out not to be on the topic.
     pub resent: u64,
+    /// The batch sent and not yet known to be delivered.
+    in_flight: Option<InFlight>,
+}
+
+/// A batch of alerts sent, until every one is acknowledged.
+struct InFlight {
+    /// Where the alert topic stood before it was sent.
+    before: BTreeMap<i32, i64>,
+    batch: Vec<OutboxEntry>,
+    /// Times an acknowledgement without an offset was checked against the topic.
+    checks: u32,
 }
 
 impl KafkaAlertSink {
@@ -194,6 +205,7 @@ impl KafkaAlertSink {
             skipped: 0,
             reader: None,
             resent: 0,
+            in_flight: None,
         }
     }
 
@@ -350,61 +362,94 @@ impl KafkaAlertSink {
 }
 
 impl AlertSink for KafkaAlertSink {
-    /// Produces the batch and waits for every acknowledgement. An
-    /// acknowledgement without an offset (a broker answering a retried send
-    /// as a duplicate, typically after it restarted) is checked against the
-    /// topic, and what is not there is produced again. It was first seen with
-    /// a Kafka-protocol imitation that lost acknowledged batches; Apache
-    /// Kafka answers a duplicate with DUPLICATE_SEQUENCE_NUMBER, which
-    /// librdkafka also reports without an offset, and an unclean leader
-    /// election can lose an acknowledged batch. The check costs nothing while
-    /// acknowledgements carry offsets, so it stays.
+    /// Produces the batch and waits for every acknowledgement (see
+    /// [`AlertSink::delivered`] for what is checked).
     fn deliver(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
+        self.send(batch)?;
+        while !self.delivered(true)? {}
+        Ok(())
+    }
+
+    /// Produces the batch (idempotent, acks=all); librdkafka sends it at once
+    /// (`linger.ms` 0) and batches what queues up while requests are in flight.
+    fn send(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
+        debug_assert!(self.in_flight.is_none(), "one batch at a time");
         if !self.skip.is_empty() && std::time::Instant::now() > self.skip_until {
             self.skip.clear();
         }
         let before = self.positions();
         self.send_all(batch.iter())?;
-        flush(&self.producer, self.timeout, "alerts")?;
-        for attempt in 0.. {
-            if self.producer.context().take_offsetless() == 0 {
-                break;
+        self.in_flight = Some(InFlight {
+            before,
+            batch: batch.to_vec(),
+            checks: 0,
+        });
+        Ok(())
+    }
+
+    /// Whether every alert sent is acknowledged. An acknowledgement without
+    /// an offset (a broker answering a retried send as a duplicate,
+    /// typically after it restarted) is checked against the topic, and what
+    /// is not there is produced again. It was first seen with a
+    /// Kafka-protocol imitation that lost acknowledged batches; Apache Kafka
+    /// answers a duplicate with DUPLICATE_SEQUENCE_NUMBER, which librdkafka
+    /// also reports without an offset, and an unclean leader election can
+    /// lose an acknowledged batch. The check costs nothing while
+    /// acknowledgements carry offsets, so it stays.
+    fn delivered(&mut self, wait: bool) -> Result<bool, SinkError> {
+        loop {
+            if self.in_flight.is_none() {
+                return Ok(true);
             }
-            let Some(reader) = &self.reader else {
-                break;
-            };
-            if attempt == 5 {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() > 0 && !wait {
+                return Ok(false);
+            }
+            if let Err(e) = flush(&self.producer, self.timeout, "alerts") {
+                self.in_flight = None;
+                return Err(e);
+            }
+            if self.producer.context().take_offsetless() == 0 || self.reader.is_none() {
+                self.in_flight = None;
+                return Ok(true);
+            }
+            let f = self.in_flight.as_mut().expect("checked");
+            if f.checks == 5 {
+                self.in_flight = None;
                 return Err(SinkError::Delivery(format!(
                     "alerts acknowledged without an offset and not found on {}",
                     self.topic
                 )));
             }
-            let on_topic = alert_ids_since(reader, &self.topic, &before)?;
-            let missing: Vec<&OutboxEntry> = batch
+            f.checks += 1;
+            let reader = self.reader.as_ref().expect("checked");
+            let on_topic = alert_ids_since(reader, &self.topic, &f.before)?;
+            let missing: Vec<OutboxEntry> = f
+                .batch
                 .iter()
                 .filter(|e| {
                     serde_json::from_slice::<AlertHead<'_>>(&e.json).is_ok_and(|h| {
                         !on_topic.contains(h.alert_id) && !self.skip.contains(h.alert_id)
                     })
                 })
+                .cloned()
                 .collect();
             tracing::warn!(
-                batch = batch.len(),
+                batch = f.batch.len(),
                 not_on_topic = missing.len(),
                 "the broker acknowledged alerts without an offset: checked the topic for them"
             );
             if missing.is_empty() {
-                break;
+                self.in_flight = None;
+                return Ok(true);
             }
             self.resent += missing.len() as u64;
             crate::telemetry::AlertsResent {
                 count: missing.len() as u64,
             }
             .emit();
-            self.send_all(missing.into_iter())?;
-            flush(&self.producer, self.timeout, "alerts")?;
+            self.send_all(missing.iter())?;
         }
-        Ok(())
     }
 }
 

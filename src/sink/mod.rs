@@ -35,8 +35,26 @@ pub struct OutboxEntry {
 /// Receives alerts. `deliver` returns only once every alert of the batch is
 /// durably handed over (written and flushed, or acknowledged by the broker);
 /// the pipeline then removes them from the outbox.
+///
+/// A sink whose acknowledgements take a round trip (the Kafka producer) can
+/// also take a batch without waiting ([`AlertSink::send`]) and say later
+/// whether it is acknowledged ([`AlertSink::delivered`]); the default does
+/// both at once.
 pub trait AlertSink {
     fn deliver(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError>;
+
+    /// Starts delivering a batch (one at a time: the next after
+    /// [`AlertSink::delivered`] said yes).
+    fn send(&mut self, batch: &[OutboxEntry]) -> Result<(), SinkError> {
+        self.deliver(batch)
+    }
+
+    /// Whether the batch sent is durably handed over, waiting for it when
+    /// `wait`. An error means it was not (nothing is removed from the outbox).
+    fn delivered(&mut self, wait: bool) -> Result<bool, SinkError> {
+        let _ = wait;
+        Ok(true)
+    }
 }
 
 /// A record that could not be decoded, with where it came from.

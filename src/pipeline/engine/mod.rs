@@ -210,16 +210,69 @@ pub struct Engine<S: StateStore> {
     committed: HashMap<u32, BTreeMap<u32, u64>>,
     /// Detect time already reported as a metric.
     detect_busy_reported: std::time::Duration,
+    /// Writes commits off the routing thread (with detect threads).
+    writer: Option<Writer>,
 }
 
 /// A commit begun: the workers' answers to come, and the engine's part.
 struct PendingCommit {
-    replies: Vec<crossbeam_channel::Receiver<workers::Staged>>,
+    phase: Phase,
     started: Instant,
     /// Per stream staged, the positions it commits.
     positions: Vec<(u32, BTreeMap<u32, u64>)>,
-    /// Registry, lifecycle, usage resets and named values.
-    commit: Commit,
+}
+
+enum Phase {
+    /// The workers stage their shards.
+    Staging {
+        replies: Vec<crossbeam_channel::Receiver<workers::Staged>>,
+        /// Registry, lifecycle, usage resets and named values.
+        commit: Box<Commit>,
+    },
+    /// The writer thread writes it.
+    Writing { info: CommitInfo },
+}
+
+/// The thread that writes commits to the store (with detect threads), so
+/// that routing goes on meanwhile. One commit at a time.
+struct Writer {
+    jobs: crossbeam_channel::Sender<Commit>,
+    done: crossbeam_channel::Receiver<(Commit, Result<(), crate::state::StateError>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start<S: StateStore>(store: Arc<S>) -> Writer {
+        let (jobs, rx) = crossbeam_channel::bounded::<Commit>(1);
+        let (tx, done) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("rg-commit".into())
+            .spawn(move || {
+                for c in rx {
+                    let r = store.commit(&c);
+                    if tx.send((c, r)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the commit thread");
+        Writer {
+            jobs,
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // a commit being written finishes (the store stays consistent either way)
+        let (dead, _) = crossbeam_channel::bounded(1);
+        drop(std::mem::replace(&mut self.jobs, dead));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl<S: StateStore> Engine<S> {
@@ -239,6 +292,7 @@ impl<S: StateStore> Engine<S> {
             opts.threads,
             opts.queue,
         );
+        let writer = (opts.threads > 1).then(|| Writer::start(store.clone()));
         Ok(Engine {
             registry: Registry::new(store.registry()?),
             outbox: Outbox::restore(store.outbox()?),
@@ -262,6 +316,7 @@ impl<S: StateStore> Engine<S> {
             pending: None,
             committed: HashMap::new(),
             detect_busy_reported: std::time::Duration::ZERO,
+            writer,
         })
     }
 
@@ -652,16 +707,18 @@ impl<S: StateStore> Engine<S> {
             }
         }
         self.pending = Some(PendingCommit {
-            replies: self.detectors.stage(wanted),
+            phase: Phase::Staging {
+                replies: self.detectors.stage(wanted),
+                commit: Box::new(Commit {
+                    registry: self.registry.take_pending(),
+                    lifecycle: std::mem::take(&mut self.lifecycle_pending),
+                    usage_reset: std::mem::take(&mut self.usage_reset),
+                    values: std::mem::take(&mut self.values),
+                    ..Default::default()
+                }),
+            },
             started,
             positions,
-            commit: Commit {
-                registry: self.registry.take_pending(),
-                lifecycle: std::mem::take(&mut self.lifecycle_pending),
-                usage_reset: std::mem::take(&mut self.usage_reset),
-                values: std::mem::take(&mut self.values),
-                ..Default::default()
-            },
         });
         Ok(())
     }
@@ -671,18 +728,69 @@ impl<S: StateStore> Engine<S> {
     /// segments it holds may leave memory. `None` when the workers are not
     /// done yet (not waiting) or no commit is in flight.
     pub fn finish_commit(&mut self, wait: bool) -> Result<Option<CommitInfo>, PipelineError> {
-        let Some(p) = &self.pending else {
-            return Ok(None);
-        };
-        if !wait && !p.replies.iter().all(|r| !r.is_empty()) {
-            return Ok(None);
+        loop {
+            let Some(p) = &mut self.pending else {
+                return Ok(None);
+            };
+            match &p.phase {
+                Phase::Staging { replies, .. } => {
+                    if !wait && !replies.iter().all(|r| !r.is_empty()) {
+                        return Ok(None);
+                    }
+                    let (c, info) = self.assemble()?;
+                    let p = self.pending.as_mut().expect("checked");
+                    match &self.writer {
+                        Some(w) if !c.is_empty() => {
+                            w.jobs.send(c).expect("the writer thread runs");
+                            p.phase = Phase::Writing { info };
+                        }
+                        _ => {
+                            if !c.is_empty() {
+                                if let Err(e) = self.store.commit(&c) {
+                                    self.pending = None;
+                                    self.failed = Some((c, info));
+                                    return Err(e.into());
+                                }
+                            }
+                            return self.complete(info).map(Some);
+                        }
+                    }
+                }
+                Phase::Writing { info } => {
+                    let info = *info;
+                    let w = self.writer.as_ref().expect("writing needs the writer");
+                    let (c, r) = if wait {
+                        w.done.recv().expect("the writer thread answers")
+                    } else {
+                        match w.done.try_recv() {
+                            Ok(x) => x,
+                            Err(_) => return Ok(None),
+                        }
+                    };
+                    if let Err(e) = r {
+                        self.pending = None;
+                        self.failed = Some((c, info));
+                        return Err(e.into());
+                    }
+                    return self.complete(info).map(Some);
+                }
+            }
         }
-        let p = self.pending.take().expect("checked");
-        let mut c = p.commit;
+    }
+
+    /// Every worker's part of the staged commit and the engine's, in one
+    /// [`Commit`].
+    fn assemble(&mut self) -> Result<(Commit, CommitInfo), PipelineError> {
+        let p = self.pending.as_mut().expect("a commit in flight");
+        let Phase::Staging { replies, commit } = &mut p.phase else {
+            unreachable!("assembled while staging");
+        };
+        let replies = std::mem::take(replies);
+        let mut c = *std::mem::take(commit);
         let mut events = 0;
         let mut error = None;
         let mut alerts = Vec::new();
-        for rx in p.replies {
+        for rx in replies {
             let mut part = rx.recv().expect("a worker answers");
             if let Some(e) = part.error.take() {
                 error.get_or_insert(e);
@@ -701,6 +809,7 @@ impl<S: StateStore> Engine<S> {
             c.usage.extend(w.usage);
         }
         if let Some(e) = error {
+            self.pending = None;
             return Err(e);
         }
         // in the order of the requests that raised them, whatever the workers
@@ -717,12 +826,12 @@ impl<S: StateStore> Engine<S> {
             segments: c.segments.len(),
             deleted_segments: c.segment_deletes.len(),
         };
-        if !c.is_empty() {
-            if let Err(e) = self.store.commit(&c) {
-                self.failed = Some((c, info));
-                return Err(e.into());
-            }
-        }
+        Ok((c, info))
+    }
+
+    /// The commit in flight is written.
+    fn complete(&mut self, info: CommitInfo) -> Result<CommitInfo, PipelineError> {
+        let p = self.pending.take().expect("a commit in flight");
         // every segment handed to this commit (and to a retried one) is in
         // the store now: only from here may the segment caches evict them
         self.detectors.durable();
@@ -765,7 +874,7 @@ impl<S: StateStore> Engine<S> {
                 entries: t.live_entries,
             });
         }
-        Ok(Some(info))
+        Ok(info)
     }
 
     /// Time the detect workers spent on requests so far, together.
@@ -782,6 +891,29 @@ impl<S: StateStore> Engine<S> {
     /// next commit. Returns how many were delivered.
     pub fn deliver(&mut self, sink: &mut dyn AlertSink) -> Result<usize, PipelineError> {
         Ok(self.outbox.deliver(sink)?)
+    }
+
+    /// Sends every committed alert to the sink without waiting for its
+    /// acknowledgement (see [`Engine::delivered`]); nothing when a batch is
+    /// being sent already.
+    pub fn send_alerts(&mut self, sink: &mut dyn AlertSink) -> Result<(), PipelineError> {
+        Ok(self.outbox.send(sink)?)
+    }
+
+    /// How many alerts sent with [`Engine::send_alerts`] the sink has
+    /// acknowledged (waiting for them when `wait`); they leave the outbox
+    /// with the next commit.
+    pub fn delivered(
+        &mut self,
+        sink: &mut dyn AlertSink,
+        wait: bool,
+    ) -> Result<usize, PipelineError> {
+        Ok(self.outbox.delivered(sink, wait)?)
+    }
+
+    /// Alerts sent and not acknowledged yet.
+    pub fn alerts_in_flight(&self) -> usize {
+        self.outbox.sending()
     }
 
     /// Alerts committed but not yet delivered (e.g. left by a crash).

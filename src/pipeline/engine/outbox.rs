@@ -13,6 +13,8 @@ pub(super) struct Outbox {
     next_seq: u64,
     /// Delivered: the store's entries below this go with the next commit.
     delete_below: Option<u64>,
+    /// Of `entries`, the first this many are sent and not yet acknowledged.
+    sending: usize,
 }
 
 impl Outbox {
@@ -27,6 +29,7 @@ impl Outbox {
             committed: entries.len(),
             entries,
             delete_below: None,
+            sending: 0,
         }
     }
 
@@ -56,20 +59,61 @@ impl Outbox {
     /// Hands every committed entry to the sink; they leave the store's
     /// outbox with the next commit.
     pub(super) fn deliver(&mut self, sink: &mut dyn AlertSink) -> Result<usize, SinkError> {
-        let n = self.committed;
-        if n == 0 {
-            return Ok(0);
+        let mut n = self.delivered(sink, true)?;
+        if self.committed > 0 {
+            self.send(sink)?;
+            n += self.delivered(sink, true)?;
         }
-        sink.deliver(&self.entries[..n])?;
-        self.delete_below = Some(self.entries[n - 1].seq + 1);
-        self.entries.drain(..n);
-        self.committed = 0;
         Ok(n)
     }
 
-    /// Committed but not delivered.
+    /// Sends every committed entry to the sink without waiting for it to
+    /// acknowledge them (when nothing is being sent already).
+    pub(super) fn send(&mut self, sink: &mut dyn AlertSink) -> Result<(), SinkError> {
+        if self.sending > 0 || self.committed == 0 {
+            return Ok(());
+        }
+        sink.send(&self.entries[..self.committed])?;
+        self.sending = self.committed;
+        Ok(())
+    }
+
+    /// How many entries the sink acknowledged since the last call (waiting
+    /// for them when `wait`); they leave the store's outbox with the next
+    /// commit.
+    pub(super) fn delivered(
+        &mut self,
+        sink: &mut dyn AlertSink,
+        wait: bool,
+    ) -> Result<usize, SinkError> {
+        let n = self.sending;
+        if n == 0 {
+            return Ok(0);
+        }
+        match sink.delivered(wait) {
+            Ok(true) => {}
+            Ok(false) => return Ok(0),
+            Err(e) => {
+                // not delivered: sent again with the next call to `send`
+                self.sending = 0;
+                return Err(e);
+            }
+        }
+        self.delete_below = Some(self.entries[n - 1].seq + 1);
+        self.entries.drain(..n);
+        self.committed -= n;
+        self.sending = 0;
+        Ok(n)
+    }
+
+    /// Entries sent and not acknowledged yet.
+    pub(super) fn sending(&self) -> usize {
+        self.sending
+    }
+
+    /// Committed and not sent (or delivered) yet.
     pub(super) fn undelivered(&self) -> usize {
-        self.committed
+        self.committed - self.sending
     }
 
     /// Delivered entries wait for a commit to leave the store.

@@ -26,6 +26,11 @@ use super::status::Status;
 use crate::pipeline::{CommitInfo, PipelineError};
 use crate::source::kafka::CommitMeta;
 
+/// How long a poll waits for input while records are being decoded, a
+/// commit is being staged or alerts await their acknowledgement: they are
+/// checked between polls, never waited for (but for a full batch).
+const IN_FLIGHT_WAIT: Duration = Duration::from_micros(200);
+
 /// Group offsets are committed at most this often while running (each is a
 /// broker round trip sharing the connection with fetches); always on
 /// hand-over and shutdown.
@@ -36,8 +41,8 @@ impl Runtime {
     /// the last poll found the consumer's queue empty: once the input is
     /// drained, `max_commit_delay` after its first record or at
     /// `batch_events` records; delivered alerts' removal from the outbox and
-    /// a refused commit's retry after `max_commit_delay`; group offsets left
-    /// behind by the last commits once idle.
+    /// a refused commit's retry after `max_commit_delay`. (Group offsets
+    /// follow alert acknowledgements: see [`Runtime::pump_alerts`].)
     pub(super) fn due(&self, drained: bool) -> bool {
         let delay = self.pipeline.max_commit_delay.as_std();
         let batch = self.records_since_commit > 0
@@ -48,20 +53,18 @@ impl Runtime {
             || self.engine.commit_pending()
             || self.engine.outbox_delete_pending())
             && self.last_commit.elapsed() >= delay;
-        let group_behind = self.last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL
-            && self
-                .parts
-                .values()
-                .any(|p| p.group_committed != Some(p.committable) && p.committable > 0);
-        batch || housekeeping || group_behind
+        batch || housekeeping
     }
 
     /// How long the poll loop may wait for the next record: until the open
     /// batch (or pending housekeeping) is due, else [`IDLE_WAIT`]; not at
     /// all while a commit is in flight (it is finished between polls).
     pub(super) fn wait_for_input(&self) -> Duration {
-        if self.engine.commit_in_flight() {
-            return Duration::from_micros(200);
+        if self.engine.commit_in_flight()
+            || self.engine.alerts_in_flight() > 0
+            || self.pool.in_flight() > 0
+        {
+            return IN_FLIGHT_WAIT;
         }
         let delay = self.pipeline.max_commit_delay.as_std();
         let since = match self.batch_opened {
@@ -85,35 +88,104 @@ impl Runtime {
             .saturating_sub(self.records_since_commit)
     }
 
-    /// One step of the commit cycle between two polls: the commit in flight
-    /// is finished once its workers are done (waited for when the input is
-    /// drained: nothing else to do), and the next begun when its batch is
-    /// due. When drained, the batch is everything polled, committed and
-    /// alerted before the next poll.
+    /// One step of the commit cycle between two polls, never waiting (but
+    /// for a full batch): alerts acknowledged are taken out of the outbox
+    /// and the next ones sent; the commit in flight is finished once its
+    /// workers have staged it; the next one is begun when its batch is due.
+    /// A batch is due when the input is drained (once everything polled is
+    /// decoded and routed: the commit holds all of it), at
+    /// `max_commit_delay` or at `batch_events` records.
     pub(super) fn commit_step(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         drained: bool,
         status: &Status,
     ) -> Result<(), PipelineError> {
+        self.pump_alerts(consumer, false, CommitMode::Async, status)?;
         if self.engine.commit_in_flight() {
-            // waited for when there is nothing else to do: the input is
-            // drained, or the open batch is full
-            let wait = drained || self.records_since_commit >= self.pipeline.batch_events;
+            // waited for only when the open batch is full
+            let wait = self.records_since_commit >= self.pipeline.batch_events;
             let finished = self.engine.finish_commit(wait);
             self.finished(finished, consumer, CommitMode::Async, status)?;
         }
-        if !self.engine.commit_in_flight() && self.due(drained) {
-            if drained {
-                self.flush()?;
-            }
+        let due = self.due(drained);
+        if !self.engine.commit_in_flight() && due && !(drained && self.pool.in_flight() > 0) {
             self.begin_commit(consumer, status)?;
-            if drained {
-                let finished = self.engine.finish_commit(true);
-                self.finished(finished, consumer, CommitMode::Async, status)?;
-            }
         }
         Ok(())
+    }
+
+    /// Alert delivery, between polls: a batch sent is checked for its
+    /// acknowledgement (waited for when `wait`); once acknowledged, the
+    /// positions its commits cover may go to the group, and the alerts
+    /// committed since are sent. One batch is in flight at a time.
+    pub(super) fn pump_alerts(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        wait: bool,
+        mode: CommitMode,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        loop {
+            if self.engine.alerts_in_flight() > 0 {
+                let n = self.engine.delivered(&mut self.alerts, wait)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                status.alerts.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(sent) = self.alerts_sent_at.take() {
+                    crate::telemetry::AlertsAcknowledged {
+                        elapsed: sent.elapsed(),
+                    }
+                    .emit();
+                }
+                if let Some(snapshot) = self.sending_positions.take() {
+                    self.set_committable(snapshot);
+                }
+            }
+            if self.engine.undelivered() == 0 {
+                // every alert committed is delivered: what the store holds may
+                // go to the group
+                let snapshot = self.committed_snapshot();
+                self.set_committable(snapshot);
+                break;
+            }
+            self.sending_positions = Some(self.committed_snapshot());
+            self.alerts_sent_at = Some(Instant::now());
+            self.engine.send_alerts(&mut self.alerts)?;
+            if !wait {
+                break;
+            }
+        }
+        if !matches!(mode, CommitMode::Async)
+            || self.last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL
+        {
+            self.commit_group_offsets(consumer, mode);
+        }
+        Ok(())
+    }
+
+    /// The committed position of every detected partition.
+    fn committed_snapshot(&self) -> Vec<(u32, u32, u64)> {
+        self.parts
+            .values()
+            .filter_map(|p| {
+                let stream = p.shard?;
+                let next = *self.engine.committed_positions(stream)?.get(&p.source)?;
+                Some((stream, p.source, next))
+            })
+            .collect()
+    }
+
+    fn set_committable(&mut self, snapshot: Vec<(u32, u32, u64)>) {
+        for (_, _, part) in self.parts.iter_mut() {
+            if let Some(&(_, _, next)) = snapshot
+                .iter()
+                .find(|(s, src, _)| Some(*s) == part.shard && *src == part.source)
+            {
+                part.committable = next;
+            }
+        }
     }
 
     /// Everything polled is committed, alerted and its group offsets
@@ -131,7 +203,8 @@ impl Runtime {
         }
         self.begin_commit(consumer, status)?;
         let finished = self.engine.finish_commit(true);
-        self.finished(finished, consumer, mode, status)
+        self.finished(finished, consumer, mode, status)?;
+        self.pump_alerts(consumer, true, mode, status)
     }
 
     /// Begins the commit of everything routed so far.
@@ -188,14 +261,10 @@ impl Runtime {
         status.events.fetch_add(info.events, Ordering::Relaxed);
         let (events, opened) = std::mem::take(&mut self.committing);
         self.report_counters();
-        let delivering = Instant::now();
-        let n = self.engine.deliver(&mut self.alerts)?;
-        status.alerts.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(opened) = opened {
             crate::telemetry::CommitBatch {
                 events,
                 delay: opened.elapsed(),
-                delivery: (n > 0).then(|| delivering.elapsed()),
             }
             .emit();
         }
@@ -213,26 +282,10 @@ impl Runtime {
             depth: self.pool.in_flight(),
         }
         .emit();
-        // detected partitions: what the store holds may be group-committed
-        let engine = &self.engine;
-        for (_, _, part) in self.parts.iter_mut() {
-            if let Some(stream) = part.shard {
-                if let Some(&next) = engine
-                    .committed_positions(stream)
-                    .and_then(|p| p.get(&part.source))
-                {
-                    part.committable = next;
-                }
-            }
-        }
         self.reporter.after_commit(&mut self.engine);
-        if matches!(mode, CommitMode::Async)
-            && self.last_group_commit.elapsed() < GROUP_COMMIT_INTERVAL
-        {
-            return Ok(());
-        }
-        self.commit_group_offsets(consumer, mode);
-        Ok(())
+        // its alerts go out (if none are in flight); the group offsets follow
+        // their acknowledgement
+        self.pump_alerts(consumer, false, mode, status)
     }
 
     /// A store refusal pauses consumption (and marks the instance

@@ -1,7 +1,9 @@
 //! The runtime of `run`: the state the poll loop and the rebalance callbacks
 //! share (one owner, behind one lock that only they take), and the loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -94,6 +96,11 @@ pub(super) struct Runtime {
     pub(super) batch_opened: Option<Instant>,
     /// The batch of the commit in flight: (records, when it was opened).
     pub(super) committing: (usize, Option<Instant>),
+    /// The committed positions the alerts in flight cover (partitions go to
+    /// the group once they are acknowledged).
+    pub(super) sending_positions: Option<Vec<(u32, u32, u64)>>,
+    /// When the alerts in flight were sent.
+    pub(super) alerts_sent_at: Option<Instant>,
     pub(super) last_commit: Instant,
     /// Partitions paused because the store refused a commit.
     pub(super) paused: bool,
@@ -354,6 +361,8 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         records_since_commit: 0,
         batch_opened: None,
         committing: (0, None),
+        sending_positions: None,
+        alerts_sent_at: None,
         last_commit: Instant::now(),
         paused: false,
         reported: (0, 0, 0),
