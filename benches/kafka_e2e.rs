@@ -122,9 +122,12 @@ fn main() {
     eprintln!("produced in {:.1}s", t.elapsed().as_secs_f64());
     drop(data);
 
+    let cpu = (cpu_self(), broker.as_ref().map_or(0.0, |b| b.cpu_secs()));
     let secs = consume_only(&addr, "bench-in", n);
     let ceiling = n as f64 / secs;
-    eprintln!("consume-only (rdkafka): {ceiling:.0} records/s");
+    let consume_cores = (cpu_self() - cpu.0) / secs;
+    let consume_broker = broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu.1) / secs;
+    eprintln!("consume-only (rdkafka): {ceiling:.0} records/s ({consume_cores:.2} cores, broker {consume_broker:.2} cores)");
     let kcat = kcat_consume_only(&addr, "bench-in", n);
     if let Some(k) = kcat {
         eprintln!("consume-only (kcat): {k:.0} records/s");
@@ -143,10 +146,12 @@ start = "earliest"
 [kafka.consumer_properties]
 "session.timeout.ms" = "2000"
 "heartbeat.interval.ms" = "500"
+{extra}
 [state]
 dir = "{state}"
 "#,
             state = dir.path("state").display(),
+            extra = std::env::var("RG_BENCH_CONSUMER").unwrap_or_default(),
         ),
     );
     let det = Detector::start(&dir, "run", &cfg);
@@ -209,7 +214,7 @@ dir = "{state}"
         "| events | {n} ({} bytes each on average), {PARTITIONS} partitions |",
         bytes / n
     );
-    println!("| consume-only rdkafka client | {ceiling:.0} records/s |");
+    println!("| consume-only rdkafka client | {ceiling:.0} records/s (client {consume_cores:.2} cores, broker {consume_broker:.2} cores) |");
     if let Some(k) = kcat {
         println!("| consume-only kcat | {k:.0} records/s |");
     }
@@ -246,8 +251,33 @@ dir = "{state}"
             lat.last().unwrap().as_secs_f64() * 1e3
         );
     }
+    // what the detector says about its pipeline (stages, commits, delivery)
+    if let Some(m) = det.get("/metrics") {
+        for l in m.lines().filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("_sum") || l.contains("_count") || l.contains("queue_depth"))
+                && (l.contains("stage_busy")
+                    || l.contains("commit_")
+                    || l.contains("alert_delivery")
+                    || l.contains("queue_depth"))
+        }) {
+            eprintln!("detector metric: {l}");
+        }
+    }
     let status = det.stop();
     assert!(status.success());
+}
+
+/// CPU seconds this process has used (the consume-only client runs in it).
+fn cpu_self() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after the name)
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 /// A group's committed offsets, asked with one client.
@@ -316,18 +346,25 @@ fn kcat_consume_only(addr: &str, topic: &str, n: usize) -> Option<f64> {
     Some(n as f64 / secs)
 }
 
-/// Produces `rate` requests/s for 15 s, every 100th a replay of a request
-/// about 50 ms before it, and measures produce -> alert consumed.
+/// Produces `rate` requests/s for 5 s of warm-up (not measured: a fresh
+/// producer, and the broker's JIT on a path it has not run yet) then 15 s,
+/// every 100th a replay of a request about 50 ms before it, and measures
+/// produce -> alert consumed over the 15 s.
 fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration>, usize) {
-    let seconds = 15.0;
-    let count = (rate * seconds) as usize;
+    let warm = (rate * 5.0) as usize;
+    let count = warm + (rate * 15.0) as usize;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let seen: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let seen_ids: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let hops: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    // RG_BENCH_RAW: the broker alone (produced to bench-lat, read back from
+    // it), no detector in between: the floor of one hop
+    let raw = std::env::var("RG_BENCH_RAW").is_ok();
     let reader = {
         let (addr, sent, seen, stop) = (addr.to_string(), sent.clone(), seen.clone(), stop.clone());
         let seen_ids = seen_ids.clone();
+        let hops = hops.clone();
         std::thread::spawn(move || {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &addr)
@@ -335,13 +372,18 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
                 .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
                 .create()
                 .unwrap();
+            let topic = if raw {
+                "bench-lat"
+            } else {
+                "replayguard-alerts"
+            };
             let md = c
-                .fetch_metadata(Some("replayguard-alerts"), Duration::from_secs(10))
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
                 .unwrap();
             let parts = md.topics()[0].partitions().len() as i32;
             let mut tpl = TopicPartitionList::new();
             for p in 0..parts {
-                tpl.add_partition_offset("replayguard-alerts", p, Offset::Beginning)
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
                     .unwrap();
             }
             c.assign(&tpl).unwrap();
@@ -351,11 +393,30 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
                     let now = Instant::now();
                     let v: serde_json::Value =
                         serde_json::from_slice(m.payload().unwrap()).unwrap();
-                    if v["kind"] == "replay" {
+                    if raw || v["kind"] == "replay" {
                         let id = v["event_id"].as_str().unwrap();
                         if let Some(t) = sent.lock().unwrap().get(id) {
                             seen.lock().unwrap().push(now - *t);
                             seen_ids.lock().unwrap().insert(id.to_string());
+                            // the two hops: produced -> alert produced by the
+                            // detector (the alert's CreateTime), -> read here
+                            let wall = |d: Duration| {
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap()
+                                    .as_millis() as i64
+                                    - d.as_millis() as i64
+                            };
+                            if let Some(alert_ts) = m.timestamp().to_millis() {
+                                let sent_wall = wall(now - *t);
+                                let got_wall = wall(Duration::ZERO);
+                                hops.lock()
+                                    .unwrap()
+                                    .push((alert_ts - sent_wall, got_wall - alert_ts));
+                                if std::env::var("RG_BENCH_TRACE").is_ok() {
+                                    eprintln!("trace {id} sent {sent_wall} alert {alert_ts} read {got_wall}");
+                                }
+                            }
                         }
                     }
                 }
@@ -364,7 +425,14 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
     };
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", addr)
-        .set("linger.ms", "0")
+        // librdkafka's default (what a gateway's Kafka logger batches with):
+        // at 20 000 requests/s, linger.ms = 0 sends ~20 000 produce requests
+        // a second, which this machine's broker answers with p99 ~1 s
+        // before any detector is involved (RG_BENCH_RAW=1 RG_BENCH_LINGER=0)
+        .set(
+            "linger.ms",
+            std::env::var("RG_BENCH_LINGER").unwrap_or("5".into()),
+        )
         .create()
         .unwrap();
     let t_start = Instant::now();
@@ -382,7 +450,9 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
         let t = base + (i as f64 * 1000.0 / rate) as i64;
         // every 100th request replays the request sent about 50 ms before it
         let (id, key, nonce) = if i % 100 == 99 {
-            replays += 1;
+            if i >= warm {
+                replays += 1;
+            }
             let mut j = i.saturating_sub(((rate * 0.05) as usize).max(1));
             if j % 100 == 99 {
                 j -= 1;
@@ -402,10 +472,10 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
         let line = format!(
             r#"{{"event_id":"{id}","received_at":{t},"key_id":"{key}","nonce":"{nonce}","client_ts":{t},"client_ip":"10.9.0.1","method":"POST","path":"/api/v3/order","status":200}}"#
         );
-        if id.contains("-r") {
+        if id.contains("-r") && i >= warm {
             sent.lock().unwrap().insert(id.clone(), Instant::now());
         }
-        let mut r = BaseRecord::<str, str, ()>::to("bench-in")
+        let mut r = BaseRecord::<str, str, ()>::to(if raw { "bench-lat" } else { "bench-in" })
             .key(&key)
             .payload(&line);
         loop {
@@ -427,6 +497,20 @@ fn latency(addr: &str, rate: f64, phase: usize, det: &Detector) -> (Vec<Duration
     reader.join().unwrap();
     let mut lat = seen.lock().unwrap().clone();
     lat.sort();
+    {
+        let h = hops.lock().unwrap();
+        let mut a: Vec<i64> = h.iter().map(|x| x.0).collect();
+        let mut b: Vec<i64> = h.iter().map(|x| x.1).collect();
+        a.sort();
+        b.sort();
+        if !a.is_empty() {
+            let q = |v: &[i64], f: f64| v[((v.len() as f64 * f) as usize).min(v.len() - 1)];
+            eprintln!(
+                "latency hops at {rate:.0}/s (ms, wall clock): request -> alert produced p50 {} p99 {}; alert produced -> read p50 {} p99 {}",
+                q(&a, 0.5), q(&a, 0.99), q(&b, 0.5), q(&b, 0.99)
+            );
+        }
+    }
     if lat.len() != replays {
         let got = seen_ids.lock().unwrap();
         let mut missing: Vec<String> = sent

@@ -91,10 +91,10 @@ impl Runtime {
     /// One step of the commit cycle between two polls, never waiting (but
     /// for a full batch): alerts acknowledged are taken out of the outbox
     /// and the next ones sent; the commit in flight is finished once its
-    /// workers have staged it; the next one is begun when its batch is due.
-    /// A batch is due when the input is drained (once everything polled is
-    /// decoded and routed: the commit holds all of it), at
-    /// `max_commit_delay` or at `batch_events` records.
+    /// workers have staged it; the next one is begun when its batch is due:
+    /// when the input is drained (then everything polled is decoded and
+    /// routed first: the commit holds all of it), at `max_commit_delay` or
+    /// at `batch_events` records.
     pub(super) fn commit_step(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
@@ -108,8 +108,12 @@ impl Runtime {
             let finished = self.engine.finish_commit(wait);
             self.finished(finished, consumer, CommitMode::Async, status)?;
         }
-        let due = self.due(drained);
-        if !self.engine.commit_in_flight() && due && !(drained && self.pool.in_flight() > 0) {
+        if !self.engine.commit_in_flight() && self.due(drained) {
+            if drained {
+                // the commit holds everything polled: what is being decoded
+                // (a chunk or two) is routed first
+                self.flush()?;
+            }
             self.begin_commit(consumer, status)?;
         }
         Ok(())

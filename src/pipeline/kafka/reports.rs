@@ -109,10 +109,16 @@ impl Reporter {
         self.refresh(engine, snapshot_due);
     }
 
-    /// When the input is drained: the committed state gets its snapshot now.
+    /// When the input is drained: the committed state gets its snapshot,
+    /// at most once a second (it asks every detect worker: the poll loop
+    /// would spend its time on it between every two requests of a slow
+    /// input).
     pub fn on_idle<S: StateStore>(&mut self, engine: &mut crate::pipeline::Engine<S>) {
-        let stale = self.stale;
-        self.refresh(engine, stale);
+        let due = self.stale
+            && self
+                .last_snapshot
+                .is_none_or(|t| t.elapsed() >= SNAPSHOT_INTERVAL);
+        self.refresh(engine, due);
     }
 
     fn refresh<S: StateStore>(
