@@ -39,7 +39,7 @@ fi
 
 scan() { # CPUS TAG -> "events/s peak_rss_kib"
   local cpus="$1" tag="$2" err
-  rm -rf "$out/state"
+  rm -rf "$out/state" "$out/alerts-$tag.jsonl"
   err=$( { /usr/bin/time -f 'rss_kib=%M' taskset -c "$cpus" "$rg" scan --quiet --state-dir "$out/state" \
       "${lifecycle[@]}" --alerts "$out/alerts-$tag.jsonl" "$input" 2>&1 >/dev/null; } 2>&1 )
   echo "$(sed -n 's/.*(\([0-9]*\) events\/s).*/\1/p' <<<"$err") $(sed -n 's/rss_kib=\([0-9]*\)/\1/p' <<<"$err")"

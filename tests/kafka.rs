@@ -448,8 +448,18 @@ fn run_serves_the_rotation_report_live_and_publishes_it() {
     assert!(one.contains("laggard"), "{one}");
     let page = det.get("/reports/rotations").unwrap();
     assert!(page.contains("<svg class=\"chart\"") && page.contains("laggard"));
-    let usage = det.get("/v1/keys/new-a/usage").unwrap();
-    assert!(usage.contains("\"requests_total\":1650"), "{usage}");
+    // usage is read from the store: written at a usage checkpoint, which an
+    // idle input gets within tens of milliseconds
+    let mut usage = String::new();
+    wait_for(
+        "the usage of new-a in the store",
+        Duration::from_secs(10),
+        &[&det],
+        || {
+            usage = det.get("/v1/keys/new-a/usage").unwrap_or_default();
+            usage.contains("\"requests_total\":1650")
+        },
+    );
     // and the reports topic carries them, keyed by key_id
     let msgs = consume(&b.addr(), "replayguard-reports", 2, Duration::from_secs(20));
     assert!(msgs

@@ -60,6 +60,9 @@ pub struct SeqState {
     /// at or before `judged_until`).
     #[serde(skip)]
     judged: usize,
+    /// Changed since it was last taken for a commit.
+    #[serde(skip)]
+    pub dirty: bool,
 }
 
 impl SeqState {

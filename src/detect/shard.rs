@@ -22,7 +22,7 @@ use super::config::{DetectConfig, Toggle};
 use super::fingerprint::{Fingerprinter, Position};
 use super::index::{self, Index};
 use super::lifecycle::{self, LifecycleTable};
-use super::sequence::{self, SeqEntry};
+use super::sequence::{self, SeqEntry, SeqState};
 use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
 use super::skew;
 use super::usage::{self, KeyUsage, UsageConfig};
@@ -141,6 +141,27 @@ pub struct ShardDetector {
     usage_dirty: Vec<Box<str>>,
     /// Keys with sequence numbers not judged yet, by the first one's time.
     seq_pending: std::collections::BTreeSet<(Millis, Box<str>)>,
+    /// The sequence rule's state per key (`detect.sequence = "on"`): apart
+    /// from usage, because it is committed with every batch while usage is
+    /// checkpointed (see [`UsageMode`]).
+    seq: hashbrown::HashMap<Box<str>, SeqState>,
+    /// Keys whose sequence state changed since [`ShardDetector::take_dirty_seq`].
+    seq_dirty: Vec<Box<str>>,
+}
+
+/// What a request read again does to per-key usage. Usage is checkpointed
+/// at an interval with its own input position, not with every commit; after
+/// a restart, the records between that position and the committed one are
+/// read again, and usage learns from them as it did the first time: they
+/// are recognised as themselves (reprocessed), which otherwise changes
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageMode {
+    /// A reprocessed request changes nothing.
+    Normal,
+    /// Committed after the usage checkpoint: a reprocessed request goes
+    /// into usage (and only there).
+    Catchup,
 }
 
 impl ShardDetector {
@@ -158,6 +179,8 @@ impl ShardDetector {
             usage: hashbrown::HashMap::new(),
             usage_dirty: Vec::new(),
             seq_pending: std::collections::BTreeSet::new(),
+            seq: hashbrown::HashMap::new(),
+            seq_dirty: Vec::new(),
         }
     }
 
@@ -189,20 +212,51 @@ impl ShardDetector {
         if self.cfg.sequence != Toggle::On || replay {
             return;
         }
-        if let Some(u) = self.usage.get_mut(key.as_str()) {
-            u.seq.restore(*n, fp, info);
+        if let Some(s) = self.seq.get_mut(key.as_str()) {
+            s.restore(*n, fp, info);
         }
+    }
+
+    /// Restores a key's sequence state (the maximum and its bounds) read
+    /// back from the state store, before [`ShardDetector::restore_sequence`].
+    pub fn restore_seq_state(&mut self, key: &str, mut s: SeqState) {
+        s.dirty = false;
+        self.seq.insert(key.into(), s);
     }
 
     /// After restoring usage and sequence numbers: what waits to be judged
     /// and folded.
     pub fn finish_restore(&mut self) {
-        for (key, u) in &mut self.usage {
-            u.seq.reindex();
-            if let Some(next) = u.seq.next_undecided() {
+        for (key, s) in &mut self.seq {
+            s.reindex();
+            if let Some(next) = s.next_undecided() {
                 self.seq_pending.insert((next, key.clone()));
             }
         }
+    }
+
+    /// The keys whose sequence state changed since the last call, with it.
+    pub fn take_dirty_seq(&mut self) -> Vec<(&str, &SeqState)> {
+        for k in &self.seq_dirty {
+            if let Some(s) = self.seq.get_mut(k) {
+                s.dirty = false;
+            }
+        }
+        let keys = std::mem::take(&mut self.seq_dirty);
+        let seq = &self.seq;
+        keys.into_iter()
+            .filter_map(|k| seq.get_key_value(&k).map(|(k, s)| (&**k, s)))
+            .collect()
+    }
+
+    /// The sequence state of every key (for tests and reports).
+    pub fn seq_states(&self) -> &hashbrown::HashMap<Box<str>, SeqState> {
+        &self.seq
+    }
+
+    /// Whether some key's usage changed since it was last taken.
+    pub fn usage_dirty(&self) -> bool {
+        !self.usage_dirty.is_empty()
     }
 
     /// The keys whose usage changed since the last call, with their usage.
@@ -358,6 +412,20 @@ impl ShardDetector {
         log: &mut L,
         out: &mut Vec<Alert>,
     ) -> Result<Verdict, LookupError> {
+        self.process_with(ev, pos, lifecycle, log, out, UsageMode::Normal)
+    }
+
+    /// [`ShardDetector::process`] of a request read again after a restart
+    /// (see [`UsageMode`]).
+    pub fn process_with<L: SightingLog>(
+        &mut self,
+        ev: &AccessEvent<'_>,
+        pos: Position,
+        lifecycle: &LifecycleTable,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+        usage_mode: UsageMode,
+    ) -> Result<Verdict, LookupError> {
         let t = ev.received_at;
         self.stats.events += 1;
         if let Some(wm) = self.watermark() {
@@ -382,7 +450,17 @@ impl ShardDetector {
                 out.truncate(first_alert);
                 match v {
                     Verdict::Duplicate => self.stats.duplicates += 1,
-                    Verdict::Reprocessed => self.stats.reprocessed += 1,
+                    Verdict::Reprocessed => {
+                        self.stats.reprocessed += 1;
+                        // committed, but after the usage checkpoint: usage
+                        // learns from it now, as it did the first time
+                        if usage_mode == UsageMode::Catchup {
+                            if let Some(key_id) = ev.key_id.as_deref() {
+                                let mut ignored = Vec::new();
+                                self.observe_usage(key_id, ev, &mut ignored);
+                            }
+                        }
+                    }
                     Verdict::Evaluated => {}
                 }
                 return Ok(v);
@@ -406,6 +484,51 @@ impl ShardDetector {
                 out.push(self.alert(kind, severity, ev, Evidence::Lifecycle(evidence)));
             }
         }
+        self.observe_usage(key_id, ev, out);
+        if t >= wm {
+            if let Sequenced {
+                n: Some(n),
+                fp: Some(fp),
+            } = seq
+            {
+                let u = match self.seq.get_mut(key_id) {
+                    Some(s) => s,
+                    None => self.seq.entry(key_id.into()).or_default(),
+                };
+                if !u.dirty {
+                    u.dirty = true;
+                    self.seq_dirty.push(key_id.into());
+                }
+                let before = u.next_undecided();
+                // a replay is never also out of sequence, and has its
+                // original's number: only first sightings are kept (they
+                // are what the sighting log gives back at restart)
+                let mut replay = false;
+                for a in &out[first_alert..] {
+                    if a.kind == AlertKind::Replay {
+                        if a.event_id == *ev.event_id {
+                            replay = true;
+                        } else {
+                            // this request took the place of a later one
+                            u.remove(&a.event_id);
+                        }
+                    }
+                }
+                if !replay {
+                    u.insert(ev, n, fp);
+                }
+                retrack(&mut self.seq_pending, key_id, before, u.next_undecided());
+            }
+        }
+        for a in &out[first_alert..] {
+            self.stats.alerts[a.kind.index()] += 1;
+        }
+        Ok(Verdict::Evaluated)
+    }
+
+    /// One request of `key_id` into its usage (the usage rules' alerts to `out`).
+    fn observe_usage(&mut self, key_id: &str, ev: &AccessEvent<'_>, out: &mut Vec<Alert>) {
+        let t = ev.received_at;
         let u = match self.usage.get_mut(key_id) {
             Some(u) => u,
             None => self
@@ -417,42 +540,6 @@ impl ShardDetector {
             self.usage_dirty.push(key_id.into());
         }
         usage::observe(&self.usage_cfg, u, ev, out);
-        if t >= wm {
-            if let Sequenced {
-                n: Some(n),
-                fp: Some(fp),
-            } = seq
-            {
-                let before = u.seq.next_undecided();
-                // a replay is never also out of sequence, and has its
-                // original's number: only first sightings are kept (they
-                // are what the sighting log gives back at restart)
-                let mut replay = false;
-                for a in &out[first_alert..] {
-                    if a.kind == AlertKind::Replay {
-                        if a.event_id == *ev.event_id {
-                            replay = true;
-                        } else {
-                            // this request took the place of a later one
-                            u.seq.remove(&a.event_id);
-                        }
-                    }
-                }
-                if !replay {
-                    u.seq.insert(ev, n, fp);
-                }
-                retrack(
-                    &mut self.seq_pending,
-                    key_id,
-                    before,
-                    u.seq.next_undecided(),
-                );
-            }
-        }
-        for a in &out[first_alert..] {
-            self.stats.alerts[a.kind.index()] += 1;
-        }
-        Ok(Verdict::Evaluated)
     }
 
     /// Judges the sequence numbers received before `until` (the watermark:
@@ -470,17 +557,17 @@ impl ShardDetector {
                 break;
             }
             let (_, key) = self.seq_pending.pop_first().expect("peeked");
-            let Some(u) = self.usage.get_mut(&key) else {
+            let Some(u) = self.seq.get_mut(&key) else {
                 continue;
             };
-            u.seq.judge(until - 1, tolerance, |e, evidence| {
+            u.judge(until - 1, tolerance, |e, evidence| {
                 hits.push((e.clone(), evidence));
             });
             if !u.dirty {
                 u.dirty = true;
-                self.usage_dirty.push(key.clone());
+                self.seq_dirty.push(key.clone());
             }
-            let next = u.seq.next_undecided();
+            let next = u.next_undecided();
             for (e, evidence) in hits.drain(..) {
                 let request = self.sighting_context(e.fp, &e.event_id, log)?;
                 out.push(Alert {
@@ -512,12 +599,12 @@ impl ShardDetector {
         };
         if crossed {
             let bound = until.saturating_sub(tolerance);
-            for (key, u) in self.usage.iter_mut() {
-                if u.seq.oldest().is_some_and(|r| r < bound) {
-                    u.seq.fold(bound);
+            for (key, u) in self.seq.iter_mut() {
+                if u.oldest().is_some_and(|r| r < bound) {
+                    u.fold(bound);
                     if !u.dirty {
                         u.dirty = true;
-                        self.usage_dirty.push(key.clone());
+                        self.seq_dirty.push(key.clone());
                     }
                 }
             }

@@ -321,25 +321,28 @@ fn the_end_of_the_input_judges_what_waits_for_the_watermark() {
 }
 
 #[test]
-fn sequence_state_survives_a_restart_from_usage_and_sighting_log() {
+fn sequence_state_survives_a_restart_from_its_record_and_the_sighting_log() {
     let cfg = seq_rules();
     let tol = cfg.sequence_tolerance_ms;
     let mut h = Harness::new(cfg);
     h.feed(&ev("a", T0, "k", Some("100")));
     h.feed(&ev("c", T0 + tol + 1, "k", Some("99")));
-    // what a commit writes: the keys' usage (postcard) and the clock
+    // what a commit writes: the keys' sequence state (postcard) and the clock
     let saved: Vec<(String, Vec<u8>)> = h
         .det
-        .take_dirty_usage()
+        .take_dirty_seq()
         .into_iter()
         .map(|(k, u)| (k.to_string(), postcard::to_stdvec(u).unwrap()))
         .collect();
     let clock = h.det.clock();
-    // the usage record keeps the maximum and bounds only
-    assert!(saved.iter().all(|(_, b)| b.len() < 2_000));
+    // the record keeps the maximum and bounds only
+    assert!(
+        !saved.is_empty() && saved.iter().all(|(_, b)| b.len() < 100),
+        "{saved:?}"
+    );
     let mut det = ShardDetector::new(cfg, 7);
     for (k, b) in &saved {
-        det.restore_usage(k, postcard::from_bytes(b).unwrap());
+        det.restore_seq_state(k, postcard::from_bytes(b).unwrap());
     }
     det.restore_clock(clock);
     // the requests not folded in come back from the sighting log
@@ -356,9 +359,8 @@ fn sequence_state_survives_a_restart_from_usage_and_sighting_log() {
     assert_eq!(sequence_evidence(&judged[0]).larger_event_id, "a");
     // the state is bounded: once judged and beyond the tolerance, only the
     // running maximum stays
-    let u = h2.det.take_dirty_usage();
-    let k = u.iter().find(|(k, _)| *k == "k").unwrap().1;
-    assert!(k.seq.buf.len() <= 1, "{:?}", k.seq);
+    let k = &h2.det.seq_states()["k"];
+    assert!(k.buf.len() <= 1, "{k:?}");
 }
 
 #[test]

@@ -219,8 +219,6 @@ pub struct KeyUsage {
     pub known_clients: Vec<u64>,
     pub clients_overflow: bool,
     pub last_new_client_at: Millis,
-    /// The sequence rule's state (`detect.sequence = "on"`).
-    pub seq: super::sequence::SeqState,
     #[serde(skip)]
     pub dirty: bool,
 }
@@ -249,7 +247,6 @@ impl KeyUsage {
             known_clients: Vec::new(),
             clients_overflow: false,
             last_new_client_at: t,
-            seq: Default::default(),
             dirty: true,
         }
     }

@@ -389,6 +389,8 @@ pub fn scan_source<S: StateStore>(
                     engine.finish_commit(true)?;
                     engine.deliver(alerts)?;
                 }
+                // usage covers everything read: a later scan reads nothing again
+                engine.checkpoint_usage();
                 engine.commit(dlq)?;
                 engine.deliver(alerts)?;
                 on_batch(&engine.totals());

@@ -91,7 +91,8 @@ fn crashing_run_on<S: StateStore>(
         e.deliver(&mut sink).unwrap();
         let shard = e.open_stream("p0", shards).unwrap();
         let src = e.source_id("in");
-        let start = e.positions(shard).get(&src).copied().unwrap_or(0) as usize;
+        // the committed position, or where usage stands when it is behind
+        let start = e.read_from(shard).get(&src).copied().unwrap_or(0) as usize;
         let mut since_commit = 0;
         for (i, line) in input.iter().enumerate().skip(start) {
             let rec = Record::new(
@@ -128,6 +129,7 @@ fn crashing_run_on<S: StateStore>(
             }
         }
         e.end_of_input().unwrap();
+        e.checkpoint_usage();
         e.commit(&mut dlq).unwrap();
         e.deliver(&mut sink).unwrap();
         e.commit(&mut dlq).unwrap();
@@ -329,6 +331,7 @@ fn engine_run<S: StateStore>(
         }
     }
     e.end_of_input().unwrap();
+    e.checkpoint_usage();
     e.commit(&mut dlq).unwrap();
     e.deliver(&mut sink).unwrap();
     (sink.alerts(), e.totals().stats)
@@ -548,10 +551,14 @@ proptest! {
         settings in arb_settings(),
         batch in prop_oneof![Just(4000usize), 200usize..1500],
         crashes in prop::collection::vec((1usize..3000, any::<u8>()), 1..5),
+        every_commit in any::<bool>(),
     ) {
         let input = traffic(seed);
         let mut c = config();
         settings.apply(&mut c);
+        if every_commit {
+            c.state.usage_checkpoint_interval = crate::units::DurationMs(0);
+        }
         let reference_store = Arc::new(MemStore::new(1));
         let (reference, _) = engine_run(reference_store.clone(), &config(), &input, 500);
         let crashes: Vec<_> = crashes.into_iter().map(|(at, how)| (at, Crash::of(how))).collect();
@@ -767,11 +774,17 @@ proptest! {
         threads in 2usize..5,
         batch in 1usize..400,
         crashes in prop::collection::vec((1usize..3000, any::<u8>()), 1..5),
+        every_commit in any::<bool>(),
     ) {
         let input = traffic(seed);
         let mut c = config();
         c.pipeline.threads = threads;
         c.pipeline.queue_chunks = 1;
+        // usage written with every commit, or only at the end (the default
+        // interval is longer than the run): a restart reads again for usage
+        if every_commit {
+            c.state.usage_checkpoint_interval = crate::units::DurationMs(0);
+        }
         // an uninterrupted run of the same shards (a shard's sequence
         // bookkeeping follows the requests it gets; alerts do not)
         let reference_store = Arc::new(MemStore::new(1));

@@ -29,6 +29,14 @@ pub struct StateConfig {
     /// one slot per live request). Past it the detector stops with an error
     /// rather than grow without bound. Default 1GiB (about 30 M live requests).
     pub max_index: ByteSize,
+    /// Per-key usage is written with a commit at most this often (and at
+    /// the end of a scan, before a partition is handed over, at shutdown),
+    /// not with every commit: with many keys, rewriting every touched key's
+    /// usage at every commit costs more than everything else. After a crash
+    /// the records since the last usage checkpoint are read again, for usage
+    /// only (as Flink re-reads its sources from a checkpoint). Default 5s; 0:
+    /// with every commit.
+    pub usage_checkpoint_interval: crate::units::DurationMs,
     /// fsync the write-ahead log at every commit. Default false: a commit
     /// survives a crash of the process either way (the OS holds the write);
     /// after a power loss RocksDB recovers a consistent prefix, and `run`
@@ -47,6 +55,7 @@ impl Default for StateConfig {
             segment_windows: super::segment::SEGMENT_WINDOWS,
             segment_bytes: ByteSize(super::segment::SEGMENT_BYTES as u64),
             max_index: ByteSize::mib(1024),
+            usage_checkpoint_interval: crate::units::DurationMs::secs(5),
             sync: false,
         }
     }

@@ -17,6 +17,7 @@ struct Inner {
     segments: BTreeMap<(u32, u64), Vec<u8>>,
     lifecycle: BTreeMap<Vec<u8>, LifecycleEvent>,
     usage: BTreeMap<(u32, String), Vec<u8>>,
+    sequence: BTreeMap<(u32, String), Vec<u8>>,
     outbox: BTreeMap<u64, Vec<u8>>,
     values: BTreeMap<String, Vec<u8>>,
     commits: u64,
@@ -135,6 +136,20 @@ impl StateStore for MemStore {
         Ok(())
     }
 
+    fn for_each_sequence(
+        &self,
+        shard: u32,
+        f: &mut super::UsageVisitor<'_>,
+    ) -> Result<(), StateError> {
+        let g = self.inner.lock().unwrap();
+        for ((s, k), v) in &g.sequence {
+            if *s == shard {
+                f(*s, k, v)?;
+            }
+        }
+        Ok(())
+    }
+
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
         Ok(self
             .inner
@@ -168,9 +183,13 @@ impl StateStore for MemStore {
         }
         for shard in &c.usage_reset {
             g.usage.retain(|(s, _), _| s != shard);
+            g.sequence.retain(|(s, _), _| s != shard);
         }
         for (shard, key, v) in &c.usage {
             g.usage.insert((*shard, key.clone()), v.clone());
+        }
+        for (shard, key, v) in &c.sequence {
+            g.sequence.insert((*shard, key.clone()), v.clone());
         }
         for (k, v) in &c.outbox_put {
             g.outbox.insert(*k, v.clone());

@@ -113,6 +113,12 @@ pub struct ShardMeta {
     /// warm-up): the offset from which records are reported.
     #[serde(default)]
     pub live_from: Option<u64>,
+    /// The input position the shard's usage records cover, when behind
+    /// `positions`: usage is written at checkpoints, not with every commit,
+    /// and after a restart the records from here to `positions` are read
+    /// again for usage only. `None`: usage covers `positions`.
+    #[serde(default)]
+    pub usage_positions: Option<BTreeMap<u32, u64>>,
 }
 
 impl ShardMeta {
@@ -141,9 +147,13 @@ pub struct Commit {
     /// is deleted, so whole files there may be dropped.
     pub segment_floors: Vec<(u32, u64)>,
     pub lifecycle: Vec<LifecycleEvent>,
-    /// Per-key usage records (shard, key_id, postcard bytes).
+    /// Per-key usage records (shard, key_id, postcard bytes): only at a
+    /// usage checkpoint (see [`ShardMeta::usage_positions`]).
     pub usage: Vec<(u32, String, Vec<u8>)>,
-    /// Shards whose every usage record is removed (before `usage` is applied).
+    /// Per-key sequence-rule state (shard, key_id, postcard bytes).
+    pub sequence: Vec<(u32, String, Vec<u8>)>,
+    /// Shards whose every usage and sequence record is removed (before
+    /// `usage` and `sequence` are applied).
     pub usage_reset: Vec<u32>,
     pub outbox_put: Vec<(u64, Vec<u8>)>,
     /// Removes every outbox entry with a sequence number below this.
@@ -160,6 +170,7 @@ impl Commit {
             && self.segment_deletes.is_empty()
             && self.lifecycle.is_empty()
             && self.usage.is_empty()
+            && self.sequence.is_empty()
             && self.usage_reset.is_empty()
             && self.outbox_put.is_empty()
             && self.outbox_delete_below.is_none()
@@ -193,6 +204,8 @@ pub trait StateStore: SegmentSource + Send + Sync + 'static {
         shard: Option<u32>,
         f: &mut UsageVisitor<'_>,
     ) -> Result<(), StateError>;
+    /// Visits the sequence-rule records of a shard: (shard, key_id, bytes).
+    fn for_each_sequence(&self, shard: u32, f: &mut UsageVisitor<'_>) -> Result<(), StateError>;
     /// Alerts committed but not yet acknowledged by the sink, in order.
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError>;
     /// Applies a commit atomically (and durably, if so configured).

@@ -6,7 +6,9 @@
 //!   by range once every record in them is out of the live window;
 //! - `lifecycle`: key lifecycle records keyed (key_id, at);
 //! - `outbox`: alerts committed but not yet acknowledged by the sink;
-//! - `usage`: per-key usage (counts, sketches, baselines) keyed (shard, key_id).
+//! - `usage`: per-key usage (counts, sketches, baselines) keyed (shard, key_id),
+//!   written at usage checkpoints;
+//! - `sequence`: per-key state of the sequence rule keyed (shard, key_id).
 //!
 //! A commit is one `WriteBatch` across all of them, with the WAL synced when
 //! `sync` is set, so state, input positions and alerts move together.
@@ -33,7 +35,15 @@ const CF_SIGHTINGS: &str = "sightings";
 const CF_LIFECYCLE: &str = "lifecycle";
 const CF_OUTBOX: &str = "outbox";
 const CF_USAGE: &str = "usage";
-const ALL_CFS: [&str; 5] = [CF_META, CF_SIGHTINGS, CF_LIFECYCLE, CF_OUTBOX, CF_USAGE];
+const CF_SEQUENCE: &str = "sequence";
+const ALL_CFS: [&str; 6] = [
+    CF_META,
+    CF_SIGHTINGS,
+    CF_LIFECYCLE,
+    CF_OUTBOX,
+    CF_USAGE,
+    CF_SEQUENCE,
+];
 
 const KEY_STORE: &[u8] = b"store";
 const PREFIX_REGISTRY: &[u8] = b"registry/";
@@ -262,6 +272,38 @@ impl SegmentSource for RocksStore {
     }
 }
 
+impl RocksStore {
+    /// Visits per-key records of `cf_name` (keys: shard, then key_id).
+    fn for_each_keyed(
+        &self,
+        cf_name: &str,
+        shard: Option<u32>,
+        f: &mut super::UsageVisitor<'_>,
+    ) -> Result<(), StateError> {
+        self.with_db(|db| {
+            let start = shard.map_or(Vec::new(), |s| s.to_be_bytes().to_vec());
+            let it = db.iterator_cf(
+                cf(db, cf_name),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for kv in it {
+                let (k, v) = kv.map_err(io)?;
+                if k.len() < 4 {
+                    return Err(StateError::Corrupt("usage key".into()));
+                }
+                let s = u32::from_be_bytes(k[..4].try_into().unwrap());
+                if shard.is_some_and(|want| want != s) {
+                    break;
+                }
+                let key = std::str::from_utf8(&k[4..])
+                    .map_err(|_| StateError::Corrupt("usage key".into()))?;
+                f(s, key, &v)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl StateStore for RocksStore {
     fn meta(&self) -> Result<StoreMeta, StateError> {
         Ok(self.meta.clone())
@@ -358,27 +400,15 @@ impl StateStore for RocksStore {
         shard: Option<u32>,
         f: &mut super::UsageVisitor<'_>,
     ) -> Result<(), StateError> {
-        self.with_db(|db| {
-            let start = shard.map_or(Vec::new(), |s| s.to_be_bytes().to_vec());
-            let it = db.iterator_cf(
-                cf(db, CF_USAGE),
-                IteratorMode::From(&start, Direction::Forward),
-            );
-            for kv in it {
-                let (k, v) = kv.map_err(io)?;
-                if k.len() < 4 {
-                    return Err(StateError::Corrupt("usage key".into()));
-                }
-                let s = u32::from_be_bytes(k[..4].try_into().unwrap());
-                if shard.is_some_and(|want| want != s) {
-                    break;
-                }
-                let key = std::str::from_utf8(&k[4..])
-                    .map_err(|_| StateError::Corrupt("usage key".into()))?;
-                f(s, key, &v)?;
-            }
-            Ok(())
-        })
+        self.for_each_keyed(CF_USAGE, shard, f)
+    }
+
+    fn for_each_sequence(
+        &self,
+        shard: u32,
+        f: &mut super::UsageVisitor<'_>,
+    ) -> Result<(), StateError> {
+        self.for_each_keyed(CF_SEQUENCE, Some(shard), f)
     }
 
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
@@ -456,6 +486,17 @@ impl StateStore for RocksStore {
             }
             for (shard, key, v) in &c.usage {
                 b.put_cf(usage, super::usage_key(*shard, key), v);
+            }
+            let sequence = cf(db, CF_SEQUENCE);
+            for shard in &c.usage_reset {
+                let end = match shard.checked_add(1) {
+                    Some(n) => n.to_be_bytes().to_vec(),
+                    None => vec![0xff; 5],
+                };
+                b.delete_range_cf(sequence, shard.to_be_bytes().to_vec(), end);
+            }
+            for (shard, key, v) in &c.sequence {
+                b.put_cf(sequence, super::usage_key(*shard, key), v);
             }
             let outbox = cf(db, CF_OUTBOX);
             if let Some(below) = c.outbox_delete_below {

@@ -51,7 +51,7 @@ use super::health::InputHealth;
 use super::PipelineError;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder};
-use crate::detect::{DetectConfig, KeyUsage, LifecycleTable, ShardStats, UsageConfig};
+use crate::detect::{DetectConfig, KeyUsage, LifecycleTable, ShardStats, UsageConfig, UsageMode};
 use crate::schema::{LifecycleEvent, Millis};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink};
 use crate::source::Record;
@@ -74,6 +74,9 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Work items queued per detect worker before the router waits.
     pub queue: usize,
+    /// Usage is written with a commit at most this often (and when asked:
+    /// [`Engine::checkpoint_usage`]); zero: with every commit.
+    pub usage_checkpoint: std::time::Duration,
 }
 
 impl From<&Config> for EngineOptions {
@@ -90,6 +93,7 @@ impl From<&Config> for EngineOptions {
                 n => n,
             },
             queue: c.pipeline.queue_chunks,
+            usage_checkpoint: c.state.usage_checkpoint_interval.as_std(),
         }
     }
 }
@@ -137,6 +141,44 @@ struct Stream {
     live_from: Option<u64>,
     /// Routed or changed since the last commit.
     dirty: bool,
+    /// Usage is behind the committed position (a restart between two usage
+    /// checkpoints): records from `from` to `until` are read again and go
+    /// into usage; until then the stream takes no usage checkpoint.
+    catchup: Option<Catchup>,
+}
+
+/// The records a stream reads again for usage: per source, from where a
+/// shard's usage stands (`from`, per shard behind) to the committed
+/// position (`until`).
+#[derive(Debug, Clone)]
+struct Catchup {
+    from: HashMap<u32, BTreeMap<u32, u64>>,
+    until: BTreeMap<u32, u64>,
+}
+
+impl Catchup {
+    /// How a record at `offset` of `source` is read by `shard`.
+    #[inline]
+    fn mode(&self, shard: u32, source: u32, offset: u64) -> UsageMode {
+        let Some(from) = self.from.get(&shard) else {
+            return UsageMode::Normal;
+        };
+        match self.until.get(&source) {
+            Some(&until) if offset < until && offset >= from.get(&source).copied().unwrap_or(0) => {
+                UsageMode::Catchup
+            }
+            _ => UsageMode::Normal,
+        }
+    }
+
+    /// Where reading `source` again starts.
+    fn start(&self, source: u32) -> u64 {
+        self.from
+            .values()
+            .map(|f| f.get(&source).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 impl Stream {
@@ -151,13 +193,28 @@ impl Stream {
                 }
             }
         }
+        if let Some(c) = &mut self.catchup {
+            if c.until.get(&source).is_some_and(|&u| next >= u) {
+                c.until.remove(&source);
+                if c.until.is_empty() {
+                    self.catchup = None;
+                }
+            }
+        }
     }
 
-    /// Next offset per source routed so far.
+    /// Next offset per source routed so far (while catching up, never
+    /// before the position committed before the restart).
     fn positions(&self) -> BTreeMap<u32, u64> {
         let mut p = self.positions.clone();
         if let Some((s, n)) = self.cur {
             p.insert(s, n);
+        }
+        if let Some(c) = &self.catchup {
+            for (s, u) in &c.until {
+                let e = p.entry(*s).or_insert(*u);
+                *e = (*e).max(*u);
+            }
         }
         p
     }
@@ -212,6 +269,11 @@ pub struct Engine<S: StateStore> {
     detect_busy_reported: std::time::Duration,
     /// Writes commits off the routing thread (with detect threads).
     writer: Option<Writer>,
+    /// The next commit writes usage (asked for, or its interval passed).
+    checkpoint_due: bool,
+    last_checkpoint: Instant,
+    /// Requests routed since the last usage checkpoint began.
+    routed_since_checkpoint: u64,
 }
 
 /// A commit begun: the workers' answers to come, and the engine's part.
@@ -317,6 +379,9 @@ impl<S: StateStore> Engine<S> {
             committed: HashMap::new(),
             detect_busy_reported: std::time::Duration::ZERO,
             writer,
+            checkpoint_due: false,
+            last_checkpoint: Instant::now(),
+            routed_since_checkpoint: 0,
         })
     }
 
@@ -382,9 +447,14 @@ impl<S: StateStore> Engine<S> {
             live_from: None,
             // restoring may have found expired segments to delete
             dirty: true,
+            catchup: None,
         };
+        let mut usage_from: HashMap<u32, BTreeMap<u32, u64>> = HashMap::new();
         for (k, o) in opened.into_iter().enumerate() {
             stream.max_seen = stream.max_seen.max(o.max_seen);
+            if let Some(u) = o.usage_positions {
+                usage_from.insert(ids[k].0, u);
+            }
             // the shards of a stream commit together; should they ever
             // differ, the lowest position re-reads the rest (recognised as
             // reprocessed, never as replays)
@@ -395,6 +465,23 @@ impl<S: StateStore> Engine<S> {
             // a rebuild or warm-up interrupted by a crash goes on
             stream.live_from = stream.live_from.max(o.live_from);
             self.infos.insert(ids[k].0, o.info);
+        }
+        if !usage_from.is_empty() {
+            let c = Catchup {
+                until: stream.positions.iter().map(|(s, p)| (*s, *p)).collect(),
+                from: usage_from,
+            };
+            let until: BTreeMap<u32, u64> = c
+                .until
+                .iter()
+                .filter(|(s, p)| c.start(**s) < **p)
+                .map(|(s, p)| (*s, *p))
+                .collect();
+            if !until.is_empty() {
+                tracing::info!(stream = %name, committed = ?until,
+                    "usage is behind the committed position: records are read again for usage");
+                stream.catchup = Some(Catchup { until, ..c });
+            }
         }
         self.committed.insert(id, stream.positions());
         self.streams.insert(id, stream);
@@ -432,6 +519,7 @@ impl<S: StateStore> Engine<S> {
         s.max_seen = None;
         s.positions.clear();
         s.cur = None;
+        s.catchup = None;
         s.live_from = Some(live_from);
         s.dirty = true;
         Ok(())
@@ -460,6 +548,34 @@ impl<S: StateStore> Engine<S> {
             .get(&stream)
             .map(|s| s.positions())
             .unwrap_or_default()
+    }
+
+    /// Where a stream's input must be read from after opening it: the
+    /// committed positions, or earlier when usage is behind them (the records
+    /// in between are read again for usage; see [`UsageMode`]).
+    pub fn read_from(&self, stream: u32) -> BTreeMap<u32, u64> {
+        let Some(s) = self.streams.get(&stream) else {
+            return BTreeMap::new();
+        };
+        let mut p = s.positions();
+        if let Some(c) = &s.catchup {
+            for (src, until) in &c.until {
+                p.insert(*src, c.start(*src).min(*until));
+            }
+        }
+        p
+    }
+
+    /// The next commit is a usage checkpoint (at the end of a scan, before
+    /// a partition is handed over or the process stops).
+    pub fn checkpoint_usage(&mut self) {
+        self.checkpoint_due = true;
+    }
+
+    /// Whether requests were routed since the last usage checkpoint (the
+    /// usage in the store is behind what is live).
+    pub fn usage_behind(&self) -> bool {
+        self.routed_since_checkpoint > 0
     }
 
     /// Adds a lifecycle record; it is persisted with the next commit and
@@ -529,6 +645,16 @@ impl<S: StateStore> Engine<S> {
             for i in run {
                 let rec = &recs[i];
                 st.dirty = true;
+                let decoded = &events[i];
+                let shard = decoded
+                    .as_ref()
+                    .ok()
+                    .map(|ev| st.shards[route(ev, st.shards.len())]);
+                // read before `advance`, which ends the catch-up at its last record
+                let usage = match (&st.catchup, shard) {
+                    (Some(c), Some(shard)) => c.mode(shard, rec.pos.source, rec.pos.offset),
+                    _ => UsageMode::Normal,
+                };
                 st.advance(rec.pos.source, rec.pos.offset + 1);
                 let mut rebuild = false;
                 if let Some(live_from) = st.live_from {
@@ -540,9 +666,7 @@ impl<S: StateStore> Engine<S> {
                         caught_up(st, detectors, steps);
                     }
                 }
-                let decoded = &events[i];
-                if let Ok(ev) = decoded {
-                    let shard = st.shards[route(ev, st.shards.len())];
+                if let (Ok(ev), Some(shard)) = (decoded, shard) {
                     let max_before = st.max_seen;
                     st.max_seen = Some(
                         st.max_seen
@@ -555,6 +679,7 @@ impl<S: StateStore> Engine<S> {
                         seq: *routed,
                         max_before,
                         rebuild,
+                        usage,
                     });
                 }
                 if rebuild {
@@ -584,6 +709,7 @@ impl<S: StateStore> Engine<S> {
                 }
             }
         }
+        self.routed_since_checkpoint += recs.len() as u64;
         self.detectors
             .dispatch(&chunk, &mut self.steps, &self.lifecycle);
         for i in dead {
@@ -692,9 +818,20 @@ impl<S: StateStore> Engine<S> {
             self.detectors.durable();
             self.outbox.committed(info.alerts);
         }
+        let checkpoint =
+            self.checkpoint_due || self.last_checkpoint.elapsed() >= self.opts.usage_checkpoint;
+        if checkpoint {
+            self.checkpoint_due = false;
+            self.last_checkpoint = Instant::now();
+            self.routed_since_checkpoint = 0;
+        }
         let mut wanted = Vec::new();
         let mut positions = Vec::new();
-        for (id, s) in self.streams.iter_mut().filter(|(_, s)| s.dirty) {
+        for (id, s) in self
+            .streams
+            .iter_mut()
+            .filter(|(_, s)| s.dirty || checkpoint)
+        {
             s.dirty = false;
             let pos = s.positions();
             positions.push((*id, pos.clone()));
@@ -703,6 +840,8 @@ impl<S: StateStore> Engine<S> {
                     id: *shard,
                     positions: pos.clone(),
                     live_from: s.live_from,
+                    // a stream reading records again for usage takes none
+                    checkpoint: checkpoint && s.catchup.is_none(),
                 });
             }
         }
@@ -807,6 +946,7 @@ impl<S: StateStore> Engine<S> {
             c.segment_deletes.extend(w.segment_deletes);
             c.segment_floors.extend(w.segment_floors);
             c.usage.extend(w.usage);
+            c.sequence.extend(w.sequence);
         }
         if let Some(e) = error {
             self.pending = None;

@@ -49,6 +49,12 @@ impl<S: StateStore> Shard<S> {
             keys += 1;
             Ok(())
         })?;
+        store.for_each_sequence(id, &mut |_, key, bytes| {
+            let s = postcard::from_bytes(bytes)
+                .map_err(|e| StateError::Corrupt(format!("sequence state of {key}: {e}")))?;
+            det.restore_seq_state(key, s);
+            Ok(())
+        })?;
         det.restore_clock(meta.clock());
         det.set_stats(meta.stats.clone());
         let mut log = SegmentLog::new(id, store.clone(), meta.next_seq, segments);
@@ -167,16 +173,34 @@ impl<S: StateStore> Shard<S> {
 
     /// Adds this shard's changes since the last commit to `c`, with the
     /// stream's input position and rebuild point; returns the events it
-    /// processed since then.
+    /// processed since then. Usage goes only with a `checkpoint` (or when
+    /// nothing changed since the last one); otherwise the shard notes where
+    /// its usage stands.
     pub(super) fn stage(
         &mut self,
         id: u32,
         retention_ms: i64,
         positions: &std::collections::BTreeMap<u32, u64>,
         live_from: Option<u64>,
+        checkpoint: bool,
         c: &mut Commit,
     ) -> u64 {
         self.in_batch = false;
+        if checkpoint || (!self.det.usage_dirty() && self.meta.usage_positions.is_none()) {
+            for (key, u) in self.det.take_dirty_usage() {
+                c.usage.push((
+                    id,
+                    key.to_string(),
+                    postcard::to_stdvec(u).expect("usage serializes"),
+                ));
+            }
+            if checkpoint {
+                self.meta.usage_positions = None;
+            }
+        } else if self.meta.usage_positions.is_none() {
+            // usage stays where the last commit put it
+            self.meta.usage_positions = Some(self.meta.positions.clone());
+        }
         self.meta.positions.clone_from(positions);
         for (seq, bytes) in self.log.take_sealed() {
             c.segments.push((id, seq, bytes));
@@ -187,11 +211,11 @@ impl<S: StateStore> Shard<S> {
         }
         c.segment_deletes.extend(dels.into_iter().map(|q| (id, q)));
         c.segment_floors.push((id, self.log.floor()));
-        for (key, u) in self.det.take_dirty_usage() {
-            c.usage.push((
+        for (key, s) in self.det.take_dirty_seq() {
+            c.sequence.push((
                 id,
                 key.to_string(),
-                postcard::to_stdvec(u).expect("usage serializes"),
+                postcard::to_stdvec(s).expect("sequence state serializes"),
             ));
         }
         self.meta.set_clock(self.det.clock());

@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::shard::Shard;
 use super::EngineOptions;
-use crate::detect::{KeyUsage, LifecycleTable, ShardStats};
+use crate::detect::{KeyUsage, LifecycleTable, ShardStats, UsageMode};
 use crate::pipeline::chunk::DecodedChunk;
 use crate::pipeline::PipelineError;
 use crate::schema::{Alert, Millis};
@@ -37,6 +37,8 @@ pub(super) enum Step {
         max_before: Option<Millis>,
         /// Before the stream's `live_from`: state only, no alerts.
         rebuild: bool,
+        /// Committed after the usage checkpoint (read again after a restart).
+        usage: UsageMode,
     },
     /// The shard's stream finished rebuilding: counting starts from zero.
     CaughtUp { shard: u32 },
@@ -54,12 +56,26 @@ pub(super) struct ShardInfo {
     pub rebuild_from: Option<u64>,
 }
 
+impl ShardInfo {
+    fn of<S: StateStore>(s: &Shard<S>) -> ShardInfo {
+        ShardInfo {
+            stats: s.det.stats().clone(),
+            live_entries: s.det.index().len(),
+            index_bytes: s.det.index().heap_bytes(),
+            segments: s.log.segment_count(),
+            rebuild_from: s.log.rebuild_from(),
+        }
+    }
+}
+
 /// A shard read back from the store.
 pub(super) struct Opened {
     pub info: ShardInfo,
     pub positions: BTreeMap<u32, u64>,
     pub live_from: Option<u64>,
     pub max_seen: Option<Millis>,
+    /// Where its usage stands when behind `positions`.
+    pub usage_positions: Option<BTreeMap<u32, u64>>,
 }
 
 /// What the engine asks of a shard at a commit.
@@ -67,6 +83,8 @@ pub(super) struct StageShard {
     pub id: u32,
     pub positions: BTreeMap<u32, u64>,
     pub live_from: Option<u64>,
+    /// A usage checkpoint: usage is written and covers `positions`.
+    pub checkpoint: bool,
 }
 
 /// A worker's part of a commit.
@@ -203,6 +221,7 @@ impl<S: StateStore> Worker<S> {
                     seq,
                     max_before,
                     rebuild,
+                    usage,
                 } => {
                     let s = self
                         .shards
@@ -220,9 +239,16 @@ impl<S: StateStore> Worker<S> {
                     if let Some(m) = max_before {
                         s.det.catch_up(m, &mut s.log, &mut self.scratch)?;
                     }
+                    // read again after a restart, committed before it: its
+                    // alerts were committed then, and it was counted then
+                    let catchup = usage == UsageMode::Catchup;
+                    let stats = catchup.then(|| s.det.stats().clone());
                     s.det
-                        .process(ev, pos, lifecycle, &mut s.log, &mut self.scratch)?;
-                    if !rebuild {
+                        .process_with(ev, pos, lifecycle, &mut s.log, &mut self.scratch, usage)?;
+                    if let Some(stats) = stats {
+                        s.det.set_stats(stats);
+                    }
+                    if !rebuild && !catchup {
                         self.alerts
                             .extend(self.scratch.drain(..).map(|a| (seq, shard, a)));
                     }
@@ -237,16 +263,6 @@ impl<S: StateStore> Worker<S> {
         Ok(())
     }
 
-    fn info(s: &Shard<S>) -> ShardInfo {
-        ShardInfo {
-            stats: s.det.stats().clone(),
-            live_entries: s.det.index().len(),
-            index_bytes: s.det.index().heap_bytes(),
-            segments: s.log.segment_count(),
-            rebuild_from: s.log.rebuild_from(),
-        }
-    }
-
     fn open(
         &mut self,
         id: u32,
@@ -255,10 +271,11 @@ impl<S: StateStore> Worker<S> {
     ) -> Result<Opened, PipelineError> {
         let s = Shard::restore(&self.store, id, name, &self.opts, segments, self.seed)?;
         let opened = Opened {
-            info: Self::info(&s),
+            info: ShardInfo::of(&s),
             positions: s.meta.positions.clone(),
             live_from: s.meta.live_from,
             max_seen: s.det.clock().max_seen,
+            usage_positions: s.meta.usage_positions.clone(),
         };
         self.shards.insert(id, s);
         Ok(opened)
@@ -313,9 +330,10 @@ impl<S: StateStore> Worker<S> {
                 retention,
                 &req.positions,
                 req.live_from,
+                req.checkpoint,
                 &mut out.commit,
             );
-            out.infos.push((req.id, Self::info(s)));
+            out.infos.push((req.id, ShardInfo::of(s)));
         }
         out.alerts = std::mem::take(&mut self.alerts);
         out

@@ -192,8 +192,18 @@ impl Runtime {
         }
     }
 
-    /// Everything polled is committed, alerted and its group offsets
-    /// committed (`mode`) before this returns: on hand-over and shutdown.
+    /// A commit begun while the input is idle (a usage checkpoint).
+    pub(super) fn commit_idle(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        status: &Status,
+    ) -> Result<(), PipelineError> {
+        self.begin_commit(consumer, status)
+    }
+
+    /// Everything polled is committed (usage included), alerted and its
+    /// group offsets committed (`mode`) before this returns: on hand-over
+    /// and shutdown.
     pub(super) fn commit_cycle(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
@@ -205,6 +215,7 @@ impl Runtime {
             let finished = self.engine.finish_commit(true);
             self.finished(finished, consumer, mode, status)?;
         }
+        self.engine.checkpoint_usage();
         self.begin_commit(consumer, status)?;
         let finished = self.engine.finish_commit(true);
         self.finished(finished, consumer, mode, status)?;

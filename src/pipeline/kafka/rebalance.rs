@@ -247,6 +247,22 @@ impl Runtime {
                 part.next = o as u64;
                 part.committable = o as u64;
             }
+            // usage behind the committed position: the records in between
+            // are read again for usage (the group still gets the committed one)
+            let start = match (start, part.shard) {
+                (Offset::Offset(o), Some(stream)) => {
+                    match self.engine.read_from(stream).get(&source) {
+                        Some(&from) if from < o as u64 => {
+                            tracing::info!(partition = %name, from, committed = o,
+                                "reading again from the last usage checkpoint, for usage only");
+                            part.next = from;
+                            Offset::Offset(from as i64)
+                        }
+                        _ => start,
+                    }
+                }
+                _ => start,
+            };
             tpl.set_partition_offset(&topic, p, start)
                 .map_err(PipelineError::kafka(format!("setting the start of {name}")))?;
             self.parts.insert(topic, p, part);

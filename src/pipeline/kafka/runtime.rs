@@ -476,6 +476,15 @@ fn poll_loop(
             Err(e) => return Err(e),
         }
         if idle && !g.due(drained) {
+            // idle: the usage in the store catches up with what is live
+            // (between checkpoints it is up to state.usage_checkpoint_interval behind)
+            if g.engine.usage_behind()
+                && !g.engine.commit_in_flight()
+                && g.last_commit.elapsed() >= IDLE_WAIT
+            {
+                g.engine.checkpoint_usage();
+                g.commit_idle(consumer, status)?;
+            }
             let Runtime {
                 reporter, engine, ..
             } = &mut *g;
