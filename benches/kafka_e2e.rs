@@ -241,14 +241,24 @@ dir = "{state}"
         None => vec![(run_rate / 2.0).round(), 20_000.0],
     };
     for (phase, rate) in rates.into_iter().enumerate() {
+        let cpu = (
+            det.cpu_secs(),
+            broker.as_ref().map_or(0.0, |b| b.cpu_secs()),
+            cpu_self(),
+            Instant::now(),
+        );
         let (lat, replays) = latency(&addr, rate, phase, &det);
+        let secs = cpu.3.elapsed().as_secs_f64();
         let pct =
             |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
         println!(
-            "| replay → alert latency at {rate:.0} requests/s ({replays} replays) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+            "| replay → alert latency at {rate:.0} requests/s ({replays} replays) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU: detector {:.2}, broker {:.2}, load generator and subscriber {:.2} cores |",
             pct(0.50),
             pct(0.99),
-            lat.last().unwrap().as_secs_f64() * 1e3
+            lat.last().unwrap().as_secs_f64() * 1e3,
+            (det.cpu_secs() - cpu.0) / secs,
+            broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu.1) / secs,
+            (cpu_self() - cpu.2) / secs,
         );
     }
     // what the detector says about its pipeline (stages, commits, delivery)
