@@ -183,6 +183,10 @@ pub struct KafkaAlertSink {
     pub resent: u64,
     /// The batch sent and not yet known to be delivered.
     in_flight: Option<InFlight>,
+    /// Where the alert topic stood before the oldest batch not yet known to
+    /// be delivered was sent (kept when a delivery fails, until the batch
+    /// goes out again and is acknowledged whole).
+    undelivered_from: Option<BTreeMap<i32, i64>>,
 }
 
 /// A batch of alerts sent, until every one is acknowledged.
@@ -206,6 +210,7 @@ impl KafkaAlertSink {
             reader: None,
             resent: 0,
             in_flight: None,
+            undelivered_from: None,
         }
     }
 
@@ -220,8 +225,22 @@ impl KafkaAlertSink {
         &self.topic
     }
 
-    /// Next offset per alert-topic partition, as far as this producer knows.
+    /// Where the alert topic stood before any alert not yet known to be
+    /// delivered was sent: the next offset per partition as far as this
+    /// producer knows, or, while a batch is in flight (or failed), where it
+    /// stood before that batch. A batch spans partitions and is acknowledged
+    /// partition by partition; a position past part of a batch still in the
+    /// outbox would hide that part from the check after a crash (see
+    /// `redeliver_outbox`), and it would be produced twice.
     pub fn positions(&self) -> BTreeMap<i32, i64> {
+        match &self.undelivered_from {
+            Some(p) => p.clone(),
+            None => self.written(),
+        }
+    }
+
+    /// Next offset per alert-topic partition, as far as this producer knows.
+    fn written(&self) -> BTreeMap<i32, i64> {
         self.producer
             .context()
             .written()
@@ -378,6 +397,9 @@ impl AlertSink for KafkaAlertSink {
             self.skip.clear();
         }
         let before = self.positions();
+        if self.undelivered_from.is_none() {
+            self.undelivered_from = Some(before.clone());
+        }
         self.send_all(batch.iter())?;
         self.in_flight = Some(InFlight {
             before,
@@ -411,6 +433,7 @@ impl AlertSink for KafkaAlertSink {
             }
             if self.producer.context().take_offsetless() == 0 || self.reader.is_none() {
                 self.in_flight = None;
+                self.undelivered_from = None;
                 return Ok(true);
             }
             let f = self.in_flight.as_mut().expect("checked");
@@ -441,6 +464,7 @@ impl AlertSink for KafkaAlertSink {
             );
             if missing.is_empty() {
                 self.in_flight = None;
+                self.undelivered_from = None;
                 return Ok(true);
             }
             self.resent += missing.len() as u64;
