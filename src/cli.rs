@@ -131,8 +131,23 @@ pub enum ReportFormat {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// State directory to read (opened read-only: a running detector is not disturbed).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "brokers",
+        conflicts_with = "brokers"
+    )]
+    pub state_dir: Option<PathBuf>,
+    /// Read the report of the whole group from Kafka instead of a state
+    /// directory: the usage topic and the lifecycle topic, to their ends.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// The usage topic (kafka.usage_topic), with --brokers.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    pub usage_topic: Option<String>,
+    /// The key lifecycle topic (kafka.lifecycle_topic), with --brokers.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    pub lifecycle_topic: Option<String>,
     /// Only this key.
     #[arg(long, value_name = "KEY_ID")]
     pub key: Option<String>,

@@ -27,6 +27,15 @@ fn usage(msg: impl Into<String>) -> Failure {
     Box::new(Usage(msg.into()))
 }
 
+/// A runtime failure described in words (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Runtime(String);
+
+fn runtime(msg: impl Into<String>) -> Failure {
+    Box::new(Runtime(msg.into()))
+}
+
 /// 2 when a usage or configuration error is anywhere in the chain, else 1.
 fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let mut cur = Some(e);
@@ -211,26 +220,45 @@ fn report(cmd: ReportCmd) -> Result<(), Failure> {
         ReportCmd::Rotation(a) => (a, true),
         ReportCmd::Usage(a) => (a, false),
     };
-    let config = load_config(args.config.as_deref())?;
-    // a missing or empty directory, or one RocksDB does not recognise
-    let no_state = || {
-        usage(format!(
-            "no replayguard state in {}",
-            args.state_dir.display()
-        ))
+    let mut config = load_config(args.config.as_deref())?;
+    let snap = match (&args.brokers, &args.state_dir) {
+        // the whole group's, from Kafka: no state directory
+        (Some(brokers), _) => {
+            config.kafka.brokers = brokers.clone();
+            if let Some(t) = &args.usage_topic {
+                config.kafka.usage_topic = t.clone();
+            }
+            if let Some(t) = &args.lifecycle_topic {
+                config.kafka.lifecycle_topic = t.clone();
+            }
+            if config.kafka.usage_topic.is_empty() {
+                return Err(usage(
+                    "--brokers needs a usage topic (kafka.usage_topic is empty)",
+                ));
+            }
+            let decoder =
+                replayguard::decode::Decoder::new(&config.decode, &config.input).map_err(usage)?;
+            replayguard::pipeline::fleet_snapshot(&config.kafka, &decoder)
+                .map_err(|e| runtime(format!("reading the report from Kafka: {e}")))?
+        }
+        (None, Some(state_dir)) => {
+            // a missing or empty directory, or one RocksDB does not recognise
+            let no_state = || usage(format!("no replayguard state in {}", state_dir.display()));
+            if !state_dir.join("CURRENT").is_file() {
+                return Err(no_state());
+            }
+            let opts = replayguard::state::RocksOptions {
+                read_only: true,
+                ..config.state.rocks()
+            };
+            let store = match replayguard::state::RocksStore::open(state_dir, &opts) {
+                Err(replayguard::state::StateError::NoState(_)) => return Err(no_state()),
+                r => r?,
+            };
+            Snapshot::load(&store)?
+        }
+        (None, None) => return Err(usage("report needs --state-dir or --brokers")),
     };
-    if !args.state_dir.join("CURRENT").is_file() {
-        return Err(no_state());
-    }
-    let opts = replayguard::state::RocksOptions {
-        read_only: true,
-        ..config.state.rocks()
-    };
-    let store = match replayguard::state::RocksStore::open(&args.state_dir, &opts) {
-        Err(replayguard::state::StateError::NoState(_)) => return Err(no_state()),
-        r => r?,
-    };
-    let snap = Snapshot::load(&store)?;
     let out = std::io::stdout();
     let mut out = out.lock();
     let io = |e: std::io::Error| -> Failure { Box::new(e) };

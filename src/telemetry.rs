@@ -46,6 +46,9 @@ pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
         ("replayguard_alert_delivery_seconds", Histogram, Some(Unit::Seconds), "In run, producing a batch of alerts until the broker acknowledged them all (the poll loop goes on meanwhile)."),
         ("replayguard_stage_busy_seconds", Histogram, Some(Unit::Seconds), "Time a pipeline stage spent working between two commits, per `stage` (read: reading files or polling Kafka and cutting chunks; decode: the decode threads together; detect: the detect workers together; commit: staging, writing and delivering). rate() of the _sum is the stage's load in cores: the stage near its thread count bounds throughput."),
         ("replayguard_queue_depth", Gauge, None, "Chunks waiting in a pipeline queue, per `queue` (decode: submitted and not yet routed; detect-N: queued for detect worker N), sampled at each commit."),
+        ("replayguard_usage_published_records_total", Counter, None, "Per-key usage records published to the usage topic (at usage checkpoints)."),
+        ("replayguard_usage_published_bytes_total", Counter, Some(Unit::Bytes), "Bytes of usage records published to the usage topic."),
+        ("replayguard_usage_handover_seconds", Histogram, Some(Unit::Seconds), "Time to take a partition's keys' usage from the usage topic when it is taken over."),
         ("replayguard_live_entries", Gauge, None, "Requests in the live replay window."),
         ("replayguard_index_bytes", Gauge, Some(Unit::Bytes), "Memory of the live index."),
         ("replayguard_state_segments", Gauge, None, "Sighting segments in the state store."),
@@ -358,6 +361,38 @@ pub struct QueueDepth<'a> {
 impl QueueDepth<'_> {
     pub fn emit(&self) {
         gauge!("replayguard_queue_depth", "queue" => self.queue.to_string()).set(self.depth as f64);
+    }
+}
+
+/// Usage records of a checkpoint were published to the usage topic.
+pub struct UsagePublished {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl UsagePublished {
+    pub fn emit(&self) {
+        count("replayguard_usage_published_records_total", self.records);
+        count("replayguard_usage_published_bytes_total", self.bytes);
+    }
+}
+
+/// A partition taken over got its keys' usage from the usage topic.
+pub struct UsageHandedOver<'a> {
+    pub partition: &'a str,
+    pub keys: usize,
+    pub elapsed: Duration,
+}
+
+impl UsageHandedOver<'_> {
+    pub fn emit(&self) {
+        histogram!("replayguard_usage_handover_seconds").record(self.elapsed.as_secs_f64());
+        tracing::info!(
+            partition = self.partition,
+            keys = self.keys,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "usage of the partition's keys taken from the usage topic"
+        );
     }
 }
 

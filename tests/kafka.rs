@@ -737,3 +737,164 @@ fn run_reports_out_of_sequence_counters_like_the_model() {
     }
     assert!(det.stop().success());
 }
+
+/// The rotation report of the whole group: two instances, an old key and
+/// its successor on partitions owned by different instances, and partitions
+/// moving mid-stream (B leaves: A takes its partitions; B comes back with a
+/// state directory that is behind: they are rebuilt on B). Before and after
+/// the moves, both instances, and `report rotation --brokers`, give exactly
+/// the report of one `scan` of the same events (counts since rotation, last
+/// old-key use, stragglers, series: the whole report), and usage followed
+/// every partition that moved.
+#[test]
+fn two_instances_give_the_rotation_report_of_one_scan() {
+    let (d, b, cfg_a, cfg_b) = two_detectors(GROUP);
+    let (events, lc) = crate::report::rotation_log(&d);
+    let lines = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let all = lines(&events);
+    let half = all.len() / 2;
+    let three_quarters = all.len() * 3 / 4;
+    // what one scan of the same events reports: of the first half, of all
+    let scan_report = |name: &str, upto: usize| -> serde_json::Value {
+        let input = d.path(&format!("{name}.jsonl"));
+        std::fs::write(&input, all[..upto].join("\n") + "\n").unwrap();
+        let state = d.path(&format!("{name}-state"));
+        scan_ok(
+            &[
+                ("--state-dir", &state),
+                ("--lifecycle", &lc),
+                ("--alerts", &d.path(&format!("{name}-alerts.jsonl"))),
+            ],
+            &[&input],
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&report_rotation(&state, "json").stdout).unwrap();
+        assert_eq!(r.as_array().map(Vec::len), Some(2), "{r}");
+        r
+    };
+    let want_half = scan_report("scan-half", half);
+    let want = scan_report("scan-all", all.len());
+    assert_ne!(want_half, want);
+
+    produce(&b.addr(), "key-lifecycle", &keyed(&lines(&lc)));
+    let mut ends = std::collections::BTreeMap::new();
+    let mut produce_events = |from: usize, to: usize| {
+        for (p, o) in produce(&b.addr(), "access-events", &keyed(&all[from..to])) {
+            let e = ends.entry(p).or_insert(0);
+            *e = o.max(*e);
+        }
+        ends.clone()
+    };
+    let caught_up =
+        |what: &str, ends: &std::collections::BTreeMap<i32, i64>, dets: &[&Detector]| {
+            wait_for(what, Duration::from_secs(60), dets, || {
+                let c = committed(&b.addr(), GROUP, "access-events", 4);
+                ends.iter().all(|(p, e)| c.get(p) == Some(e))
+            })
+        };
+    let report_of = |det: &Detector| -> Option<serde_json::Value> {
+        serde_json::from_str(&det.get("/v1/rotations")?).ok()
+    };
+    let reports_are = |what: &str, want: &serde_json::Value, dets: &[(&str, &Detector)]| {
+        let all: Vec<&Detector> = dets.iter().map(|(_, d)| *d).collect();
+        for (name, det) in dets {
+            let mut got = None;
+            let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wait_for(
+                    &format!("{name}'s report {what} to be the scan's"),
+                    Duration::from_secs(30),
+                    &all,
+                    || {
+                        got = report_of(det);
+                        got.as_ref() == Some(want)
+                    },
+                )
+            }));
+            if waited.is_err() {
+                panic!(
+                    "{name}'s report {what}:\n{}\nthe scan's:\n{}",
+                    serde_json::to_string_pretty(&got).unwrap(),
+                    serde_json::to_string_pretty(want).unwrap()
+                );
+            }
+        }
+    };
+
+    // both instances from the start: the first half
+    let a = Detector::start(&d, "a", &cfg_a);
+    let bb = Detector::start(&d, "b", &cfg_b);
+    wait_split(&a, &bb);
+    let e = produce_events(0, half);
+    caught_up("both through the first half", &e, &[&a, &bb]);
+    // an old key and its successor are processed by different instances
+    let partition_of: HashMap<String, String> =
+        consume(&b.addr(), "access-events", half, Duration::from_secs(30))
+            .into_iter()
+            .filter_map(|m| {
+                Some((
+                    String::from_utf8(m.key?).ok()?,
+                    format!("access-events/{}", m.partition),
+                ))
+            })
+            .collect();
+    let (pa, pb) = (a.assigned(), bb.assigned());
+    let split = [("old-a", "new-a"), ("old-b", "new-b")]
+        .iter()
+        .any(|(old, new)| {
+            let (po, pn) = (&partition_of[*old], &partition_of[*new]);
+            (pa.contains(po) && pb.contains(pn)) || (pb.contains(po) && pa.contains(pn))
+        });
+    assert!(
+        split,
+        "no rotation spans both instances: {partition_of:?} A {pa:?} B {pb:?}"
+    );
+    reports_are("before any move", &want_half, &[("A", &a), ("B", &bb)]);
+
+    // B leaves: its partitions move to A mid-stream
+    assert!(bb.stop().success());
+    wait_owns_all(&a, "A to own every partition");
+    let e = produce_events(half, three_quarters);
+    caught_up("A through the third quarter", &e, &[&a]);
+    // B comes back: partitions move to it, its state is behind them
+    let bb = Detector::start(&d, "b", &cfg_b);
+    wait_split(&a, &bb);
+    let e = produce_events(three_quarters, all.len());
+    caught_up("both through the last quarter", &e, &[&a, &bb]);
+    reports_are("after the moves", &want, &[("A", &a), ("B", &bb)]);
+
+    // from Kafka alone, no state directory
+    let o = run_ok(
+        &[
+            "report",
+            "rotation",
+            "--brokers",
+            &b.addr(),
+            "--usage-topic",
+            "replayguard-usage",
+            "--lifecycle-topic",
+            "key-lifecycle",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let from_kafka: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(from_kafka, want);
+    // the partitions that moved got their usage from the usage topic
+    for (name, det) in [("A", &a), ("B", &bb)] {
+        assert!(
+            det.log_text()
+                .contains("usage of the partition's keys taken from the usage topic"),
+            "{name}: {}",
+            det.log_text()
+        );
+    }
+    assert!(bb.stop().success());
+    assert!(a.stop().success());
+}

@@ -147,6 +147,10 @@ pub struct ShardDetector {
     seq: hashbrown::HashMap<Box<str>, SeqState>,
     /// Keys whose sequence state changed since [`ShardDetector::take_dirty_seq`].
     seq_dirty: Vec<Box<str>>,
+    /// Usage handed over with a partition: per key, the input offset it
+    /// counts up to (requests before it, read again to rebuild the replay
+    /// window, are not counted twice).
+    seeded: hashbrown::HashMap<Box<str>, u64>,
 }
 
 /// What a request read again does to per-key usage. Usage is checkpointed
@@ -162,6 +166,9 @@ pub enum UsageMode {
     /// Committed after the usage checkpoint: a reprocessed request goes
     /// into usage (and only there).
     Catchup,
+    /// Already counted in usage handed over with its partition (see
+    /// [`ShardDetector::seed_usage`]): every rule but usage.
+    Skip,
 }
 
 impl ShardDetector {
@@ -181,6 +188,7 @@ impl ShardDetector {
             seq_pending: std::collections::BTreeSet::new(),
             seq: hashbrown::HashMap::new(),
             seq_dirty: Vec::new(),
+            seeded: hashbrown::HashMap::new(),
         }
     }
 
@@ -252,6 +260,28 @@ impl ShardDetector {
     /// The sequence state of every key (for tests and reports).
     pub fn seq_states(&self) -> &hashbrown::HashMap<Box<str>, SeqState> {
         &self.seq
+    }
+
+    /// Takes a key's usage from the instance that processed its partition
+    /// before (the usage topic): it counts the partition's requests up to
+    /// `offset`. The shard is being rebuilt from its input: requests of the
+    /// key before `offset` then go to every rule but usage.
+    pub fn seed_usage(&mut self, key: &str, mut u: KeyUsage, offset: u64) {
+        u.dirty = true;
+        self.usage_dirty.push(key.into());
+        self.usage.insert(key.into(), u);
+        self.seeded.insert(key.into(), offset);
+    }
+
+    /// Whether a request of `key` at `offset` is counted in seeded usage.
+    pub fn usage_seeded_beyond(&self, key: Option<&str>, offset: u64) -> bool {
+        key.and_then(|k| self.seeded.get(k))
+            .is_some_and(|&o| offset < o)
+    }
+
+    /// The rebuild is over: seeded usage needs no more care.
+    pub fn forget_seeds(&mut self) {
+        self.seeded = hashbrown::HashMap::new();
     }
 
     /// Whether some key's usage changed since it was last taken.
@@ -484,7 +514,9 @@ impl ShardDetector {
                 out.push(self.alert(kind, severity, ev, Evidence::Lifecycle(evidence)));
             }
         }
-        self.observe_usage(key_id, ev, out);
+        if usage_mode != UsageMode::Skip {
+            self.observe_usage(key_id, ev, out);
+        }
         if t >= wm {
             if let Sequenced {
                 n: Some(n),

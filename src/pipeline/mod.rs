@@ -12,8 +12,9 @@ pub(crate) mod scan;
 
 pub use config::{available_cores, PipelineConfig};
 pub use convert::{convert, ConvertArgs, ConvertSummary};
-pub use engine::{CommitInfo, Engine, EngineOptions, Totals, MAX_SCAN_SHARDS};
+pub use engine::{CheckpointedUsage, CommitInfo, Engine, EngineOptions, Totals, MAX_SCAN_SHARDS};
 pub use health::FIRST_RECORDS;
+pub use kafka::usage::fleet_snapshot;
 pub use kafka::{run, ClientFactory, KafkaConfig, RunArgs, StartPolicy, Status};
 pub use scan::{scan, ScanArgs, ScanConfig, ScanSummary};
 

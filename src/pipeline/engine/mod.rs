@@ -223,12 +223,16 @@ impl Stream {
 /// Which shard of a stream of `n` shards a request goes to: by its key, an
 /// unsigned request by its event id (a redelivered copy meets the first).
 fn route(ev: &crate::schema::AccessEvent<'_>, n: usize) -> usize {
+    route_key(ev.key_id.as_deref(), &ev.event_id, n)
+}
+
+fn route_key(key_id: Option<&str>, event_id: &str, n: usize) -> usize {
     if n == 1 {
         return 0;
     }
-    let h = match ev.key_id.as_deref() {
+    let h = match key_id {
         Some(k) => xxhash_rust::xxh3::xxh3_64_with_seed(k.as_bytes(), 0x6b6579),
-        None => xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), 0x657674),
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), 0x657674),
     };
     (h % n as u64) as usize
 }
@@ -274,6 +278,22 @@ pub struct Engine<S: StateStore> {
     last_checkpoint: Instant,
     /// Requests routed since the last usage checkpoint began.
     routed_since_checkpoint: u64,
+    /// Keep the usage records each checkpoint writes, to publish them
+    /// ([`Engine::take_checkpointed_usage`]).
+    collect_usage: bool,
+    /// Usage records written by finished checkpoints, not taken yet.
+    checkpointed: Vec<CheckpointedUsage>,
+}
+
+/// One key's usage as a checkpoint wrote it, with the stream (a partition)
+/// and the input offset it covers: what `run` publishes to the usage topic.
+#[derive(Debug, Clone)]
+pub struct CheckpointedUsage {
+    pub stream: String,
+    pub offset: u64,
+    pub key: String,
+    /// The usage, postcard.
+    pub bytes: Vec<u8>,
 }
 
 /// A commit begun: the workers' answers to come, and the engine's part.
@@ -282,6 +302,8 @@ struct PendingCommit {
     started: Instant,
     /// Per stream staged, the positions it commits.
     positions: Vec<(u32, BTreeMap<u32, u64>)>,
+    /// The usage records it writes, to publish once written.
+    usage: Vec<CheckpointedUsage>,
 }
 
 enum Phase {
@@ -382,6 +404,8 @@ impl<S: StateStore> Engine<S> {
             checkpoint_due: false,
             last_checkpoint: Instant::now(),
             routed_since_checkpoint: 0,
+            collect_usage: false,
+            checkpointed: Vec::new(),
         })
     }
 
@@ -570,6 +594,45 @@ impl<S: StateStore> Engine<S> {
     /// a partition is handed over or the process stops).
     pub fn checkpoint_usage(&mut self) {
         self.checkpoint_due = true;
+    }
+
+    /// Keeps the usage records each checkpoint writes, for
+    /// [`Engine::take_checkpointed_usage`].
+    pub fn collect_checkpointed_usage(&mut self) {
+        self.collect_usage = true;
+    }
+
+    /// The usage records finished checkpoints wrote, of streams with one
+    /// source (partitions), since the last call.
+    pub fn take_checkpointed_usage(&mut self) -> Vec<CheckpointedUsage> {
+        std::mem::take(&mut self.checkpointed)
+    }
+
+    /// Hands usage over to a stream being rebuilt (after
+    /// [`Engine::reset_shard`]): per key, its usage and the input offset it
+    /// counts up to (see [`crate::detect::ShardDetector::seed_usage`]).
+    pub fn seed_usage(
+        &mut self,
+        stream: u32,
+        usage: Vec<(String, KeyUsage, u64)>,
+    ) -> Result<(), PipelineError> {
+        let shards = self
+            .streams
+            .get(&stream)
+            .ok_or(PipelineError::ShardNotOpen(stream))?
+            .shards
+            .clone();
+        let mut per: Vec<Vec<(String, KeyUsage, u64)>> = vec![Vec::new(); shards.len()];
+        for (key, u, offset) in usage {
+            let i = route_key(Some(&key), "", shards.len());
+            per[i].push((key, u, offset));
+        }
+        for (i, u) in per.into_iter().enumerate() {
+            if !u.is_empty() {
+                self.detectors.seed(shards[i], u);
+            }
+        }
+        Ok(())
     }
 
     /// Whether requests were routed since the last usage checkpoint (the
@@ -858,6 +921,7 @@ impl<S: StateStore> Engine<S> {
             },
             started,
             positions,
+            usage: Vec::new(),
         });
         Ok(())
     }
@@ -960,6 +1024,30 @@ impl<S: StateStore> Engine<S> {
         let (outbox_put, outbox_delete_below) = self.outbox.stage();
         c.outbox_put = outbox_put;
         c.outbox_delete_below = outbox_delete_below;
+        if self.collect_usage && !c.usage.is_empty() {
+            let p = self.pending.as_mut().expect("a commit in flight");
+            for (shard, key, bytes) in &c.usage {
+                let Some((stream, st)) = self
+                    .streams
+                    .iter()
+                    .find(|(_, st)| st.shards.contains(shard))
+                else {
+                    continue;
+                };
+                let Some((_, pos)) = p.positions.iter().find(|(id, _)| id == stream) else {
+                    continue;
+                };
+                if pos.len() != 1 {
+                    continue;
+                }
+                p.usage.push(CheckpointedUsage {
+                    stream: st.name.clone(),
+                    offset: *pos.values().next().expect("one"),
+                    key: key.clone(),
+                    bytes: bytes.clone(),
+                });
+            }
+        }
         let info = CommitInfo {
             alerts: c.outbox_put.len(),
             events,
@@ -971,7 +1059,8 @@ impl<S: StateStore> Engine<S> {
 
     /// The commit in flight is written.
     fn complete(&mut self, info: CommitInfo) -> Result<CommitInfo, PipelineError> {
-        let p = self.pending.take().expect("a commit in flight");
+        let mut p = self.pending.take().expect("a commit in flight");
+        self.checkpointed.append(&mut p.usage);
         // every segment handed to this commit (and to a retried one) is in
         // the store now: only from here may the segment caches evict them
         self.detectors.durable();

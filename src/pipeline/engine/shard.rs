@@ -167,6 +167,7 @@ impl<S: StateStore> Shard<S> {
 
     /// Rebuilding is over: from here on this instance reports, and counts from zero.
     pub(super) fn caught_up(&mut self) {
+        self.det.forget_seeds();
         self.det.set_stats(ShardStats::default());
         self.committed_stats = ShardStats::default();
     }

@@ -129,6 +129,11 @@ pub(super) enum Msg {
         keys: Arc<Vec<String>>,
         reply: Sender<Vec<(String, KeyUsage)>>,
     },
+    /// Usage handed over with a partition (see [`ShardDetector::seed_usage`]).
+    Seed {
+        shard: u32,
+        usage: Vec<(String, KeyUsage, u64)>,
+    },
 }
 
 /// The shards of one worker and what they raised since the last commit.
@@ -191,6 +196,13 @@ impl<S: StateStore> Worker<S> {
                     s.log.mark_durable();
                 }
             }
+            Msg::Seed { shard, usage } => {
+                if let Some(s) = self.shards.get_mut(&shard) {
+                    for (key, u, offset) in usage {
+                        s.det.seed_usage(&key, u, offset);
+                    }
+                }
+            }
             Msg::Usage { keys, reply } => {
                 let mut out = Vec::new();
                 for k in keys.iter() {
@@ -239,6 +251,13 @@ impl<S: StateStore> Worker<S> {
                     if let Some(m) = max_before {
                         s.det.catch_up(m, &mut s.log, &mut self.scratch)?;
                     }
+                    // rebuilding with usage handed over: what it counts is skipped
+                    let usage =
+                        if rebuild && s.det.usage_seeded_beyond(ev.key_id.as_deref(), pos.offset) {
+                            UsageMode::Skip
+                        } else {
+                            usage
+                        };
                     // read again after a restart, committed before it: its
                     // alerts were committed then, and it was counted then
                     let catchup = usage == UsageMode::Catchup;
@@ -542,6 +561,12 @@ impl<S: StateStore> Detectors<S> {
         for w in 0..self.count() {
             self.send(w, Msg::Durable);
         }
+    }
+
+    /// Hands usage over to a shard (before the records that rebuild it).
+    pub(super) fn seed(&mut self, shard: u32, usage: Vec<(String, KeyUsage, u64)>) {
+        let w = self.worker_of(shard);
+        self.send(w, Msg::Seed { shard, usage });
     }
 
     /// The usage of `keys` in every shard that has it.

@@ -10,8 +10,8 @@ use super::client::{ClientFactory, Role};
 use crate::pipeline::kafka::KafkaConfig;
 use crate::pipeline::PipelineError;
 
-/// Creates the alert, dead-letter, reports and repartition topics when
-/// missing (with the broker's default replication).
+/// Creates the alert, dead-letter, reports, usage (compacted) and
+/// repartition topics when missing (with the broker's default replication).
 pub(super) fn create_topics(
     clients: &ClientFactory,
     k: &KafkaConfig,
@@ -39,6 +39,18 @@ pub(super) fn create_topics(
         .filter(|n| !existing.contains(&n.as_str()))
         .map(|n| NewTopic::new(n, k.topic_partitions, TopicReplication::Fixed(-1)))
         .collect();
+    // the usage changelog keeps the newest record of every key
+    let mut missing = missing;
+    if !k.usage_topic.is_empty() && !existing.contains(&k.usage_topic.as_str()) {
+        missing.push(
+            NewTopic::new(
+                &k.usage_topic,
+                k.topic_partitions,
+                TopicReplication::Fixed(-1),
+            )
+            .set("cleanup.policy", "compact"),
+        );
+    }
     if missing.is_empty() {
         return Ok(());
     }

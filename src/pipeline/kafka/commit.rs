@@ -219,6 +219,10 @@ impl Runtime {
         self.begin_commit(consumer, status)?;
         let finished = self.engine.finish_commit(true);
         self.finished(finished, consumer, mode, status)?;
+        // the next owner of a partition reads its usage from the topic
+        if let Some(p) = &self.usage_pub {
+            p.flush()?;
+        }
         self.pump_alerts(consumer, true, mode, status)
     }
 
@@ -274,6 +278,18 @@ impl Runtime {
         };
         self.store_result(Ok(()), consumer, status)?;
         status.events.fetch_add(info.events, Ordering::Relaxed);
+        // a usage checkpoint's records go to the usage topic
+        let usage = self.engine.take_checkpointed_usage();
+        if let Some(p) = &self.usage_pub {
+            if !usage.is_empty() {
+                p.publish(&usage)?;
+                crate::telemetry::UsagePublished {
+                    records: usage.len() as u64,
+                    bytes: usage.iter().map(|u| u.bytes.len() as u64).sum(),
+                }
+                .emit();
+            }
+        }
         let (events, opened) = std::mem::take(&mut self.committing);
         self.report_counters();
         if let Some(opened) = opened {

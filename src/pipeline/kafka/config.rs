@@ -27,6 +27,12 @@ pub struct KafkaConfig {
     /// Where undecodable records go, with headers naming their origin.
     /// Default "replayguard-dead-letters".
     pub dead_letter_topic: String,
+    /// Per-key usage as a compacted changelog keyed by key_id: published at
+    /// every usage checkpoint, read whole by every instance (a partition
+    /// taken over gets its keys' usage back; rotation reports cover every
+    /// key of the group). Default "replayguard-usage"; "" disables it (each
+    /// instance then reports the keys of its own partitions).
+    pub usage_topic: String,
     /// Route events through an internal topic keyed by key_id before
     /// detection, for producers that do not key by key_id. Default false.
     pub repartition: bool,
@@ -67,6 +73,7 @@ impl Default for KafkaConfig {
             lifecycle_topic: "key-lifecycle".into(),
             alert_topic: "replayguard-alerts".into(),
             dead_letter_topic: "replayguard-dead-letters".into(),
+            usage_topic: "replayguard-usage".into(),
             repartition: false,
             repartition_topic: None,
             create_topics: true,
@@ -120,6 +127,7 @@ impl KafkaConfig {
             &self.alert_topic,
             &self.dead_letter_topic,
             &self.lifecycle_topic,
+            &self.usage_topic,
         ];
         for t in &self.input_topics {
             if outputs.contains(&t) {

@@ -13,6 +13,7 @@
 //! | `config.rs` | `[kafka]` |
 //! | `client.rs` | the one factory of every Kafka client, and secret-free errors |
 //! | `lifecycle.rs` | the key-lifecycle topic as a global table |
+//! | `usage.rs` | the usage topic: a changelog of per-key usage, and its global table |
 //! | `forward.rs` | repartitioning by key_id |
 //! | `reports.rs` | report snapshots for HTTP and the reports topic |
 //! | `admin.rs` | creating the topics `run` writes to |
@@ -29,6 +30,7 @@ mod reports;
 mod runtime;
 mod start;
 mod status;
+pub mod usage;
 
 pub use client::ClientFactory;
 pub use config::KafkaConfig;

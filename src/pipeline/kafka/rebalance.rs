@@ -298,6 +298,7 @@ impl Runtime {
                     "rebuilding the partition's state before reporting from the committed offset"
                 );
                 self.engine.reset_shard(shard, live_from)?;
+                self.hand_usage_over(shard, name)?;
                 // the previous owner may have produced alerts past its last
                 // group commit: they are on the topic after these positions
                 if let Some(m) = meta.filter(|m| !m.alerts.is_empty()) {
@@ -325,9 +326,39 @@ impl Runtime {
                     "first deployment: warming the replay window (no alerts) before reporting"
                 );
                 self.engine.reset_shard(shard, live_from)?;
+                // (a replacement for an instance whose disk is lost finds its usage)
+                self.hand_usage_over(shard, name)?;
                 Offset::Offset(warm_from as i64)
             }
         })
+    }
+
+    /// A partition whose state is rebuilt gets its keys' usage from the
+    /// usage topic, as the instance that had it last published it (before
+    /// handing it over, or at its last checkpoint): the rebuild then does
+    /// not count again what that usage counts.
+    fn hand_usage_over(&mut self, shard: u32, name: &str) -> Result<(), PipelineError> {
+        let Some(u) = &self.usage else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        if !u.catch_up(Duration::from_secs(15)) {
+            tracing::warn!(partition = %name, "the usage topic was not read to its end within 15 s: the partition's usage starts from what the table has");
+        }
+        let usage = if u.table.is_empty() {
+            Vec::new()
+        } else {
+            u.table.of_partition(name)
+        };
+        let keys = usage.len();
+        self.engine.seed_usage(shard, usage)?;
+        crate::telemetry::UsageHandedOver {
+            partition: name,
+            keys,
+            elapsed: t.elapsed(),
+        }
+        .emit();
+        Ok(())
     }
 
     pub(super) fn on_revoke(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
+use super::usage::UsageTable;
 use crate::detect::KeyUsage;
 use crate::report::{ReportConfig, ReportSource, RotationReport, UsageView};
 use crate::state::{RocksStore, StateStore};
@@ -25,15 +26,18 @@ pub struct Published {
     /// Event time of the newest request seen (`i64::MIN`: none yet).
     now: AtomicI64,
     store: Arc<RocksStore>,
+    /// The usage topic's global table: usage of every key of the group.
+    table: Option<Arc<UsageTable>>,
 }
 
 impl Published {
-    pub fn new(store: Arc<RocksStore>) -> Self {
+    pub fn new(store: Arc<RocksStore>, table: Option<Arc<UsageTable>>) -> Self {
         Published {
             rotations: RwLock::new(Arc::new(Vec::new())),
             shards: RwLock::new(Arc::new(Vec::new())),
             now: AtomicI64::new(i64::MIN),
             store,
+            table,
         }
     }
 
@@ -54,6 +58,12 @@ impl ReportSource for Published {
     }
 
     fn usage(&self, key_id: &str) -> Option<UsageView> {
+        if let Some(t) = &self.table {
+            // every key of the group, as its instance last published it
+            let u = t.usage_of(&[key_id.to_string()]).remove(key_id)?;
+            let now = t.now().unwrap_or(u.last_seen);
+            return Some(UsageView::new(key_id, &u, now));
+        }
         let shards = self
             .shards
             .read()
@@ -135,7 +145,11 @@ impl Reporter {
         }
         self.stale = false;
         self.last_snapshot = Some(Instant::now());
-        let reports = engine.rotation_reports(&self.cfg);
+        let reports = match &self.published.table {
+            // fleet-wide: every key of the group, from the usage topic
+            Some(t) => fleet_reports(&self.cfg, engine.lifecycle(), t),
+            None => engine.rotation_reports(&self.cfg),
+        };
         if topic_due {
             self.last_topic = Instant::now();
             if let Some((p, topic, _)) = &self.topic {
@@ -145,6 +159,25 @@ impl Reporter {
         self.published
             .set(reports, engine.open_shards(), engine.now());
     }
+}
+
+/// Rotation reports of every key in rotation, from the usage topic's table
+/// (the same on every instance, wherever a key was processed).
+pub fn fleet_reports(
+    cfg: &ReportConfig,
+    lifecycle: &crate::detect::LifecycleTable,
+    table: &UsageTable,
+) -> Vec<RotationReport> {
+    let Some(now) = table.now() else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for (k, recs) in lifecycle.keys() {
+        keys.push(k.to_string());
+        keys.extend(recs.records().iter().filter_map(|r| r.successor.clone()));
+    }
+    let usage = table.usage_of(&keys);
+    crate::report::reports(cfg, lifecycle, &usage, now)
 }
 
 /// Produces the rotation reports to the reports topic (fire and forget:

@@ -18,6 +18,7 @@ use super::lifecycle::LifecycleReader;
 use super::rebalance::Ctx;
 use super::reports::{Published, Reporter};
 use super::status::Status;
+use super::usage::{UsagePublisher, UsageReader};
 use crate::config::Config;
 use crate::decode::Decoder;
 use crate::pipeline::chunk::{DecodePool, RawChunk};
@@ -110,6 +111,10 @@ pub(super) struct Runtime {
     pub(super) persisted_positions: BTreeMap<i32, i64>,
     pub(super) last_group_commit: Instant,
     pub(super) reporter: Reporter,
+    /// Publishes checkpointed usage to the usage topic.
+    pub(super) usage_pub: Option<UsagePublisher>,
+    /// The usage topic's global table.
+    pub(super) usage: Option<UsageReader>,
 }
 
 pub(super) fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
@@ -306,6 +311,16 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let mut alerts = KafkaAlertSink::new(producer("alert")?, &k.alert_topic)
         .with_reader(clients.config(Role::Reader, Some("replayguard-alert-reader")));
     let dlq = KafkaDeadLetterSink::new(producer("dead-letter")?, &k.dead_letter_topic);
+    // the usage changelog: published at checkpoints, read whole as a global table
+    let (usage_pub, usage) = if k.usage_topic.is_empty() {
+        (None, None)
+    } else {
+        engine.collect_checkpointed_usage();
+        (
+            Some(UsagePublisher::new(producer("usage")?, &k.usage_topic)),
+            Some(UsageReader::start(&clients, &k.usage_topic, &k.group)?),
+        )
+    };
     redeliver_outbox(&mut engine, &mut alerts, &clients, &k.alert_topic)?;
 
     let forwarder = if k.repartition {
@@ -326,7 +341,10 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
             config.report.interval.as_std(),
         ))
     };
-    let published = Arc::new(Published::new(store));
+    let published = Arc::new(Published::new(
+        store,
+        usage.as_ref().map(|u| u.table.clone()),
+    ));
     let _ = status.reports.set(published.clone());
     let rules = engine.rules();
     let engine_decoder = engine.decoder().clone();
@@ -369,6 +387,8 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         last_group_commit: Instant::now(),
         persisted_positions: Default::default(),
         reporter: Reporter::new(published, config.report.clone(), report_topic),
+        usage_pub,
+        usage,
     }));
 
     // the lifecycle table: read whole before consuming events
@@ -379,9 +399,17 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     }
     {
         let mut g = lock(&rt);
-        let Runtime { engine, dlq, .. } = &mut *g;
+        let Runtime {
+            engine, dlq, usage, ..
+        } = &mut *g;
         engine.commit(dlq)?;
         tracing::info!(keys = engine.lifecycle().len(), "lifecycle table loaded");
+        if let Some(u) = usage {
+            if !u.catch_up(Duration::from_secs(30)) {
+                tracing::warn!("the usage topic was not read to its end within 30 s: reports and hand-overs may lack usage for a while");
+            }
+            tracing::info!(keys = u.table.len(), "usage table loaded");
+        }
     }
 
     let mut cc = clients.config(Role::Group, None);
@@ -413,6 +441,9 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let end = lock(&rt).commit_cycle(&consumer, CommitMode::Sync, &status);
     drop(consumer); // leaves the group (revoke callback commits again: nothing left)
     lifecycle.stop();
+    if let Some(u) = &mut lock(&rt).usage {
+        u.stop();
+    }
     result.and(end)
 }
 
