@@ -71,6 +71,13 @@ pub fn decode(value: &[u8]) -> Option<UsageRecord> {
     Some(UsageRecord { head, usage })
 }
 
+/// The length of the usage part at the end of a value [`decode`] read.
+fn encoded_usage_len(value: &[u8]) -> usize {
+    let (_, rest): (UsageHead, &[u8]) =
+        postcard::take_from_bytes(&value[1..]).expect("checked by decode");
+    rest.len()
+}
+
 /// Publishes checkpointed usage (idempotent, acks=all).
 pub(super) struct UsagePublisher {
     producer: Arc<Producer_>,
@@ -113,10 +120,30 @@ impl UsagePublisher {
     }
 }
 
+/// One key's newest record in the table, its usage kept encoded (~300
+/// bytes against the ~2 KB of a decoded `KeyUsage`: every instance holds
+/// every key of the group) and decoded when a report or a hand-over asks.
+struct Stored {
+    /// The input partition it counts (shared between the keys of one).
+    partition: Arc<str>,
+    offset: u64,
+    last_seen: Millis,
+    /// postcard of the key's `KeyUsage`.
+    usage: Box<[u8]>,
+}
+
+impl Stored {
+    fn usage(&self) -> KeyUsage {
+        postcard::from_bytes(&self.usage).expect("checked when it was read")
+    }
+}
+
 /// The global table of the usage topic: the newest record of every key.
 #[derive(Default)]
 pub struct UsageTable {
-    records: RwLock<HashMap<String, UsageRecord>>,
+    records: RwLock<HashMap<String, Stored>>,
+    /// The input partitions named by records, shared by their keys.
+    partitions: Mutex<Vec<Arc<str>>>,
     /// Next offset read, per partition of the usage topic.
     read: Mutex<HashMap<i32, i64>>,
     /// Records that could not be read (another version).
@@ -128,27 +155,48 @@ impl UsageTable {
         let Ok(key) = std::str::from_utf8(key) else {
             return;
         };
-        let mut t = self.records.write().unwrap_or_else(|e| e.into_inner());
-        match value.map(decode) {
-            Some(Some(r)) => {
-                t.insert(key.to_string(), r);
+        // decoded once to be checked; kept encoded
+        let stored = match value.map(|v| (decode(v), v)) {
+            Some((Some(r), v)) => Some(Stored {
+                partition: self.partition(&r.head.partition),
+                offset: r.head.offset,
+                last_seen: r.usage.last_seen,
+                usage: v[v.len() - encoded_usage_len(v)..].into(),
+            }),
+            Some((None, _)) => {
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             // a tombstone
+            None => None,
+        };
+        let mut t = self.records.write().unwrap_or_else(|e| e.into_inner());
+        match stored {
+            Some(s) => {
+                t.insert(key.to_string(), s);
+            }
             None => {
                 t.remove(key);
             }
-            Some(None) => {
-                self.unreadable.fetch_add(1, Ordering::Relaxed);
-            }
         }
+    }
+
+    fn partition(&self, name: &str) -> Arc<str> {
+        let mut known = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = known.iter().find(|p| &***p == name) {
+            return p.clone();
+        }
+        let p: Arc<str> = name.into();
+        known.push(p.clone());
+        p
     }
 
     /// The usage of the keys whose requests were counted in `partition`.
     pub fn of_partition(&self, partition: &str) -> Vec<(String, KeyUsage, u64)> {
         let t = self.records.read().unwrap_or_else(|e| e.into_inner());
         t.iter()
-            .filter(|(_, r)| r.head.partition == partition)
-            .map(|(k, r)| (k.clone(), r.usage.clone(), r.head.offset))
+            .filter(|(_, r)| &*r.partition == partition)
+            .map(|(k, r)| (k.clone(), r.usage(), r.offset))
             .collect()
     }
 
@@ -156,14 +204,14 @@ impl UsageTable {
     pub fn usage_of(&self, keys: &[String]) -> HashMap<String, KeyUsage> {
         let t = self.records.read().unwrap_or_else(|e| e.into_inner());
         keys.iter()
-            .filter_map(|k| t.get(k).map(|r| (k.clone(), r.usage.clone())))
+            .filter_map(|k| t.get(k).map(|r| (k.clone(), r.usage())))
             .collect()
     }
 
     /// The newest request of any key (the time reports are computed at).
     pub fn now(&self) -> Option<Millis> {
         let t = self.records.read().unwrap_or_else(|e| e.into_inner());
-        t.values().map(|r| r.usage.last_seen).max()
+        t.values().map(|r| r.last_seen).max()
     }
 
     /// Keys in the table.
@@ -418,7 +466,10 @@ pub fn fleet_snapshot(
     let now = table.now();
     let usage = std::mem::take(&mut *table.records.write().unwrap_or_else(|e| e.into_inner()))
         .into_iter()
-        .map(|(k, r)| (k, r.usage))
+        .map(|(k, r)| {
+            let u = r.usage();
+            (k, u)
+        })
         .collect();
     Ok(crate::report::Snapshot {
         lifecycle,
