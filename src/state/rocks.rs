@@ -119,7 +119,22 @@ fn open_db(dir: &Path, o: &RocksOptions, cache: &Cache) -> Result<DB, StateError
         let mut c = Options::default();
         c.set_block_based_table_factory(&bb);
         if name == CF_SIGHTINGS {
+            // A segment is mostly fingerprints and offsets, which LZ4 barely
+            // shrinks; most segments expire with the retention window while
+            // in the first levels. As TiKV does: no compression in L0 and
+            // L1 (flushes and the first compactions, on the commit's path,
+            // stop paying for it), LZ4 below, where what outlives the window
+            // settles.
             c.set_compression_type(DBCompressionType::Lz4);
+            c.set_compression_per_level(&[
+                DBCompressionType::None,
+                DBCompressionType::None,
+                DBCompressionType::Lz4,
+                DBCompressionType::Lz4,
+                DBCompressionType::Lz4,
+                DBCompressionType::Lz4,
+                DBCompressionType::Lz4,
+            ]);
             // each value is a whole segment; keep memtables few and large
             c.set_write_buffer_size((o.write_buffer_bytes / 2).max(1 << 20));
             c.set_max_write_buffer_number(2);
