@@ -49,6 +49,8 @@ pub const METRICS: &[(&str, MetricKind, Option<Unit>, &str)] = {
         ("replayguard_usage_published_records_total", Counter, None, "Per-key usage records published to the usage topic (at usage checkpoints)."),
         ("replayguard_usage_published_bytes_total", Counter, Some(Unit::Bytes), "Bytes of usage records published to the usage topic."),
         ("replayguard_usage_handover_seconds", Histogram, Some(Unit::Seconds), "Time to take a partition's keys' usage from the usage topic when it is taken over."),
+        ("replayguard_usage_table_keys", Gauge, None, "Keys in the usage topic's global table (every key of the group), sampled at each commit."),
+        ("replayguard_usage_unreadable_total", Counter, None, "Usage-topic records this build cannot read (another record version): their keys have no usage in the table until republished."),
         ("replayguard_live_entries", Gauge, None, "Requests in the live replay window."),
         ("replayguard_index_bytes", Gauge, Some(Unit::Bytes), "Memory of the live index."),
         ("replayguard_state_segments", Gauge, None, "Sighting segments in the state store."),
@@ -393,6 +395,20 @@ impl UsageHandedOver<'_> {
             elapsed_ms = self.elapsed.as_millis() as u64,
             "usage of the partition's keys taken from the usage topic"
         );
+    }
+}
+
+/// The usage topic's global table, sampled at a commit.
+pub struct UsageTableSize {
+    pub keys: usize,
+    /// Unreadable records since the last sample.
+    pub unreadable: u64,
+}
+
+impl UsageTableSize {
+    pub fn emit(&self) {
+        gauge!("replayguard_usage_table_keys").set(self.keys as f64);
+        count("replayguard_usage_unreadable_total", self.unreadable);
     }
 }
 

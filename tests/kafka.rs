@@ -886,8 +886,18 @@ fn two_instances_give_the_rotation_report_of_one_scan() {
     );
     let from_kafka: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(from_kafka, want);
-    // the partitions that moved got their usage from the usage topic
+    // the partitions that moved got their usage from the usage topic, and
+    // every instance's table holds the group's four keys
     for (name, det) in [("A", &a), ("B", &bb)] {
+        let m = det.get("/metrics").unwrap_or_default();
+        assert!(
+            m.lines().any(|l| l == "replayguard_usage_table_keys 4"),
+            "{name}: {}",
+            m.lines()
+                .filter(|l| l.contains("usage"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         assert!(
             det.log_text()
                 .contains("usage of the partition's keys taken from the usage topic"),

@@ -367,6 +367,15 @@ impl Runtime {
         }
         .emit();
         self.reported = (t.key_absent, t.key_mismatch, t.rebuilt);
+        if let Some(u) = &self.usage {
+            let unreadable = u.table.unreadable.load(Ordering::Relaxed);
+            crate::telemetry::UsageTableSize {
+                keys: u.table.len(),
+                unreadable: unreadable - self.usage_unreadable_reported,
+            }
+            .emit();
+            self.usage_unreadable_reported = unreadable;
+        }
     }
 
     /// The group offsets of every reporting partition that moved, with

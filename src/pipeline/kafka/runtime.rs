@@ -115,6 +115,8 @@ pub(super) struct Runtime {
     pub(super) usage_pub: Option<UsagePublisher>,
     /// The usage topic's global table.
     pub(super) usage: Option<UsageReader>,
+    /// Unreadable usage records already counted in the metric.
+    pub(super) usage_unreadable_reported: u64,
 }
 
 pub(super) fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
@@ -389,6 +391,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         reporter: Reporter::new(published, config.report.clone(), report_topic),
         usage_pub,
         usage,
+        usage_unreadable_reported: 0,
     }));
 
     // the lifecycle table: read whole before consuming events
