@@ -399,15 +399,8 @@ fn run_serves_the_rotation_report_live_and_publishes_it() {
     let d = Dir::new();
     let b = setup_broker(&d);
     let (events, lc) = crate::report::rotation_log(&d);
-    let lines = |p: &std::path::Path| -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect()
-    };
-    produce(&b.addr(), "key-lifecycle", &keyed(&lines(&lc)));
-    let all = lines(&events);
+    produce(&b.addr(), "key-lifecycle", &keyed(&read_lines(&lc)));
+    let all = read_lines(&events);
     produce(&b.addr(), "access-events", &keyed(&all));
     let cfg = detector_config(&d, "a", &b, GROUP, "[report]\ninterval = \"1s\"\n");
     let det = Detector::start(&d, "a", &cfg);
@@ -750,14 +743,7 @@ fn run_reports_out_of_sequence_counters_like_the_model() {
 fn two_instances_give_the_rotation_report_of_one_scan() {
     let (d, b, cfg_a, cfg_b) = two_detectors(GROUP);
     let (events, lc) = crate::report::rotation_log(&d);
-    let lines = |p: &std::path::Path| -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect()
-    };
-    let all = lines(&events);
+    let all = read_lines(&events);
     let half = all.len() / 2;
     let three_quarters = all.len() * 3 / 4;
     // what one scan of the same events reports: of the first half, of all
@@ -782,7 +768,7 @@ fn two_instances_give_the_rotation_report_of_one_scan() {
     let want = scan_report("scan-all", all.len());
     assert_ne!(want_half, want);
 
-    produce(&b.addr(), "key-lifecycle", &keyed(&lines(&lc)));
+    produce(&b.addr(), "key-lifecycle", &keyed(&read_lines(&lc)));
     let mut ends = std::collections::BTreeMap::new();
     let mut produce_events = |from: usize, to: usize| {
         for (p, o) in produce(&b.addr(), "access-events", &keyed(&all[from..to])) {

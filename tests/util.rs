@@ -61,6 +61,15 @@ pub fn scan_ok(opts: &[(&str, &Path)], inputs: &[&Path]) -> Output {
     run_ok(&args, None)
 }
 
+/// The lines of a file.
+pub fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// `replayguard report rotation --format FORMAT` of a state dir; it must succeed.
 pub fn report_rotation(state: &Path, format: &str) -> Output {
     run_ok(

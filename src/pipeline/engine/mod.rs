@@ -524,16 +524,21 @@ impl<S: StateStore> Engine<S> {
         }
     }
 
-    /// Throws a stream's state away, in memory and (with the next commit) in
-    /// the store, to rebuild it from the source: records before `live_from`
-    /// only rebuild state, later ones are reported as usual.
-    pub fn reset_shard(&mut self, stream: u32, live_from: u64) -> Result<(), PipelineError> {
-        let shards = self
+    /// The shards of an open stream.
+    fn shards_of(&self, stream: u32) -> Result<Vec<u32>, PipelineError> {
+        Ok(self
             .streams
             .get(&stream)
             .ok_or(PipelineError::ShardNotOpen(stream))?
             .shards
-            .clone();
+            .clone())
+    }
+
+    /// Throws a stream's state away, in memory and (with the next commit) in
+    /// the store, to rebuild it from the source: records before `live_from`
+    /// only rebuild state, later ones are reported as usual.
+    pub fn reset_shard(&mut self, stream: u32, live_from: u64) -> Result<(), PipelineError> {
+        let shards = self.shards_of(stream)?;
         for id in &shards {
             self.detectors.reset(*id)?;
             self.infos.insert(*id, ShardInfo::default());
@@ -616,12 +621,7 @@ impl<S: StateStore> Engine<S> {
         stream: u32,
         usage: Vec<(String, KeyUsage, u64)>,
     ) -> Result<(), PipelineError> {
-        let shards = self
-            .streams
-            .get(&stream)
-            .ok_or(PipelineError::ShardNotOpen(stream))?
-            .shards
-            .clone();
+        let shards = self.shards_of(stream)?;
         let mut per: Vec<Vec<(String, KeyUsage, u64)>> = vec![Vec::new(); shards.len()];
         for (key, u, offset) in usage {
             let i = route_key(Some(&key), "", shards.len());
