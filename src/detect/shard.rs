@@ -245,16 +245,7 @@ impl ShardDetector {
 
     /// The keys whose sequence state changed since the last call, with it.
     pub fn take_dirty_seq(&mut self) -> Vec<(&str, &SeqState)> {
-        for k in &self.seq_dirty {
-            if let Some(s) = self.seq.get_mut(k) {
-                s.dirty = false;
-            }
-        }
-        let keys = std::mem::take(&mut self.seq_dirty);
-        let seq = &self.seq;
-        keys.into_iter()
-            .filter_map(|k| seq.get_key_value(&k).map(|(k, s)| (&**k, s)))
-            .collect()
+        take_dirty(&mut self.seq, &mut self.seq_dirty, |s| s.dirty = false)
     }
 
     /// The sequence state of every key (for tests and reports).
@@ -267,8 +258,11 @@ impl ShardDetector {
     /// `offset`. The shard is being rebuilt from its input: requests of the
     /// key before `offset` then go to every rule but usage.
     pub fn seed_usage(&mut self, key: &str, mut u: KeyUsage, offset: u64) {
+        // listed once, however often it is marked
+        if !self.usage.get(key).is_some_and(|old| old.dirty) {
+            self.usage_dirty.push(key.into());
+        }
         u.dirty = true;
-        self.usage_dirty.push(key.into());
         self.usage.insert(key.into(), u);
         self.seeded.insert(key.into(), offset);
     }
@@ -291,16 +285,7 @@ impl ShardDetector {
 
     /// The keys whose usage changed since the last call, with their usage.
     pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
-        for k in &self.usage_dirty {
-            if let Some(u) = self.usage.get_mut(k) {
-                u.dirty = false;
-            }
-        }
-        let keys = std::mem::take(&mut self.usage_dirty);
-        let usage = &self.usage;
-        keys.into_iter()
-            .filter_map(|k| usage.get_key_value(&k).map(|(k, u)| (&**k, u)))
-            .collect()
+        take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -912,4 +897,22 @@ fn retrack(
 struct Sequenced {
     n: Option<u64>,
     fp: Option<u128>,
+}
+
+/// The entries of `map` listed in `dirty` (emptied), each marked clean.
+fn take_dirty<'a, V>(
+    map: &'a mut hashbrown::HashMap<Box<str>, V>,
+    dirty: &mut Vec<Box<str>>,
+    clean: impl Fn(&mut V),
+) -> Vec<(&'a str, &'a V)> {
+    let keys = std::mem::take(dirty);
+    for k in &keys {
+        if let Some(v) = map.get_mut(k) {
+            clean(v);
+        }
+    }
+    let map = &*map;
+    keys.into_iter()
+        .filter_map(|k| map.get_key_value(&k).map(|(k, v)| (&**k, v)))
+        .collect()
 }
