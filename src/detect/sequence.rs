@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::schema::alert::SequenceEvidence;
 use crate::schema::{AccessEvent, Millis};
@@ -27,6 +28,53 @@ pub fn number(nonce: &str) -> Option<u64> {
     nonce.parse().ok()
 }
 
+/// An event id held without a heap allocation up to 40 bytes (UUIDs, the
+/// 32-hex request ids of Kong and NGINX, derived ids), longer ones on the
+/// heap: the rule remembers one per request with a counter nonce, and an
+/// allocation each was most of its cost. Ordered as the string is (bytes);
+/// serialized as a string (the same bytes as a `String`).
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(SmallVec<[u8; 40]>);
+
+impl EventId {
+    pub fn new(s: &str) -> Self {
+        EventId(SmallVec::from_slice(s.as_bytes()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("built from a str")
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(EventId::new(&s))
+    }
+}
+
 /// A request remembered for the sequence rule: a first sighting (replays
 /// are not kept), whose context an alert reads back from the sighting log
 /// by `fp`.
@@ -34,7 +82,7 @@ pub fn number(nonce: &str) -> Option<u64> {
 pub struct SeqEntry {
     pub n: u64,
     pub received_at: Millis,
-    pub event_id: String,
+    pub event_id: EventId,
     /// The (key, nonce) fingerprint of its window in the sighting log.
     pub fp: u128,
 }
@@ -45,10 +93,10 @@ pub struct SeqEntry {
 /// first sighting in the sighting log, which carries its number
 /// ([`crate::detect::SightingInfo::seq`]), and a restart rebuilds them from
 /// there ([`SeqState::restore`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeqState {
     /// The largest nonce among the requests folded in.
-    pub max: Option<(u64, String, Millis)>,
+    pub max: Option<(u64, EventId, Millis)>,
     /// Requests not yet folded in, by (received_at, event_id).
     #[serde(skip)]
     pub buf: VecDeque<SeqEntry>,
@@ -63,7 +111,22 @@ pub struct SeqState {
     /// Changed since it was last taken for a commit.
     #[serde(skip)]
     pub dirty: bool,
+    /// The key's number in its shard (which keys wait to be judged is a set
+    /// of (time, number), not of key strings); not part of the state.
+    #[serde(skip)]
+    pub(crate) id: u32,
 }
+
+impl PartialEq for SeqState {
+    fn eq(&self, o: &Self) -> bool {
+        // everything but `id`, which depends on the order keys were met
+        (&self.max, &self.buf, self.judged_until, self.folded_below)
+            == (&o.max, &o.buf, o.judged_until, o.folded_below)
+            && (self.judged, self.dirty) == (o.judged, o.dirty)
+    }
+}
+
+impl Eq for SeqState {}
 
 impl SeqState {
     /// The time of the oldest request not folded in.
@@ -95,13 +158,13 @@ impl SeqState {
         if self.folded_below.is_some_and(|f| r < f) {
             return;
         }
-        let at = self
-            .buf
-            .partition_point(|e| (e.received_at, e.event_id.as_str()) < (r, &*info.event_id));
+        let at = self.buf.partition_point(|e| {
+            (e.received_at, e.event_id.as_bytes()) < (r, info.event_id.as_bytes())
+        });
         if self
             .buf
             .get(at)
-            .is_some_and(|e| e.received_at == r && e.event_id == info.event_id)
+            .is_some_and(|e| e.received_at == r && e.event_id == *info.event_id)
         {
             return;
         }
@@ -110,7 +173,7 @@ impl SeqState {
             SeqEntry {
                 n,
                 received_at: r,
-                event_id: info.event_id.clone(),
+                event_id: EventId::new(&info.event_id),
                 fp,
             },
         );
@@ -136,16 +199,17 @@ impl SeqState {
         if self.judged_until.is_some_and(|j| r <= j) {
             return;
         }
+        let id = ev.event_id.as_bytes();
         // in order, mostly: at the back
         let at = if self
             .buf
             .back()
-            .is_none_or(|e| (e.received_at, e.event_id.as_str()) <= (r, &*ev.event_id))
+            .is_none_or(|e| (e.received_at, e.event_id.as_bytes()) <= (r, id))
         {
             self.buf.len()
         } else {
             self.buf
-                .partition_point(|e| (e.received_at, e.event_id.as_str()) <= (r, &*ev.event_id))
+                .partition_point(|e| (e.received_at, e.event_id.as_bytes()) <= (r, id))
         };
         debug_assert!(at >= self.judged);
         self.buf.insert(
@@ -153,7 +217,7 @@ impl SeqState {
             SeqEntry {
                 n,
                 received_at: r,
-                event_id: ev.event_id.to_string(),
+                event_id: EventId::new(&ev.event_id),
                 fp,
             },
         );
@@ -163,7 +227,7 @@ impl SeqState {
     /// took its place as the first sighting: it is not judged, and its
     /// number is the new first sighting's).
     pub fn remove(&mut self, event_id: &str) {
-        if let Some(i) = self.buf.iter().position(|e| e.event_id == event_id) {
+        if let Some(i) = self.buf.iter().position(|e| e.event_id == *event_id) {
             self.buf.remove(i);
             if i < self.judged {
                 self.judged -= 1;
@@ -204,7 +268,7 @@ impl SeqState {
                             e,
                             SequenceEvidence {
                                 larger_nonce: m.to_string(),
-                                larger_event_id: id.clone(),
+                                larger_event_id: id.as_str().to_string(),
                                 larger_received_at: *at,
                                 gap: m - e.n,
                                 tolerance_ms: tolerance,
@@ -224,6 +288,43 @@ impl SeqState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_keep_the_strings_order_and_wire_form() {
+        let ids = [
+            "",
+            "a",
+            "9e2256ee-ae5e-4bab-32d2-97d30255f9c0",
+            // longer than the inline capacity: on the heap, the same behaviour
+            "9e2256ee-ae5e-4bab-32d2-97d30255f9c0-and-some-more-bytes",
+            "b",
+            "é",
+        ];
+        for a in ids {
+            let e = EventId::new(a);
+            assert_eq!(e.as_str(), a);
+            assert!(e == *a);
+            // what a stored sequence record written with `String` holds
+            let bytes = postcard::to_allocvec(&e).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&a.to_string()).unwrap());
+            assert_eq!(postcard::from_bytes::<EventId>(&bytes).unwrap(), e);
+            for b in ids {
+                assert_eq!(e.cmp(&EventId::new(b)), a.cmp(b), "{a} vs {b}");
+            }
+        }
+        let state = SeqState {
+            max: Some((7, EventId::new("e-1"), 1_000)),
+            ..SeqState::default()
+        };
+        // the record as a `String` event id wrote it: (max, judged_until, folded_below)
+        type Before = (
+            Option<(u64, String, Millis)>,
+            Option<Millis>,
+            Option<Millis>,
+        );
+        let old: Before = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
+        assert_eq!(old, (Some((7, "e-1".to_string(), 1_000)), None, None));
+    }
 
     #[test]
     fn only_decimal_u64_nonces_count() {

@@ -139,8 +139,11 @@ pub struct ShardDetector {
     usage: hashbrown::HashMap<Box<str>, KeyUsage>,
     /// Keys whose usage changed since the last [`ShardDetector::take_dirty_usage`].
     usage_dirty: Vec<Box<str>>,
-    /// Keys with sequence numbers not judged yet, by the first one's time.
-    seq_pending: std::collections::BTreeSet<(Millis, Box<str>)>,
+    /// Keys with sequence numbers not judged yet, by the first one's time
+    /// (keys by their number, [`SeqState::id`]).
+    seq_pending: std::collections::BTreeSet<(Millis, u32)>,
+    /// The key of each number.
+    seq_keys: Vec<Box<str>>,
     /// The sequence rule's state per key (`detect.sequence = "on"`): apart
     /// from usage, because it is committed with every batch while usage is
     /// checkpointed (see [`UsageMode`]).
@@ -186,6 +189,7 @@ impl ShardDetector {
             usage: hashbrown::HashMap::new(),
             usage_dirty: Vec::new(),
             seq_pending: std::collections::BTreeSet::new(),
+            seq_keys: Vec::new(),
             seq: hashbrown::HashMap::new(),
             seq_dirty: Vec::new(),
             seeded: hashbrown::HashMap::new(),
@@ -229,16 +233,27 @@ impl ShardDetector {
     /// back from the state store, before [`ShardDetector::restore_sequence`].
     pub fn restore_seq_state(&mut self, key: &str, mut s: SeqState) {
         s.dirty = false;
+        s.id = match self.seq.get(key) {
+            Some(old) => old.id,
+            None => self.seq_key(key),
+        };
         self.seq.insert(key.into(), s);
+    }
+
+    /// Numbers a key new to the sequence rule.
+    fn seq_key(&mut self, key: &str) -> u32 {
+        let id = u32::try_from(self.seq_keys.len()).expect("fewer than 2^32 keys per shard");
+        self.seq_keys.push(key.into());
+        id
     }
 
     /// After restoring usage and sequence numbers: what waits to be judged
     /// and folded.
     pub fn finish_restore(&mut self) {
-        for (key, s) in &mut self.seq {
+        for s in self.seq.values_mut() {
             s.reindex();
             if let Some(next) = s.next_undecided() {
-                self.seq_pending.insert((next, key.clone()));
+                self.seq_pending.insert((next, s.id));
             }
         }
     }
@@ -508,10 +523,13 @@ impl ShardDetector {
                 fp: Some(fp),
             } = seq
             {
-                let u = match self.seq.get_mut(key_id) {
-                    Some(s) => s,
-                    None => self.seq.entry(key_id.into()).or_default(),
-                };
+                if !self.seq.contains_key(key_id) {
+                    let id = self.seq_key(key_id);
+                    let mut s = SeqState::default();
+                    s.id = id;
+                    self.seq.insert(key_id.into(), s);
+                }
+                let u = self.seq.get_mut(key_id).expect("inserted");
                 if !u.dirty {
                     u.dirty = true;
                     self.seq_dirty.push(key_id.into());
@@ -534,7 +552,7 @@ impl ShardDetector {
                 if !replay {
                     u.insert(ev, n, fp);
                 }
-                retrack(&mut self.seq_pending, key_id, before, u.next_undecided());
+                retrack(&mut self.seq_pending, u.id, before, u.next_undecided());
             }
         }
         for a in &out[first_alert..] {
@@ -569,46 +587,32 @@ impl ShardDetector {
     ) -> Result<(), LookupError> {
         let tolerance = self.cfg.sequence_tolerance_ms;
         let mut hits: Vec<(SeqEntry, SequenceEvidence)> = Vec::new();
-        while let Some((r, _)) = self.seq_pending.first() {
-            if *r >= until {
+        let mut due: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
+        while let Some(&(r, _)) = self.seq_pending.first() {
+            if r >= until {
                 break;
             }
-            let (_, key) = self.seq_pending.pop_first().expect("peeked");
-            let Some(u) = self.seq.get_mut(&key) else {
-                continue;
-            };
-            u.judge(until - 1, tolerance, |e, evidence| {
-                hits.push((e.clone(), evidence));
-            });
-            if !u.dirty {
-                u.dirty = true;
-                self.seq_dirty.push(key.clone());
+            // the keys whose next request is at `r`, in key order (the order
+            // their alerts come out, whatever order the keys were met in)
+            due.clear();
+            while let Some(&(_, id)) = self.seq_pending.first().filter(|p| p.0 == r) {
+                self.seq_pending.pop_first();
+                due.push(id);
             }
-            let next = u.next_undecided();
-            for (e, evidence) in hits.drain(..) {
-                let request = self.sighting_context(e.fp, &e.event_id, log)?;
-                out.push(Alert {
-                    alert_id: alert::alert_id(AlertKind::OutOfSequence, &key, &e.event_id),
-                    kind: AlertKind::OutOfSequence,
-                    severity: Severity::High,
-                    key_id: key.to_string(),
-                    event_id: e.event_id,
-                    received_at: e.received_at,
-                    request,
-                    evidence: Evidence::Sequence(evidence),
-                    detector_version: alert::DETECTOR_VERSION.to_string(),
+            if due.len() > 1 {
+                due.sort_unstable_by(|a, b| {
+                    self.seq_keys[*a as usize].cmp(&self.seq_keys[*b as usize])
                 });
             }
-            if let Some(next) = next {
-                self.seq_pending.insert((next, key));
+            for &id in &due {
+                self.judge_key(id, until, &mut hits, log, out)?;
             }
-        }
-        // Everything before the watermark is judged now: what is more than
-        // the tolerance before it counts only through the maximum. Folded
-        // for every key each time the watermark crosses a multiple of the
-        // fold interval (a point of event time, so the state is the same
-        // whatever the batches and restarts), so that a quiet key keeps
-        // nothing the sighting log may have forgotten.
+        } // Everything before the watermark is judged now: what is more than
+          // the tolerance before it counts only through the maximum. Folded
+          // for every key each time the watermark crosses a multiple of the
+          // fold interval (a point of event time, so the state is the same
+          // whatever the batches and restarts), so that a quiet key keeps
+          // nothing the sighting log may have forgotten.
         let interval = ((self.cfg.retention_ms - tolerance) / 2).max(1);
         let crossed = match self.watermark() {
             Some(prev) => until.div_euclid(interval) > prev.div_euclid(interval),
@@ -625,6 +629,50 @@ impl ShardDetector {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Judges one key's requests received before `until` (see
+    /// [`ShardDetector::judge_sequences`]).
+    fn judge_key<L: SightingLog>(
+        &mut self,
+        id: u32,
+        until: Millis,
+        hits: &mut Vec<(SeqEntry, SequenceEvidence)>,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), LookupError> {
+        let tolerance = self.cfg.sequence_tolerance_ms;
+        let key = &self.seq_keys[id as usize];
+        let Some(u) = self.seq.get_mut(key) else {
+            return Ok(());
+        };
+        u.judge(until - 1, tolerance, |e, evidence| {
+            hits.push((e.clone(), evidence));
+        });
+        if !u.dirty {
+            u.dirty = true;
+            self.seq_dirty.push(key.clone());
+        }
+        let next = u.next_undecided();
+        for (e, evidence) in hits.drain(..) {
+            let event_id = e.event_id.as_str();
+            let request = self.sighting_context(e.fp, event_id, log)?;
+            out.push(Alert {
+                alert_id: alert::alert_id(AlertKind::OutOfSequence, key, event_id),
+                kind: AlertKind::OutOfSequence,
+                severity: Severity::High,
+                key_id: key.to_string(),
+                event_id: event_id.to_string(),
+                received_at: e.received_at,
+                request,
+                evidence: Evidence::Sequence(evidence),
+                detector_version: alert::DETECTOR_VERSION.to_string(),
+            });
+        }
+        if let Some(next) = next {
+            self.seq_pending.insert((next, id));
         }
         Ok(())
     }
@@ -875,8 +923,8 @@ impl ShardDetector {
 
 /// Moves `key` in a set ordered by time from `before` to `after`.
 fn retrack(
-    set: &mut std::collections::BTreeSet<(Millis, Box<str>)>,
-    key: &str,
+    set: &mut std::collections::BTreeSet<(Millis, u32)>,
+    id: u32,
     before: Option<Millis>,
     after: Option<Millis>,
 ) {
@@ -884,10 +932,10 @@ fn retrack(
         return;
     }
     if let Some(b) = before {
-        set.remove(&(b, Box::<str>::from(key)));
+        set.remove(&(b, id));
     }
     if let Some(a) = after {
-        set.insert((a, key.into()));
+        set.insert((a, id));
     }
 }
 
