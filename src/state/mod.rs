@@ -176,6 +176,42 @@ impl Commit {
             && self.outbox_delete_below.is_none()
             && self.values.is_empty()
     }
+
+    /// About how many bytes the commit's puts take in a write batch (keys,
+    /// values and a few bytes of framing each); shard metadata and lifecycle
+    /// records, small and encoded later, by a fixed allowance.
+    pub fn approx_bytes(&self) -> usize {
+        const FRAME: usize = 24;
+        let keyed = |k: &str, v: &[u8]| k.len() + v.len() + FRAME;
+        let mut n = 12 + 1024 * (self.shards.len() + self.lifecycle.len() + self.registry.len());
+        n += self
+            .segments
+            .iter()
+            .map(|(_, _, b)| b.len() + 12 + FRAME)
+            .sum::<usize>();
+        n += (self.segment_deletes.len() + self.usage_reset.len() * 2) * (2 * 12 + FRAME);
+        n += self
+            .usage
+            .iter()
+            .map(|(_, k, v)| keyed(k, v) + 4)
+            .sum::<usize>();
+        n += self
+            .sequence
+            .iter()
+            .map(|(_, k, v)| keyed(k, v) + 4)
+            .sum::<usize>();
+        n += self
+            .outbox_put
+            .iter()
+            .map(|(_, v)| v.len() + 8 + FRAME)
+            .sum::<usize>();
+        n += self
+            .values
+            .iter()
+            .map(|(k, v)| keyed(k, v) + 2)
+            .sum::<usize>();
+        n
+    }
 }
 
 /// Visitor of stored segments: (sequence, bytes).

@@ -446,7 +446,9 @@ impl StateStore for RocksStore {
             self.needs_reopen.store(false, Ordering::SeqCst);
         }
         self.with_db(|db| {
-            let mut b = WriteBatch::default();
+            // sized up front: a usage checkpoint makes a batch of tens of MB,
+            // which growing by doubling would briefly hold twice
+            let mut b = WriteBatch::with_capacity_bytes(c.approx_bytes());
             let meta = cf(db, CF_META);
             for (name, id) in &c.registry {
                 let mut k = PREFIX_REGISTRY.to_vec();
