@@ -523,13 +523,14 @@ impl ShardDetector {
                 fp: Some(fp),
             } = seq
             {
-                if !self.seq.contains_key(key_id) {
-                    let id = self.seq_key(key_id);
-                    let mut s = SeqState::default();
-                    s.id = id;
-                    self.seq.insert(key_id.into(), s);
-                }
-                let u = self.seq.get_mut(key_id).expect("inserted");
+                let u = match self.seq.get_mut(key_id) {
+                    Some(s) => s,
+                    None => {
+                        let mut s = SeqState::default();
+                        s.id = self.seq_key(key_id);
+                        self.seq.entry(key_id.into()).or_insert(s)
+                    }
+                };
                 if !u.dirty {
                     u.dirty = true;
                     self.seq_dirty.push(key_id.into());
@@ -607,12 +608,13 @@ impl ShardDetector {
             for &id in &due {
                 self.judge_key(id, until, &mut hits, log, out)?;
             }
-        } // Everything before the watermark is judged now: what is more than
-          // the tolerance before it counts only through the maximum. Folded
-          // for every key each time the watermark crosses a multiple of the
-          // fold interval (a point of event time, so the state is the same
-          // whatever the batches and restarts), so that a quiet key keeps
-          // nothing the sighting log may have forgotten.
+        }
+        // Everything before the watermark is judged now: what is more than
+        // the tolerance before it counts only through the maximum. Folded
+        // for every key each time the watermark crosses a multiple of the
+        // fold interval (a point of event time, so the state is the same
+        // whatever the batches and restarts), so that a quiet key keeps
+        // nothing the sighting log may have forgotten.
         let interval = ((self.cfg.retention_ms - tolerance) / 2).max(1);
         let crossed = match self.watermark() {
             Some(prev) => until.div_euclid(interval) > prev.div_euclid(interval),
