@@ -251,6 +251,13 @@ impl<S: StateStore> Worker<S> {
                     if let Some(m) = max_before {
                         s.det.catch_up(m, &mut s.log, &mut self.scratch)?;
                     }
+                    // what catching up with the stream's clock judged (sequence
+                    // numbers) is new even at a request read again: after a
+                    // restart the stream's clock starts at its most advanced
+                    // shard's, ahead of a shard that had fewer requests, and
+                    // the first request read again for usage moves that shard
+                    // on to it
+                    let judged = self.scratch.len();
                     // rebuilding with usage handed over: what it counts is skipped
                     let usage =
                         if rebuild && s.det.usage_seeded_beyond(ev.key_id.as_deref(), pos.offset) {
@@ -267,10 +274,15 @@ impl<S: StateStore> Worker<S> {
                     if let Some(stats) = stats {
                         s.det.set_stats(stats);
                     }
-                    if !rebuild && !catchup {
-                        self.alerts
-                            .extend(self.scratch.drain(..).map(|a| (seq, shard, a)));
-                    }
+                    // a rebuild (a partition taken over) re-reads what the
+                    // previous owner judged and alerted on: nothing is kept
+                    let keep = match (rebuild, catchup) {
+                        (true, _) => 0,
+                        (false, true) => judged,
+                        (false, false) => self.scratch.len(),
+                    };
+                    self.alerts
+                        .extend(self.scratch.drain(..keep).map(|a| (seq, shard, a)));
                 }
                 Step::CaughtUp { shard } => {
                     if let Some(s) = self.shards.get_mut(&shard) {
