@@ -62,9 +62,17 @@ struct Node {
     /// Keys compared without regard to ASCII case (header maps).
     case_insensitive: bool,
     children: Vec<Child>,
-    /// `by_len[n]`: the children whose key is `n` bytes long (keys longer
-    /// than `by_len.len() - 1` are in the last entry).
-    by_len: Vec<Vec<u16>>,
+    /// What a key is first compared with, one per child, side by side (a
+    /// node has a few children: a scan of them beats hashing the key).
+    probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// The key's first eight bytes (ASCII lower case in a node that
+    /// ignores case), zero-padded: most keys are told apart by it alone.
+    head: u64,
+    len: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -82,8 +90,6 @@ pub struct Paths {
     nodes: Vec<Node>,
     slots: usize,
 }
-
-const LEN_BUCKETS: usize = 48;
 
 impl Paths {
     /// No paths yet; `slots` is how many slots values go to.
@@ -110,10 +116,13 @@ impl Paths {
             if ci {
                 self.nodes[node].case_insensitive = true;
             }
-            let found = self.nodes[node]
-                .children
-                .iter()
-                .position(|c| keys_equal(&c.key, seg, self.nodes[node].case_insensitive));
+            let found = self.nodes[node].children.iter().position(|c| {
+                keys_equal(
+                    c.key.as_bytes(),
+                    seg.as_bytes(),
+                    self.nodes[node].case_insensitive,
+                )
+            });
             let idx = match found {
                 Some(ix) => ix,
                 None => {
@@ -153,31 +162,101 @@ impl Paths {
 
     fn index(&mut self) {
         for n in &mut self.nodes {
-            n.by_len = vec![Vec::new(); LEN_BUCKETS];
-            for (i, c) in n.children.iter().enumerate() {
-                n.by_len[c.key.len().min(LEN_BUCKETS - 1)].push(i as u16);
-            }
+            let fold = n.case_insensitive;
+            n.probes = n
+                .children
+                .iter()
+                .map(|c| {
+                    let k = c.key.as_bytes();
+                    Probe {
+                        head: head(k, 0, k.len(), fold),
+                        len: k.len(),
+                    }
+                })
+                .collect();
         }
     }
 
-    #[inline]
-    fn lookup(&self, node: usize, key: &str) -> Option<&Child> {
+    /// The child of `node` whose key is `b[start..end]`.
+    #[inline(always)]
+    fn lookup(&self, node: usize, b: &[u8], start: usize, end: usize) -> Option<&Child> {
         let n = &self.nodes[node];
-        let bucket = n.by_len.get(key.len().min(LEN_BUCKETS - 1))?;
-        bucket
+        let len = end - start;
+        let h = head(b, start, len, n.case_insensitive);
+        let i = n.probes.iter().position(|p| p.head == h && p.len == len)?;
+        let c = &n.children[i];
+        if len <= 8
+            || keys_equal(
+                &c.key.as_bytes()[8..],
+                &b[start + 8..end],
+                n.case_insensitive,
+            )
+        {
+            return Some(c);
+        }
+        // two keys alike in their first eight bytes and their length: the
+        // rest tells them apart
+        n.children[i + 1..]
             .iter()
-            .map(|&i| &n.children[i as usize])
-            .find(|c| keys_equal(&c.key, key, n.case_insensitive))
+            .zip(&n.probes[i + 1..])
+            .find(|(c, p)| {
+                p.head == h
+                    && p.len == len
+                    && keys_equal(
+                        &c.key.as_bytes()[8..],
+                        &b[start + 8..end],
+                        n.case_insensitive,
+                    )
+            })
+            .map(|(c, _)| c)
     }
 }
 
 #[inline]
-fn keys_equal(a: &str, b: &str, case_insensitive: bool) -> bool {
+fn keys_equal(a: &[u8], b: &[u8], case_insensitive: bool) -> bool {
     if case_insensitive {
         a.eq_ignore_ascii_case(b)
     } else {
         a == b
     }
+}
+
+/// The first eight bytes (at most) of `b[start..start + len]` as a
+/// little-endian word, zero-padded; ASCII letters in lower case when
+/// `fold`.
+#[inline]
+fn head(b: &[u8], start: usize, len: usize, fold: bool) -> u64 {
+    let w = if let Some(bytes) = b.get(start..start + 8) {
+        // the record goes on after the key (its quote at least): one load
+        let w = u64::from_le_bytes(bytes.try_into().expect("eight bytes"));
+        if len >= 8 {
+            w
+        } else {
+            w & ((1u64 << (len * 8)) - 1)
+        }
+    } else {
+        let mut buf = [0u8; 8];
+        let n = len.min(8);
+        buf[..n].copy_from_slice(&b[start..start + n]);
+        u64::from_le_bytes(buf)
+    };
+    if fold {
+        ascii_lower(w)
+    } else {
+        w
+    }
+}
+
+/// ASCII upper-case letters of a word's bytes in lower case, others as
+/// they are (as `u8::to_ascii_lowercase` on each byte).
+#[inline]
+fn ascii_lower(w: u64) -> u64 {
+    let low7 = w & !HIGHS;
+    // a byte's high bit: above 'Z' / at least 'A' (for its low 7 bits)
+    let above_z = low7 + ONES * (0x7f - b'Z') as u64;
+    let from_a = low7 + ONES * (0x80 - b'A') as u64;
+    let upper = (from_a & !above_z) & !w & HIGHS;
+    w | (upper >> 2)
 }
 
 /// What is open while skipping: the first 32 levels inline, deeper ones
@@ -218,19 +297,98 @@ impl Stack {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The first `"` at or after `from`: eight bytes at a time (most keys and
+/// values are short, where memchr's setup costs more than the search),
+/// then memchr for what is longer than 32 bytes.
+#[inline]
+fn find_quote(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    let stop = b.len().min(from + 32);
+    while i + 8 <= stop {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("eight bytes"));
+        let x = w ^ (ONES * b'"' as u64);
+        // a zero byte of `x` is a quote; the lowest flagged byte is exact
+        let m = x.wrapping_sub(ONES) & !x & HIGHS;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    if i + 8 > b.len() {
+        return b[i..].iter().position(|&c| c == b'"').map(|p| i + p);
+    }
+    memchr::memchr(b'"', &b[i..]).map(|p| i + p)
+}
+
+/// A step of the scan failed; what and where is kept in the cursor, so that
+/// every step's result fits in two registers (a 24-byte error in each
+/// `Result` sent every return, and every value, through the stack).
+#[derive(Debug, Clone, Copy)]
+struct Fail;
+
+type R<T> = Result<T, Fail>;
+
+/// A value as the cursor sees it: offsets into the record (which is shorter
+/// than 4 GiB, checked once), turned into a [`Val`] only for a slot.
+#[derive(Debug, Clone, Copy)]
+enum Tok {
+    Str { start: u32, end: u32, escaped: bool },
+    Num { start: u32, end: u32 },
+    True,
+    False,
+    Null,
+    Array,
+    Object,
+}
+
+impl Tok {
+    #[inline]
+    fn is_container(self) -> bool {
+        matches!(self, Tok::Array | Tok::Object)
+    }
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
     /// No backslash and no control character anywhere in the record.
     simple: bool,
-}
-
-fn err<T>(at: usize, what: &'static str) -> Result<T, ScanError> {
-    Err(ScanError::Syntax { at, what })
+    /// Why the scan stopped, when a step returned [`Fail`].
+    fail: Option<ScanError>,
 }
 
 impl<'a> Cursor<'a> {
+    #[cold]
+    #[inline(never)]
+    fn err<T>(&mut self, at: usize, what: &'static str) -> R<T> {
+        self.fail = Some(ScanError::Syntax { at, what });
+        Err(Fail)
+    }
+
+    #[inline]
+    fn val(&self, t: Tok) -> Val<'a> {
+        match t {
+            Tok::Str {
+                start,
+                end,
+                escaped,
+            } => Val::Str {
+                raw: &self.s[start as usize..end as usize],
+                escaped,
+            },
+            Tok::Num { start, end } => Val::Num(&self.s[start as usize..end as usize]),
+            Tok::True => Val::Bool(true),
+            Tok::False => Val::Bool(false),
+            Tok::Null => Val::Null,
+            Tok::Array => Val::Array,
+            Tok::Object => Val::Object,
+        }
+    }
+
     #[inline]
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
@@ -244,56 +402,57 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.b.get(self.i).copied()
+        // compact JSON: the next byte is what comes next
+        match self.b.get(self.i) {
+            Some(b' ' | b'\t' | b'\n' | b'\r') => {
+                self.ws();
+                self.b.get(self.i).copied()
+            }
+            c => c.copied(),
+        }
     }
 
     #[inline]
-    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+    fn expect(&mut self, c: u8, what: &'static str) -> R<()> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
         } else {
-            err(self.i, what)
+            self.err(self.i, what)
         }
     }
 
-    /// A string, after its opening quote: (contents, whether escaped).
-    #[inline]
-    fn string(&mut self) -> Result<(&'a str, bool), ScanError> {
+    /// A string, after its opening quote: where its closing quote is, and
+    /// whether it holds an escape. The cursor moves past the closing quote.
+    #[inline(always)]
+    fn string(&mut self) -> R<(usize, bool)> {
         let start = self.i;
         if self.simple {
-            // most keys and many values are short: a plain loop over the
-            // first bytes beats memchr's setup
-            let short = &self.b[start..self.b.len().min(start + 16)];
-            if let Some(end) = short.iter().position(|&c| c == b'"') {
-                self.i = start + end + 1;
-                return Ok((&self.s[start..start + end], false));
-            }
-            let Some(end) = memchr::memchr(b'"', &self.b[start..]) else {
-                return err(self.b.len(), "a closing quote");
+            let Some(end) = find_quote(self.b, start) else {
+                return self.err(self.b.len(), "a closing quote");
             };
-            self.i = start + end + 1;
-            // the whole input is UTF-8 and quotes are ASCII: char boundaries
-            return Ok((&self.s[start..start + end], false));
+            self.i = end + 1;
+            return Ok((end, false));
         }
+        self.string_escaped()
+    }
+
+    /// [`Self::string`] in a record with a backslash or a control character.
+    #[inline(never)]
+    fn string_escaped(&mut self) -> R<(usize, bool)> {
         let mut escaped = false;
-        let mut i = start;
+        let mut i = self.i;
         loop {
             let Some(off) = memchr::memchr2(b'"', b'\\', &self.b[i..]) else {
-                return err(self.b.len(), "a closing quote");
+                return self.err(self.b.len(), "a closing quote");
             };
-            if self.b[i..i + off].iter().any(|&c| c < 0x20) {
-                let at = i + self.b[i..i + off]
-                    .iter()
-                    .position(|&c| c < 0x20)
-                    .unwrap_or(0);
-                return err(at, "no control character in a string");
+            if let Some(at) = self.b[i..i + off].iter().position(|&c| c < 0x20) {
+                return self.err(i + at, "no control character in a string");
             }
             i += off;
             if self.b[i] == b'"' {
                 self.i = i + 1;
-                return Ok((&self.s[start..i], escaped));
+                return Ok((i, escaped));
             }
             escaped = true;
             i += 1;
@@ -302,20 +461,19 @@ impl<'a> Cursor<'a> {
                 Some(b'u') => {
                     let hex = self.b.get(i + 1..i + 5);
                     if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                        return err(i, "four hex digits after \\u");
+                        return self.err(i, "four hex digits after \\u");
                     }
                     i += 5;
                 }
-                _ => return err(i, "a valid escape after a backslash"),
+                _ => return self.err(i, "a valid escape after a backslash"),
             }
         }
     }
 
-    /// A number (checked against the grammar): its text.
-    fn number(&mut self) -> Result<&'a str, ScanError> {
-        let start = self.i;
+    /// A number (checked against the grammar): where it ends.
+    fn number(&mut self) -> R<usize> {
         let b = self.b;
-        let mut i = start;
+        let mut i = self.i;
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
@@ -325,10 +483,10 @@ impl<'a> Cursor<'a> {
         }
         let int_len = i - int_start;
         if int_len == 0 {
-            return err(i, "a digit");
+            return self.err(i, "a digit");
         }
         if int_len > 1 && b[int_start] == b'0' {
-            return err(int_start, "no leading zero in a number");
+            return self.err(int_start, "no leading zero in a number");
         }
         if b.get(i) == Some(&b'.') {
             i += 1;
@@ -337,7 +495,7 @@ impl<'a> Cursor<'a> {
                 i += 1;
             }
             if i == f {
-                return err(i, "a digit after the decimal point");
+                return self.err(i, "a digit after the decimal point");
             }
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
@@ -350,65 +508,84 @@ impl<'a> Cursor<'a> {
                 i += 1;
             }
             if i == e {
-                return err(i, "a digit in the exponent");
+                return self.err(i, "a digit in the exponent");
             }
         }
         self.i = i;
-        Ok(&self.s[start..i])
+        Ok(i)
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<(), ScanError> {
+    #[inline]
+    fn literal(&mut self, word: &'static [u8], tok: Tok) -> R<Tok> {
         if self.b.get(self.i..self.i + word.len()) == Some(word) {
             self.i += word.len();
-            Ok(())
+            Ok(tok)
         } else {
-            err(self.i, "a value")
+            self.err(self.i, "a value")
         }
     }
 
     /// A scalar, or the start of a container (its opening bracket read).
-    fn scalar_or_open(&mut self) -> Result<Val<'a>, ScanError> {
+    #[inline(always)]
+    fn scalar_or_open(&mut self) -> R<Tok> {
         let Some(c) = self.peek() else {
-            return err(self.i, "a value");
+            return self.err(self.i, "a value");
         };
-        Ok(match c {
+        match c {
             b'"' => {
                 self.i += 1;
-                let (raw, escaped) = self.string()?;
-                Val::Str { raw, escaped }
+                let start = self.i as u32;
+                let (end, escaped) = self.string()?;
+                Ok(Tok::Str {
+                    start,
+                    end: end as u32,
+                    escaped,
+                })
             }
-            b'-' | b'0'..=b'9' => Val::Num(self.number()?),
-            b't' => {
-                self.literal(b"true")?;
-                Val::Bool(true)
+            b'-' | b'0'..=b'9' => {
+                let start = self.i as u32;
+                let end = self.number()?;
+                Ok(Tok::Num {
+                    start,
+                    end: end as u32,
+                })
             }
-            b'f' => {
-                self.literal(b"false")?;
-                Val::Bool(false)
-            }
-            b'n' => {
-                self.literal(b"null")?;
-                Val::Null
-            }
+            b't' => self.literal(b"true", Tok::True),
+            b'f' => self.literal(b"false", Tok::False),
+            b'n' => self.literal(b"null", Tok::Null),
             b'[' => {
                 self.i += 1;
-                Val::Array
+                Ok(Tok::Array)
             }
             b'{' => {
                 self.i += 1;
-                Val::Object
+                Ok(Tok::Object)
             }
-            _ => return err(self.i, "a value"),
-        })
+            _ => self.err(self.i, "a value"),
+        }
+    }
+
+    /// A key and its colon, after the opening quote: where the key ends and
+    /// whether it holds an escape.
+    #[inline(always)]
+    fn key(&mut self) -> R<(usize, bool)> {
+        let k = self.string()?;
+        // `"key":` is the common case
+        if self.b.get(self.i) == Some(&b':') {
+            self.i += 1;
+            return Ok(k);
+        }
+        self.expect(b':', "a colon after the key")?;
+        Ok(k)
     }
 
     /// Skips the rest of a container whose opening bracket was read,
     /// iteratively (a stack of what is open, not of calls).
-    fn skip_open(&mut self, first: Val<'a>) -> Result<(), ScanError> {
+    fn skip_open(&mut self, first: Tok) -> R<()> {
         // true: an object is open; false: an array (no allocation for
         // the depths records have)
         let mut stack = Stack::default();
-        stack.push(matches!(first, Val::Object));
+        stack.push(matches!(first, Tok::Object));
         // a fresh container: its first member (or its end) comes next
         let mut fresh = true;
         while let Some(in_object) = stack.last() {
@@ -428,17 +605,17 @@ impl<'a> Cursor<'a> {
                         stack.pop();
                         continue;
                     }
-                    _ => return err(self.i, "a comma or the end of the container"),
+                    _ => return self.err(self.i, "a comma or the end of the container"),
                 }
             }
             fresh = false;
             if in_object {
                 self.expect(b'"', "a key")?;
-                self.string()?;
-                self.expect(b':', "a colon after the key")?;
+                self.key()?;
             }
-            if let v @ (Val::Array | Val::Object) = self.scalar_or_open()? {
-                stack.push(matches!(v, Val::Object));
+            let v = self.scalar_or_open()?;
+            if v.is_container() {
+                stack.push(matches!(v, Tok::Object));
                 fresh = true;
             }
         }
@@ -448,36 +625,33 @@ impl<'a> Cursor<'a> {
     /// A value for a slot: a scalar; an array gives its first element when
     /// that is a scalar (a header logged as a list), else `Array`; the rest
     /// of a container is skipped.
-    fn slot_value(&mut self) -> Result<Val<'a>, ScanError> {
+    fn slot_value(&mut self) -> R<Tok> {
         match self.scalar_or_open()? {
-            Val::Array => {
+            Tok::Array => {
                 if self.peek() == Some(b']') {
                     self.i += 1;
-                    return Ok(Val::Array);
+                    return Ok(Tok::Array);
                 }
                 let v = self.scalar_or_open()?;
-                match v {
-                    Val::Array | Val::Object => {
-                        self.skip_open(v)?;
-                        self.skip_open_rest(false)?;
-                        Ok(Val::Array)
-                    }
-                    scalar => {
-                        self.skip_open_rest(false)?;
-                        Ok(scalar)
-                    }
+                if v.is_container() {
+                    self.skip_open(v)?;
+                    self.skip_open_rest(false)?;
+                    Ok(Tok::Array)
+                } else {
+                    self.skip_open_rest(false)?;
+                    Ok(v)
                 }
             }
-            Val::Object => {
-                self.skip_open(Val::Object)?;
-                Ok(Val::Object)
+            Tok::Object => {
+                self.skip_open(Tok::Object)?;
+                Ok(Tok::Object)
             }
             v => Ok(v),
         }
     }
 
     /// Skips the remaining members of a container one member into it.
-    fn skip_open_rest(&mut self, in_object: bool) -> Result<(), ScanError> {
+    fn skip_open_rest(&mut self, in_object: bool) -> R<()> {
         let close = if in_object { b'}' } else { b']' };
         loop {
             match self.peek() {
@@ -489,63 +663,58 @@ impl<'a> Cursor<'a> {
                     self.i += 1;
                     if in_object {
                         self.expect(b'"', "a key")?;
-                        self.string()?;
-                        self.expect(b':', "a colon after the key")?;
+                        self.key()?;
                     }
                     let v = self.scalar_or_open()?;
-                    if matches!(v, Val::Array | Val::Object) {
+                    if v.is_container() {
                         self.skip_open(v)?;
                     }
                 }
-                _ => return err(self.i, "a comma or the end of the container"),
+                _ => return self.err(self.i, "a comma or the end of the container"),
             }
         }
     }
 
     /// The members of an object whose `{` was read, looking up keys in `node`.
-    fn object(
-        &mut self,
-        paths: &Paths,
-        node: usize,
-        out: &mut [Option<Val<'a>>],
-    ) -> Result<(), ScanError> {
+    fn object(&mut self, paths: &Paths, node: usize, out: &mut [Option<Val<'a>>]) -> R<()> {
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
         }
         loop {
             self.expect(b'"', "a key")?;
-            let (key, escaped) = self.string()?;
-            self.expect(b':', "a colon after the key")?;
-            let key: Cow<'_, str> = if escaped {
-                unescape(key).map_err(|at| ScanError::Syntax {
-                    at: self.i,
-                    what: at,
-                })?
+            let start = self.i;
+            let (end, escaped) = self.key()?;
+            let child = if escaped {
+                match unescape(&self.s[start..end]) {
+                    Ok(key) => paths.lookup(node, key.as_bytes(), 0, key.len()),
+                    Err(what) => return self.err(self.i, what),
+                }
             } else {
-                Cow::Borrowed(key)
+                paths.lookup(node, self.b, start, end)
             };
-            match paths.lookup(node, &key) {
+            match child {
                 Some(Child {
                     slot: Some(slot), ..
                 }) => {
                     let slot = *slot as usize;
                     let v = self.slot_value()?;
                     if out[slot].is_some() {
-                        return Err(ScanError::Duplicate { slot });
+                        self.fail = Some(ScanError::Duplicate { slot });
+                        return Err(Fail);
                     }
-                    out[slot] = Some(v);
+                    out[slot] = Some(self.val(v));
                 }
                 Some(Child {
                     node: Some(next), ..
                 }) => match self.scalar_or_open()? {
-                    Val::Object => self.object(paths, *next as usize, out)?,
-                    v @ Val::Array => self.skip_open(v)?,
+                    Tok::Object => self.object(paths, *next as usize, out)?,
+                    v @ Tok::Array => self.skip_open(v)?,
                     _ => {}
                 },
                 _ => {
                     let v = self.scalar_or_open()?;
-                    if matches!(v, Val::Array | Val::Object) {
+                    if v.is_container() {
                         self.skip_open(v)?;
                     }
                 }
@@ -556,9 +725,36 @@ impl<'a> Cursor<'a> {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return err(self.i, "a comma or the end of the object"),
+                _ => return self.err(self.i, "a comma or the end of the object"),
             }
         }
+    }
+
+    /// The whole record: one object, and nothing after it but white space.
+    fn record(&mut self, paths: &Paths, out: &mut [Option<Val<'a>>]) -> R<()> {
+        match self.peek() {
+            Some(b'{') => self.i += 1,
+            Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                // valid JSON, but not an object
+                let v = self.scalar_or_open()?;
+                if v.is_container() {
+                    self.skip_open(v)?;
+                }
+                self.ws();
+                if self.i != self.b.len() {
+                    return self.err(self.i, "the end of the record");
+                }
+                self.fail = Some(ScanError::NotObject);
+                return Err(Fail);
+            }
+            _ => return self.err(self.i, "a JSON object"),
+        }
+        self.object(paths, 0, out)?;
+        self.ws();
+        if self.i != self.b.len() {
+            return self.err(self.i, "the end of the record");
+        }
+        Ok(())
     }
 }
 
@@ -566,6 +762,12 @@ impl<'a> Cursor<'a> {
 /// into its slot of `out` (which must have `paths.slots()` entries, all
 /// `None`).
 pub fn scan<'a>(s: &'a str, paths: &Paths, out: &mut [Option<Val<'a>>]) -> Result<(), ScanError> {
+    if u32::try_from(s.len()).is_err() {
+        return Err(ScanError::Syntax {
+            at: u32::MAX as usize,
+            what: "a record shorter than 4 GiB",
+        });
+    }
     // one pass (vectorized: no early exit): a backslash means an escape
     // somewhere, a control character unusual white space or an invalid string
     let simple = !s
@@ -576,29 +778,26 @@ pub fn scan<'a>(s: &'a str, paths: &Paths, out: &mut [Option<Val<'a>>]) -> Resul
         s,
         i: 0,
         simple,
+        fail: None,
     };
-    match c.peek() {
-        Some(b'{') => c.i += 1,
-        Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-            // valid JSON, but not an object
-            let v = c.scalar_or_open()?;
-            if matches!(v, Val::Array | Val::Object) {
-                c.skip_open(v)?;
-            }
-            c.ws();
-            if c.i != c.b.len() {
-                return err(c.i, "the end of the record");
-            }
-            return Err(ScanError::NotObject);
-        }
-        _ => return err(c.i, "a JSON object"),
+    match c.record(paths, out) {
+        Ok(()) => Ok(()),
+        Err(Fail) => Err(c.fail.take().unwrap_or(ScanError::Syntax {
+            at: c.i,
+            what: "a JSON object",
+        })),
     }
-    c.object(paths, 0, out)?;
-    c.ws();
-    if c.i != c.b.len() {
-        return err(c.i, "the end of the record");
+}
+
+/// A found string's text: borrowed as it is when the scan saw no escape in
+/// it, decoded otherwise.
+#[inline]
+pub fn contents(raw: &str, escaped: bool) -> Result<Cow<'_, str>, &'static str> {
+    if escaped {
+        unescape(raw)
+    } else {
+        Ok(Cow::Borrowed(raw))
     }
-    Ok(())
 }
 
 /// Decodes a string's escapes (contents between the quotes, escapes already

@@ -279,3 +279,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn word_helpers_agree_with_their_byte_at_a_time_versions() {
+    for c in 0..=255u8 {
+        for pos in 0..8 {
+            let mut bytes = *b"aZ@[`{\x80\xff";
+            bytes[pos] = c;
+            let want = u64::from_le_bytes(bytes.map(|b| b.to_ascii_lowercase()));
+            assert_eq!(
+                ascii_lower(u64::from_le_bytes(bytes)),
+                want,
+                "{c:#x} at {pos}"
+            );
+            // the first quote, whatever comes before and after it
+            let line = [&bytes[..], b"x\"yz\"", &bytes[..]].concat();
+            for from in 0..line.len() {
+                let want = line[from..]
+                    .iter()
+                    .position(|&b| b == b'"')
+                    .map(|p| from + p);
+                assert_eq!(find_quote(&line, from), want);
+            }
+        }
+    }
+    let long = format!("{}\"", "k".repeat(100));
+    assert_eq!(find_quote(long.as_bytes(), 3), Some(100));
+    assert_eq!(find_quote(b"abc", 0), None);
+    assert_eq!(
+        head(b"Ab", 0, 2, true),
+        u64::from_le_bytes(*b"ab\0\0\0\0\0\0")
+    );
+    assert_eq!(
+        head(b"\"AbCdEfGhIj\"", 1, 10, true),
+        u64::from_le_bytes(*b"abcdefgh")
+    );
+    assert_eq!(
+        head(b"\"key\":1234567", 1, 3, false),
+        u64::from_le_bytes(*b"key\0\0\0\0\0")
+    );
+}
+
+#[test]
+fn keys_alike_in_their_first_eight_bytes_are_told_apart() {
+    let mut p = Paths::new(4);
+    assert!(p.add(&["h", "x-signature-a"], &[false, true], 0));
+    assert!(p.add(&["h", "x-signature-b"], &[false, true], 1));
+    assert!(p.add(&["x-signature-a"], &[], 2));
+    assert!(p.add(&["x-signature-b"], &[], 3));
+    let got = run(
+        r#"{"x-signature-b":"3","h":{"X-SIGNATURE-B":"1","x-signature-c":"no","X-Signature-A":"0"},"X-signature-a":"no","x-signature-a":"2","x-signature":"no"}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")]
+    );
+}

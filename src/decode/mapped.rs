@@ -103,7 +103,7 @@ impl Ctx<'_> {
             return Ok(None);
         };
         match v {
-            Val::Str { raw, .. } => json::unescape(raw)
+            Val::Str { raw, escaped } => json::contents(raw, escaped)
                 .map(Some)
                 .map_err(|e| self.err(field, Some(slot), format!("invalid string: expected {e}"))),
             // an id or a user logged as a number
@@ -131,8 +131,8 @@ impl Ctx<'_> {
         };
         let (d, text) = match v {
             Val::Num(t) => (number::parse_json(t), Cow::Borrowed(t)),
-            Val::Str { raw, .. } => {
-                let s = json::unescape(raw).unwrap_or(Cow::Borrowed(raw));
+            Val::Str { raw, escaped } => {
+                let s = json::contents(raw, escaped).unwrap_or(Cow::Borrowed(raw));
                 (number::parse_plain(s.trim()), s)
             }
             other => {
@@ -170,7 +170,7 @@ impl Ctx<'_> {
         };
         let text: Cow<'_, str> = match v {
             Val::Num(t) => Cow::Borrowed(t),
-            Val::Str { raw, .. } => json::unescape(raw).unwrap_or(Cow::Borrowed(raw)),
+            Val::Str { raw, escaped } => json::contents(raw, escaped).unwrap_or(Cow::Borrowed(raw)),
             other => {
                 return Err(self.err(
                     field,

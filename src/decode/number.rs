@@ -124,6 +124,14 @@ pub fn parse_json(s: &str) -> Option<Decimal> {
 /// Parses a plain decimal string: `-?digits(.digits)?` (a numeric string
 /// such as `"1795857302.417"` or `"200"`; leading zeros allowed).
 pub fn parse_plain(s: &str) -> Option<Decimal> {
+    if let Some(v) = plain_uint(s) {
+        // a header's epoch time or a status: the common case
+        return Some(Decimal {
+            negative: false,
+            digits: v as u128,
+            exp: 0,
+        });
+    }
     let b = s.as_bytes();
     let (negative, rest) = match b.first() {
         Some(b'-') => (true, &b[1..]),
