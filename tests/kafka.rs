@@ -894,3 +894,103 @@ fn two_instances_give_the_rotation_report_of_one_scan() {
     assert!(bb.stop().success());
     assert!(a.stop().success());
 }
+
+/// The sequence rule's running maximum follows a partition to another
+/// instance: every key sends a large counter long before the partitions
+/// move (its window has expired by then: the new owner never re-reads it),
+/// then, after the move, a small one — out of sequence on whichever
+/// instance owns the key, exactly the model's alerts.
+#[test]
+fn a_partition_handed_over_keeps_the_sequence_maximum() {
+    use replayguard::detect::{DetectConfig, Toggle};
+    let d = Dir::new();
+    let b = setup_broker(&d);
+    let seq = "[detect]\nsequence = \"on\"\n";
+    let (cfg_a, cfg_b) = (
+        detector_config(&d, "a", &b, GROUP, seq),
+        detector_config(&d, "b", &b, GROUP, seq),
+    );
+    let keys = 64;
+    let counters = |tag: &str, t: i64, n: u64| -> Vec<String> {
+        (0..keys)
+            .map(|k| {
+                event(
+                    &format!("{tag}-e{k}"),
+                    t + k as i64,
+                    &format!("key-{k}"),
+                    &(n + k as u64).to_string(),
+                    "10.0.0.1",
+                )
+            })
+            .collect()
+    };
+    // large counters, long before
+    let p0 = counters("p0", T0 - 1_000_000, 1_000_000);
+    let ends0 = produce(&b.addr(), "access-events", &keyed(&p0));
+    let a = Detector::start(&d, "a", &cfg_a);
+    wait_for(
+        "A to own every partition and process phase 0",
+        Duration::from_secs(60),
+        &[&a],
+        || {
+            let c = committed(&b.addr(), GROUP, "access-events", 4);
+            a.assigned() == ALL_PARTITIONS && ends0.iter().all(|(p, e)| c.get(p) == Some(e))
+        },
+    );
+    // other nonces, much later: A folds the counters into each key's maximum
+    // and the sighting log forgets them
+    let p1 = phase("p1", T0, keys, None);
+    let ends1 = produce(&b.addr(), "access-events", &keyed(&p1));
+    wait_for(
+        "A to process phase 1",
+        Duration::from_secs(60),
+        &[&a],
+        || {
+            let c = committed(&b.addr(), GROUP, "access-events", 4);
+            ends1.iter().all(|(p, e)| c.get(p) == Some(e))
+        },
+    );
+    // B joins: partitions move A -> B
+    let bb = Detector::start(&d, "b", &cfg_b);
+    wait_split(&a, &bb);
+    // small counters, then traffic that moves every watermark past them
+    let p2 = counters("p2", T0 + 60_000, 5);
+    let p3 = phase("p3", T0 + 200_000, keys, None);
+    produce(&b.addr(), "access-events", &keyed(&p2));
+    produce(&b.addr(), "access-events", &keyed(&p3));
+    let lines: Vec<String> = [p0, p1, p2, p3].concat();
+    let dec = Decoder::default();
+    let events: Vec<replayguard::model::ModelEvent> = lines
+        .iter()
+        .filter_map(|l| dec.access(l.as_bytes()).ok().map(|e| (&e).into()))
+        .collect();
+    let rules = DetectConfig {
+        sequence: Toggle::On,
+        ..DetectConfig::default()
+    };
+    let want: BTreeSet<(String, String, String)> =
+        replayguard::model::expected_alerts(&rules, &events, &[])
+            .into_iter()
+            .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
+            .collect();
+    assert_eq!(
+        want.iter().filter(|w| w.0 == "out_of_sequence").count(),
+        keys,
+        "every small counter is out of sequence: {want:?}"
+    );
+    let (_, alerts) = expect_alerts(&b, "out_of_sequence after the move", &want, &[&a, &bb]);
+    // B rebuilt the partitions it got, and every verdict names the large
+    // counter of phase 0 (which B never read)
+    assert!(bb.log_text().contains("rebuilding the partition's state"));
+    for x in alerts
+        .iter()
+        .filter(|x| x.kind.as_str() == "out_of_sequence")
+    {
+        let replayguard::schema::Evidence::Sequence(e) = &x.evidence else {
+            panic!("{x:?}");
+        };
+        assert_eq!(e.larger_event_id, x.event_id.replace("p2-", "p0-"), "{x:?}");
+    }
+    assert!(bb.stop().success());
+    assert!(a.stop().success());
+}

@@ -19,8 +19,8 @@ pub use config::{DetectConfig, Toggle};
 pub use fingerprint::Position;
 pub use lifecycle::LifecycleTable;
 pub use sequence::number as sequence_number;
-pub use sequence::SeqState;
-pub use shard::{Clock, ShardDetector, ShardStats, UsageMode, Verdict};
+pub use sequence::{EventId, SeqState};
+pub use shard::{Clock, KeySeed, ShardDetector, ShardStats, UsageMode, Verdict};
 pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
 pub use usage::{KeyUsage, UsageConfig};
 

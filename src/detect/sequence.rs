@@ -179,6 +179,47 @@ impl SeqState {
         );
     }
 
+    /// A request read again while a partition handed over is rebuilt, that
+    /// the seeded state counts already (its previous owner had it when it
+    /// published the state): kept when it was not folded in yet, and judged
+    /// when the state had judged it, as [`SeqState::restore`] does at a
+    /// restart.
+    pub fn reinsert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) {
+        let r = ev.received_at;
+        if self.folded_below.is_some_and(|f| r < f) {
+            return;
+        }
+        let id = ev.event_id.as_bytes();
+        let at = self
+            .buf
+            .partition_point(|e| (e.received_at, e.event_id.as_bytes()) < (r, id));
+        if self
+            .buf
+            .get(at)
+            .is_some_and(|e| e.received_at == r && e.event_id.as_bytes() == id)
+        {
+            return;
+        }
+        self.buf.insert(
+            at,
+            SeqEntry {
+                n,
+                received_at: r,
+                event_id: EventId::new(&ev.event_id),
+                fp,
+            },
+        );
+        // the judged requests are the front of the buffer, up to judged_until
+        if self.judged_until.is_some_and(|j| r <= j) {
+            self.judged += 1;
+        }
+    }
+
+    /// The largest number folded in.
+    pub fn max_n(&self) -> Option<u64> {
+        self.max.as_ref().map(|m| m.0)
+    }
+
     /// The received_at of the first request not judged yet.
     pub fn next_undecided(&self) -> Option<Millis> {
         self.buf.get(self.judged).map(|e| e.received_at)

@@ -174,6 +174,19 @@ pub enum UsageMode {
     Skip,
 }
 
+/// A key's state handed over with its partition (the usage topic): what
+/// the instance that processed the partition before had counted of it up to
+/// `offset` (see [`ShardDetector::seed_usage`]).
+#[derive(Debug, Clone)]
+pub struct KeySeed {
+    pub key: String,
+    pub usage: KeyUsage,
+    /// The sequence rule's maximum and its bounds (rule on).
+    pub seq: Option<SeqState>,
+    /// The next offset of the partition it counts up to.
+    pub offset: u64,
+}
+
 impl ShardDetector {
     pub fn new(cfg: DetectConfig, seed: u64) -> Self {
         ShardDetector {
@@ -268,17 +281,36 @@ impl ShardDetector {
         &self.seq
     }
 
-    /// Takes a key's usage from the instance that processed its partition
-    /// before (the usage topic): it counts the partition's requests up to
-    /// `offset`. The shard is being rebuilt from its input: requests of the
-    /// key before `offset` then go to every rule but usage.
-    pub fn seed_usage(&mut self, key: &str, mut u: KeyUsage, offset: u64) {
+    /// Takes a key's state from the instance that processed its partition
+    /// before (the usage topic): its usage and, with the sequence rule on,
+    /// its running maximum, as they were at `offset` of the partition. The
+    /// shard is being rebuilt from its input: requests of the key before
+    /// `offset` then go to every rule but usage, and the sequence rule takes
+    /// them back as a restart does ([`SeqState::restore`]: what the maximum
+    /// already holds is not judged again as new).
+    pub fn seed_usage(&mut self, seed: KeySeed) {
+        let KeySeed {
+            key,
+            mut usage,
+            seq,
+            offset,
+        } = seed;
         // listed once, however often it is marked
-        if !self.usage.get(key).is_some_and(|old| old.dirty) {
-            self.usage_dirty.push(key.into());
+        if !self.usage.get(key.as_str()).is_some_and(|old| old.dirty) {
+            self.usage_dirty.push(key.as_str().into());
         }
-        u.dirty = true;
-        self.usage.insert(key.into(), u);
+        usage.dirty = true;
+        self.usage.insert(key.as_str().into(), usage);
+        if let (Some(mut s), Toggle::On) = (seq, self.cfg.sequence) {
+            // a fresh shard: nothing of the key waits to be judged yet
+            s.buf.clear();
+            s.reindex();
+            self.restore_seq_state(&key, s);
+            if let Some(s) = self.seq.get_mut(key.as_str()) {
+                s.dirty = true;
+                self.seq_dirty.push(key.as_str().into());
+            }
+        }
         self.seeded.insert(key.into(), offset);
     }
 
@@ -301,6 +333,16 @@ impl ShardDetector {
     /// The keys whose usage changed since the last call, with their usage.
     pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
         take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
+    }
+
+    /// As [`ShardDetector::take_dirty_usage`], with each key's sequence
+    /// state (rule on): what a usage checkpoint publishes.
+    pub fn take_dirty_usage_and_seq(&mut self) -> Vec<(&str, &KeyUsage, Option<&SeqState>)> {
+        let seq = &self.seq;
+        take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
+            .into_iter()
+            .map(|(k, u)| (k, u, seq.get(k)))
+            .collect()
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -579,7 +621,14 @@ impl ShardDetector {
                     }
                 }
                 if !replay {
-                    u.insert(ev, n, fp);
+                    // read again while rebuilding a partition handed over:
+                    // a request its previous owner had when it published
+                    // the key's state is in the seeded state already
+                    if self.seeded.get(key_id).is_some_and(|&o| pos.offset < o) {
+                        u.reinsert(ev, n, fp);
+                    } else {
+                        u.insert(ev, n, fp);
+                    }
                 }
                 retrack(&mut self.seq_pending, u.id, before, u.next_undecided());
             }
@@ -652,10 +701,14 @@ impl ShardDetector {
             let bound = until.saturating_sub(tolerance);
             for (key, u) in self.seq.iter_mut() {
                 if u.oldest().is_some_and(|r| r < bound) {
+                    let before = u.max_n();
                     u.fold(bound);
                     if !u.dirty {
                         u.dirty = true;
                         self.seq_dirty.push(key.clone());
+                    }
+                    if u.max_n() != before {
+                        touch_usage(&mut self.usage, &mut self.usage_dirty, key);
                     }
                 }
             }
@@ -678,9 +731,13 @@ impl ShardDetector {
         let Some(u) = self.seq.get_mut(key) else {
             return Ok(());
         };
+        let before = u.max_n();
         u.judge(until - 1, tolerance, |e, evidence| {
             hits.push((e.clone(), evidence));
         });
+        if u.max_n() != before {
+            touch_usage(&mut self.usage, &mut self.usage_dirty, key);
+        }
         if !u.dirty {
             u.dirty = true;
             self.seq_dirty.push(key.clone());
@@ -978,6 +1035,23 @@ struct Sequenced {
 }
 
 /// The entries of `map` listed in `dirty` (emptied), each marked clean.
+/// Marks a key's usage record changed, so that the next usage checkpoint
+/// writes and publishes it: the sequence state goes with it to the usage
+/// topic, and a key whose maximum moved while it was quiet must not hand a
+/// stale one over.
+fn touch_usage(
+    usage: &mut hashbrown::HashMap<Box<str>, KeyUsage>,
+    dirty: &mut Vec<Box<str>>,
+    key: &str,
+) {
+    if let Some(u) = usage.get_mut(key) {
+        if !u.dirty {
+            u.dirty = true;
+            dirty.push(key.into());
+        }
+    }
+}
+
 fn take_dirty<'a, V>(
     map: &'a mut hashbrown::HashMap<Box<str>, V>,
     dirty: &mut Vec<Box<str>>,

@@ -51,7 +51,9 @@ use super::health::InputHealth;
 use super::PipelineError;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder};
-use crate::detect::{DetectConfig, KeyUsage, LifecycleTable, ShardStats, UsageConfig, UsageMode};
+use crate::detect::{
+    DetectConfig, KeySeed, KeyUsage, LifecycleTable, ShardStats, UsageConfig, UsageMode,
+};
 use crate::schema::{LifecycleEvent, Millis};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink};
 use crate::source::Record;
@@ -294,6 +296,22 @@ pub struct CheckpointedUsage {
     pub key: String,
     /// The usage, postcard.
     pub bytes: Vec<u8>,
+    /// The key's sequence-rule state (rule on), postcard: its running
+    /// maximum goes with the partition too.
+    pub seq: Option<Vec<u8>>,
+}
+
+impl CheckpointedUsage {
+    /// What a new owner of the partition is given of the key (see
+    /// [`Engine::seed_usage`]).
+    pub fn seed(&self) -> Result<KeySeed, postcard::Error> {
+        Ok(KeySeed {
+            key: self.key.clone(),
+            usage: postcard::from_bytes(&self.bytes)?,
+            seq: self.seq.as_deref().map(postcard::from_bytes).transpose()?,
+            offset: self.offset,
+        })
+    }
 }
 
 /// A commit begun: the workers' answers to come, and the engine's part.
@@ -614,18 +632,15 @@ impl<S: StateStore> Engine<S> {
     }
 
     /// Hands usage over to a stream being rebuilt (after
-    /// [`Engine::reset_shard`]): per key, its usage and the input offset it
-    /// counts up to (see [`crate::detect::ShardDetector::seed_usage`]).
-    pub fn seed_usage(
-        &mut self,
-        stream: u32,
-        usage: Vec<(String, KeyUsage, u64)>,
-    ) -> Result<(), PipelineError> {
+    /// [`Engine::reset_shard`]): per key, its usage, its sequence state and
+    /// the input offset they count up to (see
+    /// [`crate::detect::ShardDetector::seed_usage`]).
+    pub fn seed_usage(&mut self, stream: u32, usage: Vec<KeySeed>) -> Result<(), PipelineError> {
         let shards = self.shards_of(stream)?;
-        let mut per: Vec<Vec<(String, KeyUsage, u64)>> = vec![Vec::new(); shards.len()];
-        for (key, u, offset) in usage {
-            let i = route_key(Some(&key), "", shards.len());
-            per[i].push((key, u, offset));
+        let mut per: Vec<Vec<KeySeed>> = vec![Vec::new(); shards.len()];
+        for seed in usage {
+            let i = route_key(Some(&seed.key), "", shards.len());
+            per[i].push(seed);
         }
         for (i, u) in per.into_iter().enumerate() {
             if !u.is_empty() {
@@ -993,6 +1008,7 @@ impl<S: StateStore> Engine<S> {
         let mut events = 0;
         let mut error = None;
         let mut alerts = Vec::new();
+        let mut usage_seq: HashMap<(u32, String), Vec<u8>> = HashMap::new();
         for rx in replies {
             let mut part = rx.recv().expect("a worker answers");
             if let Some(e) = part.error.take() {
@@ -1011,6 +1027,9 @@ impl<S: StateStore> Engine<S> {
             c.segment_floors.extend(w.segment_floors);
             c.usage.extend(w.usage);
             c.sequence.extend(w.sequence);
+            if self.collect_usage {
+                usage_seq.extend(part.usage_seq.into_iter().map(|(s, k, b)| ((s, k), b)));
+            }
         }
         if let Some(e) = error {
             self.pending = None;
@@ -1045,6 +1064,7 @@ impl<S: StateStore> Engine<S> {
                     offset: *pos.values().next().expect("one"),
                     key: key.clone(),
                     bytes: bytes.clone(),
+                    seq: usage_seq.remove(&(*shard, key.clone())),
                 });
             }
         }

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::workers::Staged;
 use super::EngineOptions;
 use crate::detect::{ShardDetector, ShardStats};
-use crate::state::{Commit, SegmentLog, SegmentView, ShardMeta, StateError, StateStore};
+use crate::state::{SegmentLog, SegmentView, ShardMeta, StateError, StateStore};
 use crate::telemetry;
 
 pub(super) struct Shard<S: StateStore> {
@@ -172,11 +173,12 @@ impl<S: StateStore> Shard<S> {
         self.committed_stats = ShardStats::default();
     }
 
-    /// Adds this shard's changes since the last commit to `c`, with the
+    /// Adds this shard's changes since the last commit to `out`, with the
     /// stream's input position and rebuild point; returns the events it
     /// processed since then. Usage goes only with a `checkpoint` (or when
     /// nothing changed since the last one); otherwise the shard notes where
-    /// its usage stands.
+    /// its usage stands. With usage, the sequence state of the same keys goes
+    /// to `out.usage_seq` (published with it).
     pub(super) fn stage(
         &mut self,
         id: u32,
@@ -184,17 +186,27 @@ impl<S: StateStore> Shard<S> {
         positions: &std::collections::BTreeMap<u32, u64>,
         live_from: Option<u64>,
         checkpoint: bool,
-        c: &mut Commit,
+        out: &mut Staged,
     ) -> u64 {
         self.in_batch = false;
+        let Staged {
+            commit: c,
+            usage_seq,
+            ..
+        } = out;
         if checkpoint || (!self.det.usage_dirty() && self.meta.usage_positions.is_none()) {
             // one scratch buffer, each record copied out at its exact size:
             // a checkpoint of 100 000 keys is ~50 MB, and growing each
             // record by doubling took up to twice that, a realloc per step
             let mut scratch = Vec::with_capacity(4096);
-            for (key, u) in self.det.take_dirty_usage() {
+            for (key, u, seq) in self.det.take_dirty_usage_and_seq() {
                 c.usage
                     .push((id, key.to_string(), encode_exact(u, &mut scratch)));
+                // the sequence state goes with the usage to the usage topic
+                // (the store has it already, written with every commit)
+                if let Some(s) = seq {
+                    usage_seq.push((id, key.to_string(), encode_exact(s, &mut scratch)));
+                }
             }
             if checkpoint {
                 self.meta.usage_positions = None;

@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::shard::Shard;
 use super::EngineOptions;
-use crate::detect::{KeyUsage, LifecycleTable, ShardStats, UsageMode};
+use crate::detect::{KeySeed, KeyUsage, LifecycleTable, ShardStats, UsageMode};
 use crate::pipeline::chunk::DecodedChunk;
 use crate::pipeline::PipelineError;
 use crate::schema::{Alert, Millis};
@@ -94,6 +94,9 @@ pub(super) struct Staged {
     pub alerts: Vec<(u64, u32, Alert)>,
     pub events: u64,
     pub infos: Vec<(u32, ShardInfo)>,
+    /// The sequence state of keys whose usage the commit writes (shard,
+    /// key_id, postcard bytes), for the usage topic.
+    pub usage_seq: Vec<(u32, String, Vec<u8>)>,
     pub error: Option<PipelineError>,
 }
 
@@ -132,7 +135,7 @@ pub(super) enum Msg {
     /// Usage handed over with a partition (see [`ShardDetector::seed_usage`]).
     Seed {
         shard: u32,
-        usage: Vec<(String, KeyUsage, u64)>,
+        usage: Vec<KeySeed>,
     },
 }
 
@@ -198,8 +201,8 @@ impl<S: StateStore> Worker<S> {
             }
             Msg::Seed { shard, usage } => {
                 if let Some(s) = self.shards.get_mut(&shard) {
-                    for (key, u, offset) in usage {
-                        s.det.seed_usage(&key, u, offset);
+                    for seed in usage {
+                        s.det.seed_usage(seed);
                     }
                 }
             }
@@ -341,6 +344,7 @@ impl<S: StateStore> Worker<S> {
             alerts: Vec::new(),
             events: 0,
             infos: Vec::new(),
+            usage_seq: Vec::new(),
             error: self.failed.take(),
         };
         if out.error.is_some() {
@@ -362,7 +366,7 @@ impl<S: StateStore> Worker<S> {
                 &req.positions,
                 req.live_from,
                 req.checkpoint,
-                &mut out.commit,
+                &mut out,
             );
             out.infos.push((req.id, ShardInfo::of(s)));
         }
@@ -576,7 +580,7 @@ impl<S: StateStore> Detectors<S> {
     }
 
     /// Hands usage over to a shard (before the records that rebuild it).
-    pub(super) fn seed(&mut self, shard: u32, usage: Vec<(String, KeyUsage, u64)>) {
+    pub(super) fn seed(&mut self, shard: u32, usage: Vec<KeySeed>) {
         let w = self.worker_of(shard);
         self.send(w, Msg::Seed { shard, usage });
     }

@@ -13,7 +13,8 @@
 //!
 //! Record value (`replayguard.usage.v1`, see `schemas/usage-record.v1.md`):
 //! a version byte (1), then postcard of [`UsageHead`] (input partition and
-//! the offset counted up to), then postcard of the key's usage. Internal, like a Kafka
+//! the offset counted up to), then postcard of the key's usage, then (the
+//! sequence rule on) postcard of its sequence state. Internal, like a Kafka
 //! Streams changelog: subscribers read reports from the reports topic.
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::client::{ClientFactory, Role};
-use crate::detect::KeyUsage;
+use crate::detect::{KeySeed, KeyUsage, SeqState};
 use crate::pipeline::{CheckpointedUsage, PipelineError};
 use crate::schema::Millis;
 use crate::sink::kafka::{self as ksink, Producer_};
@@ -46,36 +47,67 @@ pub struct UsageHead {
 }
 
 /// One key's usage from the usage topic.
+#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
     pub head: UsageHead,
     pub usage: KeyUsage,
+    /// The sequence rule's state of the key, when the writer had the rule on.
+    pub seq: Option<SeqState>,
 }
 
-/// The value of a usage record.
-pub fn encode(head: &UsageHead, usage_postcard: &[u8]) -> Vec<u8> {
+/// The value of a usage record: the sequence state, when there is one, is
+/// a trailing part (readers that predate it ignore it, as postcard ignores
+/// bytes after a value: no version change for a rolling upgrade).
+pub fn encode(head: &UsageHead, usage_postcard: &[u8], seq_postcard: Option<&[u8]>) -> Vec<u8> {
     let mut v = vec![USAGE_RECORD_VERSION];
     v.extend_from_slice(&postcard::to_stdvec(head).expect("head serializes"));
     v.extend_from_slice(usage_postcard);
+    v.extend_from_slice(seq_postcard.unwrap_or_default());
     v
 }
 
 /// A usage record's value; `None` when it is not one this build reads.
+#[cfg(test)]
 pub fn decode(value: &[u8]) -> Option<UsageRecord> {
+    let (parts, _) = split(value)?;
+    let usage: KeyUsage = postcard::from_bytes(parts.usage).ok()?;
+    let seq = match parts.seq {
+        [] => None,
+        s => Some(postcard::from_bytes(s).ok()?),
+    };
+    Some(UsageRecord {
+        head: parts.head,
+        usage,
+        seq,
+    })
+}
+
+/// A value cut into its parts, still encoded.
+struct Parts<'a> {
+    head: UsageHead,
+    usage: &'a [u8],
+    seq: &'a [u8],
+}
+
+/// Cuts a value; the usage is decoded once to find its end (the second
+/// value is the whole usage when it cannot be cut).
+fn split(value: &[u8]) -> Option<(Parts<'_>, KeyUsage)> {
     let (&version, rest) = value.split_first()?;
     if version != USAGE_RECORD_VERSION {
         return None;
     }
     let (head, rest): (UsageHead, &[u8]) = postcard::take_from_bytes(rest).ok()?;
-    let usage: KeyUsage = postcard::from_bytes(rest).ok()?;
-    Some(UsageRecord { head, usage })
-}
-
-/// The length of the usage part at the end of a value [`decode`] read.
-fn encoded_usage_len(value: &[u8]) -> usize {
-    let (_, rest): (UsageHead, &[u8]) =
-        postcard::take_from_bytes(&value[1..]).expect("checked by decode");
-    rest.len()
+    let (usage, seq): (KeyUsage, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+    let usage_bytes = &rest[..rest.len() - seq.len()];
+    Some((
+        Parts {
+            head,
+            usage: usage_bytes,
+            seq,
+        },
+        usage,
+    ))
 }
 
 /// Publishes checkpointed usage (idempotent, acks=all).
@@ -100,7 +132,7 @@ impl UsagePublisher {
                 partition: r.stream.clone(),
                 offset: r.offset,
             };
-            let value = encode(&head, &r.bytes);
+            let value = encode(&head, &r.bytes, r.seq.as_deref());
             ksink::send(
                 &self.producer,
                 BaseRecord::to(&self.topic)
@@ -130,11 +162,19 @@ struct Stored {
     last_seen: Millis,
     /// postcard of the key's `KeyUsage`.
     usage: Box<[u8]>,
+    /// postcard of its `SeqState` (the sequence rule on).
+    seq: Option<Box<[u8]>>,
 }
 
 impl Stored {
     fn usage(&self) -> KeyUsage {
         postcard::from_bytes(&self.usage).expect("checked when it was read")
+    }
+
+    fn seq(&self) -> Option<SeqState> {
+        self.seq
+            .as_deref()
+            .map(|s| postcard::from_bytes(s).expect("checked when it was read"))
     }
 }
 
@@ -156,14 +196,20 @@ impl UsageTable {
             return;
         };
         // decoded once to be checked; kept encoded
-        let stored = match value.map(|v| (decode(v), v)) {
-            Some((Some(r), v)) => Some(Stored {
-                partition: self.partition(&r.head.partition),
-                offset: r.head.offset,
-                last_seen: r.usage.last_seen,
-                usage: v[v.len() - encoded_usage_len(v)..].into(),
+        let checked = value.map(|v| {
+            split(v).filter(|(p, _)| {
+                p.seq.is_empty() || postcard::from_bytes::<SeqState>(p.seq).is_ok()
+            })
+        });
+        let stored = match checked {
+            Some(Some((p, usage))) => Some(Stored {
+                partition: self.partition(&p.head.partition),
+                offset: p.head.offset,
+                last_seen: usage.last_seen,
+                usage: p.usage.into(),
+                seq: (!p.seq.is_empty()).then(|| p.seq.into()),
             }),
-            Some((None, _)) => {
+            Some(None) => {
                 self.unreadable.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -192,11 +238,16 @@ impl UsageTable {
     }
 
     /// The usage of the keys whose requests were counted in `partition`.
-    pub fn of_partition(&self, partition: &str) -> Vec<(String, KeyUsage, u64)> {
+    pub fn of_partition(&self, partition: &str) -> Vec<KeySeed> {
         let t = self.records.read().unwrap_or_else(|e| e.into_inner());
         t.iter()
             .filter(|(_, r)| &*r.partition == partition)
-            .map(|(k, r)| (k.clone(), r.usage(), r.offset))
+            .map(|(k, r)| KeySeed {
+                key: k.clone(),
+                usage: r.usage(),
+                seq: r.seq(),
+                offset: r.offset,
+            })
             .collect()
     }
 
@@ -490,10 +541,30 @@ mod tests {
             partition: "access-events/3".into(),
             offset: 1234,
         };
-        let v = encode(&head, &postcard::to_stdvec(&u).unwrap());
+        let v = encode(&head, &postcard::to_stdvec(&u).unwrap(), None);
         let r = decode(&v).unwrap();
         assert_eq!(r.head, head);
         assert_eq!(r.usage.total, 42);
+        assert!(r.seq.is_none());
+        // with the sequence state: a trailing part
+        let mut s = SeqState::default();
+        s.max = Some((9, crate::detect::EventId::new("e-9"), 1_795_824_000_000));
+        s.judged_until = Some(1_795_824_000_100);
+        s.folded_below = Some(1_795_824_000_050);
+        let sv = encode(
+            &head,
+            &postcard::to_stdvec(&u).unwrap(),
+            Some(&postcard::to_stdvec(&s).unwrap()),
+        );
+        let r = decode(&sv).unwrap();
+        assert_eq!((r.usage.total, r.seq.as_ref()), (42, Some(&s)));
+        // what a reader that predates the trailing part does with it
+        let (_, rest): (UsageHead, &[u8]) = postcard::take_from_bytes(&sv[1..]).unwrap();
+        assert_eq!(postcard::from_bytes::<KeyUsage>(rest).unwrap().total, 42);
+        // a trailing part that is not a sequence state is refused
+        let mut bad = v.clone();
+        bad.push(0xff);
+        assert!(decode(&bad).is_none());
         let mut other = v.clone();
         other[0] = 2;
         assert!(decode(&other).is_none());
@@ -501,10 +572,20 @@ mod tests {
         assert!(decode(&v[..3]).is_none());
         let t = UsageTable::default();
         t.apply(b"k", Some(&v));
+        t.apply(b"s", Some(&sv));
         t.apply(b"x", Some(&other));
-        assert_eq!(t.of_partition("access-events/3").len(), 1);
-        assert_eq!(t.unreadable.load(Ordering::Relaxed), 1);
+        t.apply(b"b", Some(&bad));
+        let mut seeds = t.of_partition("access-events/3");
+        seeds.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(
+            (seeds[0].seq.as_ref(), seeds[1].seq.as_ref()),
+            (None, Some(&s))
+        );
+        assert_eq!(seeds[1].offset, 1234);
+        assert_eq!(t.unreadable.load(Ordering::Relaxed), 2);
         t.apply(b"k", None);
+        t.apply(b"s", None);
         assert!(t.is_empty());
     }
 }
