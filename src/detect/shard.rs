@@ -336,12 +336,17 @@ impl ShardDetector {
     }
 
     /// As [`ShardDetector::take_dirty_usage`], with each key's sequence
-    /// state (rule on): what a usage checkpoint publishes.
-    pub fn take_dirty_usage_and_seq(&mut self) -> Vec<(&str, &KeyUsage, Option<&SeqState>)> {
-        let seq = &self.seq;
+    /// state (rule on) and, for usage handed over while the shard is
+    /// rebuilt, the offset it counts up to: what a usage checkpoint
+    /// publishes.
+    #[allow(clippy::type_complexity)]
+    pub fn take_dirty_usage_for_checkpoint(
+        &mut self,
+    ) -> Vec<(&str, &KeyUsage, Option<&SeqState>, Option<u64>)> {
+        let (seq, seeded) = (&self.seq, &self.seeded);
         take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
             .into_iter()
-            .map(|(k, u)| (k, u, seq.get(k)))
+            .map(|(k, u)| (k, u, seq.get(k), seeded.get(k).copied()))
             .collect()
     }
 

@@ -1008,7 +1008,7 @@ impl<S: StateStore> Engine<S> {
         let mut events = 0;
         let mut error = None;
         let mut alerts = Vec::new();
-        let mut usage_seq: HashMap<(u32, String), Vec<u8>> = HashMap::new();
+        let mut usage_extra: HashMap<(u32, String), workers::UsageExtra> = HashMap::new();
         for rx in replies {
             let mut part = rx.recv().expect("a worker answers");
             if let Some(e) = part.error.take() {
@@ -1028,7 +1028,11 @@ impl<S: StateStore> Engine<S> {
             c.usage.extend(w.usage);
             c.sequence.extend(w.sequence);
             if self.collect_usage {
-                usage_seq.extend(part.usage_seq.into_iter().map(|(s, k, b)| ((s, k), b)));
+                usage_extra.extend(
+                    part.usage_extra
+                        .into_iter()
+                        .map(|x| ((x.shard, x.key.clone()), x)),
+                );
             }
         }
         if let Some(e) = error {
@@ -1059,12 +1063,20 @@ impl<S: StateStore> Engine<S> {
                 if pos.len() != 1 {
                     continue;
                 }
+                let extra = usage_extra.remove(&(*shard, key.clone()));
+                let pos = *pos.values().next().expect("one");
                 p.usage.push(CheckpointedUsage {
                     stream: st.name.clone(),
-                    offset: *pos.values().next().expect("one"),
+                    // handed-over usage counts up to its own offset while
+                    // the partition is rebuilt: a next owner must not count
+                    // the records before it again
+                    offset: extra
+                        .as_ref()
+                        .and_then(|x| x.counted_to)
+                        .map_or(pos, |c| c.max(pos)),
                     key: key.clone(),
                     bytes: bytes.clone(),
-                    seq: usage_seq.remove(&(*shard, key.clone())),
+                    seq: extra.and_then(|x| x.seq),
                 });
             }
         }

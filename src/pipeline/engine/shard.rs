@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::workers::Staged;
+use super::workers::{Staged, UsageExtra};
 use super::EngineOptions;
 use crate::detect::{ShardDetector, ShardStats};
 use crate::state::{SegmentLog, SegmentView, ShardMeta, StateError, StateStore};
@@ -178,7 +178,8 @@ impl<S: StateStore> Shard<S> {
     /// processed since then. Usage goes only with a `checkpoint` (or when
     /// nothing changed since the last one); otherwise the shard notes where
     /// its usage stands. With usage, the sequence state of the same keys goes
-    /// to `out.usage_seq` (published with it).
+    /// to `out.usage_extra` (published with it), with how far handed-over
+    /// usage counts while the shard is rebuilt.
     pub(super) fn stage(
         &mut self,
         id: u32,
@@ -191,7 +192,7 @@ impl<S: StateStore> Shard<S> {
         self.in_batch = false;
         let Staged {
             commit: c,
-            usage_seq,
+            usage_extra,
             ..
         } = out;
         if checkpoint || (!self.det.usage_dirty() && self.meta.usage_positions.is_none()) {
@@ -199,13 +200,18 @@ impl<S: StateStore> Shard<S> {
             // a checkpoint of 100 000 keys is ~50 MB, and growing each
             // record by doubling took up to twice that, a realloc per step
             let mut scratch = Vec::with_capacity(4096);
-            for (key, u, seq) in self.det.take_dirty_usage_and_seq() {
+            for (key, u, seq, counted_to) in self.det.take_dirty_usage_for_checkpoint() {
                 c.usage
                     .push((id, key.to_string(), encode_exact(u, &mut scratch)));
                 // the sequence state goes with the usage to the usage topic
                 // (the store has it already, written with every commit)
-                if let Some(s) = seq {
-                    usage_seq.push((id, key.to_string(), encode_exact(s, &mut scratch)));
+                if seq.is_some() || counted_to.is_some() {
+                    usage_extra.push(UsageExtra {
+                        shard: id,
+                        key: key.to_string(),
+                        seq: seq.map(|s| encode_exact(s, &mut scratch)),
+                        counted_to,
+                    });
                 }
             }
             if checkpoint {

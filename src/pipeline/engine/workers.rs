@@ -94,10 +94,22 @@ pub(super) struct Staged {
     pub alerts: Vec<(u64, u32, Alert)>,
     pub events: u64,
     pub infos: Vec<(u32, ShardInfo)>,
-    /// The sequence state of keys whose usage the commit writes (shard,
-    /// key_id, postcard bytes), for the usage topic.
-    pub usage_seq: Vec<(u32, String, Vec<u8>)>,
+    /// What the usage topic gets beside the usage of keys the commit
+    /// writes, where there is something (see [`UsageExtra`]).
+    pub usage_extra: Vec<UsageExtra>,
     pub error: Option<PipelineError>,
+}
+
+/// What a usage checkpoint publishes of a key beside its usage.
+pub(super) struct UsageExtra {
+    pub shard: u32,
+    pub key: String,
+    /// The sequence state, postcard (rule on).
+    pub seq: Option<Vec<u8>>,
+    /// The offset the key's usage counts up to when that is beyond the
+    /// stream's position: usage handed over, while the partition is
+    /// rebuilt (the records before it are not counted again).
+    pub counted_to: Option<u64>,
 }
 
 pub(super) enum Msg {
@@ -344,7 +356,7 @@ impl<S: StateStore> Worker<S> {
             alerts: Vec::new(),
             events: 0,
             infos: Vec::new(),
-            usage_seq: Vec::new(),
+            usage_extra: Vec::new(),
             error: self.failed.take(),
         };
         if out.error.is_some() {
