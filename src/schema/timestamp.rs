@@ -27,12 +27,29 @@ pub const MAX_MILLIS: Millis = 253_402_300_799_999;
 pub enum TimestampError {
     #[error("not an RFC 3339 timestamp ({0})")]
     Syntax(&'static str),
+    #[error("a number in a string, not an RFC 3339 timestamp: this field takes RFC 3339 or a JSON integer of epoch milliseconds (an input format other than v1 reads numeric strings: see [input.time])")]
+    NumericString,
     #[error("{0} is out of range")]
     Range(&'static str),
     #[error("epoch milliseconds {0} outside years 0000-9999")]
     EpochRange(i128),
     #[error("a timestamp must be an RFC 3339 string or an integer of epoch milliseconds, not {0}")]
     Type(&'static str),
+}
+
+/// Digits with at most one `.` among them (epoch seconds or milliseconds
+/// written as a string).
+fn is_numeric(b: &[u8]) -> bool {
+    let mut dot = false;
+    !b.is_empty()
+        && b.iter().all(|&c| match c {
+            b'0'..=b'9' => true,
+            b'.' if !dot => {
+                dot = true;
+                true
+            }
+            _ => false,
+        })
 }
 
 /// Days from 1970-01-01 to the given civil date (proleptic Gregorian).
@@ -106,6 +123,10 @@ fn expect(b: &[u8], at: usize, what: &[u8], msg: &'static str) -> Result<(), Tim
 pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
     let b = s.as_bytes();
     let year = digits(b, 0, 4)? as i64;
+    if b.get(4) != Some(&b'-') && is_numeric(b) {
+        // epoch seconds or milliseconds written as a string: say so
+        return Err(TimestampError::NumericString);
+    }
     expect(b, 4, b"-", "expected '-' after the year")?;
     let month = digits(b, 5, 2)?;
     expect(b, 7, b"-", "expected '-' after the month")?;
@@ -390,6 +411,25 @@ mod tests {
             "2026-11-28T09:15:02Z",
         ] {
             assert!(parse_clf(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_number_in_a_string_is_named_as_such() {
+        for s in ["1795857302417", "1795857302.417", "17958573024"] {
+            assert_eq!(parse_rfc3339(s), Err(TimestampError::NumericString), "{s}");
+        }
+        let e = parse_rfc3339("1795857302.417").unwrap_err().to_string();
+        assert!(
+            e.contains("a number in a string") && e.contains("[input.time]"),
+            "{e}"
+        );
+        // what is not a number keeps the syntax error
+        for s in ["1795.857.302", "2026/11/28", "2026-11-28"] {
+            assert!(
+                matches!(parse_rfc3339(s), Err(TimestampError::Syntax(_))),
+                "{s}"
+            );
         }
     }
 
