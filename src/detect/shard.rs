@@ -629,7 +629,9 @@ impl ShardDetector {
                     // read again while rebuilding a partition handed over:
                     // a request its previous owner had when it published
                     // the key's state is in the seeded state already
-                    if self.seeded.get(key_id).is_some_and(|&o| pos.offset < o) {
+                    if !self.seeded.is_empty()
+                        && self.seeded.get(key_id).is_some_and(|&o| pos.offset < o)
+                    {
                         u.reinsert(ev, n, fp);
                     } else {
                         u.insert(ev, n, fp);

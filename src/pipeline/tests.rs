@@ -1052,3 +1052,42 @@ fn one_request_per_nonce(events: Vec<crate::model::ModelEvent>) -> Vec<crate::mo
         })
         .collect()
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A hand-over anywhere with the model's traffic stretched twentyfold
+    /// in time, and rules to match: sweeps of the live index (every second
+    /// of event time, counted from each owner's own first request) then
+    /// fall between the steps sequence numbers are judged at, and must not
+    /// make the new owner judge, while it rebuilds, what the old owner had
+    /// not judged yet.
+    #[test]
+    fn a_hand_over_between_sweeps_gives_the_alerts_of_one_run(
+        (events, settings, _) in arb_run(),
+        at in any::<prop::sample::Index>(),
+        every in prop_oneof![Just(1usize), 2usize..40, Just(100_000)],
+    ) {
+        let mut c = small_config(settings);
+        let x = 20;
+        c.detect.max_past_skew_ms *= x;
+        c.detect.max_future_skew_ms *= x;
+        c.detect.allowed_lateness_ms *= x;
+        c.detect.retention_ms *= x;
+        c.detect.sequence_tolerance_ms *= x;
+        let stretch = |t: i64| T0 + (t - T0) * x;
+        let events: Vec<_> = one_request_per_nonce(events)
+            .into_iter()
+            .map(|mut e| {
+                e.received_at = stretch(e.received_at);
+                e.client_ts = e.client_ts.map(stretch);
+                e
+            })
+            .collect();
+        let input = to_lines(&events);
+        let at = at.index(input.len() + 1);
+        let (single, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 100_000);
+        let got = handed_over_run(&c, &input, at, every);
+        prop_assert_eq!(ids(&got), ids(&single));
+    }
+}
