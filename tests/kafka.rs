@@ -982,6 +982,17 @@ fn a_partition_handed_over_keeps_the_sequence_maximum() {
     // B rebuilt the partitions it got, and every verdict names the large
     // counter of phase 0 (which B never read)
     assert!(bb.log_text().contains("rebuilding the partition's state"));
+    // A marked the partitions it handed over on the usage topic
+    let usage = consume(&b.addr(), "replayguard-usage", 1, Duration::from_secs(10));
+    let marks = usage
+        .iter()
+        .filter(|m| {
+            m.key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(b"\0replayguard/partition/access-events/"))
+        })
+        .count();
+    assert!(marks >= 1, "a partition mark on the usage topic");
     for x in alerts
         .iter()
         .filter(|x| x.kind.as_str() == "out_of_sequence")

@@ -650,6 +650,21 @@ impl<S: StateStore> Engine<S> {
         Ok(())
     }
 
+    /// Where every key's usage of a one-source stream (a partition) counts
+    /// up to once the last commit was a usage checkpoint: its position, when
+    /// it reports (not rebuilding) and is not reading records again for
+    /// usage. A key a checkpoint did not write had not changed, so its
+    /// newest record counts up to there too (see `schemas/usage-record.v1.md`,
+    /// partition marks).
+    pub fn usage_counted_to(&self, stream: u32) -> Option<u64> {
+        let s = self.streams.get(&stream)?;
+        let committed = self.committed.get(&stream)?;
+        if s.live_from.is_some() || s.catchup.is_some() || committed.len() != 1 {
+            return None;
+        }
+        committed.values().next().copied()
+    }
+
     /// Whether requests were routed since the last usage checkpoint (the
     /// usage in the store is behind what is live).
     pub fn usage_behind(&self) -> bool {

@@ -219,9 +219,24 @@ impl Runtime {
         self.begin_commit(consumer, status)?;
         let finished = self.engine.finish_commit(true);
         self.finished(finished, consumer, mode, status)?;
-        // the next owner of a partition reads its usage from the topic
+        // the next owner of a partition reads its usage from the topic;
+        // once it is acknowledged, each reporting partition's mark says that
+        // every key's record counts up to this checkpoint (a key it did not
+        // write had not changed: a redelivered copy, say)
         if let Some(p) = &self.usage_pub {
             p.flush()?;
+            let marks: Vec<(String, u64)> = self
+                .parts
+                .values()
+                .filter_map(|part| {
+                    let at = self.engine.usage_counted_to(part.shard?)?;
+                    Some((part.name.clone(), at))
+                })
+                .collect();
+            if !marks.is_empty() {
+                p.publish_marks(&marks)?;
+                p.flush()?;
+            }
         }
         self.pump_alerts(consumer, true, mode, status)
     }

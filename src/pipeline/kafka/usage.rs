@@ -37,6 +37,14 @@ use crate::sink::kafka::{self as ksink, Producer_};
 /// First byte of a usage record's value.
 pub const USAGE_RECORD_VERSION: u8 = 1;
 
+/// The key of a partition mark (NUL first: no key_id a log carries).
+pub const MARK_KEY_PREFIX: &str = "\u{0}replayguard/partition/";
+
+/// The record key of the mark of `partition`.
+pub fn mark_key(partition: &str) -> String {
+    format!("{MARK_KEY_PREFIX}{partition}")
+}
+
 /// What a usage record says besides the usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageHead {
@@ -144,6 +152,31 @@ impl UsagePublisher {
         Ok(())
     }
 
+    /// Publishes partition marks, (partition, offset): every key's newest
+    /// record of the partition counts up to the offset (see
+    /// [`super::super::Engine::usage_counted_to`]). Only after the records
+    /// of that checkpoint are acknowledged ([`UsagePublisher::flush`]): a
+    /// mark must never be seen without them.
+    pub(super) fn publish_marks(&self, marks: &[(String, u64)]) -> Result<(), PipelineError> {
+        for (partition, offset) in marks {
+            let head = UsageHead {
+                partition: partition.clone(),
+                offset: *offset,
+            };
+            let mut value = vec![USAGE_RECORD_VERSION];
+            value.extend_from_slice(&postcard::to_stdvec(&head).expect("head serializes"));
+            let key = mark_key(partition);
+            ksink::send(
+                &self.producer,
+                BaseRecord::to(&self.topic)
+                    .key(key.as_bytes())
+                    .payload(&value[..]),
+            )?;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
     /// Waits until everything published is acknowledged (before a
     /// partition is handed over: its next owner reads it).
     pub(super) fn flush(&self) -> Result<(), PipelineError> {
@@ -188,6 +221,9 @@ pub struct UsageTable {
     read: Mutex<HashMap<i32, i64>>,
     /// Records that could not be read (another version).
     pub unreadable: std::sync::atomic::AtomicU64,
+    /// Per input partition, the offset every key's newest record counts up
+    /// to (the newest mark).
+    marks: RwLock<HashMap<String, u64>>,
 }
 
 impl UsageTable {
@@ -195,6 +231,26 @@ impl UsageTable {
         let Ok(key) = std::str::from_utf8(key) else {
             return;
         };
+        if let Some(partition) = key.strip_prefix(MARK_KEY_PREFIX) {
+            let mut marks = self.marks.write().unwrap_or_else(|e| e.into_inner());
+            let head = value.map(|v| {
+                v.split_first()
+                    .filter(|(version, _)| **version == USAGE_RECORD_VERSION)
+                    .and_then(|(_, rest)| postcard::from_bytes::<UsageHead>(rest).ok())
+            });
+            match head {
+                Some(Some(h)) => {
+                    marks.insert(partition.to_string(), h.offset);
+                }
+                Some(None) => {
+                    self.unreadable.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    marks.remove(partition);
+                }
+            }
+            return;
+        }
         // decoded once to be checked; kept encoded
         let checked = value.map(|v| {
             split(v).filter(|(p, _)| {
@@ -239,6 +295,13 @@ impl UsageTable {
 
     /// The usage of the keys whose requests were counted in `partition`.
     pub fn of_partition(&self, partition: &str) -> Vec<KeySeed> {
+        let mark = self
+            .marks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(partition)
+            .copied()
+            .unwrap_or(0);
         let t = self.records.read().unwrap_or_else(|e| e.into_inner());
         t.iter()
             .filter(|(_, r)| &*r.partition == partition)
@@ -246,7 +309,8 @@ impl UsageTable {
                 key: k.clone(),
                 usage: r.usage(),
                 seq: r.seq(),
-                offset: r.offset,
+                // a record older than the partition's mark counts up to it
+                offset: r.offset.max(mark),
             })
             .collect()
     }
@@ -584,6 +648,41 @@ mod tests {
         );
         assert_eq!(seeds[1].offset, 1234);
         assert_eq!(t.unreadable.load(Ordering::Relaxed), 2);
+        // a partition mark: every key's record counts up to its offset
+        let mut mark = vec![USAGE_RECORD_VERSION];
+        mark.extend_from_slice(
+            &postcard::to_stdvec(&UsageHead {
+                partition: "access-events/3".into(),
+                offset: 2000,
+            })
+            .unwrap(),
+        );
+        t.apply(mark_key("access-events/3").as_bytes(), Some(&mark));
+        let seeds = t.of_partition("access-events/3");
+        assert!(seeds.iter().all(|s| s.offset == 2000), "{seeds:?}");
+        assert_eq!(t.len(), 2, "a mark is no key");
+        assert!(t.of_partition("access-events/1").is_empty());
+        // a newer record beyond the mark keeps its own offset
+        let later = encode(
+            &UsageHead {
+                partition: "access-events/3".into(),
+                offset: 2500,
+            },
+            &postcard::to_stdvec(&u).unwrap(),
+            None,
+        );
+        t.apply(b"k", Some(&later));
+        let mut seeds = t.of_partition("access-events/3");
+        seeds.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!((seeds[0].offset, seeds[1].offset), (2500, 2000));
+        t.apply(mark_key("access-events/3").as_bytes(), None);
+        let mut seeds = t.of_partition("access-events/3");
+        seeds.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(
+            (seeds[0].offset, seeds[1].offset),
+            (2500, 1234),
+            "the mark is gone"
+        );
         t.apply(b"k", None);
         t.apply(b"s", None);
         assert!(t.is_empty());
