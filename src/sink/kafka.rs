@@ -81,7 +81,8 @@ impl ProducerContext for DeliveryTracker {
 }
 
 impl DeliveryTracker {
-    fn take_failures(&self) -> Option<(u64, String)> {
+    /// Deliveries that failed since the last call, with the last error.
+    pub(crate) fn take_failures(&self) -> Option<(u64, String)> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if t.failed == 0 {
             return None;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +122,11 @@ fn split(value: &[u8]) -> Option<(Parts<'_>, KeyUsage)> {
 pub(super) struct UsagePublisher {
     producer: Arc<Producer_>,
     topic: String,
+    /// A usage record was not delivered (after librdkafka's retries): some
+    /// key's newest record on the topic may be older than its usage, so no
+    /// partition mark may say otherwise again (see
+    /// [`UsagePublisher::publish_marks`]).
+    lost: AtomicBool,
 }
 
 impl UsagePublisher {
@@ -129,6 +134,7 @@ impl UsagePublisher {
         UsagePublisher {
             producer,
             topic: topic.to_string(),
+            lost: AtomicBool::new(false),
         }
     }
 
@@ -156,8 +162,16 @@ impl UsagePublisher {
     /// record of the partition counts up to the offset (see
     /// [`super::super::Engine::usage_counted_to`]). Only after the records
     /// of that checkpoint are acknowledged ([`UsagePublisher::flush`]): a
-    /// mark must never be seen without them.
+    /// mark must never be seen without them; and never once a usage record
+    /// of this instance was not delivered.
     pub(super) fn publish_marks(&self, marks: &[(String, u64)]) -> Result<(), PipelineError> {
+        if let Some((n, e)) = self.producer.context().take_failures() {
+            tracing::warn!(records = n, error = %e, "usage records were not delivered: no more partition marks from this instance (a new owner may count redelivered copies twice)");
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        if self.lost.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         for (partition, offset) in marks {
             let head = UsageHead {
                 partition: partition.clone(),
