@@ -63,15 +63,27 @@ fn merge(a: &mut BTreeMap<i32, i64>, b: BTreeMap<i32, i64>) {
 
 /// Waits until the group has committed the end of every partition.
 fn wait_caught_up(b: &Broker, ends: &BTreeMap<i32, i64>, dets: &[&Detector]) {
-    wait_for(
-        "the group's offsets to reach the log end",
-        Duration::from_secs(120),
-        dets,
-        || {
-            let c = committed(&b.addr(), GROUP, "access-events", 4);
-            ends.iter().all(|(p, e)| c.get(p) == Some(e))
-        },
-    );
+    wait_group_at(b, GROUP, ends, dets);
+}
+
+/// Produces `lines` to the access topic in chunks of `chunk`, `pause` apart,
+/// on a thread of its own (the stream arrives while the test acts); the
+/// thread gives the log end of every partition.
+fn produce_in_chunks(
+    b: &Broker,
+    lines: Vec<String>,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<BTreeMap<i32, i64>> {
+    let addr = b.addr();
+    std::thread::spawn(move || {
+        let mut ends = BTreeMap::new();
+        for c in lines.chunks(chunk) {
+            merge(&mut ends, produce(&addr, "access-events", &keyed(c)));
+            std::thread::sleep(pause);
+        }
+        ends
+    })
 }
 
 /// The verifier over this harness's topics and group.
@@ -96,17 +108,7 @@ fn check(name: &str, v: &Verdict) {
 fn kill_9_at_ten_random_points_over_200k_events() {
     let (d, b, t, truth, _) = harness(200_000, 41, false);
     // the stream arrives while the detector is killed and restarted
-    let producer = {
-        let (addr, lines) = (b.addr(), t.lines.clone());
-        std::thread::spawn(move || {
-            let mut ends = BTreeMap::new();
-            for chunk in lines.chunks(10_000) {
-                merge(&mut ends, produce(&addr, "access-events", &keyed(chunk)));
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            ends
-        })
-    };
+    let producer = produce_in_chunks(&b, t.lines.clone(), 10_000, Duration::from_millis(300));
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let mut rng = Rng::new(7);
     let mut det = Detector::start(&d, "a", &cfg);
@@ -226,35 +228,10 @@ fn counters_stay_judged_through_moves_and_a_kill_9() {
         sequence: Toggle::On,
         ..DetectConfig::default()
     };
-    let dec = Decoder::default();
     // then one request of each of 40 more keys past the allowed lateness:
-    // every partition's watermark passes the traffic (a live stream judges
-    // a request once event time has passed it)
-    let last = t
-        .lines
-        .iter()
-        .filter_map(|l| dec.access(l.as_bytes()).ok())
-        .map(|e| e.received_at)
-        .max()
-        .unwrap();
-    let mut lines = t.lines.clone();
-    lines.extend((0..40).map(|i| {
-        event(
-            &format!("tick-{i}"),
-            last + 61_000 + i,
-            &format!("tick-key-{i}"),
-            &format!("t{i}"),
-            "10.9.9.9",
-        )
-    }));
-    let events: Vec<replayguard::model::ModelEvent> = lines
-        .iter()
-        .filter_map(|l| dec.access(l.as_bytes()).ok().map(|e| (&e).into()))
-        .collect();
-    let truth: Vec<Expected> = replayguard::model::expected_alerts(&rules, &events, &lc)
-        .into_iter()
-        .map(|e| (e.kind, e.key_id, e.event_id))
-        .collect();
+    // every partition's watermark passes the traffic
+    let lines = [t.lines.clone(), ticks_past_lateness(&t.lines)].concat();
+    let truth: Vec<Expected> = model_expected_with(&rules, &lines, &lc);
     let seq = truth
         .iter()
         .filter(|e| e.0 == replayguard::schema::AlertKind::OutOfSequence)
@@ -266,17 +243,7 @@ fn counters_stay_judged_through_moves_and_a_kill_9() {
         detector_config(&d, "b", &b, GROUP, on),
     );
     // the stream arrives while partitions move
-    let producer = {
-        let addr = b.addr();
-        std::thread::spawn(move || {
-            let mut ends = BTreeMap::new();
-            for chunk in lines.chunks(4_000) {
-                merge(&mut ends, produce(&addr, "access-events", &keyed(chunk)));
-                std::thread::sleep(Duration::from_millis(400));
-            }
-            ends
-        })
-    };
+    let producer = produce_in_chunks(&b, lines, 4_000, Duration::from_millis(400));
     let a = Detector::start(&d, "a", &cfg_a);
     std::thread::sleep(Duration::from_millis(1_500));
     // B joins (partitions move A -> B and are rebuilt there) ...
@@ -304,17 +271,7 @@ fn a_broker_restart_mid_stream() {
     // the stream arrives while the detector works and the broker restarts
     // (the producer waits for it): some alerts are always in flight when it
     // goes down, and the stream goes on after it is back
-    let producer = {
-        let (addr, lines) = (b.addr(), t.lines.clone());
-        std::thread::spawn(move || {
-            let mut ends = BTreeMap::new();
-            for chunk in lines.chunks(3_000) {
-                merge(&mut ends, produce(&addr, "access-events", &keyed(chunk)));
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            ends
-        })
-    };
+    let producer = produce_in_chunks(&b, t.lines.clone(), 3_000, Duration::from_millis(150));
     let cfg = detector_config(&d, "a", &b, GROUP, "");
     let det = Detector::start(&d, "a", &cfg);
     let total = t.lines.len() as u64;

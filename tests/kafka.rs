@@ -14,7 +14,20 @@ const GROUP: &str = "rg-test";
 
 /// The alerts the model expects for `lines` (arrival order) and `lifecycle`.
 fn expected(lines: &[String], lifecycle: &[LifecycleEvent]) -> BTreeSet<(String, String, String)> {
-    model_expected(lines, lifecycle)
+    expected_with(
+        &replayguard::detect::DetectConfig::default(),
+        lines,
+        lifecycle,
+    )
+}
+
+/// [`expected`] under the given rules.
+fn expected_with(
+    rules: &replayguard::detect::DetectConfig,
+    lines: &[String],
+    lifecycle: &[LifecycleEvent],
+) -> BTreeSet<(String, String, String)> {
+    model_expected_with(rules, lines, lifecycle)
         .into_iter()
         .map(|(k, key, ev)| (k.as_str().to_string(), key, ev))
         .collect()
@@ -675,42 +688,14 @@ fn run_reports_out_of_sequence_counters_like_the_model() {
     produce(&b.addr(), "access-events", &keyed(&t.lines));
     // one request per key of 40 more keys, past the allowed lateness: every
     // partition's watermark moves past the traffic
-    let dec = Decoder::default();
-    let last = t
-        .lines
-        .iter()
-        .filter_map(|l| dec.access(l.as_bytes()).ok())
-        .map(|e| e.received_at)
-        .max()
-        .unwrap();
-    let ticks: Vec<String> = (0..40)
-        .map(|i| {
-            event(
-                &format!("tick-{i}"),
-                last + 61_000 + i,
-                &format!("tick-key-{i}"),
-                &format!("t{i}"),
-                "10.9.9.9",
-            )
-        })
-        .collect();
+    let ticks = ticks_past_lateness(&t.lines);
     let ends = produce(&b.addr(), "access-events", &keyed(&ticks));
     assert_eq!(ends.len(), 4, "the ticks reach every partition: {ends:?}");
     let rules = DetectConfig {
         sequence: Toggle::On,
         ..DetectConfig::default()
     };
-    let events: Vec<replayguard::model::ModelEvent> = t
-        .lines
-        .iter()
-        .chain(&ticks)
-        .filter_map(|l| dec.access(l.as_bytes()).ok().map(|e| (&e).into()))
-        .collect();
-    let want: BTreeSet<(String, String, String)> =
-        replayguard::model::expected_alerts(&rules, &events, &lc)
-            .into_iter()
-            .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
-            .collect();
+    let want = expected_with(&rules, &[t.lines.clone(), ticks].concat(), &lc);
     let seq = want.iter().filter(|w| w.0 == "out_of_sequence").count();
     assert!(seq >= 20, "{seq} out_of_sequence alerts expected");
     let cfg = detector_config(&d, "a", &b, GROUP, "[detect]\nsequence = \"on\"\n");
@@ -928,28 +913,13 @@ fn a_partition_handed_over_keeps_the_sequence_maximum() {
     let p0 = counters("p0", T0 - 1_000_000, 1_000_000);
     let ends0 = produce(&b.addr(), "access-events", &keyed(&p0));
     let a = Detector::start(&d, "a", &cfg_a);
-    wait_for(
-        "A to own every partition and process phase 0",
-        Duration::from_secs(60),
-        &[&a],
-        || {
-            let c = committed(&b.addr(), GROUP, "access-events", 4);
-            a.assigned() == ALL_PARTITIONS && ends0.iter().all(|(p, e)| c.get(p) == Some(e))
-        },
-    );
+    wait_owns_all(&a, "A to own every partition");
+    wait_group_at(&b, GROUP, &ends0, &[&a]);
     // other nonces, much later: A folds the counters into each key's maximum
     // and the sighting log forgets them
     let p1 = phase("p1", T0, keys, None);
     let ends1 = produce(&b.addr(), "access-events", &keyed(&p1));
-    wait_for(
-        "A to process phase 1",
-        Duration::from_secs(60),
-        &[&a],
-        || {
-            let c = committed(&b.addr(), GROUP, "access-events", 4);
-            ends1.iter().all(|(p, e)| c.get(p) == Some(e))
-        },
-    );
+    wait_group_at(&b, GROUP, &ends1, &[&a]);
     // B joins: partitions move A -> B
     let bb = Detector::start(&d, "b", &cfg_b);
     wait_split(&a, &bb);
@@ -958,21 +928,11 @@ fn a_partition_handed_over_keeps_the_sequence_maximum() {
     let p3 = phase("p3", T0 + 200_000, keys, None);
     produce(&b.addr(), "access-events", &keyed(&p2));
     produce(&b.addr(), "access-events", &keyed(&p3));
-    let lines: Vec<String> = [p0, p1, p2, p3].concat();
-    let dec = Decoder::default();
-    let events: Vec<replayguard::model::ModelEvent> = lines
-        .iter()
-        .filter_map(|l| dec.access(l.as_bytes()).ok().map(|e| (&e).into()))
-        .collect();
     let rules = DetectConfig {
         sequence: Toggle::On,
         ..DetectConfig::default()
     };
-    let want: BTreeSet<(String, String, String)> =
-        replayguard::model::expected_alerts(&rules, &events, &[])
-            .into_iter()
-            .map(|e| (e.kind.as_str().to_string(), e.key_id, e.event_id))
-            .collect();
+    let want = expected_with(&rules, &[p0, p1, p2, p3].concat(), &[]);
     assert_eq!(
         want.iter().filter(|w| w.0 == "out_of_sequence").count(),
         keys,

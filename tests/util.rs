@@ -187,14 +187,48 @@ pub fn model_expected(
     lines: &[String],
     lifecycle: &[LifecycleEvent],
 ) -> Vec<(AlertKind, String, String)> {
+    model_expected_with(&DetectConfig::default(), lines, lifecycle)
+}
+
+/// [`model_expected`] under the given rules.
+pub fn model_expected_with(
+    rules: &DetectConfig,
+    lines: &[String],
+    lifecycle: &[LifecycleEvent],
+) -> Vec<(AlertKind, String, String)> {
     let d = Decoder::default();
     let events: Vec<ModelEvent> = lines
         .iter()
         .filter_map(|l| d.access(l.as_bytes()).ok().map(|e| ModelEvent::from(&e)))
         .collect();
-    model::expected_alerts(&DetectConfig::default(), &events, lifecycle)
+    model::expected_alerts(rules, &events, lifecycle)
         .into_iter()
         .map(|e| (e.kind, e.key_id, e.event_id))
+        .collect()
+}
+
+/// One request of each of 40 more keys, past the allowed lateness after the
+/// newest of `lines`: with them, every partition's watermark passes the
+/// traffic (a live stream judges sequence numbers once event time has
+/// passed them; `scan` does at the end of its input).
+pub fn ticks_past_lateness(lines: &[String]) -> Vec<String> {
+    let d = Decoder::default();
+    let last = lines
+        .iter()
+        .filter_map(|l| d.access(l.as_bytes()).ok())
+        .map(|e| e.received_at)
+        .max()
+        .expect("decodable traffic");
+    (0..40)
+        .map(|i| {
+            event(
+                &format!("tick-{i}"),
+                last + 61_000 + i,
+                &format!("tick-key-{i}"),
+                &format!("t{i}"),
+                "10.9.9.9",
+            )
+        })
         .collect()
 }
 
@@ -252,6 +286,25 @@ pub fn wait_split(a: &Detector, b: &Detector) {
 pub fn wait_owns_all(a: &Detector, what: &str) {
     let d = std::time::Duration::from_secs(60);
     replayguard_testkit::kafka::wait_for(what, d, &[a], || a.assigned() == ALL_PARTITIONS);
+}
+
+/// Waits until `group` has committed `ends` (next offsets per partition of
+/// the access topic).
+pub fn wait_group_at(
+    b: &Broker,
+    group: &str,
+    ends: &std::collections::BTreeMap<i32, i64>,
+    dets: &[&Detector],
+) {
+    replayguard_testkit::kafka::wait_for(
+        "the group's offsets to reach the log end",
+        std::time::Duration::from_secs(120),
+        dets,
+        || {
+            let c = replayguard_testkit::kafka::committed(&b.addr(), group, "access-events", 4);
+            ends.iter().all(|(p, e)| c.get(p) == Some(e))
+        },
+    );
 }
 
 /// A broker and the configs of two detectors `a` and `b` of `group`.

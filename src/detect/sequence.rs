@@ -154,29 +154,7 @@ impl SeqState {
     /// A first sighting read back from the sighting log at restart: kept
     /// when it was not folded in yet.
     pub fn restore(&mut self, n: u64, fp: u128, info: &crate::detect::SightingInfo<String>) {
-        let r = info.received_at;
-        if self.folded_below.is_some_and(|f| r < f) {
-            return;
-        }
-        let at = self.buf.partition_point(|e| {
-            (e.received_at, e.event_id.as_bytes()) < (r, info.event_id.as_bytes())
-        });
-        if self
-            .buf
-            .get(at)
-            .is_some_and(|e| e.received_at == r && e.event_id == *info.event_id)
-        {
-            return;
-        }
-        self.buf.insert(
-            at,
-            SeqEntry {
-                n,
-                received_at: r,
-                event_id: EventId::new(&info.event_id),
-                fp,
-            },
-        );
+        self.put_back(n, fp, info.received_at, &info.event_id);
     }
 
     /// A request read again while a partition handed over is rebuilt, that
@@ -186,10 +164,19 @@ impl SeqState {
     /// restart.
     pub fn reinsert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) {
         let r = ev.received_at;
-        if self.folded_below.is_some_and(|f| r < f) {
-            return;
+        // the judged requests are the front of the buffer, up to judged_until
+        if self.put_back(n, fp, r, &ev.event_id) && self.judged_until.is_some_and(|j| r <= j) {
+            self.judged += 1;
         }
-        let id = ev.event_id.as_bytes();
+    }
+
+    /// Puts a request the state already accounts for back in the buffer, in
+    /// order, unless it is folded in or there already; whether it was put.
+    fn put_back(&mut self, n: u64, fp: u128, r: Millis, event_id: &str) -> bool {
+        if self.folded_below.is_some_and(|f| r < f) {
+            return false;
+        }
+        let id = event_id.as_bytes();
         let at = self
             .buf
             .partition_point(|e| (e.received_at, e.event_id.as_bytes()) < (r, id));
@@ -198,21 +185,18 @@ impl SeqState {
             .get(at)
             .is_some_and(|e| e.received_at == r && e.event_id.as_bytes() == id)
         {
-            return;
+            return false;
         }
         self.buf.insert(
             at,
             SeqEntry {
                 n,
                 received_at: r,
-                event_id: EventId::new(&ev.event_id),
+                event_id: EventId::new(event_id),
                 fp,
             },
         );
-        // the judged requests are the front of the buffer, up to judged_until
-        if self.judged_until.is_some_and(|j| r <= j) {
-            self.judged += 1;
-        }
+        true
     }
 
     /// The largest number folded in.

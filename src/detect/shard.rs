@@ -1041,7 +1041,6 @@ struct Sequenced {
     fp: Option<u128>,
 }
 
-/// The entries of `map` listed in `dirty` (emptied), each marked clean.
 /// Marks a key's usage record changed, so that the next usage checkpoint
 /// writes and publishes it: the sequence state goes with it to the usage
 /// topic, and a key whose maximum moved while it was quiet must not hand a
@@ -1059,6 +1058,7 @@ fn touch_usage(
     }
 }
 
+/// The entries of `map` listed in `dirty` (emptied), each marked clean.
 fn take_dirty<'a, V>(
     map: &'a mut hashbrown::HashMap<Box<str>, V>,
     dirty: &mut Vec<Box<str>>,

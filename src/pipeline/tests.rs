@@ -994,6 +994,26 @@ fn a_partition_handed_over_keeps_its_sequence_maximum() {
     }
 }
 
+/// Every nonce (signature, without one) used by one request only, transport
+/// duplicates aside: a chain of reuses longer than the retention is what a
+/// rebuild from the input cannot redo (see RELIABILITY.md); what the
+/// hand-over tests check is the state handed over.
+fn one_request_per_nonce(events: Vec<crate::model::ModelEvent>) -> Vec<crate::model::ModelEvent> {
+    let mut first: std::collections::HashMap<(Option<String>, String), String> = Default::default();
+    events
+        .into_iter()
+        .filter(|e| {
+            let Some(v) = e.nonce.clone().or_else(|| e.signature.clone()) else {
+                return true;
+            };
+            let id = first
+                .entry((e.key_id.clone(), format!("{}{v}", e.nonce.is_some())))
+                .or_insert_with(|| e.event_id.clone());
+            *id == e.event_id
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -1014,10 +1034,6 @@ proptest! {
         let got = handed_over_run(&c, &input, at, every);
         prop_assert_eq!(ids(&got), ids(&single));
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// The same with two moves, the second possibly while the second owner
     /// is still rebuilding (its usage checkpoints then count what the
@@ -1044,30 +1060,6 @@ proptest! {
         // duplicates included: the partition mark of each hand-over)
         prop_assert_eq!(usage, usage_by_key(&*store));
     }
-}
-
-/// Every nonce (signature, without one) used by one request only, transport
-/// duplicates aside: a chain of reuses longer than the retention is what a
-/// rebuild from the input cannot redo (see RELIABILITY.md); what the
-/// hand-over tests check is the state handed over.
-fn one_request_per_nonce(events: Vec<crate::model::ModelEvent>) -> Vec<crate::model::ModelEvent> {
-    let mut first: std::collections::HashMap<(Option<String>, String), String> = Default::default();
-    events
-        .into_iter()
-        .filter(|e| {
-            let Some(v) = e.nonce.clone().or_else(|| e.signature.clone()) else {
-                return true;
-            };
-            let id = first
-                .entry((e.key_id.clone(), format!("{}{v}", e.nonce.is_some())))
-                .or_insert_with(|| e.event_id.clone());
-            *id == e.event_id
-        })
-        .collect()
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// A hand-over anywhere with the model's traffic stretched twentyfold
     /// in time, and rules to match: sweeps of the live index (every second

@@ -91,6 +91,16 @@ pub fn decode(value: &[u8]) -> Option<UsageRecord> {
     })
 }
 
+/// The head of a value of this version, and the bytes after it (none in a
+/// partition mark).
+fn head(value: &[u8]) -> Option<(UsageHead, &[u8])> {
+    let (&version, rest) = value.split_first()?;
+    if version != USAGE_RECORD_VERSION {
+        return None;
+    }
+    postcard::take_from_bytes(rest).ok()
+}
+
 /// A value cut into its parts, still encoded.
 struct Parts<'a> {
     head: UsageHead,
@@ -101,11 +111,7 @@ struct Parts<'a> {
 /// Cuts a value; the usage is decoded once to find its end (the second
 /// value is the whole usage when it cannot be cut).
 fn split(value: &[u8]) -> Option<(Parts<'_>, KeyUsage)> {
-    let (&version, rest) = value.split_first()?;
-    if version != USAGE_RECORD_VERSION {
-        return None;
-    }
-    let (head, rest): (UsageHead, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+    let (head, rest) = head(value)?;
     let (usage, seq): (KeyUsage, &[u8]) = postcard::take_from_bytes(rest).ok()?;
     let usage_bytes = &rest[..rest.len() - seq.len()];
     Some((
@@ -177,8 +183,8 @@ impl UsagePublisher {
                 partition: partition.clone(),
                 offset: *offset,
             };
-            let mut value = vec![USAGE_RECORD_VERSION];
-            value.extend_from_slice(&postcard::to_stdvec(&head).expect("head serializes"));
+            // a head and no usage
+            let value = encode(&head, &[], None);
             let key = mark_key(partition);
             ksink::send(
                 &self.producer,
@@ -247,13 +253,8 @@ impl UsageTable {
         };
         if let Some(partition) = key.strip_prefix(MARK_KEY_PREFIX) {
             let mut marks = self.marks.write().unwrap_or_else(|e| e.into_inner());
-            let head = value.map(|v| {
-                v.split_first()
-                    .filter(|(version, _)| **version == USAGE_RECORD_VERSION)
-                    .and_then(|(_, rest)| postcard::from_bytes::<UsageHead>(rest).ok())
-            });
-            match head {
-                Some(Some(h)) => {
+            match value.map(head) {
+                Some(Some((h, _))) => {
                     marks.insert(partition.to_string(), h.offset);
                 }
                 Some(None) => {
@@ -663,13 +664,13 @@ mod tests {
         assert_eq!(seeds[1].offset, 1234);
         assert_eq!(t.unreadable.load(Ordering::Relaxed), 2);
         // a partition mark: every key's record counts up to its offset
-        let mut mark = vec![USAGE_RECORD_VERSION];
-        mark.extend_from_slice(
-            &postcard::to_stdvec(&UsageHead {
+        let mark = encode(
+            &UsageHead {
                 partition: "access-events/3".into(),
                 offset: 2000,
-            })
-            .unwrap(),
+            },
+            &[],
+            None,
         );
         t.apply(mark_key("access-events/3").as_bytes(), Some(&mark));
         let seeds = t.of_partition("access-events/3");
