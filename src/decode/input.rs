@@ -252,6 +252,8 @@ pub struct Mapping {
     /// Per field: its paths as written, for error messages.
     pub field_paths: [Vec<String>; 12],
     pub absent: Vec<String>,
+    /// The length of the longest of `absent` (a longer value is sent).
+    pub absent_max_len: usize,
     pub time: TimeConfig,
 }
 
@@ -454,6 +456,7 @@ impl InputConfig {
             slot_field,
             field_slots,
             field_paths,
+            absent_max_len: self.absent().iter().map(String::len).max().unwrap_or(0),
             absent: self.absent(),
             time: self.time,
         }))

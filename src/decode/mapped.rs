@@ -78,7 +78,7 @@ impl Ctx<'_> {
             Val::Str {
                 raw,
                 escaped: false,
-            } => self.m.absent.iter().any(|a| a == raw),
+            } => raw.len() <= self.m.absent_max_len && self.m.absent.iter().any(|a| a == raw),
             Val::Str { raw, escaped: true } => json::unescape(raw)
                 .map(|s| self.m.absent.iter().any(|a| *a == *s))
                 .unwrap_or(false),
@@ -248,6 +248,18 @@ pub fn parse_time(text: &str, numeric: bool, how: TimeFormat) -> Result<Millis, 
             describe(how)
         )),
         TimeFormat::Auto => {
+            // the common case: a plain integer (epoch s, ms, µs or ns) read
+            // without building a decimal; exact as the general path is
+            let plain = if numeric { text } else { text.trim() };
+            if let Some(v) = number::plain_uint(plain) {
+                let ms = match v {
+                    0..100_000_000_000 => v as i128 * 1000,
+                    100_000_000_000..100_000_000_000_000 => v as i128,
+                    100_000_000_000_000..100_000_000_000_000_000 => (v / 1000) as i128,
+                    _ => (v / 1_000_000) as i128,
+                };
+                return timestamp::from_epoch_millis(ms).map_err(|e| e.to_string());
+            }
             if let Some(d) = number() {
                 let magnitude = match d.scaled_floor(0, false) {
                     Integral::Int(v) => v.unsigned_abs(),
@@ -359,6 +371,44 @@ mod tests {
         );
         assert!(f("1795857302", TimeFormat::Rfc3339).is_err());
         assert!(parse_time("1795857302", true, TimeFormat::Clf).is_err());
+    }
+
+    /// The plain-integer shortcut of `auto` gives what the exact decimal
+    /// path gives, at every magnitude boundary and around it.
+    #[test]
+    fn auto_plain_integers_agree_with_the_decimal_path() {
+        let general = |v: u64| -> Result<Millis, String> {
+            let d = number::parse_json(&v.to_string()).unwrap();
+            let shift = match v {
+                0..100_000_000_000 => 3,
+                100_000_000_000..100_000_000_000_000 => 0,
+                100_000_000_000_000..100_000_000_000_000_000 => -3,
+                _ => -6,
+            };
+            epoch(&d, shift)
+        };
+        let mut values = vec![0u64, 1, 999_999_999_999_999_999];
+        for b in [
+            100_000_000_000u64,
+            100_000_000_000_000,
+            100_000_000_000_000_000,
+        ] {
+            values.extend([b - 1, b, b + 1, b + 999, b + 1000]);
+        }
+        values.extend([1_795_857_302, 1_795_857_302_417, 1_795_857_302_417_999]);
+        for v in values {
+            for numeric in [true, false] {
+                assert_eq!(
+                    parse_time(&v.to_string(), numeric, TimeFormat::Auto),
+                    general(v),
+                    "{v} numeric {numeric}"
+                );
+            }
+            assert_eq!(
+                parse_time(&format!(" {v} "), false, TimeFormat::Auto),
+                general(v)
+            );
+        }
     }
 
     #[test]
