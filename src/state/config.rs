@@ -13,11 +13,12 @@ use crate::units::ByteSize;
 pub struct StateConfig {
     /// State directory. Default: none (`scan` then uses a temporary one).
     pub dir: Option<PathBuf>,
-    /// RocksDB block cache. Default 64MiB.
+    /// RocksDB block cache. Default 16MiB (reads are rare: replay evidence
+    /// older than the cached segments, restarts).
     pub block_cache: ByteSize,
-    /// All RocksDB memtables together. Default 64MiB.
+    /// All RocksDB memtables together. Default 32MiB.
     pub write_buffer: ByteSize,
-    /// Recent sighting segments kept in memory for replay evidence. Default 64MiB.
+    /// Recent sighting segments kept in memory for replay evidence. Default 16MiB.
     /// (Segments sealed but not yet committed are kept whatever this says.)
     pub segment_cache: ByteSize,
     /// First sightings per segment before it is sealed. Default 4096.
@@ -49,9 +50,11 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: None,
-            block_cache: ByteSize::mib(64),
-            write_buffer: ByteSize::mib(64),
-            segment_cache: ByteSize::mib(64),
+            // 64/64/64 MiB until 2026-12-05: these cost no speed and take
+            // ~100 MiB off the peak at 10 M live requests (BENCHMARKS.md)
+            block_cache: ByteSize::mib(16),
+            write_buffer: ByteSize::mib(32),
+            segment_cache: ByteSize::mib(16),
             segment_windows: super::segment::SEGMENT_WINDOWS,
             segment_bytes: ByteSize(super::segment::SEGMENT_BYTES as u64),
             max_index: ByteSize::mib(1024),

@@ -67,8 +67,8 @@ pub struct RocksOptions {
 impl Default for RocksOptions {
     fn default() -> Self {
         RocksOptions {
-            block_cache_bytes: 64 << 20,
-            write_buffer_bytes: 64 << 20,
+            block_cache_bytes: 16 << 20,
+            write_buffer_bytes: 32 << 20,
             sync: true,
             read_only: false,
         }
