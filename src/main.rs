@@ -6,7 +6,7 @@
 /// mimalloc, not glibc's malloc: at 100 000 keys and 10 M live requests
 /// (issue 16's point) peak RSS 929-935 -> 889-883 MiB and 1.10-1.13x the
 /// events/s on two cores; on one core with 1 M events 0.97x and +37 MiB
-/// (BENCHMARKS.md, "Allocator"). jemalloc was tried before and raised RSS.
+/// (BENCHMARKS.md, "the allocator (mimalloc)"). jemalloc was tried before and raised RSS.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

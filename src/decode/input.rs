@@ -450,14 +450,15 @@ impl InputConfig {
                 field_paths[i].push(p.display());
             }
         }
+        let absent = self.absent();
         Ok(Some(Mapping {
             format: self.format,
             paths,
             slot_field,
             field_slots,
             field_paths,
-            absent_max_len: self.absent().iter().map(String::len).max().unwrap_or(0),
-            absent: self.absent(),
+            absent_max_len: absent.iter().map(String::len).max().unwrap_or(0),
+            absent,
             time: self.time,
         }))
     }

@@ -219,6 +219,18 @@ fn epoch(d: &Decimal, shift: i32) -> Result<Millis, String> {
     }
 }
 
+/// The unit `auto` reads an epoch number of this magnitude in, as the power
+/// of ten that turns it into milliseconds: seconds below 10^11, then
+/// milliseconds, microseconds, nanoseconds from 10^17.
+fn auto_shift(magnitude: u128) -> i32 {
+    match magnitude {
+        0..100_000_000_000 => 3,
+        100_000_000_000..100_000_000_000_000 => 0,
+        100_000_000_000_000..100_000_000_000_000_000 => -3,
+        _ => -6,
+    }
+}
+
 /// Reads a time as `how` says. `numeric`: it was a JSON number.
 pub fn parse_time(text: &str, numeric: bool, how: TimeFormat) -> Result<Millis, String> {
     let number = || {
@@ -252,11 +264,11 @@ pub fn parse_time(text: &str, numeric: bool, how: TimeFormat) -> Result<Millis, 
             // without building a decimal; exact as the general path is
             let plain = if numeric { text } else { text.trim() };
             if let Some(v) = number::plain_uint(plain) {
-                let ms = match v {
-                    0..100_000_000_000 => v as i128 * 1000,
-                    100_000_000_000..100_000_000_000_000 => v as i128,
-                    100_000_000_000_000..100_000_000_000_000_000 => (v / 1000) as i128,
-                    _ => (v / 1_000_000) as i128,
+                let shift = auto_shift(v as u128);
+                let ms = if shift >= 0 {
+                    v as i128 * 10i128.pow(shift as u32)
+                } else {
+                    (v / 10u64.pow(shift.unsigned_abs())) as i128
                 };
                 return timestamp::from_epoch_millis(ms).map_err(|e| e.to_string());
             }
@@ -265,13 +277,7 @@ pub fn parse_time(text: &str, numeric: bool, how: TimeFormat) -> Result<Millis, 
                     Integral::Int(v) => v.unsigned_abs(),
                     _ => return Err("a number out of range".into()),
                 };
-                let shift = match magnitude {
-                    0..100_000_000_000 => 3,
-                    100_000_000_000..100_000_000_000_000 => 0,
-                    100_000_000_000_000..100_000_000_000_000_000 => -3,
-                    _ => -6,
-                };
-                return epoch(&d, shift);
+                return epoch(&d, auto_shift(magnitude));
             }
             if numeric {
                 return Err("a number out of range".into());
@@ -379,13 +385,7 @@ mod tests {
     fn auto_plain_integers_agree_with_the_decimal_path() {
         let general = |v: u64| -> Result<Millis, String> {
             let d = number::parse_json(&v.to_string()).unwrap();
-            let shift = match v {
-                0..100_000_000_000 => 3,
-                100_000_000_000..100_000_000_000_000 => 0,
-                100_000_000_000_000..100_000_000_000_000_000 => -3,
-                _ => -6,
-            };
-            epoch(&d, shift)
+            epoch(&d, auto_shift(v as u128))
         };
         let mut values = vec![0u64, 1, 999_999_999_999_999_999];
         for b in [

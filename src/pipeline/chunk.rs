@@ -197,7 +197,7 @@ pub struct DecodePool {
 impl DecodePool {
     /// `threads` 0: decode on the caller's thread, one chunk at a time
     /// (reading ahead would only let the chunks decoded first go cold in the
-    /// cache before they are routed: `scan` on one core 1.06-1.14x faster
+    /// cache before they are routed: `scan` on one core 1.02-1.16x faster
     /// with one chunk in flight than with eight, BENCHMARKS.md).
     pub fn new(decoder: Decoder, threads: usize, max_in_flight: usize) -> Self {
         let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
