@@ -136,7 +136,7 @@ pub struct ShardDetector {
     clock: Clock,
     stats: ShardStats,
     usage_cfg: UsageConfig,
-    usage: hashbrown::HashMap<Box<str>, KeyUsage>,
+    usage: UsageMap,
     /// Keys whose usage changed since the last [`ShardDetector::take_dirty_usage`].
     usage_dirty: Vec<Box<str>>,
     /// Keys with sequence numbers not judged yet, by the first one's time
@@ -216,14 +216,14 @@ impl ShardDetector {
     }
 
     /// Per-key usage of this shard.
-    pub fn usage(&self) -> &hashbrown::HashMap<Box<str>, KeyUsage> {
+    pub fn usage(&self) -> &UsageMap {
         &self.usage
     }
 
     /// Restores a key's usage read back from the state store.
     pub fn restore_usage(&mut self, key: &str, mut u: KeyUsage) {
         u.dirty = false;
-        self.usage.insert(key.into(), u);
+        self.usage.insert(key.into(), Box::new(u));
     }
 
     /// A first sighting read back from the sighting log that carries a
@@ -300,7 +300,7 @@ impl ShardDetector {
             self.usage_dirty.push(key.as_str().into());
         }
         usage.dirty = true;
-        self.usage.insert(key.as_str().into(), usage);
+        self.usage.insert(key.as_str().into(), Box::new(usage));
         if let (Some(mut s), Toggle::On) = (seq, self.cfg.sequence) {
             // a fresh shard: nothing of the key waits to be judged yet
             s.buf.clear();
@@ -333,6 +333,9 @@ impl ShardDetector {
     /// The keys whose usage changed since the last call, with their usage.
     pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
         take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
+            .into_iter()
+            .map(|(k, u)| (k, &**u))
+            .collect()
     }
 
     /// As [`ShardDetector::take_dirty_usage`], with each key's sequence
@@ -346,7 +349,7 @@ impl ShardDetector {
         let (seq, seeded) = (&self.seq, &self.seeded);
         take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
             .into_iter()
-            .map(|(k, u)| (k, u, seq.get(k), seeded.get(k).copied()))
+            .map(|(k, u)| (k, &**u, seq.get(k), seeded.get(k).copied()))
             .collect()
     }
 
@@ -654,7 +657,7 @@ impl ShardDetector {
             None => self
                 .usage
                 .entry(key_id.into())
-                .or_insert_with(|| KeyUsage::new(t)),
+                .or_insert_with(|| Box::new(KeyUsage::new(t))),
         };
         if !u.dirty || u.total == 0 {
             self.usage_dirty.push(key_id.into());
@@ -1041,12 +1044,17 @@ struct Sequenced {
     fp: Option<u128>,
 }
 
+/// Per-key usage of a shard. The records are boxed: a table of 100 000
+/// keys then holds pointers (24 bytes a slot, not ~380), so its unused
+/// slots and its growth (old and new table side by side) cost little.
+pub type UsageMap = hashbrown::HashMap<Box<str>, Box<KeyUsage>>;
+
 /// Marks a key's usage record changed, so that the next usage checkpoint
 /// writes and publishes it: the sequence state goes with it to the usage
 /// topic, and a key whose maximum moved while it was quiet must not hand a
 /// stale one over.
 fn touch_usage(
-    usage: &mut hashbrown::HashMap<Box<str>, KeyUsage>,
+    usage: &mut UsageMap,
     dirty: &mut Vec<Box<str>>,
     key: &str,
 ) {

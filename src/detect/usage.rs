@@ -101,68 +101,182 @@ impl Default for UsageConfig {
     }
 }
 
-/// Counts in fixed time buckets; the newest bucket is the last one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Counts in fixed time buckets over a window of `len` buckets ending with
+/// the newest one.
+///
+/// Only the buckets from the oldest non-zero one in the window to the newest
+/// are held (no leading zeros, so equal rings are equal values): a key used
+/// for ten minutes holds ten minute buckets, not sixty, and one hour and one
+/// day bucket. With 100 000 keys that is most of their usage memory
+/// (BENCHMARKS.md, "lazily grown rings"). The stored and published form is
+/// unchanged: the full window in slots `index mod len` ([`DenseRing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
     /// Bucket width.
     pub width: Millis,
-    /// Index (time / width) of the newest bucket.
+    /// Index (time / width) of the newest bucket; `i64::MIN` before the first.
     pub newest: i64,
-    pub counts: Vec<u32>,
+    /// Buckets in the window.
+    len: u32,
+    /// Buckets `newest - held.len() + 1 ..= newest`, oldest first; the first
+    /// is never 0. Older buckets of the window are 0.
+    held: Vec<u32>,
+}
+
+/// The serialized form of a [`Ring`]: every bucket of the window, bucket
+/// `i` in slot `i mod len`.
+#[derive(Serialize, Deserialize)]
+struct DenseRing {
+    width: Millis,
+    newest: i64,
+    counts: Vec<u32>,
+}
+
+impl Serialize for Ring {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let len = self.len as i64;
+        let mut counts = vec![0u32; self.len as usize];
+        if self.newest != i64::MIN {
+            let first = self.newest - self.held.len() as i64 + 1;
+            for (k, &c) in self.held.iter().enumerate() {
+                counts[(first + k as i64).rem_euclid(len) as usize] = c;
+            }
+        }
+        DenseRing {
+            width: self.width,
+            newest: self.newest,
+            counts,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ring {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let DenseRing {
+            width,
+            newest,
+            counts,
+        } = DenseRing::deserialize(d)?;
+        if counts.is_empty() || counts.len() > u32::MAX as usize {
+            return Err(serde::de::Error::custom("a ring without buckets"));
+        }
+        let len = counts.len() as i64;
+        let mut held = Vec::new();
+        if newest != i64::MIN {
+            // oldest first, leading zeros dropped
+            let window = (newest - len + 1..=newest).map(|i| counts[i.rem_euclid(len) as usize]);
+            held.extend(window.skip_while(|&c| c == 0));
+            held.shrink_to_fit();
+        }
+        Ok(Ring {
+            width,
+            newest,
+            len: len as u32,
+            held,
+        })
+    }
 }
 
 impl Ring {
     pub fn new(width: Millis, len: usize) -> Self {
+        assert!(len > 0 && len <= u32::MAX as usize, "a ring holds buckets");
         Ring {
             width,
             newest: i64::MIN,
-            counts: vec![0; len],
+            len: len as u32,
+            held: Vec::new(),
         }
     }
 
-    fn slot(&self, idx: i64) -> usize {
-        idx.rem_euclid(self.counts.len() as i64) as usize
+    /// Index of the oldest bucket held (meaningful when `held` is not empty).
+    fn first_held(&self) -> i64 {
+        self.newest - self.held.len() as i64 + 1
     }
 
     pub fn add(&mut self, t: Millis, n: u32) {
         let idx = t.div_euclid(self.width);
-        let len = self.counts.len() as i64;
+        let len = self.len as i64;
         if self.newest == i64::MIN {
             self.newest = idx;
         }
         if idx > self.newest {
-            // clear the buckets that fall out of the window
-            let gap = (idx - self.newest).min(len);
-            for k in 1..=gap {
-                let s = self.slot(self.newest + k);
-                self.counts[s] = 0;
-            }
+            let gap = idx - self.newest;
             self.newest = idx;
+            if self.held.is_empty() {
+                // nothing held: the new bucket starts it (below)
+            } else if gap >= len {
+                self.held.clear();
+            } else {
+                let keep = (len - gap).min(self.held.len() as i64) as usize;
+                let drop = self.held.len() - keep;
+                if drop > 0 {
+                    self.held.drain(..drop);
+                }
+                let want = keep + gap as usize;
+                if want > self.held.capacity() {
+                    // grow towards the window, never past it
+                    let target = (self.held.capacity() * 2).max(want).min(self.len as usize);
+                    self.held.reserve_exact(target - self.held.len());
+                }
+                self.held.resize(want, 0);
+                let lead = self.held.iter().take_while(|&&c| c == 0).count();
+                if lead > 0 {
+                    self.held.drain(..lead);
+                }
+            }
         } else if idx <= self.newest - len {
             return; // older than the window
         }
-        let s = self.slot(idx);
-        self.counts[s] = self.counts[s].saturating_add(n);
+        if n == 0 {
+            return;
+        }
+        if self.held.is_empty() {
+            // buckets idx ..= newest
+            let want = (self.newest - idx + 1) as usize;
+            self.held.reserve_exact(want.max(4).min(self.len as usize));
+            self.held.resize(want, 0);
+            self.held[0] = n;
+            return;
+        }
+        let first = self.first_held();
+        if idx < first {
+            // a late request older than every bucket held: grow at the front
+            let pad = (first - idx) as usize;
+            self.held.splice(0..0, std::iter::repeat(0).take(pad));
+            self.held[0] = n;
+        } else {
+            let c = &mut self.held[(idx - first) as usize];
+            *c = c.saturating_add(n);
+        }
     }
 
     /// Count of the bucket holding `t` (0 when outside the window).
     pub fn get(&self, t: Millis) -> u32 {
-        let idx = t.div_euclid(self.width);
-        if self.newest == i64::MIN
-            || idx > self.newest
-            || idx <= self.newest - self.counts.len() as i64
-        {
+        self.bucket(t.div_euclid(self.width))
+    }
+
+    /// Count of bucket `idx`.
+    fn bucket(&self, idx: i64) -> u32 {
+        if self.newest == i64::MIN || idx > self.newest || self.held.is_empty() {
+            return 0;
+        }
+        let first = self.first_held();
+        if idx < first {
             0
         } else {
-            self.counts[self.slot(idx)]
+            self.held[(idx - first) as usize]
         }
     }
 
     /// Sum over buckets whose start lies in [from, to].
     pub fn sum(&self, from: Millis, to: Millis) -> u64 {
+        if self.newest == i64::MIN || self.held.is_empty() {
+            return 0;
+        }
         let (a, b) = (from.div_euclid(self.width), to.div_euclid(self.width));
-        (a.max(self.newest - self.counts.len() as i64 + 1)..=b.min(self.newest))
-            .map(|i| self.counts[self.slot(i)] as u64)
+        (a.max(self.first_held())..=b.min(self.newest))
+            .map(|i| self.bucket(i) as u64)
             .sum()
     }
 
@@ -171,9 +285,9 @@ impl Ring {
         if self.newest == i64::MIN {
             return Vec::new();
         }
-        let len = self.counts.len() as i64;
+        let len = self.len as i64;
         (self.newest - len + 1..=self.newest)
-            .map(|i| (i * self.width, self.counts[self.slot(i)]))
+            .map(|i| (i * self.width, self.bucket(i)))
             .collect()
     }
 }

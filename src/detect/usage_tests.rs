@@ -51,6 +51,130 @@ fn ring_counts_sums_and_forgets() {
     );
 }
 
+/// The ring as it was before it held only its used buckets: every bucket of
+/// the window in slot `index mod len` (also its stored form). The model the
+/// lazily grown [`Ring`] must agree with.
+#[derive(Serialize)]
+struct DenseModel {
+    width: Millis,
+    newest: i64,
+    counts: Vec<u32>,
+}
+
+impl DenseModel {
+    fn new(width: Millis, len: usize) -> Self {
+        DenseModel {
+            width,
+            newest: i64::MIN,
+            counts: vec![0; len],
+        }
+    }
+
+    fn slot(&self, idx: i64) -> usize {
+        idx.rem_euclid(self.counts.len() as i64) as usize
+    }
+
+    fn add(&mut self, t: Millis, n: u32) {
+        let idx = t.div_euclid(self.width);
+        let len = self.counts.len() as i64;
+        if self.newest == i64::MIN {
+            self.newest = idx;
+        }
+        if idx > self.newest {
+            let gap = (idx - self.newest).min(len);
+            for k in 1..=gap {
+                let s = self.slot(self.newest + k);
+                self.counts[s] = 0;
+            }
+            self.newest = idx;
+        } else if idx <= self.newest - len {
+            return;
+        }
+        let s = self.slot(idx);
+        self.counts[s] = self.counts[s].saturating_add(n);
+    }
+
+    fn get(&self, t: Millis) -> u32 {
+        let idx = t.div_euclid(self.width);
+        if self.newest == i64::MIN
+            || idx > self.newest
+            || idx <= self.newest - self.counts.len() as i64
+        {
+            0
+        } else {
+            self.counts[self.slot(idx)]
+        }
+    }
+
+    fn sum(&self, from: Millis, to: Millis) -> u64 {
+        let (a, b) = (from.div_euclid(self.width), to.div_euclid(self.width));
+        (a.max(self.newest - self.counts.len() as i64 + 1)..=b.min(self.newest))
+            .map(|i| self.counts[self.slot(i)] as u64)
+            .sum()
+    }
+
+    fn series(&self) -> Vec<(Millis, u32)> {
+        if self.newest == i64::MIN {
+            return Vec::new();
+        }
+        let len = self.counts.len() as i64;
+        (self.newest - len + 1..=self.newest)
+            .map(|i| (i * self.width, self.counts[self.slot(i)]))
+            .collect()
+    }
+}
+
+proptest::proptest! {
+    /// Any sequence of additions (in order, late, older than the window,
+    /// after gaps longer than it, of zero) leaves the ring and the dense
+    /// model with the same counts, sums, series and stored bytes; the stored
+    /// bytes read back give an equal ring.
+    #[test]
+    fn ring_agrees_with_the_dense_model(
+        len in 1usize..8,
+        steps in proptest::collection::vec((-12i64..30, 0u32..4, 0u8..10), 0..60),
+    ) {
+        let w = 1_000;
+        let mut r = Ring::new(w, len);
+        let mut m = DenseModel::new(w, len);
+        let mut t = T0;
+        for (dt, n, jump) in steps {
+            // mostly small moves around the newest bucket, sometimes a long gap
+            t += if jump == 0 { 40 * w } else { dt * w / 3 };
+            r.add(t, n);
+            m.add(t, n);
+            for probe in -10..3 {
+                let p = t + probe * w;
+                proptest::prop_assert_eq!(r.get(p), m.get(p));
+                proptest::prop_assert_eq!(r.sum(p - 3 * w, p), m.sum(p - 3 * w, p));
+            }
+            proptest::prop_assert_eq!(r.series(), m.series());
+            let bytes = postcard::to_stdvec(&r).unwrap();
+            proptest::prop_assert_eq!(&bytes, &postcard::to_stdvec(&m).unwrap());
+            let back: Ring = postcard::from_bytes(&bytes).unwrap();
+            proptest::prop_assert_eq!(&back, &r);
+        }
+    }
+}
+
+#[test]
+fn a_ring_holds_only_the_buckets_it_used() {
+    let mut r = Ring::new(MINUTE, 60);
+    for m in 0..10 {
+        r.add(T0 + m * MINUTE, 1);
+    }
+    assert_eq!(r.held.len(), 10);
+    assert!(r.held.capacity() <= 16, "{}", r.held.capacity());
+    for m in 10..200 {
+        r.add(T0 + m * MINUTE, 1);
+    }
+    assert_eq!(r.held.len(), 60);
+    assert_eq!(r.held.capacity(), 60, "never grown past its window");
+    r.add(T0 + 1000 * MINUTE, 0);
+    assert!(r.held.is_empty(), "a gap longer than the window empties it");
+    assert_eq!(r.sum(T0, T0 + 1000 * MINUTE), 0);
+}
+
 /// `per_minute` requests in each of `minutes` minutes from `start`.
 fn steady(start: Millis, minutes: i64, per_minute: i64) -> Vec<AccessEvent<'static>> {
     (0..minutes)

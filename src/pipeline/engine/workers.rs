@@ -223,7 +223,7 @@ impl<S: StateStore> Worker<S> {
                 for k in keys.iter() {
                     for s in self.shards.values() {
                         if let Some(u) = s.det.usage().get(k.as_str()) {
-                            out.push((k.clone(), u.clone()));
+                            out.push((k.clone(), (**u).clone()));
                         }
                     }
                 }
