@@ -1053,11 +1053,7 @@ pub type UsageMap = hashbrown::HashMap<Box<str>, Box<KeyUsage>>;
 /// writes and publishes it: the sequence state goes with it to the usage
 /// topic, and a key whose maximum moved while it was quiet must not hand a
 /// stale one over.
-fn touch_usage(
-    usage: &mut UsageMap,
-    dirty: &mut Vec<Box<str>>,
-    key: &str,
-) {
+fn touch_usage(usage: &mut UsageMap, dirty: &mut Vec<Box<str>>, key: &str) {
     if let Some(u) = usage.get_mut(key) {
         if !u.dirty {
             u.dirty = true;
