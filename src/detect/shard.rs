@@ -404,7 +404,7 @@ impl ShardDetector {
     /// a later record that is no longer live removes it (as it did live).
     pub fn restore_window(&mut self, fp: u128, t: Millis, seg: u32) {
         if self.restorable(t) {
-            self.index.nonces.insert(fp as u64, index::pack(t, seg));
+            self.index.insert_window(fp as u64, t, seg);
         } else {
             self.index.nonces.remove(&(fp as u64));
         }
@@ -784,10 +784,10 @@ impl ShardDetector {
         event_id: &str,
         log: &mut L,
     ) -> Result<Option<RequestContext>, LookupError> {
-        let Some(v) = self.index.nonces.get(&(fp as u64)).copied() else {
+        let Some(&seg) = self.index.nonces.get(&(fp as u64)) else {
             return Ok(None);
         };
-        let Some(w) = log.window(index::aux(v), fp)? else {
+        let Some(w) = log.window(seg, fp)? else {
             return Ok(None);
         };
         let info = std::iter::once(&w.first)
@@ -887,7 +887,7 @@ impl ShardDetector {
         let t = first.received_at;
         let keep = replaces.map_or(t, |r| r.max(t));
         let seg = log.append_window(&WindowRecord { fp, first, prev }, keep);
-        self.index.nonces.insert(fp as u64, index::pack(t, seg));
+        self.index.insert_window(fp as u64, t, seg);
     }
 
     /// Duplicate detection and the replay rule. Returns `Some` verdict when
@@ -949,22 +949,26 @@ impl ShardDetector {
             // kept with the sighting for the sequence rule's restart
             seq: seq.n.map(|n| (key_id, n)),
         };
+        // the window's segment, unless the watermark has passed all of it
         let current = self
             .index
-            .nonces
-            .get(&(nfp as u64))
-            .copied()
-            .filter(|&v| self.live(index::time(v, max_seen), wm));
-        let Some(v) = current else {
+            .window_segment(nfp as u64, wm.saturating_sub(self.cfg.retention_ms));
+        let Some(seg) = current else {
             self.start_window(nfp, me, None, None, log);
             return Ok(None);
         };
-        let Some(w) = log.window(index::aux(v), nfp)? else {
-            // another (key, nonce) with the same 64-bit fingerprint: the newer takes the slot
+        let Some(w) = log.window(seg, nfp)? else {
+            // another (key, nonce) with the same 64-bit fingerprint: the newer
+            // takes the slot, and its record outlives the segment of the other
             self.stats.fingerprint_conflicts += 1;
-            self.start_window(nfp, me, None, Some(index::time(v, max_seen)), log);
+            let replaces = self.index.segment_newest(seg);
+            self.start_window(nfp, me, None, replaces, log);
             return Ok(None);
         };
+        if !self.live(w.first.received_at, wm) {
+            self.start_window(nfp, me, None, None, log);
+            return Ok(None);
+        }
         if w.first.event_id == me.event_id {
             return Ok(Some(if w.first.pos == pos {
                 Verdict::Reprocessed

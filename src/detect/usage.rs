@@ -243,7 +243,7 @@ impl Ring {
         if idx < first {
             // a late request older than every bucket held: grow at the front
             let pad = (first - idx) as usize;
-            self.held.splice(0..0, std::iter::repeat(0).take(pad));
+            self.held.splice(0..0, std::iter::repeat_n(0, pad));
             self.held[0] = n;
         } else {
             let c = &mut self.held[(idx - first) as usize];
