@@ -1001,3 +1001,75 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+/// A sighting log whose segments hold several windows, as the durable one's
+/// do: a window's segment stays live while any window in it is, so the
+/// index has to judge an entry by its record's own time.
+struct SharedSegmentLog {
+    per_segment: usize,
+    windows: Vec<(u32, OwnedWindow)>,
+}
+
+impl SightingLog for SharedSegmentLog {
+    fn append_window(&mut self, rec: &WindowRecord<&str>, _keep_until: Millis) -> u32 {
+        let seg = (self.windows.len() / self.per_segment) as u32;
+        let owned = WindowRecord {
+            fp: rec.fp,
+            first: rec.first.to_owned(),
+            prev: rec.prev.as_ref().map(|p| p.to_owned()),
+        };
+        self.windows.push((seg, owned));
+        seg
+    }
+
+    fn append_event(&mut self, _fp: u64, _received_at: Millis, _pos_hash: u32) {}
+
+    fn window(&mut self, seg: u32, fp: u128) -> Result<Option<OwnedWindow>, LookupError> {
+        Ok(self
+            .windows
+            .iter()
+            .rev()
+            .find(|(s, w)| *s == seg && w.fp == fp)
+            .map(|(_, w)| w.clone()))
+    }
+}
+
+#[test]
+fn a_window_expires_by_its_own_time_while_its_segment_lives_on() {
+    let cfg = DetectConfig::default();
+    let (r, l) = (cfg.retention_ms, cfg.allowed_lateness_ms);
+    let mut det = ShardDetector::new(cfg, 42);
+    let mut log = SharedSegmentLog {
+        per_segment: 100,
+        windows: Vec::new(),
+    };
+    let lc = LifecycleTable::default();
+    let mut pos = 0;
+    let mut feed = |det: &mut ShardDetector, log: &mut SharedSegmentLog, e: AccessEvent<'_>| {
+        pos += 1;
+        let mut out = vec![];
+        det.process(&e, Position::new(0, pos), &lc, log, &mut out)
+            .unwrap();
+        out
+    };
+    // a opens n's window at T0; b, in the same segment, keeps it live to T0 + r
+    assert!(feed(&mut det, &mut log, ev("a", T0, "k", Some("n"))).is_empty());
+    assert!(feed(&mut det, &mut log, ev("b", T0 + r, "k", Some("m"))).is_empty());
+    // exactly at the retention, arriving late: still a replay of a
+    let out = feed(&mut det, &mut log, ev("c", T0 + r, "k", Some("n")));
+    assert_eq!(out.len(), 1);
+    assert_eq!(replay_first(&out[0]), "a");
+    // the watermark passes a's window (not its segment): n starts afresh
+    let wm_past = T0 + r + l + 1;
+    assert!(feed(&mut det, &mut log, ev("x", wm_past, "k2", None)).is_empty());
+    assert_eq!(det.watermark(), Some(T0 + r + 1));
+    assert!(feed(&mut det, &mut log, ev("d", wm_past, "k", Some("n"))).is_empty());
+    // ...and the next use of n is a replay of d, not of a
+    let out = feed(&mut det, &mut log, ev("e", wm_past + 1, "k", Some("n")));
+    assert_eq!(out.len(), 1);
+    assert_eq!(replay_first(&out[0]), "d");
+    // m (b's nonce) is still live in the same segment
+    let out = feed(&mut det, &mut log, ev("f", wm_past + 2, "k", Some("m")));
+    assert_eq!(out.len(), 1);
+    assert_eq!(replay_first(&out[0]), "b");
+}
