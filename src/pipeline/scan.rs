@@ -137,10 +137,16 @@ impl std::fmt::Display for ScanSummary {
             self.events_per_second()
         )?;
         writeln!(f, "  alerts:        {}", s.alerts_total())?;
+        // one column for the counts, a space after the longest kind
+        let width = AlertKind::ALL
+            .iter()
+            .map(|k| k.as_str().len() + 1)
+            .max()
+            .unwrap_or(0);
         for k in AlertKind::ALL {
             let n = s.alerts[k.index()];
             if n > 0 {
-                writeln!(f, "    {:<17}{}", k.as_str(), n)?;
+                writeln!(f, "    {:<width$}{}", k.as_str(), n)?;
             }
         }
         writeln!(
@@ -550,5 +556,46 @@ impl AlertSink for CountingSink<'_> {
         self.inner.deliver(batch)?;
         self.n += batch.len();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_keeps_a_space_between_every_kind_and_its_count() {
+        let mut totals = Totals::default();
+        for k in AlertKind::ALL {
+            totals.stats.alerts[k.index()] = 27;
+        }
+        let summary = ScanSummary {
+            totals,
+            lifecycle_records: 0,
+            elapsed: Duration::from_secs(1),
+            delivered: 0,
+            state_dir: None,
+            format: crate::decode::Format::default(),
+            mostly_dead: Vec::new(),
+            stages: StageTimes::default(),
+            threads: 1,
+        };
+        let text = summary.to_string();
+        let mut columns = std::collections::BTreeSet::new();
+        for k in AlertKind::ALL {
+            // the kind's line: indented, the kind, then its count
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.strip_prefix("    ")
+                        .and_then(|r| r.strip_prefix(k.as_str()))
+                        .is_some_and(|r| r.trim_start() == "27")
+                })
+                .unwrap_or_else(|| panic!("{} listed:\n{text}", k.as_str()));
+            let rest = &line[4 + k.as_str().len()..];
+            assert!(rest.starts_with(' '), "{line:?}");
+            columns.insert(line.find("27").unwrap());
+        }
+        assert_eq!(columns.len(), 1, "counts in one column:\n{text}");
     }
 }
