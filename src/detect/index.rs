@@ -183,15 +183,10 @@ impl Index {
                 }
             }
             // segments come in order; an older one only if a log hands them out otherwise
-            Some((s, _)) if age(s, seg) < u32::MAX / 2 => {
-                match self
-                    .segs
-                    .binary_search_by(|&(x, _)| age(s, seg).cmp(&age(s, x)))
-                {
-                    Ok(i) => self.segs[i].1 = self.segs[i].1.max(t),
-                    Err(i) => self.segs.insert(i, (seg, t)),
-                }
-            }
+            Some((s, _)) if age(s, seg) < u32::MAX / 2 => match self.seg_slot(s, seg) {
+                Ok(i) => self.segs[i].1 = self.segs[i].1.max(t),
+                Err(i) => self.segs.insert(i, (seg, t)),
+            },
             _ => self.segs.push_back((seg, t)),
         }
     }
@@ -200,10 +195,14 @@ impl Index {
     /// still hold live ones.
     pub fn segment_newest(&self, seg: SegRef) -> Option<Millis> {
         let &(newest, _) = self.segs.back()?;
+        self.seg_slot(newest, seg).ok().map(|i| self.segs[i].1)
+    }
+
+    /// Where `seg` is (or would go) in `segs`, which is in segment order:
+    /// ages relative to `newest`, a segment no newer than it, fall along it.
+    fn seg_slot(&self, newest: SegRef, seg: SegRef) -> Result<usize, usize> {
         self.segs
             .binary_search_by(|&(x, _)| age(newest, seg).cmp(&age(newest, x)))
-            .ok()
-            .map(|i| self.segs[i].1)
     }
 
     /// The segment of `fp`'s window, unless every window start in it is
