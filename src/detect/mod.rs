@@ -22,7 +22,7 @@ pub use sequence::number as sequence_number;
 pub use sequence::{EventId, SeqState};
 pub use shard::{Clock, KeySeed, ShardDetector, ShardStats, UsageMode, Verdict};
 pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
-pub use usage::{KeyUsage, UsageConfig};
+pub use usage::{usage_slice, KeyUsage, UsageConfig, USAGE_SLICES};
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use super::lifecycle::{self, LifecycleTable};
 use super::sequence::{self, SeqEntry, SeqState};
 use super::sighting::{LookupError, SightingInfo, SightingLog, WindowRecord};
 use super::skew;
-use super::usage::{self, KeyUsage, UsageConfig};
+use super::usage::{self, DirtyKeys, KeyUsage, UsageConfig};
 use crate::schema::alert::{
     self, ReplayBasis, ReplayEvidence, RequestContext, SequenceEvidence, Sighting,
 };
@@ -137,8 +137,8 @@ pub struct ShardDetector {
     stats: ShardStats,
     usage_cfg: UsageConfig,
     usage: UsageMap,
-    /// Keys whose usage changed since the last [`ShardDetector::take_dirty_usage`].
-    usage_dirty: Vec<Box<str>>,
+    /// Keys whose usage changed since they were last taken, by checkpoint slice.
+    usage_dirty: DirtyKeys,
     /// Keys with sequence numbers not judged yet, by the first one's time
     /// (keys by their number, [`SeqState::id`]).
     seq_pending: std::collections::BTreeSet<(Millis, u32)>,
@@ -200,7 +200,7 @@ impl ShardDetector {
             stats: ShardStats::default(),
             usage_cfg: UsageConfig::default(),
             usage: hashbrown::HashMap::new(),
-            usage_dirty: Vec::new(),
+            usage_dirty: DirtyKeys::default(),
             seq_pending: std::collections::BTreeSet::new(),
             seq_keys: Vec::new(),
             seq: hashbrown::HashMap::new(),
@@ -273,7 +273,9 @@ impl ShardDetector {
 
     /// The keys whose sequence state changed since the last call, with it.
     pub fn take_dirty_seq(&mut self) -> Vec<(&str, &SeqState)> {
-        take_dirty(&mut self.seq, &mut self.seq_dirty, |s| s.dirty = false)
+        take_dirty(&mut self.seq, std::mem::take(&mut self.seq_dirty), |s| {
+            s.dirty = false
+        })
     }
 
     /// The sequence state of every key (for tests and reports).
@@ -297,7 +299,7 @@ impl ShardDetector {
         } = seed;
         // listed once, however often it is marked
         if !self.usage.get(key.as_str()).is_some_and(|old| old.dirty) {
-            self.usage_dirty.push(key.as_str().into());
+            self.usage_dirty.push(key.as_str());
         }
         usage.dirty = true;
         self.usage.insert(key.as_str().into(), Box::new(usage));
@@ -330,24 +332,33 @@ impl ShardDetector {
         !self.usage_dirty.is_empty()
     }
 
+    /// Whether the usage of a key of checkpoint slice `slice` (see
+    /// [`usage::usage_slice`]) changed since it was last taken.
+    pub fn usage_slice_dirty(&self, slice: usize) -> bool {
+        self.usage_dirty.slice_dirty(slice)
+    }
+
     /// The keys whose usage changed since the last call, with their usage.
     pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
-        take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
+        let keys = self.usage_dirty.take(0..usage::USAGE_SLICES);
+        take_dirty(&mut self.usage, keys, |u| u.dirty = false)
             .into_iter()
             .map(|(k, u)| (k, &**u))
             .collect()
     }
 
-    /// As [`ShardDetector::take_dirty_usage`], with each key's sequence
-    /// state (rule on) and, for usage handed over while the shard is
-    /// rebuilt, the offset it counts up to: what a usage checkpoint
-    /// publishes.
+    /// As [`ShardDetector::take_dirty_usage`], for the keys of the
+    /// checkpoint slices in `slices`, with each key's sequence state (rule
+    /// on) and, for usage handed over while the shard is rebuilt, the offset
+    /// it counts up to: what a usage checkpoint publishes.
     #[allow(clippy::type_complexity)]
     pub fn take_dirty_usage_for_checkpoint(
         &mut self,
+        slices: std::ops::Range<usize>,
     ) -> Vec<(&str, &KeyUsage, Option<&SeqState>, Option<u64>)> {
         let (seq, seeded) = (&self.seq, &self.seeded);
-        take_dirty(&mut self.usage, &mut self.usage_dirty, |u| u.dirty = false)
+        let keys = self.usage_dirty.take(slices);
+        take_dirty(&mut self.usage, keys, |u| u.dirty = false)
             .into_iter()
             .map(|(k, u)| (k, &**u, seq.get(k), seeded.get(k).copied()))
             .collect()
@@ -660,7 +671,7 @@ impl ShardDetector {
                 .or_insert_with(|| Box::new(KeyUsage::new(t))),
         };
         if !u.dirty || u.total == 0 {
-            self.usage_dirty.push(key_id.into());
+            self.usage_dirty.push(key_id);
         }
         usage::observe(&self.usage_cfg, u, ev, out);
     }
@@ -1057,22 +1068,21 @@ pub type UsageMap = hashbrown::HashMap<Box<str>, Box<KeyUsage>>;
 /// writes and publishes it: the sequence state goes with it to the usage
 /// topic, and a key whose maximum moved while it was quiet must not hand a
 /// stale one over.
-fn touch_usage(usage: &mut UsageMap, dirty: &mut Vec<Box<str>>, key: &str) {
+fn touch_usage(usage: &mut UsageMap, dirty: &mut DirtyKeys, key: &str) {
     if let Some(u) = usage.get_mut(key) {
         if !u.dirty {
             u.dirty = true;
-            dirty.push(key.into());
+            dirty.push(key);
         }
     }
 }
 
-/// The entries of `map` listed in `dirty` (emptied), each marked clean.
-fn take_dirty<'a, V>(
-    map: &'a mut hashbrown::HashMap<Box<str>, V>,
-    dirty: &mut Vec<Box<str>>,
+/// The entries of `map` listed in `keys`, each marked clean.
+fn take_dirty<V>(
+    map: &mut hashbrown::HashMap<Box<str>, V>,
+    keys: Vec<Box<str>>,
     clean: impl Fn(&mut V),
-) -> Vec<(&'a str, &'a V)> {
-    let keys = std::mem::take(dirty);
+) -> Vec<(&str, &V)> {
     for k in &keys {
         if let Some(v) = map.get_mut(k) {
             clean(v);

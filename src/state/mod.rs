@@ -117,11 +117,30 @@ pub struct ShardMeta {
     /// `positions`: usage is written at checkpoints, not with every commit,
     /// and after a restart the records from here to `positions` are read
     /// again for usage only. `None`: usage covers `positions`.
-    #[serde(default)]
+    ///
+    /// Written by stores before usage checkpoints came in slices; read as
+    /// every slice being at this position (see [`ShardMeta::usage_behind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_positions: Option<BTreeMap<u32, u64>>,
+    /// The checkpoint slices (see [`crate::detect::usage_slice`]) whose usage
+    /// records are behind `positions`, with the input position each covers:
+    /// a usage checkpoint writes one slice a commit, and after a restart the
+    /// records from a slice's position to `positions` are read again for the
+    /// usage of its keys only. A slice not listed covers `positions`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage_behind: BTreeMap<u8, BTreeMap<u32, u64>>,
 }
 
 impl ShardMeta {
+    /// Reads a store's whole-shard usage position as one per slice.
+    pub fn upgrade_usage_positions(&mut self) {
+        if let Some(p) = self.usage_positions.take() {
+            for slice in 0..crate::detect::USAGE_SLICES as u8 {
+                self.usage_behind.entry(slice).or_insert_with(|| p.clone());
+            }
+        }
+    }
+
     pub fn clock(&self) -> Clock {
         Clock {
             max_seen: self.max_seen,
@@ -148,7 +167,7 @@ pub struct Commit {
     pub segment_floors: Vec<(u32, u64)>,
     pub lifecycle: Vec<LifecycleEvent>,
     /// Per-key usage records (shard, key_id, postcard bytes): only at a
-    /// usage checkpoint (see [`ShardMeta::usage_positions`]).
+    /// usage checkpoint, a slice of keys at a time (see [`ShardMeta::usage_behind`]).
     pub usage: Vec<(u32, String, Vec<u8>)>,
     /// Per-key sequence-rule state (shard, key_id, postcard bytes).
     pub sequence: Vec<(u32, String, Vec<u8>)>,
@@ -294,4 +313,33 @@ pub fn lifecycle_key(ev: &LifecycleEvent) -> Vec<u8> {
     k.extend_from_slice(ev.key_id.as_bytes());
     k.extend_from_slice(&((ev.at as u64) ^ (1 << 63)).to_be_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_shard_usage_position_reads_as_every_slice_behind() {
+        // a store written before checkpoints came in slices
+        let at: BTreeMap<u32, u64> = [(0, 1_234), (3, 77)].into();
+        let old = ShardMeta {
+            usage_positions: Some(at.clone()),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("usage_behind"), "{json}");
+        let mut meta: ShardMeta = serde_json::from_str(&json).unwrap();
+        meta.upgrade_usage_positions();
+        assert_eq!(meta.usage_positions, None);
+        assert_eq!(meta.usage_behind.len(), crate::detect::USAGE_SLICES);
+        assert!(meta.usage_behind.values().all(|p| *p == at));
+        // written again: slices only, and read back the same
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(!json.contains("usage_positions"), "{json}");
+        assert_eq!(serde_json::from_str::<ShardMeta>(&json).unwrap(), meta);
+        // usage that covers its positions writes neither
+        let json = serde_json::to_string(&ShardMeta::default()).unwrap();
+        assert!(!json.contains("usage"), "{json}");
+    }
 }

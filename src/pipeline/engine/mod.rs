@@ -52,7 +52,8 @@ use super::PipelineError;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder};
 use crate::detect::{
-    DetectConfig, KeySeed, KeyUsage, LifecycleTable, ShardStats, UsageConfig, UsageMode,
+    usage_slice, DetectConfig, KeySeed, KeyUsage, LifecycleTable, ShardStats, UsageConfig,
+    UsageMode, USAGE_SLICES,
 };
 use crate::schema::{LifecycleEvent, Millis};
 use crate::sink::{AlertSink, DeadLetter, DeadLetterSink};
@@ -149,20 +150,21 @@ struct Stream {
     catchup: Option<Catchup>,
 }
 
-/// The records a stream reads again for usage: per source, from where a
-/// shard's usage stands (`from`, per shard behind) to the committed
-/// position (`until`).
+/// The records a stream reads again for usage: per source, from where the
+/// usage of a shard's checkpoint slice stands (`from`, per (shard, slice)
+/// behind) to the committed position (`until`).
 #[derive(Debug, Clone)]
 struct Catchup {
-    from: HashMap<u32, BTreeMap<u32, u64>>,
+    from: HashMap<(u32, u8), BTreeMap<u32, u64>>,
     until: BTreeMap<u32, u64>,
 }
 
 impl Catchup {
-    /// How a record at `offset` of `source` is read by `shard`.
+    /// How a record at `offset` of `source` is read by `shard`, for a key
+    /// of checkpoint slice `slice` (`None`: no key, no usage).
     #[inline]
-    fn mode(&self, shard: u32, source: u32, offset: u64) -> UsageMode {
-        let Some(from) = self.from.get(&shard) else {
+    fn mode(&self, shard: u32, slice: Option<usize>, source: u32, offset: u64) -> UsageMode {
+        let Some(from) = slice.and_then(|sl| self.from.get(&(shard, sl as u8))) else {
             return UsageMode::Normal;
         };
         match self.until.get(&source) {
@@ -275,8 +277,15 @@ pub struct Engine<S: StateStore> {
     detect_busy_reported: std::time::Duration,
     /// Writes commits off the routing thread (with detect threads).
     writer: Option<Writer>,
-    /// The next commit writes usage (asked for, or its interval passed).
+    /// The next commit begins a usage checkpoint that callers wait for
+    /// ([`Engine::checkpoint_usage`]).
     checkpoint_due: bool,
+    /// The checkpoint slice the next commit writes, while a usage
+    /// checkpoint is in progress (one slice a commit).
+    checkpoint_next: Option<usize>,
+    /// The checkpoint in progress was asked for: [`Engine::commit`] goes on
+    /// until it is complete.
+    checkpoint_forced: bool,
     last_checkpoint: Instant,
     /// Requests routed since the last usage checkpoint began.
     routed_since_checkpoint: u64,
@@ -420,6 +429,8 @@ impl<S: StateStore> Engine<S> {
             detect_busy_reported: std::time::Duration::ZERO,
             writer,
             checkpoint_due: false,
+            checkpoint_next: None,
+            checkpoint_forced: false,
             last_checkpoint: Instant::now(),
             routed_since_checkpoint: 0,
             collect_usage: false,
@@ -491,11 +502,11 @@ impl<S: StateStore> Engine<S> {
             dirty: true,
             catchup: None,
         };
-        let mut usage_from: HashMap<u32, BTreeMap<u32, u64>> = HashMap::new();
+        let mut usage_from: HashMap<(u32, u8), BTreeMap<u32, u64>> = HashMap::new();
         for (k, o) in opened.into_iter().enumerate() {
             stream.max_seen = stream.max_seen.max(o.max_seen);
-            if let Some(u) = o.usage_positions {
-                usage_from.insert(ids[k].0, u);
+            for (slice, u) in o.usage_behind {
+                usage_from.insert((ids[k].0, slice), u);
             }
             // the shards of a stream commit together; should they ever
             // differ, the lowest position re-reads the rest (recognised as
@@ -659,16 +670,26 @@ impl<S: StateStore> Engine<S> {
     pub fn usage_counted_to(&self, stream: u32) -> Option<u64> {
         let s = self.streams.get(&stream)?;
         let committed = self.committed.get(&stream)?;
-        if s.live_from.is_some() || s.catchup.is_some() || committed.len() != 1 {
+        if s.live_from.is_some()
+            || s.catchup.is_some()
+            || committed.len() != 1
+            || self.checkpoint_in_progress()
+        {
             return None;
         }
         committed.values().next().copied()
     }
 
-    /// Whether requests were routed since the last usage checkpoint (the
-    /// usage in the store is behind what is live).
+    /// Whether requests were routed since the last usage checkpoint began,
+    /// or one is in progress (the usage in the store is behind what is live).
     pub fn usage_behind(&self) -> bool {
-        self.routed_since_checkpoint > 0
+        self.routed_since_checkpoint > 0 || self.checkpoint_in_progress()
+    }
+
+    /// Whether a usage checkpoint is asked for or not complete: its slices
+    /// go with the next commits, one a commit.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.checkpoint_due || self.checkpoint_next.is_some()
     }
 
     /// Adds a lifecycle record; it is persisted with the next commit and
@@ -745,7 +766,14 @@ impl<S: StateStore> Engine<S> {
                     .map(|ev| st.shards[route(ev, st.shards.len())]);
                 // read before `advance`, which ends the catch-up at its last record
                 let usage = match (&st.catchup, shard) {
-                    (Some(c), Some(shard)) => c.mode(shard, rec.pos.source, rec.pos.offset),
+                    (Some(c), Some(shard)) => {
+                        let slice = decoded
+                            .as_ref()
+                            .ok()
+                            .and_then(|ev| ev.key_id.as_deref())
+                            .map(usage_slice);
+                        c.mode(shard, slice, rec.pos.source, rec.pos.offset)
+                    }
                     _ => UsageMode::Normal,
                 };
                 st.advance(rec.pos.source, rec.pos.offset + 1);
@@ -879,14 +907,27 @@ impl<S: StateStore> Engine<S> {
     /// waiting for it: a commit in flight first, then a new one. When the
     /// store refuses (disk full, I/O error) nothing is lost: the commit is
     /// kept and retried first by the next call.
+    ///
+    /// A usage checkpoint asked for ([`Engine::checkpoint_usage`]) is
+    /// complete when this returns: its slices go with as many commits.
     pub fn commit(&mut self, dlq: &mut dyn DeadLetterSink) -> Result<CommitInfo, PipelineError> {
         if self.pending.is_some() {
             self.finish_commit(true)?;
         }
-        self.begin_commit(dlq)?;
-        Ok(self
-            .finish_commit(true)?
-            .expect("a commit waited for is finished"))
+        let mut total = CommitInfo::default();
+        loop {
+            self.begin_commit(dlq)?;
+            let info = self
+                .finish_commit(true)?
+                .expect("a commit waited for is finished");
+            total.events += info.events;
+            total.segments += info.segments;
+            total.deleted_segments += info.deleted_segments;
+            total.alerts += info.alerts;
+            if !(self.checkpoint_forced && self.checkpoint_in_progress()) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Whether a commit is begun and not finished.
@@ -911,13 +952,34 @@ impl<S: StateStore> Engine<S> {
             self.detectors.durable();
             self.outbox.committed(info.alerts);
         }
-        let checkpoint =
-            self.checkpoint_due || self.last_checkpoint.elapsed() >= self.opts.usage_checkpoint;
-        if checkpoint {
+        // a checkpoint begins when asked for (again from its first slice)
+        // or when its interval has passed, and writes a slice a commit
+        let begins = if self.checkpoint_due {
+            self.checkpoint_forced = true;
+            true
+        } else if self.checkpoint_next.is_none()
+            && self.last_checkpoint.elapsed() >= self.opts.usage_checkpoint
+        {
+            self.checkpoint_forced = false;
+            true
+        } else {
+            false
+        };
+        if begins {
             self.checkpoint_due = false;
+            self.checkpoint_next = Some(0);
             self.last_checkpoint = Instant::now();
             self.routed_since_checkpoint = 0;
         }
+        let slices = match self.checkpoint_next {
+            Some(first) => {
+                let end = first + 1;
+                self.checkpoint_next = (end < USAGE_SLICES).then_some(end);
+                first..end
+            }
+            None => 0..0,
+        };
+        let checkpoint = !slices.is_empty();
         let mut wanted = Vec::new();
         let mut positions = Vec::new();
         for (id, s) in self
@@ -934,7 +996,11 @@ impl<S: StateStore> Engine<S> {
                     positions: pos.clone(),
                     live_from: s.live_from,
                     // a stream reading records again for usage takes none
-                    checkpoint: checkpoint && s.catchup.is_none(),
+                    slices: if s.catchup.is_none() {
+                        slices.clone()
+                    } else {
+                        0..0
+                    },
                 });
             }
         }

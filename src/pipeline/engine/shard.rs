@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::workers::{Staged, UsageExtra};
 use super::EngineOptions;
-use crate::detect::{ShardDetector, ShardStats};
+use crate::detect::{ShardDetector, ShardStats, USAGE_SLICES};
 use crate::state::{SegmentLog, SegmentView, ShardMeta, StateError, StateStore};
 use crate::telemetry;
 
@@ -40,7 +40,8 @@ impl<S: StateStore> Shard<S> {
         seed: u64,
     ) -> Result<Self, StateError> {
         let started = Instant::now();
-        let meta = store.shard(id)?.unwrap_or_default();
+        let mut meta = store.shard(id)?.unwrap_or_default();
+        meta.upgrade_usage_positions();
         let mut det = ShardDetector::new(o.rules, seed).with_usage(o.usage);
         let mut keys = 0usize;
         store.for_each_usage(Some(id), &mut |_, key, bytes| {
@@ -175,18 +176,19 @@ impl<S: StateStore> Shard<S> {
 
     /// Adds this shard's changes since the last commit to `out`, with the
     /// stream's input position and rebuild point; returns the events it
-    /// processed since then. Usage goes only with a `checkpoint` (or when
-    /// nothing changed since the last one); otherwise the shard notes where
-    /// its usage stands. With usage, the sequence state of the same keys goes
-    /// to `out.usage_extra` (published with it), with how far handed-over
-    /// usage counts while the shard is rebuilt.
+    /// processed since then. The usage of the keys of the checkpoint slices
+    /// in `slices` goes with it (a usage checkpoint writes one slice a
+    /// commit, see [`crate::detect::usage_slice`]); every other slice that
+    /// changed notes where its stored usage stands. With usage, the sequence
+    /// state of the same keys goes to `out.usage_extra` (published with it),
+    /// with how far handed-over usage counts while the shard is rebuilt.
     pub(super) fn stage(
         &mut self,
         id: u32,
         retention_ms: i64,
         positions: &std::collections::BTreeMap<u32, u64>,
         live_from: Option<u64>,
-        checkpoint: bool,
+        slices: std::ops::Range<usize>,
         out: &mut Staged,
     ) -> u64 {
         self.in_batch = false;
@@ -195,12 +197,21 @@ impl<S: StateStore> Shard<S> {
             usage_extra,
             ..
         } = out;
-        if checkpoint || (!self.det.usage_dirty() && self.meta.usage_positions.is_none()) {
-            // one scratch buffer, each record copied out at its exact size:
-            // a checkpoint of 100 000 keys is ~50 MB, and growing each
-            // record by doubling took up to twice that, a realloc per step
+        // a slice left out that changed is behind from the last commit on
+        for slice in 0..USAGE_SLICES {
+            if !slices.contains(&slice) && self.det.usage_slice_dirty(slice) {
+                self.meta
+                    .usage_behind
+                    .entry(slice as u8)
+                    .or_insert_with(|| self.meta.positions.clone());
+            }
+        }
+        if !slices.is_empty() {
+            // one scratch buffer, each record copied out at its exact size
             let mut scratch = Vec::with_capacity(4096);
-            for (key, u, seq, counted_to) in self.det.take_dirty_usage_for_checkpoint() {
+            for (key, u, seq, counted_to) in
+                self.det.take_dirty_usage_for_checkpoint(slices.clone())
+            {
                 c.usage
                     .push((id, key.to_string(), encode_exact(u, &mut scratch)));
                 // the sequence state goes with the usage to the usage topic
@@ -214,12 +225,9 @@ impl<S: StateStore> Shard<S> {
                     });
                 }
             }
-            if checkpoint {
-                self.meta.usage_positions = None;
+            for slice in slices {
+                self.meta.usage_behind.remove(&(slice as u8));
             }
-        } else if self.meta.usage_positions.is_none() {
-            // usage stays where the last commit put it
-            self.meta.usage_positions = Some(self.meta.positions.clone());
         }
         self.meta.positions.clone_from(positions);
         for (seq, bytes) in self.log.take_sealed() {

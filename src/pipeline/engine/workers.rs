@@ -74,8 +74,9 @@ pub(super) struct Opened {
     pub positions: BTreeMap<u32, u64>,
     pub live_from: Option<u64>,
     pub max_seen: Option<Millis>,
-    /// Where its usage stands when behind `positions`.
-    pub usage_positions: Option<BTreeMap<u32, u64>>,
+    /// The checkpoint slices whose usage is behind `positions`, with where
+    /// each stands.
+    pub usage_behind: BTreeMap<u8, BTreeMap<u32, u64>>,
 }
 
 /// What the engine asks of a shard at a commit.
@@ -83,8 +84,9 @@ pub(super) struct StageShard {
     pub id: u32,
     pub positions: BTreeMap<u32, u64>,
     pub live_from: Option<u64>,
-    /// A usage checkpoint: usage is written and covers `positions`.
-    pub checkpoint: bool,
+    /// The usage checkpoint slices written with this commit (their usage
+    /// then covers `positions`); empty between checkpoints.
+    pub slices: std::ops::Range<usize>,
 }
 
 /// A worker's part of a commit.
@@ -321,7 +323,7 @@ impl<S: StateStore> Worker<S> {
             positions: s.meta.positions.clone(),
             live_from: s.meta.live_from,
             max_seen: s.det.clock().max_seen,
-            usage_positions: s.meta.usage_positions.clone(),
+            usage_behind: s.meta.usage_behind.clone(),
         };
         self.shards.insert(id, s);
         Ok(opened)
@@ -377,7 +379,7 @@ impl<S: StateStore> Worker<S> {
                 retention,
                 &req.positions,
                 req.live_from,
-                req.checkpoint,
+                req.slices.clone(),
                 &mut out,
             );
             out.infos.push((req.id, ShardInfo::of(s)));

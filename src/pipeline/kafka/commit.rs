@@ -215,10 +215,13 @@ impl Runtime {
             let finished = self.engine.finish_commit(true);
             self.finished(finished, consumer, mode, status)?;
         }
+        // a usage checkpoint goes with as many commits as it has slices
         self.engine.checkpoint_usage();
-        self.begin_commit(consumer, status)?;
-        let finished = self.engine.finish_commit(true);
-        self.finished(finished, consumer, mode, status)?;
+        while self.engine.checkpoint_in_progress() {
+            self.begin_commit(consumer, status)?;
+            let finished = self.engine.finish_commit(true);
+            self.finished(finished, consumer, mode, status)?;
+        }
         // the next owner of a partition reads its usage from the topic;
         // once it is acknowledged, each reporting partition's mark says that
         // every key's record counts up to this checkpoint (a key it did not

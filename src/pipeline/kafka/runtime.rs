@@ -512,11 +512,15 @@ fn poll_loop(
         if idle && !g.due(drained) {
             // idle: the usage in the store catches up with what is live
             // (between checkpoints it is up to state.usage_checkpoint_interval behind)
+            // (a checkpoint in progress goes on without waiting: a slice a commit)
+            let going_on = g.engine.checkpoint_in_progress();
             if g.engine.usage_behind()
                 && !g.engine.commit_in_flight()
-                && g.last_commit.elapsed() >= IDLE_WAIT
+                && (going_on || g.last_commit.elapsed() >= IDLE_WAIT)
             {
-                g.engine.checkpoint_usage();
+                if !going_on {
+                    g.engine.checkpoint_usage();
+                }
                 g.commit_idle(consumer, status)?;
             }
             let Runtime {
