@@ -1,118 +1,15 @@
 //! The live index, in memory: nonce fingerprint -> segment of its window
-//! record (12 bytes an entry), event-id fingerprint -> (time, position digest).
+//! record (12 bytes a slot, see [`FpMap`]), event-id fingerprint -> (time, position digest).
 //!
 //! Times are kept as the low 32 bits of epoch milliseconds and rebuilt against
 //! the largest time seen; that is exact while an entry is younger than 2^31 ms
 //! (24 days), which sweeping and the retention limit guarantee.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 
+pub use super::fp_map::FpMap;
 use super::sighting::SegRef;
 use crate::schema::Millis;
-
-/// The keys are already uniform hashes: use them as they are.
-#[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-/// A 64-bit fingerprint kept as two halves: aligned to 4 bytes, so that a
-/// table slot with a `u32` value is 12 bytes, not 16.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Fp([u32; 2]);
-
-impl Fp {
-    #[inline]
-    fn new(k: u64) -> Self {
-        Fp([k as u32, (k >> 32) as u32])
-    }
-
-    #[inline]
-    fn get(self) -> u64 {
-        self.0[0] as u64 | (self.0[1] as u64) << 32
-    }
-}
-
-impl Hash for Fp {
-    #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.get())
-    }
-}
-
-type Table<V> = hashbrown::HashMap<Fp, V, BuildHasherDefault<IdentityHasher>>;
-
-/// Sub-tables of an [`FpMap`]. A hash table grows by allocating one twice its
-/// size and moving everything over, so one big table briefly needs 1.5x its
-/// memory; split in 16, only one sixteenth grows at a time (with 10 M live
-/// requests: 290 MB instead of a 430 MB peak).
-const PARTS: usize = 16;
-
-/// 64-bit fingerprint -> `V`, split into [`PARTS`] tables by bits 40..44 of
-/// the fingerprint (hashbrown uses the low bits for the bucket and the top 7
-/// for its tags, so these leave both uniform).
-#[derive(Default, Clone)]
-pub struct FpMap<V> {
-    parts: [Table<V>; PARTS],
-}
-
-impl<V: Copy> FpMap<V> {
-    #[inline]
-    fn part(&self, k: u64) -> &Table<V> {
-        &self.parts[(k >> 40) as usize % PARTS]
-    }
-
-    #[inline]
-    fn part_mut(&mut self, k: u64) -> &mut Table<V> {
-        &mut self.parts[(k >> 40) as usize % PARTS]
-    }
-
-    #[inline]
-    pub fn get(&self, k: &u64) -> Option<&V> {
-        self.part(*k).get(&Fp::new(*k))
-    }
-
-    #[inline]
-    pub fn insert(&mut self, k: u64, v: V) -> Option<V> {
-        self.part_mut(k).insert(Fp::new(k), v)
-    }
-
-    #[inline]
-    pub fn remove(&mut self, k: &u64) -> Option<V> {
-        self.part_mut(*k).remove(&Fp::new(*k))
-    }
-
-    pub fn retain(&mut self, mut f: impl FnMut(&u64, &mut V) -> bool) {
-        for t in &mut self.parts {
-            t.retain(|k, v| f(&k.get(), v));
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(Table::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(Table::is_empty)
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.parts.iter().map(Table::capacity).sum()
-    }
-}
 
 #[inline]
 pub fn pack(t: Millis, aux: u32) -> u64 {
@@ -166,10 +63,10 @@ impl Index {
         self.len() == 0
     }
 
-    /// Approximate heap bytes (buckets times slot size plus control bytes).
+    /// Approximate heap bytes (the tables' slots and the segment list).
     pub fn heap_bytes(&self) -> usize {
-        self.nonces.capacity() * 13
-            + self.events.capacity() * 17
+        self.nonces.heap_bytes()
+            + self.events.heap_bytes()
             + self.segs.capacity() * std::mem::size_of::<(SegRef, Millis)>()
     }
 
@@ -258,37 +155,6 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_split_map_behaves_like_one_map() {
-        let mut m = FpMap::default();
-        let mut model = std::collections::HashMap::new();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..20_000u64 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            // 5 000 distinct keys, mixed like the fingerprints they stand for
-            let k = (x >> 33) % 5_000;
-            let k = (k ^ (k >> 7)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            let k = k ^ (k >> 31);
-            match i % 3 {
-                0 | 1 => assert_eq!(m.insert(k, i), model.insert(k, i)),
-                _ => assert_eq!(m.remove(&k), model.remove(&k)),
-            }
-            assert_eq!(m.get(&k), model.get(&k));
-        }
-        assert_eq!(m.len(), model.len());
-        m.retain(|_, v| *v % 2 == 0);
-        model.retain(|_, v| *v % 2 == 0);
-        assert_eq!(m.len(), model.len());
-        for (k, v) in &model {
-            assert_eq!(m.get(k), Some(v));
-        }
-        let used = m.parts.iter().filter(|t| !t.is_empty()).count();
-        assert_eq!(used, PARTS, "keys spread over every part");
-        assert!(m.capacity() >= m.len());
-    }
 
     #[test]
     fn packed_time_round_trips_within_24_days() {

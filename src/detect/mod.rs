@@ -7,6 +7,7 @@
 
 mod config;
 mod fingerprint;
+mod fp_map;
 mod index;
 mod lifecycle;
 mod sequence;
