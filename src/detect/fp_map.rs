@@ -259,20 +259,23 @@ impl<V: ZeroIsDefault> Part<V> {
                 Ok(i) => return Some(std::mem::replace(&mut self.slots[i].v, v)),
                 Err(i) => i,
             };
-            if (self.len + 1) * 1000 <= self.homes * MAX_LOAD_PER_MILLE {
-                // the end of the run, which moves up by one
-                let mut e = i;
-                while self.slots[e].fp.get() != 0 {
-                    e += 1;
-                }
-                if e + 1 < self.slots.len() {
-                    self.slots.copy_within(i..e, i + 1);
-                    self.slots[i] = Slot { fp: Fp::new(k), v };
-                    self.len += 1;
-                    return None;
-                }
+            if (self.len + 1) * 1000 > self.homes * MAX_LOAD_PER_MILLE {
+                self.rebuild((self.len + 1) * 1000 / GROWN_LOAD_PER_MILLE + 1, 0);
+                continue;
             }
-            self.rebuild((self.len + 1) * 1000 / GROWN_LOAD_PER_MILLE + 1);
+            // the end of the run, which moves up by one
+            let mut e = i;
+            while self.slots[e].fp.get() != 0 {
+                e += 1;
+            }
+            if e + 1 < self.slots.len() {
+                self.slots.copy_within(i..e, i + 1);
+                self.slots[i] = Slot { fp: Fp::new(k), v };
+                self.len += 1;
+                return None;
+            }
+            // the run would fill the last slot: twice the spare slots
+            self.rebuild(self.homes, 2 * (self.slots.len() - self.homes));
         }
     }
 
@@ -333,14 +336,15 @@ impl<V: ZeroIsDefault> Part<V> {
             }
         }
         if self.homes > MIN_HOMES && self.len * 1000 < self.homes * MIN_LOAD_PER_MILLE {
-            self.rebuild(self.len * 1000 / GROWN_LOAD_PER_MILLE + 1);
+            self.rebuild(self.len * 1000 / GROWN_LOAD_PER_MILLE + 1, 0);
         }
     }
 
-    /// Moves every entry into a table of (at least) `homes` homes.
-    fn rebuild(&mut self, homes: usize) {
+    /// Moves every entry into a table of (at least) `homes` homes and
+    /// `min_spare` spare slots.
+    fn rebuild(&mut self, homes: usize, min_spare: usize) {
         let homes = homes.max(MIN_HOMES);
-        let mut spare = spare(homes);
+        let mut spare = spare(homes).max(min_spare);
         'size: loop {
             let mut next = Part {
                 slots: Slots::zeroed(homes + spare),
@@ -532,6 +536,26 @@ mod tests {
         assert!(m.heap_bytes() < 20 * 4096 * 12, "{}", m.heap_bytes());
     }
 
+    #[test]
+    fn a_run_at_the_end_of_the_table_makes_room_for_itself() {
+        // keys of one part (same low bits) whose homes are all the last one:
+        // a run longer than the spare slots past it
+        let mut m = FpMap::<u32>::default();
+        let keys: Vec<u64> = (0..2_000u64).map(|i| u64::MAX - (i << 4)).collect();
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(m.insert(k, i as u32), None);
+        }
+        m.check();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(m.get(k), Some(&(i as u32)));
+        }
+        for k in keys.iter().step_by(2) {
+            assert!(m.remove(k).is_some());
+        }
+        m.check();
+        assert_eq!(m.len(), 1_000);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u64, u32),
@@ -541,15 +565,16 @@ mod tests {
 
     /// Keys from a small set (hits, misses and re-inserts), with the edges
     /// of the key space: 0 (kept apart), 1 and u64::MAX (first and last home),
-    /// and clusters of near keys (equal homes).
+    /// and clusters of near keys of one part (equal homes: long runs, one
+    /// at the end of the table).
     fn key() -> impl Strategy<Value = u64> {
         prop_oneof![
             Just(0u64),
             Just(1),
             Just(u64::MAX),
             Just(u64::MAX - 1),
-            (0u64..64).prop_map(|i| u64::MAX - i * 3),
-            (0u64..64).prop_map(|i| (1 << 63) + i),
+            (0u64..64).prop_map(|i| u64::MAX - (i << 4)),
+            (0u64..64).prop_map(|i| (1 << 63) + (i << 4)),
             (0u64..400).prop_map(mix),
         ]
     }

@@ -338,19 +338,11 @@ impl ShardDetector {
         self.usage_dirty.slice_dirty(slice)
     }
 
-    /// The keys whose usage changed since the last call, with their usage.
-    pub fn take_dirty_usage(&mut self) -> Vec<(&str, &KeyUsage)> {
-        let keys = self.usage_dirty.take(0..usage::USAGE_SLICES);
-        take_dirty(&mut self.usage, keys, |u| u.dirty = false)
-            .into_iter()
-            .map(|(k, u)| (k, &**u))
-            .collect()
-    }
-
-    /// As [`ShardDetector::take_dirty_usage`], for the keys of the
-    /// checkpoint slices in `slices`, with each key's sequence state (rule
-    /// on) and, for usage handed over while the shard is rebuilt, the offset
-    /// it counts up to: what a usage checkpoint publishes.
+    /// The keys of the checkpoint slices in `slices` whose usage changed
+    /// since they were last taken, each marked clean, with its usage, its
+    /// sequence state (rule on) and, for usage handed over while the shard is
+    /// rebuilt, the offset it counts up to: what a usage checkpoint writes
+    /// and publishes.
     #[allow(clippy::type_complexity)]
     pub fn take_dirty_usage_for_checkpoint(
         &mut self,

@@ -511,8 +511,9 @@ fn poll_loop(
         }
         if idle && !g.due(drained) {
             // idle: the usage in the store catches up with what is live
-            // (between checkpoints it is up to state.usage_checkpoint_interval behind)
-            // (a checkpoint in progress goes on without waiting: a slice a commit)
+            // (between checkpoints it is up to state.usage_checkpoint_interval
+            // behind); a checkpoint in progress goes on without waiting, a
+            // slice a commit
             let going_on = g.engine.checkpoint_in_progress();
             if g.engine.usage_behind()
                 && !g.engine.commit_in_flight()
