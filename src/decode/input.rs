@@ -295,6 +295,18 @@ impl InputConfig {
         self.mapping().map(|_| ())
     }
 
+    /// Where the preset reads request headers, whose names it compares
+    /// without regard to case: the object holding them and the prefix of
+    /// their keys (Kong: `request.headers.<name>`; Traefik: `request_<Name>`
+    /// at the top).
+    fn header_container(&self) -> Option<(&'static [&'static str], &'static str)> {
+        match self.format {
+            Format::Kong => Some((&["request", "headers"], "")),
+            Format::Traefik => Some((&[], "request_")),
+            _ => None,
+        }
+    }
+
     /// The access-event fields' candidate paths for this format.
     fn preset(&self) -> [Vec<FieldPath>; 12] {
         let mut f: [Vec<FieldPath>; 12] = Default::default();
@@ -423,10 +435,23 @@ impl InputConfig {
                 ));
             };
             let segments = parse_path(path).map_err(|e| format!("input.map.{field}: {e}"))?;
-            let n = segments.len();
+            let mut case_insensitive = vec![false; segments.len()];
+            // a path to a header of the preset's headers compares the
+            // header's name without regard to case, as the preset does
+            if let (Some((parent, prefix)), Some((last, up))) =
+                (self.header_container(), segments.split_last())
+            {
+                if up == parent
+                    && last
+                        .get(..prefix.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+                {
+                    *case_insensitive.last_mut().expect("a path has a segment") = true;
+                }
+            }
             fields[i] = vec![FieldPath {
                 segments,
-                case_insensitive: vec![false; n],
+                case_insensitive,
             }];
         }
         let mut paths = Paths::new(fields.iter().map(Vec::len).sum());
@@ -505,6 +530,48 @@ mod tests {
         assert_eq!(m.field_paths[v1::CLIENT_ID].len(), 2);
         c.map.insert("nonse".into(), "x".into());
         assert!(c.validate().unwrap_err().contains("nonse"));
+    }
+
+    #[test]
+    fn a_map_entry_to_a_presets_header_compares_its_name_without_case() {
+        use crate::decode::{DecodeConfig, Decoder};
+        let decode = |format, field: &str, path: &str, line: &str| {
+            let mut c = InputConfig {
+                format,
+                ..InputConfig::default()
+            };
+            c.map.insert(field.into(), path.into());
+            let d = Decoder::new(&DecodeConfig::default(), &c).unwrap();
+            let ev = d.access(line.as_bytes()).unwrap();
+            (
+                ev.nonce.map(|n| n.to_string()),
+                ev.client_id.map(|n| n.to_string()),
+            )
+        };
+        // Kong logs header names in lower case; the override names it as sent
+        let kong = r#"{"request":{"id":"r1","method":"GET","uri":"/","headers":{"x-api-key":"k","x-client-nonce":"n7"}},"started_at":1795857302417,"client_ip":"10.0.0.1","response":{"status":200},"consumer":{"Name":"c"}}"#;
+        let (nonce, _) = decode(
+            Format::Kong,
+            "nonce",
+            "request.headers.X-Client-Nonce",
+            kong,
+        );
+        assert_eq!(nonce.as_deref(), Some("n7"));
+        // elsewhere, keys are compared as written
+        let (_, client) = decode(Format::Kong, "client_id", "consumer.name", kong);
+        assert_eq!(client, None);
+        let (_, client) = decode(Format::Kong, "client_id", "consumer.Name", kong);
+        assert_eq!(client.as_deref(), Some("c"));
+        // Traefik keeps headers as request_<Name> at the top
+        let traefik = r#"{"StartUTC":"2026-11-28T09:15:02.417Z","ClientHost":"10.0.0.1","RequestMethod":"GET","RequestPath":"/","DownstreamStatus":200,"request_X-Api-Key":"k","request_x-alt-nonce":"n8"}"#;
+        let (nonce, _) = decode(Format::Traefik, "nonce", "request_X-Alt-Nonce", traefik);
+        assert_eq!(nonce.as_deref(), Some("n8"));
+        // mapped: every key as written
+        let mapped = r#"{"event_id":"e","received_at":1795857302417,"client_ip":"10.0.0.1","method":"GET","path":"/","status":200,"h":{"x-nonce":"n9"}}"#;
+        let (nonce, _) = decode(Format::Mapped, "nonce", "h.X-Nonce", mapped);
+        assert_eq!(nonce, None);
+        let (nonce, _) = decode(Format::Mapped, "nonce", "h.x-nonce", mapped);
+        assert_eq!(nonce.as_deref(), Some("n9"));
     }
 
     #[test]
