@@ -161,10 +161,11 @@ impl FieldPath {
         }
     }
 
-    /// A header under `object` (a path), looked up without regard to case.
-    fn header(object: &[&str], name: &str) -> Self {
+    /// A header under `object` (a path), its key `prefix` and `name`,
+    /// looked up without regard to case.
+    fn header(object: &[&str], prefix: &str, name: &str) -> Self {
         let mut p = Self::exact(object);
-        p.segments.push(name.to_string());
+        p.segments.push(format!("{prefix}{name}"));
         p.case_insensitive.push(true);
         p
     }
@@ -311,7 +312,11 @@ impl InputConfig {
     fn preset(&self) -> [Vec<FieldPath>; 12] {
         let mut f: [Vec<FieldPath>; 12] = Default::default();
         let x = FieldPath::exact;
-        let hdr = |name: &str| FieldPath::header(&["request", "headers"], name);
+        // a header where this format logs them (Kong, Traefik)
+        let hdr = |name: &str| {
+            let (object, prefix) = self.header_container().expect("a format with headers");
+            FieldPath::header(object, prefix, name)
+        };
         match self.format {
             Format::V1 | Format::Mapped => {
                 for (i, name) in NAMES.iter().enumerate() {
@@ -390,22 +395,18 @@ impl InputConfig {
             }
             Format::Traefik => {
                 // https://doc.traefik.io/traefik/observability/access-logs/
-                let h = |name: &str| FieldPath {
-                    segments: vec![format!("request_{name}")],
-                    case_insensitive: vec![true],
-                };
-                f[v1::EVENT_ID] = vec![h("X-Request-Id")];
+                f[v1::EVENT_ID] = vec![hdr("X-Request-Id")];
                 f[v1::RECEIVED_AT] = vec![x(&["StartUTC"])];
-                f[v1::KEY_ID] = vec![h(&self.key_header)];
-                f[v1::NONCE] = vec![h(&self.nonce_header)];
-                f[v1::CLIENT_TS] = vec![h(&self.timestamp_header)];
+                f[v1::KEY_ID] = vec![hdr(&self.key_header)];
+                f[v1::NONCE] = vec![hdr(&self.nonce_header)];
+                f[v1::CLIENT_TS] = vec![hdr(&self.timestamp_header)];
                 f[v1::CLIENT_IP] = vec![x(&["ClientHost"])];
                 f[v1::METHOD] = vec![x(&["RequestMethod"])];
                 f[v1::PATH] = vec![x(&["RequestPath"])];
                 f[v1::STATUS] = vec![x(&["DownstreamStatus"])];
-                f[v1::USER_AGENT] = vec![h("User-Agent")];
+                f[v1::USER_AGENT] = vec![hdr("User-Agent")];
                 f[v1::CLIENT_ID] = vec![x(&["ClientUsername"])];
-                f[v1::SIGNATURE] = vec![h(&self.signature_header)];
+                f[v1::SIGNATURE] = vec![hdr(&self.signature_header)];
             }
         }
         f
