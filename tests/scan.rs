@@ -209,6 +209,90 @@ fn a_state_dir_in_use_is_a_clear_error() {
     );
 }
 
+/// A gzip-compressed log (a rotated one, or two members concatenated as
+/// `cat a.gz b.gz` makes them), as a file or on stdin, scans to exactly the
+/// alerts of the plain text, and its dead letters name the decompressed
+/// line; a truncated one is an error that names the file and says gzip.
+#[test]
+fn gzip_input_scans_as_the_plain_text_does() {
+    use std::io::Write;
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 5_000,
+            seed: 11,
+            malformed_rate: 0.002,
+            ..Default::default()
+        },
+    );
+    let text = std::fs::read(&t.events).unwrap();
+    let half = text.len() / 2
+        + text[text.len() / 2..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .unwrap()
+        + 1;
+    let mut two = gz(&text[..half]);
+    two.extend(gz(&text[half..]));
+    let packed = d.path("events.jsonl.gz");
+    std::fs::write(&packed, &two).unwrap();
+    let scan_to = |name: &str, input: &std::path::Path| {
+        let (alerts, dl) = (
+            d.path(&format!("{name}.jsonl")),
+            d.path(&format!("{name}-dl.jsonl")),
+        );
+        scan_ok(
+            &[
+                ("--lifecycle", &t.lifecycle),
+                ("--alerts", &alerts),
+                ("--dead-letter", &dl),
+            ],
+            &[input],
+        );
+        (std::fs::read(&alerts).unwrap(), read_json_lines(&dl))
+    };
+    let (plain, plain_dl) = scan_to("plain", &t.events);
+    let (packed_alerts, packed_dl) = scan_to("packed", &packed);
+    assert!(!plain.is_empty());
+    assert_eq!(packed_alerts, plain, "the same alerts, byte for byte");
+    assert!(!plain_dl.is_empty());
+    let at = |l: &Vec<serde_json::Value>| -> Vec<u64> {
+        l.iter().map(|x| x["offset"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(
+        at(&packed_dl),
+        at(&plain_dl),
+        "dead letters at the same lines"
+    );
+    // on stdin
+    let lifecycle = t.lifecycle.to_str().unwrap();
+    let o = run(
+        &["scan", "--quiet", "--lifecycle", lifecycle, "-"],
+        Some(&two),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        alerts_in(&String::from_utf8_lossy(&o.stdout)).len(),
+        alerts_in(&String::from_utf8_lossy(&plain)).len()
+    );
+    // truncated: an error naming the input, exit 1
+    let cut = d.path("cut.jsonl.gz");
+    std::fs::write(&cut, &two[..two.len() / 3]).unwrap();
+    let o = run(&["scan", "--quiet", cut.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cut.jsonl.gz") && err.contains("gzip"),
+        "{err}"
+    );
+}
+
 /// A file (or stdin) starting with a UTF-8 byte-order mark: the mark is
 /// skipped, the first line is an event like the others.
 #[test]

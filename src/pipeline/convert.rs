@@ -57,21 +57,30 @@ impl std::fmt::Display for ConvertSummary {
 /// An input by name, open.
 pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>);
 
-/// Opens the named inputs (none: stdin); a missing file is a usage error.
+/// Standard input, decompressed when it is gzip.
+fn stdin() -> Result<Box<dyn std::io::Read + Send>, PipelineError> {
+    crate::source::decompressed(std::io::stdin())
+        .map_err(|e| PipelineError::Usage(format!("cannot read standard input: {e}")))
+}
+
+/// Opens the named inputs (none: stdin), each decompressed when it is gzip
+/// ([`crate::source::decompressed`]); a missing file is a usage error.
 pub(super) fn open_inputs(paths: &[PathBuf]) -> Result<Vec<NamedInput>, PipelineError> {
     let mut named: Vec<NamedInput> = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
-            named.push(("-".into(), Box::new(std::io::stdin())));
+            named.push(("-".into(), stdin()?));
         } else {
-            let f = std::fs::File::open(p).map_err(|e| {
-                PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
-            })?;
-            named.push((p.display().to_string(), Box::new(f)));
+            let f = std::fs::File::open(p)
+                .and_then(crate::source::decompressed)
+                .map_err(|e| {
+                    PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
+                })?;
+            named.push((p.display().to_string(), f));
         }
     }
     if paths.is_empty() {
-        named.push(("-".into(), Box::new(std::io::stdin())));
+        named.push(("-".into(), stdin()?));
     }
     Ok(named)
 }

@@ -147,6 +147,50 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// The first bytes of a gzip member (RFC 1952).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// An input as its records are read: a gzip stream (a log rotated and
+/// compressed by logrotate, `access.log.2.gz`) decompressed on the fly,
+/// recognised by its first bytes, not its name; anything else as it is.
+/// Concatenated gzip members (`cat a.gz b.gz`) are read one after another,
+/// as `zcat` does. Line numbers, and so positions, count the decompressed
+/// lines.
+pub fn decompressed<R: Read + Send + 'static>(r: R) -> std::io::Result<Box<dyn Read + Send>> {
+    use std::io::BufRead;
+    // small: a read at least this large skips the buffer once it is empty
+    let mut r = std::io::BufReader::with_capacity(8 << 10, r);
+    let head = loop {
+        match r.fill_buf() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if head.starts_with(&GZIP_MAGIC) {
+        Ok(Box::new(Gzip(flate2::bufread::MultiGzDecoder::new(r))))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// A gzip input; its errors say that the input was read as gzip.
+struct Gzip<R: std::io::BufRead>(flate2::bufread::MultiGzDecoder<R>);
+
+impl<R: std::io::BufRead> Read for Gzip<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(out).map_err(|e| {
+            let what = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "the stream ends inside a member \
+                     (truncated, or still being written)"
+                    .to_string(),
+                _ => e.to_string(),
+            };
+            std::io::Error::new(e.kind(), format!("gzip-compressed input: {what}"))
+        })
+    }
+}
+
 /// One named input.
 pub struct Input {
     /// Shown in dead letters and logs: the path, or `-` for stdin.
@@ -326,5 +370,67 @@ mod tests {
             == Poll::More
         {}
         assert_eq!(got, vec![(1, 1), (1, 3), (2, 1)]);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn read_all(r: &mut dyn Read) -> std::io::Result<Vec<u8>> {
+        let mut out = vec![];
+        r.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_input_is_read_decompressed_and_other_input_as_it_is() {
+        let text = b"{\"a\":1}\n{\"b\":2}\n".repeat(5_000);
+        let gz = gzip(&text);
+        assert!(gz.len() < text.len() / 10);
+        assert_eq!(
+            read_all(&mut *decompressed(std::io::Cursor::new(gz.clone())).unwrap()).unwrap(),
+            text
+        );
+        // two members one after another, as `cat a.gz b.gz` makes them
+        let mut two = gz.clone();
+        two.extend(gzip(b"last\n"));
+        let mut want = text.clone();
+        want.extend(b"last\n");
+        assert_eq!(
+            read_all(&mut *decompressed(std::io::Cursor::new(two)).unwrap()).unwrap(),
+            want
+        );
+        // plain input, an empty one and one starting with the first magic byte only
+        for plain in [&text[..], b"", b"\x1f", b"\x1fx\n"] {
+            let got = read_all(&mut *decompressed(std::io::Cursor::new(plain.to_vec())).unwrap())
+                .unwrap();
+            assert_eq!(got, plain);
+        }
+        // through the line reader, the lines of the text
+        let mut r = LineReader::new(
+            decompressed(std::io::Cursor::new(gzip(b"x\ny\n"))).unwrap(),
+            100,
+        );
+        assert!(matches!(r.next_line().unwrap(), Some(Line::Data(b"x"))));
+        assert!(matches!(r.next_line().unwrap(), Some(Line::Data(b"y"))));
+        assert!(r.next_line().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_gzip_input_is_an_error_that_says_gzip() {
+        let text = b"{\"a\":1}\n".repeat(10_000);
+        let gz = gzip(&text);
+        let truncated = gz[..gz.len() / 2].to_vec();
+        let e = read_all(&mut *decompressed(std::io::Cursor::new(truncated)).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("gzip-compressed input"), "{e}");
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let mut corrupt = gz.clone();
+        let mid = corrupt.len() / 2;
+        corrupt[mid..mid + 16].fill(0xff);
+        let e = read_all(&mut *decompressed(std::io::Cursor::new(corrupt)).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("gzip-compressed input"), "{e}");
     }
 }
