@@ -761,7 +761,19 @@ impl<'a> Cursor<'a> {
 /// Scans `s` (one JSON object) and puts the value at each path of `paths`
 /// into its slot of `out` (which must have `paths.slots()` entries, all
 /// `None`).
+#[cfg(test)]
 pub fn scan<'a>(s: &'a str, paths: &Paths, out: &mut [Option<Val<'a>>]) -> Result<(), ScanError> {
+    scan_known(s, None, paths, out)
+}
+
+/// [`scan`], told whether `s` is free of backslashes and control characters
+/// when the caller knows it already (`None`: found out here).
+pub fn scan_known<'a>(
+    s: &'a str,
+    simple: Option<bool>,
+    paths: &Paths,
+    out: &mut [Option<Val<'a>>],
+) -> Result<(), ScanError> {
     if u32::try_from(s.len()).is_err() {
         return Err(ScanError::Syntax {
             at: u32::MAX as usize,
@@ -770,9 +782,10 @@ pub fn scan<'a>(s: &'a str, paths: &Paths, out: &mut [Option<Val<'a>>]) -> Resul
     }
     // one pass (vectorized: no early exit): a backslash means an escape
     // somewhere, a control character unusual white space or an invalid string
-    let simple = !s
-        .bytes()
-        .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'));
+    let simple = simple.unwrap_or_else(|| {
+        !s.bytes()
+            .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'))
+    });
     let mut c = Cursor {
         b: s.as_bytes(),
         s,

@@ -11,9 +11,17 @@ fn paths(list: &[&[&str]]) -> Paths {
     p
 }
 
+/// The scan of `s`, which, when the record is [`crate::decode::plain`],
+/// is the same when the scanner is told so.
 fn run<'a>(s: &'a str, p: &Paths) -> Result<Vec<Option<Val<'a>>>, ScanError> {
     let mut out = vec![None; p.slots()];
-    scan(s, p, &mut out).map(|_| out)
+    let got = scan(s, p, &mut out).map(|_| out);
+    if crate::decode::plain(s.as_bytes()) {
+        let mut told = vec![None; p.slots()];
+        let again = scan_known(s, Some(true), p, &mut told).map(|_| told);
+        assert_eq!(again, got, "told plain: {s:?}");
+    }
+    got
 }
 
 fn str_val(raw: &str) -> Option<Val<'_>> {

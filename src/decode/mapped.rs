@@ -309,11 +309,13 @@ fn scan_error(m: &Mapping, e: ScanError) -> DecodeError {
     }
 }
 
-/// Decodes one record of a mapped format.
-pub fn access<'a>(m: &Mapping, text: &'a str) -> Result<AccessEvent<'a>, DecodeError> {
+/// Decodes one record of a mapped format; `plain`: the text is known to be
+/// [`super::plain`].
+pub fn access<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent<'a>, DecodeError> {
     let mut vals: [Option<Val<'a>>; MAX_SLOTS] = [None; MAX_SLOTS];
     let vals = &mut vals[..m.paths.slots()];
-    json::scan(text, &m.paths, vals).map_err(|e| scan_error(m, e))?;
+    let simple = plain.then_some(true);
+    json::scan_known(text, simple, &m.paths, vals).map_err(|e| scan_error(m, e))?;
     let c = Ctx { m };
     let received_at = c
         .time(v1::RECEIVED_AT, m.time.received_at, vals)?
