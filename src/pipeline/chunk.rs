@@ -50,6 +50,64 @@ impl RawRecord {
 pub struct RawChunk {
     buf: Vec<u8>,
     recs: Vec<RawRecord>,
+    /// Where its buffers go when it is dropped ([`ChunkBuffers`]).
+    home: Option<Sender<Buffers>>,
+}
+
+/// A chunk's two buffers, empty, with their capacity.
+type Buffers = (Vec<u8>, Vec<RawRecord>);
+
+/// A buffer larger than this is not kept for another chunk (a chunk cut by
+/// records, not bytes, of very long records).
+const KEEP_BYTES: usize = 4 << 20;
+
+impl Drop for RawChunk {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            if self.buf.capacity() <= KEEP_BYTES {
+                let (mut buf, mut recs) = (
+                    std::mem::take(&mut self.buf),
+                    std::mem::take(&mut self.recs),
+                );
+                buf.clear();
+                recs.clear();
+                // full (the reader holds enough): this one is freed
+                let _ = home.try_send((buf, recs));
+            }
+        }
+    }
+}
+
+/// The buffers of dropped chunks, for the reader's next ones. A chunk is
+/// filled on the reading thread and dropped on a detect worker's; with a
+/// fresh buffer each time, its megabyte came from the OS again and again
+/// (page faults, zeroed pages) and the copy of each record into it wrote
+/// to memory no cache held.
+#[derive(Debug, Clone)]
+pub struct ChunkBuffers {
+    tx: Sender<Buffers>,
+    rx: Receiver<Buffers>,
+}
+
+impl ChunkBuffers {
+    /// Keeps at most `keep` buffers (beyond those of chunks in flight).
+    pub fn new(keep: usize) -> Self {
+        let (tx, rx) = bounded(keep.max(1));
+        ChunkBuffers { tx, rx }
+    }
+
+    /// An empty chunk with room for `records` records and `bytes` bytes, in
+    /// a dropped chunk's buffers when there is one.
+    pub fn chunk(&self, records: usize, bytes: usize) -> RawChunk {
+        let (mut buf, mut recs) = self.rx.try_recv().unwrap_or_default();
+        buf.reserve(bytes);
+        recs.reserve(records);
+        RawChunk {
+            buf,
+            recs,
+            home: Some(self.tx.clone()),
+        }
+    }
 }
 
 impl RawChunk {
@@ -57,6 +115,7 @@ impl RawChunk {
         RawChunk {
             buf: Vec::with_capacity(bytes),
             recs: Vec::with_capacity(records),
+            home: None,
         }
     }
 
@@ -309,6 +368,36 @@ impl Drop for DecodePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_chunk_gives_its_buffers_to_the_next_one() {
+        let pool = ChunkBuffers::new(2);
+        let line = Record::new(Position::new(1, 1), Payload::Data(b"{}"));
+        let mut a = pool.chunk(4, 1 << 10);
+        a.push(7, &line);
+        let at = a.buf.as_ptr();
+        // decoded and dropped on another thread, as a detect worker does
+        let d = DecodedChunk::decode(a, &Decoder::default());
+        std::thread::spawn(move || drop(d)).join().unwrap();
+        let b = pool.chunk(4, 1 << 10);
+        assert_eq!(b.buf.as_ptr(), at, "the same buffer");
+        assert!(b.is_empty() && b.bytes() == 0 && b.buf.capacity() >= 1 << 10);
+        // a chunk whose buffer grew past the limit is freed, not kept
+        let mut big = pool.chunk(1, KEEP_BYTES + 1);
+        big.push(7, &line);
+        drop(big);
+        assert!(pool.rx.is_empty());
+        // at most `keep` are kept; chunks of no pool keep nothing
+        for _ in 0..4 {
+            drop(pool.chunk(1, 8));
+        }
+        let held: Vec<_> = (0..3).map(|_| pool.chunk(1, 8)).collect();
+        assert_eq!(pool.rx.len(), 0);
+        drop(held);
+        assert_eq!(pool.rx.len(), 2);
+        drop(RawChunk::with_capacity(1, 8));
+        assert_eq!(pool.rx.len(), 2);
+    }
 
     fn raw(lines: &[&str], first: u64) -> RawChunk {
         let mut c = RawChunk::default();

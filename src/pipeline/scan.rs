@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::chunk::{DecodePool, RawChunk};
+use super::chunk::{ChunkBuffers, DecodePool};
 use super::engine::{Engine, Totals};
 use super::PipelineError;
 use crate::config::Config;
@@ -338,6 +338,9 @@ pub fn scan_source<S: StateStore>(
         opts.decode_threads,
         opts.queue_chunks,
     );
+    // the chunks in flight in the pool and the workers' queues hold their
+    // own buffers; these are the ones between
+    let buffers = ChunkBuffers::new(opts.queue_chunks + 2);
     let mut ended = false;
     let mut since_commit = 0usize;
     let mut times = StageTimes::default();
@@ -346,7 +349,7 @@ pub fn scan_source<S: StateStore>(
         // read ahead while the decoders have room
         while !ended && pool.has_room() {
             let t = Instant::now();
-            let mut raw = RawChunk::with_capacity(opts.chunk_events, CHUNK_BYTES);
+            let mut raw = buffers.chunk(opts.chunk_events, CHUNK_BYTES);
             while raw.len() < opts.chunk_events && raw.bytes() < CHUNK_BYTES {
                 let step = READ_STEP.min(opts.chunk_events - raw.len());
                 if source.poll(step, &mut |rec| raw.push(stream, &rec))? == Poll::End {

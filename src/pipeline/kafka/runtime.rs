@@ -21,7 +21,7 @@ use super::status::Status;
 use super::usage::{UsagePublisher, UsageReader};
 use crate::config::Config;
 use crate::decode::Decoder;
-use crate::pipeline::chunk::{DecodePool, RawChunk};
+use crate::pipeline::chunk::{ChunkBuffers, DecodePool, RawChunk};
 use crate::pipeline::{Engine, PipelineConfig, PipelineError};
 use crate::sink::kafka::{self as ksink, KafkaAlertSink, KafkaDeadLetterSink};
 use crate::source::kafka as ksrc;
@@ -88,6 +88,8 @@ pub(super) struct Runtime {
     pub(super) pool: DecodePool,
     /// The chunk being filled from polled records.
     pub(super) chunk: RawChunk,
+    /// Buffers of chunks already dropped, for the next ones.
+    buffers: ChunkBuffers,
     /// Time spent polling and cutting chunks since the last commit.
     pub(super) read_busy: Duration,
     /// Decode time already reported as a metric.
@@ -185,10 +187,8 @@ impl Runtime {
             while !self.pool.has_room() {
                 self.route_next(true)?;
             }
-            let full = std::mem::replace(
-                &mut self.chunk,
-                RawChunk::with_capacity(self.pipeline.chunk_events, 0),
-            );
+            let next = self.buffers.chunk(self.pipeline.chunk_events, 0);
+            let full = std::mem::replace(&mut self.chunk, next);
             self.pool.submit(full);
         }
         while self.route_next(false)? {}
@@ -375,6 +375,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
             config.pipeline.queue_chunks,
         ),
         chunk: RawChunk::with_capacity(config.pipeline.chunk_events, 0),
+        buffers: ChunkBuffers::new(config.pipeline.queue_chunks + 2),
         read_busy: Duration::ZERO,
         decode_reported: Duration::ZERO,
         pipeline: config.pipeline.clone(),
