@@ -22,10 +22,17 @@ use crate::schema::{AccessEvent, Millis};
 
 /// The nonce as a sequence number: a decimal unsigned 64-bit integer.
 pub fn number(nonce: &str) -> Option<u64> {
-    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_digit()) {
+    if nonce.is_empty() {
         return None;
     }
-    nonce.parse().ok()
+    // one pass (`str::parse` would check the digits again, and take a sign)
+    nonce.bytes().try_fold(0u64, |n, c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(d as u64)
+    })
 }
 
 /// An event id held without a heap allocation up to 40 bytes (UUIDs, the
@@ -351,11 +358,44 @@ mod tests {
         assert_eq!(old, (Some((7, "e-1".to_string(), 1_000)), None, None));
     }
 
+    proptest::proptest! {
+        /// The one-pass reading is the definition: decimal digits only,
+        /// read as `str::parse` reads them.
+        #[test]
+        fn number_is_a_decimal_u64(s in "[0-9]{0,25}|[0-9+ a.-]{0,6}") {
+            let want = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                s.parse::<u64>().ok()
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(number(&s), want, "{:?}", s);
+        }
+    }
+
     #[test]
     fn only_decimal_u64_nonces_count() {
         assert_eq!(number("42"), Some(42));
         assert_eq!(number("007"), Some(7));
         assert_eq!(number("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(
+            number("000000000000000000000018446744073709551615"),
+            Some(u64::MAX)
+        );
+        assert_eq!(number("0"), Some(0));
+        // every u64 and its neighbours beyond, as `str::parse` reads them
+        for v in [
+            0u64,
+            9,
+            10,
+            99,
+            1 << 32,
+            u64::MAX / 10,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(number(&v.to_string()), Some(v));
+            assert_eq!(number(&format!("{v}0")), v.checked_mul(10));
+        }
         for bad in [
             "",
             "-1",
@@ -365,6 +405,10 @@ mod tests {
             "a1",
             " 1",
             "١",
+            "99999999999999999999",
+            "1 ",
+            "/",
+            ":",
         ] {
             assert_eq!(number(bad), None, "{bad}");
         }
