@@ -293,6 +293,62 @@ fn gzip_input_scans_as_the_plain_text_does() {
     );
 }
 
+/// Hundreds of input files (a year of rotated logs is thousands) under a
+/// limit of 64 open files: each is opened when it is read, so the scan
+/// gives the alerts of the same lines in one file. A directory among the
+/// inputs is a usage error that names it.
+#[test]
+fn many_inputs_are_opened_one_at_a_time() {
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 3_000,
+            seed: 5,
+            ..Default::default()
+        },
+    );
+    let text = std::fs::read_to_string(&t.events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let parts = std::fs::create_dir_all(d.path("parts"))
+        .map(|_| d.path("parts"))
+        .unwrap();
+    let mut names = Vec::new();
+    for (i, chunk) in lines.chunks(10).enumerate() {
+        let p = parts.join(format!("part-{i:04}.jsonl"));
+        std::fs::write(&p, chunk.join("\n") + "\n").unwrap();
+        names.push(p.to_str().unwrap().to_string());
+    }
+    assert!(names.len() >= 300);
+    let whole = d.path("whole.jsonl");
+    scan_ok(&[("--alerts", &whole)], &[&t.events]);
+    let split = d.path("split.jsonl");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && alerts=\"$1\" && shift && exec \"$0\" scan --quiet --alerts \"$alerts\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_replayguard"))
+        .arg(&split)
+        .args(&names)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&split).unwrap(),
+    );
+    assert!(!a.is_empty());
+    assert_eq!(
+        alerts_in(&String::from_utf8_lossy(&a)).len(),
+        alerts_in(&String::from_utf8_lossy(&b)).len()
+    );
+    assert_eq!(keyset(&read_alerts(&whole)), keyset(&read_alerts(&split)));
+    // a directory: exit 2, named
+    let o = run(&["scan", "--quiet", parts.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+}
+
 /// A file (or stdin) starting with a UTF-8 byte-order mark: the mark is
 /// skipped, the first line is an event like the others.
 #[test]

@@ -57,30 +57,38 @@ impl std::fmt::Display for ConvertSummary {
 /// An input by name, open.
 pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>);
 
-/// Standard input, decompressed when it is gzip.
-fn stdin() -> Result<Box<dyn std::io::Read + Send>, PipelineError> {
-    crate::source::decompressed(std::io::stdin())
-        .map_err(|e| PipelineError::Usage(format!("cannot read standard input: {e}")))
+/// Standard input, decompressed when it is gzip (at its first read).
+fn stdin() -> Box<dyn std::io::Read + Send> {
+    crate::source::deferred(|| crate::source::decompressed(std::io::stdin()))
 }
 
-/// Opens the named inputs (none: stdin), each decompressed when it is gzip
-/// ([`crate::source::decompressed`]); a missing file is a usage error.
+/// The named inputs (none: stdin), each opened at its first read and
+/// decompressed when it is gzip ([`crate::source::deferred`]). Whether each
+/// file can be opened is checked here: a missing one, or a directory, is a
+/// usage error, before any work.
 pub(super) fn open_inputs(paths: &[PathBuf]) -> Result<Vec<NamedInput>, PipelineError> {
     let mut named: Vec<NamedInput> = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
-            named.push(("-".into(), stdin()?));
-        } else {
-            let f = std::fs::File::open(p)
-                .and_then(crate::source::decompressed)
-                .map_err(|e| {
-                    PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
-                })?;
-            named.push((p.display().to_string(), f));
+            named.push(("-".into(), stdin()));
+            continue;
         }
+        let usage = |e: &dyn std::fmt::Display| {
+            PipelineError::Usage(format!("cannot read input {}: {e}", p.display()))
+        };
+        let f = std::fs::File::open(p).map_err(|e| usage(&e))?;
+        if f.metadata().map_err(|e| usage(&e))?.is_dir() {
+            return Err(usage(&"it is a directory"));
+        }
+        drop(f);
+        let path = p.clone();
+        let reader = crate::source::deferred(move || {
+            crate::source::decompressed(std::fs::File::open(path)?)
+        });
+        named.push((p.display().to_string(), reader));
     }
     if paths.is_empty() {
-        named.push(("-".into(), stdin()?));
+        named.push(("-".into(), stdin()));
     }
     Ok(named)
 }

@@ -48,11 +48,11 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<R: Read> LineReader<R> {
     pub fn new(inner: R, max_line: usize) -> Self {
-        // small enough to stay in the L2 cache while it is parsed
-        let cap = (max_line + 1).max(256 << 10).next_power_of_two();
         LineReader {
             inner,
-            buf: vec![0; cap],
+            // allocated at the first read: a scan of many files holds the
+            // buffer of the one it reads
+            buf: Vec::new(),
             start: 0,
             end: 0,
             eof: false,
@@ -108,6 +108,10 @@ impl<R: Read> LineReader<R> {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
+            }
+            if self.buf.is_empty() {
+                // small enough to stay in the L2 cache while it is parsed
+                self.buf = vec![0; (self.max_line + 1).max(256 << 10).next_power_of_two()];
             }
             let n = loop {
                 match self.inner.read(&mut self.buf[self.end..]) {
@@ -171,6 +175,40 @@ pub fn decompressed<R: Read + Send + 'static>(r: R) -> std::io::Result<Box<dyn R
         Ok(Box::new(Gzip(flate2::bufread::MultiGzDecoder::new(r))))
     } else {
         Ok(Box::new(r))
+    }
+}
+
+/// How an input is opened, when it is first read.
+type Opener = Box<dyn FnOnce() -> std::io::Result<Box<dyn Read + Send>> + Send>;
+
+/// An input opened at its first read (then read as [`decompressed`] says):
+/// a scan over thousands of rotated files holds one of them open at a time,
+/// not a file descriptor (and a decoder) each from the start, which would
+/// run into the process's limit of open files; and stdin is not read
+/// before the scan starts.
+pub fn deferred(
+    open: impl FnOnce() -> std::io::Result<Box<dyn Read + Send>> + Send + 'static,
+) -> Box<dyn Read + Send> {
+    Box::new(Deferred {
+        open: Some(Box::new(open)),
+        inner: None,
+    })
+}
+
+struct Deferred {
+    open: Option<Opener>,
+    inner: Option<Box<dyn Read + Send>>,
+}
+
+impl Read for Deferred {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(open) = self.open.take() {
+            self.inner = Some(open()?);
+        }
+        match &mut self.inner {
+            Some(r) => r.read(out),
+            None => Err(std::io::Error::other("the input could not be opened")),
+        }
     }
 }
 
@@ -417,6 +455,29 @@ mod tests {
         assert!(matches!(r.next_line().unwrap(), Some(Line::Data(b"x"))));
         assert!(matches!(r.next_line().unwrap(), Some(Line::Data(b"y"))));
         assert!(r.next_line().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_deferred_input_is_opened_at_its_first_read_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let opened = Arc::new(AtomicUsize::new(0));
+        let o = opened.clone();
+        let mut r = deferred(move || {
+            o.fetch_add(1, Ordering::SeqCst);
+            decompressed(std::io::Cursor::new(gzip(b"a\nb\n")))
+        });
+        assert_eq!(opened.load(Ordering::SeqCst), 0, "not before it is read");
+        assert_eq!(read_all(&mut *r).unwrap(), b"a\nb\n");
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        // an input that cannot be opened is an error when it is read
+        let mut gone = deferred(|| {
+            std::fs::File::open("/nonexistent/replayguard-input")
+                .map(|f| Box::new(f) as Box<dyn Read + Send>)
+        });
+        let e = read_all(&mut *gone).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(read_all(&mut *gone).is_err(), "and stays one");
     }
 
     #[test]
