@@ -763,14 +763,14 @@ impl<'a> Cursor<'a> {
 /// `None`).
 #[cfg(test)]
 pub fn scan<'a>(s: &'a str, paths: &Paths, out: &mut [Option<Val<'a>>]) -> Result<(), ScanError> {
-    scan_known(s, None, paths, out)
+    scan_known(s, false, paths, out)
 }
 
-/// [`scan`], told whether `s` is free of backslashes and control characters
-/// when the caller knows it already (`None`: found out here).
+/// [`scan`] of a record the caller may already know to be free of
+/// backslashes and control characters (`simple`; else it is found out here).
 pub fn scan_known<'a>(
     s: &'a str,
-    simple: Option<bool>,
+    simple: bool,
     paths: &Paths,
     out: &mut [Option<Val<'a>>],
 ) -> Result<(), ScanError> {
@@ -782,10 +782,10 @@ pub fn scan_known<'a>(
     }
     // one pass (vectorized: no early exit): a backslash means an escape
     // somewhere, a control character unusual white space or an invalid string
-    let simple = simple.unwrap_or_else(|| {
-        !s.bytes()
-            .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'))
-    });
+    let simple = simple
+        || !s
+            .bytes()
+            .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'));
     let mut c = Cursor {
         b: s.as_bytes(),
         s,

@@ -18,7 +18,7 @@ fn run<'a>(s: &'a str, p: &Paths) -> Result<Vec<Option<Val<'a>>>, ScanError> {
     let got = scan(s, p, &mut out).map(|_| out);
     if crate::decode::plain(s.as_bytes()) {
         let mut told = vec![None; p.slots()];
-        let again = scan_known(s, Some(true), p, &mut told).map(|_| told);
+        let again = scan_known(s, true, p, &mut told).map(|_| told);
         assert_eq!(again, got, "told plain: {s:?}");
     }
     got

@@ -314,8 +314,7 @@ fn scan_error(m: &Mapping, e: ScanError) -> DecodeError {
 pub fn access<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent<'a>, DecodeError> {
     let mut vals: [Option<Val<'a>>; MAX_SLOTS] = [None; MAX_SLOTS];
     let vals = &mut vals[..m.paths.slots()];
-    let simple = plain.then_some(true);
-    json::scan_known(text, simple, &m.paths, vals).map_err(|e| scan_error(m, e))?;
+    json::scan_known(text, plain, &m.paths, vals).map_err(|e| scan_error(m, e))?;
     let c = Ctx { m };
     let received_at = c
         .time(v1::RECEIVED_AT, m.time.received_at, vals)?

@@ -83,7 +83,7 @@ impl Drop for RawChunk {
 /// fresh buffer each time, its megabyte came from the OS again and again
 /// (page faults, zeroed pages) and the copy of each record into it wrote
 /// to memory no cache held.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChunkBuffers {
     tx: Sender<Buffers>,
     rx: Receiver<Buffers>,

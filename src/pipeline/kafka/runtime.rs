@@ -354,6 +354,7 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         0 => crate::pipeline::available_cores(),
         n => n,
     };
+    let buffers = ChunkBuffers::new(config.pipeline.queue_chunks + 2);
     let rt = Arc::new(Mutex::new(Runtime {
         decoder: engine.decoder().clone(),
         warm_span: rules.retention_ms + rules.allowed_lateness_ms,
@@ -374,8 +375,8 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
             if threads > 1 { threads } else { 0 },
             config.pipeline.queue_chunks,
         ),
-        chunk: RawChunk::with_capacity(config.pipeline.chunk_events, 0),
-        buffers: ChunkBuffers::new(config.pipeline.queue_chunks + 2),
+        chunk: buffers.chunk(config.pipeline.chunk_events, 0),
+        buffers,
         read_busy: Duration::ZERO,
         decode_reported: Duration::ZERO,
         pipeline: config.pipeline.clone(),
