@@ -12,10 +12,15 @@ fn paths(list: &[&[&str]]) -> Paths {
 }
 
 /// The scan of `s`, which, when the record is [`crate::decode::plain`],
-/// is the same when the scanner is told so.
+/// is the same when the scanner is told so, and which is the same on the
+/// path for records with escapes (the simple path, with its quote masks,
+/// checked against the byte-by-byte one).
 fn run<'a>(s: &'a str, p: &Paths) -> Result<Vec<Option<Val<'a>>>, ScanError> {
     let mut out = vec![None; p.slots()];
     let got = scan(s, p, &mut out).map(|_| out);
+    let mut slow = vec![None; p.slots()];
+    let escaped_path = scan_escaped_path(s, p, &mut slow).map(|_| slow);
+    assert_eq!(escaped_path, got, "escaped path: {s:?}");
     if crate::decode::plain(s.as_bytes()) {
         let mut told = vec![None; p.slots()];
         let again = scan_known(s, true, p, &mut told).map(|_| told);
@@ -288,6 +293,29 @@ proptest! {
     }
 }
 
+/// Strings and numbers of every length, starting at every offset of the
+/// 64-byte quote blocks, on the simple and the escaped path alike.
+#[test]
+fn strings_across_quote_blocks() {
+    let p = paths(&[&["k"], &["n"], &["h", "x-nonce"]]);
+    for pad in 0..70 {
+        for len in [0, 1, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 130] {
+            let v = "v".repeat(len);
+            let s = format!(
+                r#"{{"{}":"{v}","k":"{v}","n":12345678901234567{},"h":{{"a":"","x-nonce":"{v}"}},"z":"{v}"}}"#,
+                "p".repeat(pad),
+                "0".repeat(len % 20)
+            );
+            let got = run(&s, &p).unwrap();
+            assert_eq!(got[0], str_val(&v), "{s}");
+            assert_eq!(got[2], str_val(&v), "{s}");
+            // a quote missing at the end, wherever it falls
+            let cut = &s[..s.len() - 3];
+            assert!(run(cut, &p).is_err(), "{cut}");
+        }
+    }
+}
+
 #[test]
 fn word_helpers_agree_with_their_byte_at_a_time_versions() {
     for c in 0..=255u8 {
@@ -300,15 +328,27 @@ fn word_helpers_agree_with_their_byte_at_a_time_versions() {
                 want,
                 "{c:#x} at {pos}"
             );
-            // the first quote, whatever comes before and after it
-            let line = [&bytes[..], b"x\"yz\"", &bytes[..]].concat();
-            for from in 0..line.len() {
-                let want = line[from..]
-                    .iter()
-                    .position(|&b| b == b'"')
-                    .map(|p| from + p);
-                assert_eq!(find_quote(&line, from), want);
-            }
+        }
+    }
+    // the first quote, whatever comes before and after it and wherever
+    // the search starts (both ways of searching)
+    for len in 0..=100 {
+        let line: Vec<u8> = (0..len)
+            .map(|k| {
+                if k % 37 == 36 || k % 41 == 40 {
+                    b'"'
+                } else {
+                    b'a' + (k % 26) as u8
+                }
+            })
+            .collect();
+        for from in 0..=len {
+            let want = line[from..]
+                .iter()
+                .position(|&b| b == b'"')
+                .map(|p| from + p);
+            assert_eq!(find_quote(&line, from), want, "len {len} from {from}");
+            assert_eq!(find_quote_swar(&line, from), want, "len {len} from {from}");
         }
     }
     let long = format!("{}\"", "k".repeat(100));
