@@ -64,10 +64,11 @@ pub struct ScanCmd {
     /// Key lifecycle events (JSON lines); may be given more than once.
     #[arg(long, value_name = "FILE")]
     pub lifecycle: Vec<PathBuf>,
-    /// Append alerts here instead of writing them to stdout.
+    /// Append alerts here instead of writing them to stdout ("-": stdout).
     #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
-    /// Append malformed lines here (with source, line number and error).
+    /// Append malformed lines here (with source, line number and error;
+    /// "-": stdout, when the alerts go to a file).
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
     /// No progress line on stderr.
@@ -86,6 +87,16 @@ pub struct ScanCmd {
     pub inputs: Vec<PathBuf>,
 }
 
+/// An output path as given: "-" is standard output, as no path is.
+pub fn stdout_if_dash(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| p.as_os_str() != "-")
+}
+
+/// Whether an output path is "-" (standard output).
+pub fn is_dash(p: Option<&std::path::Path>) -> bool {
+    p.is_some_and(|p| p.as_os_str() == "-")
+}
+
 fn parse_format(s: &str) -> Result<crate::decode::Format, String> {
     crate::decode::Format::parse(s)
 }
@@ -98,10 +109,11 @@ pub struct ConvertCmd {
     /// The input's log format (input.format).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub input_format: Option<crate::decode::Format>,
-    /// Write the v1 events here instead of stdout.
+    /// Write the v1 events here instead of stdout ("-": stdout).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Append records that do not decode here (with source, line number and error).
+    /// Append records that do not decode here (with source, line number and
+    /// error; "-": stdout, when the events go to a file).
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
     /// Exit 0 even when more than half of an input's first 1000 records
@@ -261,7 +273,7 @@ pub struct GenerateCmd {
     /// Keys that go through a rotation.
     #[arg(long, default_value_t = 2)]
     pub rotations: usize,
-    /// Events file (default stdout).
+    /// Events file (default, and "-": stdout).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Write the key lifecycle records here.

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use replayguard::cli::{
-    Cli, Command, ConvertCmd, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat, RunCmd,
-    ScanCmd,
+    self, Cli, Command, ConvertCmd, GenerateCmd, LogFormat, ReportArgs, ReportCmd, ReportFormat,
+    RunCmd, ScanCmd,
 };
 use replayguard::config::{Config, ConfigError, Env};
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
@@ -124,11 +124,18 @@ fn scan(cmd: ScanCmd, log_format: LogFormat) -> Result<(), Failure> {
             c.input.format = f;
         }
     })?;
+    let alerts = cli::stdout_if_dash(cmd.alerts);
+    if alerts.is_none() && cli::is_dash(cmd.dead_letter.as_deref()) {
+        return Err(usage(
+            "--dead-letter - writes dead letters to stdout, where the alerts go: \
+             give --alerts FILE too",
+        ));
+    }
     let summary = pipeline::scan(ScanArgs {
         config,
         state_dir: cmd.state_dir,
         lifecycle: cmd.lifecycle,
-        alerts: cmd.alerts,
+        alerts,
         dead_letter: cmd.dead_letter,
         inputs: cmd.inputs,
         progress: !cmd.quiet,
@@ -149,9 +156,16 @@ fn convert(cmd: ConvertCmd) -> Result<(), Failure> {
             c.input.format = f;
         }
     })?;
+    let output = cli::stdout_if_dash(cmd.output);
+    if output.is_none() && cli::is_dash(cmd.dead_letter.as_deref()) {
+        return Err(usage(
+            "--dead-letter - writes dead letters to stdout, where the events go: \
+             give --output FILE too",
+        ));
+    }
     let summary = pipeline::convert(pipeline::ConvertArgs {
         config,
-        output: cmd.output,
+        output,
         dead_letter: cmd.dead_letter,
         inputs: cmd.inputs,
     })?;
@@ -350,7 +364,7 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
             .map(|f| BufWriter::with_capacity(1 << 20, f))
             .map_err(|e| usage(format!("cannot write {}: {e}", p.display())))
     };
-    let mut out: Box<dyn Write> = match &cmd.out {
+    let mut out: Box<dyn Write> = match &cli::stdout_if_dash(cmd.out.clone()) {
         Some(p) => Box::new(create(p)?),
         None => Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout().lock())),
     };

@@ -448,3 +448,60 @@ fn sequence_numbers_out_of_order_are_reported_by_scan() {
         .iter()
         .any(|a| a.kind == replayguard::schema::AlertKind::OutOfSequence));
 }
+
+#[test]
+fn dash_outputs_are_stdout() {
+    let d = Dir::new();
+    let line = r#"{"event_id":"a","received_at":"2026-11-28T00:00:00Z","key_id":"k","nonce":"n","client_ts":"2026-11-28T00:00:00Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200}
+{"event_id":"b","received_at":"2026-11-28T00:00:01Z","key_id":"k","nonce":"n","client_ts":1795824000500,"client_ip":"1.2.3.5","method":"GET","path":"/","status":200}
+not json
+"#;
+    let input = d.path("in.jsonl");
+    std::fs::write(&input, line).unwrap();
+    let input = input.to_str().unwrap();
+    let cwd = d.path("");
+    let run_in = |args: &[&str]| {
+        let mut c = bin();
+        c.current_dir(&cwd).args(args);
+        c.output().unwrap()
+    };
+    // --alerts -: the alerts on stdout, and no file called "-"
+    let o = run_in(&["scan", "--quiet", "--alerts", "-", input]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(alerts.len(), 1);
+    assert!(!d.path("-").exists());
+    // --dead-letter -: the dead letter on stdout, the alerts in their file
+    let file = d.path("alerts.jsonl");
+    let o = run_in(&[
+        "scan",
+        "--quiet",
+        "--alerts",
+        file.to_str().unwrap(),
+        "--dead-letter",
+        "-",
+        input,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let dead: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(dead[0]["offset"], 3);
+    assert_eq!(read_alerts(&file).len(), 1);
+    assert!(!d.path("-").exists());
+    // both on stdout: refused up front (usage, exit 2)
+    let o = run_in(&["scan", "--quiet", "--dead-letter", "-", input]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--dead-letter -"), "{}", stderr(&o));
+    // convert and generate take "-" as stdout too
+    let o = run_in(&["convert", "--output", "-", "--allow-dead-letters", input]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let o = run_in(&["generate", "--events", "10", "--out", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 10);
+    assert!(!d.path("-").exists());
+}

@@ -39,7 +39,14 @@ impl Target {
     }
 }
 
+/// The file at `path`, appended to; "-" is standard output.
 fn open(path: &Path) -> Result<Target, SinkError> {
+    if path.as_os_str() == "-" {
+        return Ok(Target::Stdout(BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )));
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -50,6 +57,14 @@ fn open(path: &Path) -> Result<Target, SinkError> {
         })?;
     let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
     Ok(Target::File(BufWriter::with_capacity(1 << 16, f), regular))
+}
+
+/// What errors call the output at `path`.
+fn name(path: &Path) -> String {
+    match path.as_os_str() == "-" {
+        true => "stdout".into(),
+        false => path.display().to_string(),
+    }
 }
 
 /// Alerts as JSON lines, appended to a file or written to stdout.
@@ -66,10 +81,11 @@ impl JsonlAlertSink {
         }
     }
 
+    /// Appends to the file at `path` ("-": stdout).
     pub fn file(path: &Path) -> Result<Self, SinkError> {
         Ok(JsonlAlertSink {
             target: open(path)?,
-            name: path.display().to_string(),
+            name: name(path),
         })
     }
 }
@@ -113,9 +129,10 @@ pub struct JsonlDeadLetterSink {
 }
 
 impl JsonlDeadLetterSink {
+    /// Appends to the file at `path` ("-": stdout).
     pub fn file(path: &Path) -> Result<Self, SinkError> {
         Ok(JsonlDeadLetterSink {
-            target: Some((open(path)?, path.display().to_string())),
+            target: Some((open(path)?, name(path))),
         })
     }
 
