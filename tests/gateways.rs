@@ -236,7 +236,19 @@ fn convert_writes_v1_that_scans_to_the_same_alerts() {
     let d = Dir::new();
     let (f, _) = fixture("kong");
     let input = d.path("kong.jsonl");
-    let all: String = f.case.iter().map(|c| format!("{}\n", c.record)).collect();
+    let mut all: String = f.case.iter().map(|c| format!("{}\n", c.record)).collect();
+    // and a replay of a request signed without a nonce: the converted
+    // events carry what the signature replay rule needs, not the signature
+    let sig = "7d1f9c3a5e0b2d4f6a8c1e3b5d7f9a0c";
+    for (id, t, ip) in [
+        ("sig-1", 1795857302417u64, "203.0.113.9"),
+        ("sig-2", 1795857303417, "198.51.100.4"),
+    ] {
+        all.push_str(&format!(
+            r#"{{"request":{{"id":"{id}","method":"GET","uri":"/api/v3/account","headers":{{"x-api-key":"key-sig","x-signature":"{sig}","x-timestamp":"{t}"}}}},"started_at":{t},"client_ip":"{ip}","response":{{"status":200}}}}"#
+        ));
+        all.push('\n');
+    }
     std::fs::write(&input, all).unwrap();
     let v1 = d.path("v1.jsonl");
     let dl = d.path("dl.jsonl");
@@ -253,13 +265,22 @@ fn convert_writes_v1_that_scans_to_the_same_alerts() {
         ],
         None,
     );
-    assert!(stderr(&o).contains("4 events"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("6 events"), "{}", stderr(&o));
     assert_eq!(read_json_lines(&dl).len(), 2);
     let lines = read_json_lines(&v1);
-    assert_eq!(lines.len(), 4);
-    // converted events are v1 (and carry no signature)
+    assert_eq!(lines.len(), 6);
+    // converted events are v1, with each signature's digest, never itself
     let text = std::fs::read_to_string(&v1).unwrap();
-    assert!(!text.contains("signature"), "{text}");
+    assert!(!text.contains(sig), "{text}");
+    let digest = replayguard::pipeline::signature_digest(sig).into_owned();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["signature"] == digest.as_str())
+            .count(),
+        2,
+        "{text}"
+    );
     for l in text.lines() {
         Decoder::default().access(l.as_bytes()).unwrap();
     }
@@ -295,6 +316,26 @@ fn convert_writes_v1_that_scans_to_the_same_alerts() {
     };
     assert!(!ids(&a_kong).is_empty());
     assert_eq!(ids(&a_kong), ids(&a_v1));
+    let signature_replays = |p: &std::path::Path| {
+        read_alerts(p)
+            .into_iter()
+            .filter(|a| a.event_id == "sig-2")
+            .count()
+    };
+    assert_eq!(signature_replays(&a_kong), 1);
+    assert_eq!(signature_replays(&a_v1), 1);
+    // converting the converted events changes nothing
+    let again = d.path("v1-again.jsonl");
+    run_ok(
+        &[
+            "convert",
+            "--output",
+            again.to_str().unwrap(),
+            v1.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text);
 }
 
 #[test]

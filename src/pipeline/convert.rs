@@ -1,9 +1,18 @@
 //! `replayguard convert`: the access events v1 an input format yields, one
 //! JSON line per record that decodes; the others go to the dead-letter
 //! place as in `scan`. No state, no rules.
+//!
+//! A signature is written as its digest ([`signature_digest`]), never as
+//! itself: the signature replay rule compares signatures for equality only,
+//! so the converted events scan to the same alerts as the original records,
+//! and what a converted file holds cannot be sent again.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
+
+use serde::Serialize;
+use sha2::Digest;
 
 use super::health::InputHealth;
 use super::PipelineError;
@@ -11,6 +20,39 @@ use crate::config::Config;
 use crate::decode::{Decoder, Format};
 use crate::sink::{DeadLetter, DeadLetterSink, JsonlDeadLetterSink};
 use crate::source::{FileSource, Input, Source};
+
+/// The prefix of a signature written by `convert`.
+pub const SIGNATURE_DIGEST_PREFIX: &str = "sha256:";
+
+/// What `convert` writes for a signature: `sha256:` and the hex SHA-256 of
+/// it. Equal signatures give equal digests (what the signature replay rule
+/// compares), and a signature is a value no one can recover from its
+/// digest. A digest already (64 lower-case hex digits after the prefix) is
+/// kept as it is, so converting converted events changes nothing.
+pub fn signature_digest(signature: &str) -> Cow<'_, str> {
+    if let Some(hex) = signature.strip_prefix(SIGNATURE_DIGEST_PREFIX) {
+        if hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return Cow::Borrowed(signature);
+        }
+    }
+    let h = sha2::Sha256::digest(signature.as_bytes());
+    let mut s = String::with_capacity(SIGNATURE_DIGEST_PREFIX.len() + 64);
+    s.push_str(SIGNATURE_DIGEST_PREFIX);
+    for b in h {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    Cow::Owned(s)
+}
+
+/// A converted event: the access event v1, with its signature's digest.
+#[derive(Serialize)]
+struct Converted<'e, 'a> {
+    #[serde(flatten)]
+    event: &'e crate::schema::AccessEvent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<Cow<'e, str>>,
+}
 
 /// What `convert` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -137,7 +179,11 @@ pub fn convert(args: ConvertArgs) -> Result<ConvertSummary, PipelineError> {
             let r = match decoded {
                 Ok(ev) => {
                     events += 1;
-                    serde_json::to_writer(&mut out, &ev)
+                    let converted = Converted {
+                        event: &ev,
+                        signature: ev.signature.as_deref().map(signature_digest),
+                    };
+                    serde_json::to_writer(&mut out, &converted)
                         .map_err(std::io::Error::from)
                         .and_then(|_| out.write_all(b"\n"))
                         .map_err(io)
@@ -183,4 +229,31 @@ pub fn convert(args: ConvertArgs) -> Result<ConvertSummary, PipelineError> {
         format: decoder.format(),
         mostly_dead: health.flagged().to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_is_written_as_its_digest_once() {
+        let d = signature_digest("c0ffee");
+        // sha256sum of the six bytes c0ffee
+        assert_eq!(
+            d,
+            "sha256:fb0288872031fc4818c03a7253bd3a78de192d05e6bccd09ceabeda65b4d7c6f"
+        );
+        assert!(!d.contains("c0ffee"));
+        // equal signatures, equal digests; others differ
+        assert_eq!(signature_digest("c0ffee"), d);
+        assert_ne!(signature_digest("c0ffef"), d);
+        // a digest is kept: converting converted events changes nothing
+        assert_eq!(signature_digest(&d), d);
+        // something that only looks like one is digested
+        for odd in ["sha256:", "sha256:abc", &d.to_uppercase(), &format!("{d}0")] {
+            let again = signature_digest(odd);
+            assert_ne!(again, odd);
+            assert_eq!(signature_digest(&again), again);
+        }
+    }
 }

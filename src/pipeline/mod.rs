@@ -11,7 +11,7 @@ pub(crate) mod kafka;
 pub(crate) mod scan;
 
 pub use config::{available_cores, PipelineConfig};
-pub use convert::{convert, ConvertArgs, ConvertSummary};
+pub use convert::{convert, signature_digest, ConvertArgs, ConvertSummary};
 pub use engine::{CheckpointedUsage, CommitInfo, Engine, EngineOptions, Totals, MAX_SCAN_SHARDS};
 pub use health::FIRST_RECORDS;
 pub use kafka::usage::fleet_snapshot;
