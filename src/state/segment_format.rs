@@ -40,20 +40,75 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Strings of the open segment already written, by their offset in its
 /// records: a repeated client address, path, client id or user agent is
-/// written once per segment, then referred to.
-pub(super) type Dict = hashbrown::HashMap<Box<str>, u32>;
+/// written once per segment, then referred to. Keyed by the string's 64-bit
+/// hash, checked against the bytes written at the offset (no copy of each
+/// string to allocate, compare through and free when the segment is sealed).
+pub(super) type Dict = hashbrown::HashMap<u64, u32, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// The hasher of a [`Dict`], whose keys are hashes already.
+#[derive(Default)]
+pub(super) struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // only u64 keys are hashed; anything else folded in, for completeness
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
 
 /// A string that repeats across records: `2·len` and its bytes the first
 /// time in the segment, then `2·offset + 1` (where the first one is).
 pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
-    if let Some(&off) = dict.get(s) {
-        put_varint(out, 2 * off as u64 + 1);
-        return;
+    let h = xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+    match dict.entry(h) {
+        hashbrown::hash_map::Entry::Occupied(e) => {
+            let off = *e.get();
+            if shared_at(out, off) == Some(s.as_bytes()) {
+                put_varint(out, 2 * off as u64 + 1);
+                return;
+            }
+            // another string with the same hash: written out in full
+            // (the first keeps the entry)
+            put_varint(out, 2 * s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        hashbrown::hash_map::Entry::Vacant(e) => {
+            e.insert(out.len() as u32);
+            put_varint(out, 2 * s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
     }
-    let off = out.len() as u32;
-    put_varint(out, 2 * s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-    dict.insert(s.into(), off);
+}
+
+/// The bytes of the shared string written in full at `off`.
+fn shared_at(out: &[u8], off: u32) -> Option<&[u8]> {
+    let mut at = off as usize;
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = *out.get(at)?;
+        at += 1;
+        v |= ((b & 0x7f) as u64) << shift;
+        if b < 0x80 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    let len = usize::try_from(v / 2).ok()?;
+    out.get(at..at.checked_add(len)?)
 }
 
 fn put_opt_shared(out: &mut Vec<u8>, s: Option<&str>, dict: &mut Dict) {

@@ -106,6 +106,26 @@ fn corrupt_segments_are_errors() {
 }
 
 #[test]
+fn a_string_whose_hash_another_holds_is_written_in_full() {
+    let mut dict = Dict::default();
+    let mut b = Vec::new();
+    put_shared(&mut b, "203.0.113.7", &mut dict);
+    // as if "198.51.100.4" had the same 64-bit hash
+    dict.insert(xxhash_rust::xxh3::xxh3_64(b"198.51.100.4"), 0);
+    put_shared(&mut b, "198.51.100.4", &mut dict);
+    put_shared(&mut b, "198.51.100.4", &mut dict);
+    put_shared(&mut b, "203.0.113.7", &mut dict);
+    let mut r = Reader {
+        b: &b,
+        at: 0,
+        base: 0,
+    };
+    for want in ["203.0.113.7", "198.51.100.4", "198.51.100.4", "203.0.113.7"] {
+        assert_eq!(r.shared().as_deref(), Some(want));
+    }
+}
+
+#[test]
 fn repeated_strings_are_written_once_per_segment_and_read_back() {
     let mut dict = Dict::default();
     let mut b = Vec::new();
