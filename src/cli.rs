@@ -276,10 +276,11 @@ pub struct GenerateCmd {
     /// Events file (default, and "-": stdout).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Write the key lifecycle records here.
+    /// Write the key lifecycle records here ("-": stdout, with --out FILE).
     #[arg(long, value_name = "FILE")]
     pub lifecycle: Option<PathBuf>,
-    /// Write the expected alerts (ground truth) here.
+    /// Write the expected alerts (ground truth) here ("-": stdout, with
+    /// --out FILE).
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
     /// Config whose `[detect]` rules the ground truth follows.

@@ -359,14 +359,32 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
     if gc.rate <= 0.0 || !gc.rate.is_finite() {
         return Err(usage("--rate must be positive"));
     }
-    let create = |p: &std::path::Path| {
+    // "-" is stdout, which one output at most may use (the events by default)
+    let to_stdout = [
+        cmd.out.is_none() || cli::is_dash(cmd.out.as_deref()),
+        cli::is_dash(cmd.lifecycle.as_deref()),
+        cli::is_dash(cmd.truth.as_deref()),
+    ];
+    if to_stdout.iter().filter(|&&b| b).count() > 1 {
+        return Err(usage(
+            "only one of the events (--out, stdout by default), --lifecycle and --truth \
+             can go to stdout (\"-\")",
+        ));
+    }
+    let create = |p: &std::path::Path| -> Result<Box<dyn Write>, Failure> {
+        if cli::is_dash(Some(p)) {
+            return Ok(Box::new(BufWriter::with_capacity(
+                1 << 20,
+                std::io::stdout().lock(),
+            )));
+        }
         File::create(p)
-            .map(|f| BufWriter::with_capacity(1 << 20, f))
+            .map(|f| Box::new(BufWriter::with_capacity(1 << 20, f)) as Box<dyn Write>)
             .map_err(|e| usage(format!("cannot write {}: {e}", p.display())))
     };
-    let mut out: Box<dyn Write> = match &cli::stdout_if_dash(cmd.out.clone()) {
-        Some(p) => Box::new(create(p)?),
-        None => Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout().lock())),
+    let mut out: Box<dyn Write> = match &cmd.out {
+        Some(p) => create(p)?,
+        None => create(std::path::Path::new("-"))?,
     };
     let mut lc = cmd.lifecycle.as_deref().map(create).transpose()?;
     let mut truth = cmd.truth.as_deref().map(create).transpose()?;

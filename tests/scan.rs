@@ -503,5 +503,19 @@ not json
     let o = run_in(&["generate", "--events", "10", "--out", "-"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 10);
+    let o = run_in(&[
+        "generate", "--events", "10", "--out", "ev.jsonl", "--truth", "-",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(alerts_in(&String::from_utf8_lossy(&o.stdout)).len() <= 10);
+    assert_eq!(
+        std::fs::read_to_string(d.path("ev.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        10
+    );
+    let o = run_in(&["generate", "--events", "10", "--lifecycle", "-"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!d.path("-").exists());
 }
