@@ -24,9 +24,11 @@ pub struct PipelineConfig {
     /// Decode threads, and detect workers. Default 0: as many as the cores
     /// this process may run on; 1: everything on one thread.
     pub threads: usize,
-    /// Records per chunk handed between threads. Default 256.
+    /// Records per chunk handed between threads. Default 0: 256 on one
+    /// thread, 1024 with several (fewer hand-overs between threads).
     pub chunk_events: usize,
-    /// Chunks in flight between two stages. Default 8.
+    /// Chunks in flight between two stages. Default 0: 8 on one thread, 3
+    /// with several (as many records in flight as 8 chunks of 256).
     pub queue_chunks: usize,
     /// Longest a processed record waits for its commit (`run`). Default
     /// 5ms; 0 commits after every poll of the consumer.
@@ -39,8 +41,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             threads: 0,
-            chunk_events: 256,
-            queue_chunks: 8,
+            chunk_events: 0,
+            queue_chunks: 0,
             max_commit_delay: DurationMs(5),
             batch_events: 20_000,
         }
@@ -61,21 +63,46 @@ const MAX_COMMIT_DELAY_MS: i64 = 60_000;
 const MAX_THREADS: usize = 256;
 
 impl PipelineConfig {
-    /// Resolves `threads = 0` to the cores available.
+    /// Resolves `threads = 0` to the cores available, and the chunk sizes
+    /// left at 0 to what suits that many threads.
     pub fn sanitize(&mut self) {
-        if self.threads == 0 {
-            self.threads = available_cores();
+        self.threads = self.effective_threads();
+        self.chunk_events = self.effective_chunk_events();
+        self.queue_chunks = self.effective_queue_chunks();
+    }
+
+    /// The threads in effect (`threads = 0`: the cores available).
+    pub fn effective_threads(&self) -> usize {
+        match self.threads {
+            0 => available_cores(),
+            n => n,
+        }
+    }
+
+    /// Records per chunk in effect (`chunk_events = 0`: 256 on one
+    /// thread, where a chunk is decoded and judged while it is in cache;
+    /// 1024 with several, where each chunk is handed between threads).
+    pub fn effective_chunk_events(&self) -> usize {
+        match (self.chunk_events, self.effective_threads()) {
+            (0, 1) => 256,
+            (0, _) => 1024,
+            (n, _) => n,
+        }
+    }
+
+    /// Chunks in flight between two stages in effect (`queue_chunks = 0`:
+    /// 8 on one thread, 3 with several: about as many records either way).
+    pub fn effective_queue_chunks(&self) -> usize {
+        match (self.queue_chunks, self.effective_threads()) {
+            (0, 1) => 8,
+            (0, _) => 3,
+            (n, _) => n,
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_events == 0 {
             return Err("pipeline.batch_events must be at least 1".into());
-        }
-        if self.chunk_events == 0 || self.queue_chunks == 0 {
-            return Err(
-                "pipeline.chunk_events and pipeline.queue_chunks must be at least 1".into(),
-            );
         }
         if self.threads > MAX_THREADS {
             return Err(format!(
@@ -91,5 +118,53 @@ impl PipelineConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_left_at_zero_suit_the_threads() {
+        let one = PipelineConfig {
+            threads: 1,
+            ..PipelineConfig::default()
+        };
+        assert_eq!(
+            (one.effective_chunk_events(), one.effective_queue_chunks()),
+            (256, 8)
+        );
+        let two = PipelineConfig {
+            threads: 2,
+            ..PipelineConfig::default()
+        };
+        assert_eq!(
+            (two.effective_chunk_events(), two.effective_queue_chunks()),
+            (1024, 3)
+        );
+        // given: kept, whatever the threads
+        let set = PipelineConfig {
+            threads: 2,
+            chunk_events: 64,
+            queue_chunks: 5,
+            ..PipelineConfig::default()
+        };
+        assert_eq!(
+            (set.effective_chunk_events(), set.effective_queue_chunks()),
+            (64, 5)
+        );
+        // sanitize writes what is in effect, and validates
+        let mut c = PipelineConfig {
+            threads: 1,
+            ..PipelineConfig::default()
+        };
+        c.sanitize();
+        assert_eq!((c.threads, c.chunk_events, c.queue_chunks), (1, 256, 8));
+        assert!(c.validate().is_ok());
+        let mut auto = PipelineConfig::default();
+        auto.sanitize();
+        assert_eq!(auto.threads, available_cores());
+        assert!(auto.chunk_events >= 256 && auto.queue_chunks >= 3);
     }
 }

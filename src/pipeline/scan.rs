@@ -298,15 +298,12 @@ pub struct ScanOptions {
 
 impl ScanOptions {
     pub fn from_config(c: &Config) -> Self {
-        let threads = match c.pipeline.threads {
-            0 => super::available_cores(),
-            n => n,
-        };
+        let threads = c.pipeline.effective_threads();
         ScanOptions {
             batch_events: c.scan.batch_events,
-            chunk_events: c.pipeline.chunk_events,
+            chunk_events: c.pipeline.effective_chunk_events(),
             decode_threads: if threads > 1 { threads } else { 0 },
-            queue_chunks: c.pipeline.queue_chunks,
+            queue_chunks: c.pipeline.effective_queue_chunks(),
             threads,
         }
     }

@@ -91,11 +91,8 @@ impl From<&Config> for EngineOptions {
                 .expect("a validated config's input format resolves"),
             segments: c.state.segments(),
             max_index_bytes: c.state.max_index.0 as usize,
-            threads: match c.pipeline.threads {
-                0 => super::available_cores(),
-                n => n,
-            },
-            queue: c.pipeline.queue_chunks,
+            threads: c.pipeline.effective_threads(),
+            queue: c.pipeline.effective_queue_chunks(),
             usage_checkpoint: c.state.usage_checkpoint_interval.as_std(),
         }
     }

@@ -187,7 +187,9 @@ impl Runtime {
             while !self.pool.has_room() {
                 self.route_next(true)?;
             }
-            let next = self.buffers.chunk(self.pipeline.chunk_events, 0);
+            let next = self
+                .buffers
+                .chunk(self.pipeline.effective_chunk_events(), 0);
             let full = std::mem::replace(&mut self.chunk, next);
             self.pool.submit(full);
         }
@@ -350,11 +352,8 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
     let _ = status.reports.set(published.clone());
     let rules = engine.rules();
     let engine_decoder = engine.decoder().clone();
-    let threads = match config.pipeline.threads {
-        0 => crate::pipeline::available_cores(),
-        n => n,
-    };
-    let buffers = ChunkBuffers::new(config.pipeline.queue_chunks + 2);
+    let threads = config.pipeline.effective_threads();
+    let buffers = ChunkBuffers::new(config.pipeline.effective_queue_chunks() + 2);
     let rt = Arc::new(Mutex::new(Runtime {
         decoder: engine.decoder().clone(),
         warm_span: rules.retention_ms + rules.allowed_lateness_ms,
@@ -373,9 +372,9 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         pool: DecodePool::new(
             engine_decoder,
             if threads > 1 { threads } else { 0 },
-            config.pipeline.queue_chunks,
+            config.pipeline.effective_queue_chunks(),
         ),
-        chunk: buffers.chunk(config.pipeline.chunk_events, 0),
+        chunk: buffers.chunk(config.pipeline.effective_chunk_events(), 0),
         buffers,
         read_busy: Duration::ZERO,
         decode_reported: Duration::ZERO,
@@ -465,7 +464,7 @@ fn poll_loop(
     k: &KafkaConfig,
 ) -> Result<(), PipelineError> {
     let mut last_log = Instant::now();
-    let chunk_events = lock(rt).pipeline.chunk_events;
+    let chunk_events = lock(rt).pipeline.effective_chunk_events();
     let mut batch = Vec::with_capacity(chunk_events);
     loop {
         if status.stop.load(Ordering::Relaxed) {
