@@ -89,12 +89,12 @@ pub struct ScanCmd {
 
 /// An output path as given: "-" is standard output, as no path is.
 pub fn stdout_if_dash(p: Option<PathBuf>) -> Option<PathBuf> {
-    p.filter(|p| p.as_os_str() != "-")
+    p.filter(|p| !crate::sink::is_stdout(p))
 }
 
 /// Whether an output path is "-" (standard output).
 pub fn is_dash(p: Option<&std::path::Path>) -> bool {
-    p.is_some_and(|p| p.as_os_str() == "-")
+    p.is_some_and(crate::sink::is_stdout)
 }
 
 fn parse_format(s: &str) -> Result<crate::decode::Format, String> {

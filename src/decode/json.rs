@@ -814,9 +814,6 @@ pub fn scan_escaped_path<'a>(
     paths: &Paths,
     out: &mut [Option<Val<'a>>],
 ) -> Result<(), ScanError> {
-    if u32::try_from(s.len()).is_err() {
-        return scan_known(s, false, paths, out);
-    }
     scan_with(s, false, paths, out)
 }
 
@@ -828,12 +825,6 @@ pub fn scan_known<'a>(
     paths: &Paths,
     out: &mut [Option<Val<'a>>],
 ) -> Result<(), ScanError> {
-    if u32::try_from(s.len()).is_err() {
-        return Err(ScanError::Syntax {
-            at: u32::MAX as usize,
-            what: "a record shorter than 4 GiB",
-        });
-    }
     // one pass (vectorized: no early exit): a backslash means an escape
     // somewhere, a control character unusual white space or an invalid string
     let simple = simple
@@ -852,6 +843,12 @@ fn scan_with<'a>(
     paths: &Paths,
     out: &mut [Option<Val<'a>>],
 ) -> Result<(), ScanError> {
+    if u32::try_from(s.len()).is_err() {
+        return Err(ScanError::Syntax {
+            at: u32::MAX as usize,
+            what: "a record shorter than 4 GiB",
+        });
+    }
     let mut c = Cursor {
         b: s.as_bytes(),
         s,

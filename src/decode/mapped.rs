@@ -31,10 +31,7 @@ pub fn derived_event_id(record: &str) -> String {
     let h = sha2::Sha256::digest(record.trim_ascii().as_bytes());
     let mut s = String::with_capacity(DERIVED_ID_PREFIX.len() + 32);
     s.push_str(DERIVED_ID_PREFIX);
-    for b in &h[..16] {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
-    }
+    crate::schema::push_hex(&mut s, &h[..16]);
     s
 }
 

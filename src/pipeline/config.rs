@@ -83,20 +83,21 @@ impl PipelineConfig {
     /// thread, where a chunk is decoded and judged while it is in cache;
     /// 1024 with several, where each chunk is handed between threads).
     pub fn effective_chunk_events(&self) -> usize {
-        match (self.chunk_events, self.effective_threads()) {
-            (0, 1) => 256,
-            (0, _) => 1024,
-            (n, _) => n,
-        }
+        self.by_threads(self.chunk_events, 256, 1024)
     }
 
     /// Chunks in flight between two stages in effect (`queue_chunks = 0`:
     /// 8 on one thread, 3 with several: about as many records either way).
     pub fn effective_queue_chunks(&self) -> usize {
-        match (self.queue_chunks, self.effective_threads()) {
-            (0, 1) => 8,
-            (0, _) => 3,
-            (n, _) => n,
+        self.by_threads(self.queue_chunks, 8, 3)
+    }
+
+    /// `set`, or when it is 0, `one` on one thread and `several` with more.
+    fn by_threads(&self, set: usize, one: usize, several: usize) -> usize {
+        match set {
+            0 if self.effective_threads() == 1 => one,
+            0 => several,
+            n => n,
         }
     }
 

@@ -38,10 +38,7 @@ pub fn signature_digest(signature: &str) -> Cow<'_, str> {
     let h = sha2::Sha256::digest(signature.as_bytes());
     let mut s = String::with_capacity(SIGNATURE_DIGEST_PREFIX.len() + 64);
     s.push_str(SIGNATURE_DIGEST_PREFIX);
-    for b in h {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
-    }
+    crate::schema::push_hex(&mut s, &h);
     Cow::Owned(s)
 }
 

@@ -353,10 +353,7 @@ pub fn alert_id_parts(kind: &str, parts: &[&[u8]]) -> String {
     }
     let d = h.finalize();
     let mut s = String::with_capacity(32);
-    for b in &d[..16] {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
-    }
+    super::push_hex(&mut s, &d[..16]);
     s
 }
 

@@ -17,6 +17,10 @@ enum Target {
 }
 
 impl Target {
+    fn stdout() -> Self {
+        Target::Stdout(BufWriter::with_capacity(1 << 16, std::io::stdout()))
+    }
+
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Target::Stdout(w) => w,
@@ -39,13 +43,16 @@ impl Target {
     }
 }
 
+/// Whether an output path means standard output: "-", as a command line
+/// says it.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// The file at `path`, appended to; "-" is standard output.
 fn open(path: &Path) -> Result<Target, SinkError> {
-    if path.as_os_str() == "-" {
-        return Ok(Target::Stdout(BufWriter::with_capacity(
-            1 << 16,
-            std::io::stdout(),
-        )));
+    if is_stdout(path) {
+        return Ok(Target::stdout());
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -61,7 +68,7 @@ fn open(path: &Path) -> Result<Target, SinkError> {
 
 /// What errors call the output at `path`.
 fn name(path: &Path) -> String {
-    match path.as_os_str() == "-" {
+    match is_stdout(path) {
         true => "stdout".into(),
         false => path.display().to_string(),
     }
@@ -76,7 +83,7 @@ pub struct JsonlAlertSink {
 impl JsonlAlertSink {
     pub fn stdout() -> Self {
         JsonlAlertSink {
-            target: Target::Stdout(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+            target: Target::stdout(),
             name: "stdout".into(),
         }
     }

@@ -10,7 +10,7 @@ use crate::decode::DecodeError;
 use crate::detect::Position;
 use crate::source::{MessageKey, Payload};
 
-pub use jsonl::{JsonlAlertSink, JsonlDeadLetterSink};
+pub use jsonl::{is_stdout, JsonlAlertSink, JsonlDeadLetterSink};
 pub use memory::{MemAlertSink, MemDeadLetterSink};
 
 #[derive(Debug, thiserror::Error)]

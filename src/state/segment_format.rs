@@ -92,23 +92,17 @@ pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
 
 /// The bytes of the shared string written in full at `off`.
 fn shared_at(out: &[u8], off: u32) -> Option<&[u8]> {
-    let mut at = off as usize;
-    let mut v = 0u64;
-    let mut shift = 0;
-    loop {
-        let b = *out.get(at)?;
-        at += 1;
-        v |= ((b & 0x7f) as u64) << shift;
-        if b < 0x80 {
-            break;
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
+    let mut r = Reader {
+        b: out,
+        at: off as usize,
+        base: 0,
+    };
+    let v = r.varint()?;
+    // an even value is a length (an odd one refers to another place)
+    if v % 2 != 0 {
+        return None;
     }
-    let len = usize::try_from(v / 2).ok()?;
-    out.get(at..at.checked_add(len)?)
+    r.take(usize::try_from(v / 2).ok()?)
 }
 
 fn put_opt_shared(out: &mut Vec<u8>, s: Option<&str>, dict: &mut Dict) {

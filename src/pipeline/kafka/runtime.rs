@@ -378,7 +378,12 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         buffers,
         read_busy: Duration::ZERO,
         decode_reported: Duration::ZERO,
-        pipeline: config.pipeline.clone(),
+        // resolved once: what is in effect is read for every chunk
+        pipeline: {
+            let mut p = config.pipeline.clone();
+            p.sanitize();
+            p
+        },
         records_since_commit: 0,
         batch_opened: None,
         committing: (0, None),
