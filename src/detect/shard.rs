@@ -150,6 +150,9 @@ pub struct ShardDetector {
     seq: hashbrown::HashMap<Box<str>, SeqState>,
     /// Keys whose sequence state changed since [`ShardDetector::take_dirty_seq`].
     seq_dirty: Vec<Box<str>>,
+    /// The step of event time the watermark was last in, `[lo, hi)` (see
+    /// [`ShardDetector::judge_boundary`]); empty before the first.
+    judge_bucket: (Millis, Millis),
     /// Usage handed over with a partition: per key, the input offset it
     /// counts up to (requests before it, read again to rebuild the replay
     /// window, are not counted twice).
@@ -205,6 +208,7 @@ impl ShardDetector {
             seq_keys: Vec::new(),
             seq: hashbrown::HashMap::new(),
             seq_dirty: Vec::new(),
+            judge_bucket: (0, 0),
             seeded: hashbrown::HashMap::new(),
         }
     }
@@ -454,7 +458,11 @@ impl ShardDetector {
         log: &mut L,
         out: &mut Vec<Alert>,
     ) -> Result<Millis, LookupError> {
-        if self.cfg.sequence == Toggle::On {
+        // A request not later than the largest time seen leaves the
+        // watermark where it is: whatever the watermark's last move made
+        // due was judged then (the common case of requests a little out of
+        // order, and of every request of the same millisecond).
+        if self.cfg.sequence == Toggle::On && self.clock.max_seen.is_none_or(|m| t > m) {
             let next_wm =
                 self.clock.max_seen.map_or(t, |m| m.max(t)) - self.cfg.allowed_lateness_ms;
             // Judged when the watermark crosses a multiple of a step of
@@ -471,10 +479,10 @@ impl ShardDetector {
             // later has lost its sighting.
             let sweep_due = next_wm - self.clock.last_sweep.max(Millis::MIN / 2)
                 >= self.cfg.sweep_interval_ms();
-            let step = self.judge_step();
-            let crossed = self
-                .watermark()
-                .is_none_or(|prev| next_wm.div_euclid(step) > prev.div_euclid(step));
+            let crossed = match self.watermark() {
+                None => true,
+                Some(prev) => next_wm >= self.judge_boundary(prev),
+            };
             if sweep_due || crossed {
                 let judged = out.len();
                 self.judge_sequences(next_wm, log, out)?;
@@ -492,6 +500,21 @@ impl ShardDetector {
     fn judge_step(&self) -> Millis {
         let interval = (self.cfg.retention_ms - self.cfg.sequence_tolerance_ms) / 2;
         (interval / 8).clamp(1, 1_000)
+    }
+
+    /// The first multiple of [`ShardDetector::judge_step`] after
+    /// `watermark`: where the next judging is due. Remembered for the step
+    /// `watermark` is in, so that most requests divide nothing.
+    fn judge_boundary(&mut self, watermark: Millis) -> Millis {
+        let (lo, hi) = self.judge_bucket;
+        if (lo..hi).contains(&watermark) {
+            return hi;
+        }
+        let step = self.judge_step();
+        let lo = watermark.div_euclid(step).saturating_mul(step);
+        let hi = lo.saturating_add(step);
+        self.judge_bucket = (lo, hi);
+        hi
     }
 
     /// Moves this shard's event time on to `max_seen`, the largest
