@@ -153,7 +153,7 @@ impl Decoder {
         if let Some(m) = &self.mapping {
             return mapped::access(m, text, plain);
         }
-        match fast::access(text) {
+        match fast::access_known(text, plain) {
             Some(fields) => fields.build(),
             None => v1::slow(text)?.build(),
         }
