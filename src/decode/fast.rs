@@ -21,6 +21,10 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
+            // nearly always the first byte, and above the space: one compare
+            if c > b' ' {
+                break;
+            }
             if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
                 self.i += 1;
             } else {
@@ -46,10 +50,12 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn str_body(&mut self) -> Option<&'a str> {
         let start = self.i;
-        let end = memchr::memchr(b'"', &self.b[start..])?;
-        self.i = start + end + 1;
+        // the path scanner's search: 32 bytes in two SSE2 compares, where
+        // memchr's call and setup cost more than most strings here
+        let end = super::json::find_quote(self.b, start)?;
+        self.i = end + 1;
         // the whole input is UTF-8 and quotes are ASCII: this is a char boundary
-        Some(&self.s[start..start + end])
+        Some(&self.s[start..end])
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {

@@ -307,7 +307,7 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// memchr. Elsewhere, and near the end of the record, eight bytes at a time
 /// (SWAR), then memchr.
 #[inline(always)]
-fn find_quote(b: &[u8], from: usize) -> Option<usize> {
+pub(super) fn find_quote(b: &[u8], from: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if from + 32 <= b.len() {
         let (m0, m1) = quotes_32(&b[from..from + 32]);
