@@ -47,15 +47,18 @@ impl<'a> Cursor<'a> {
     /// A string, after its opening quote. [`access`] has made sure the
     /// input holds no backslash and no control character, so the string
     /// ends at the next quote.
-    #[inline]
+    #[inline(always)]
     fn str_body(&mut self) -> Option<&'a str> {
         let start = self.i;
         // the path scanner's search: 32 bytes in two SSE2 compares, where
         // memchr's call and setup cost more than most strings here
         let end = super::json::find_quote(self.b, start)?;
         self.i = end + 1;
-        // the whole input is UTF-8 and quotes are ASCII: this is a char boundary
-        Some(&self.s[start..end])
+        debug_assert!(self.s.is_char_boundary(start) && self.s.is_char_boundary(end));
+        // SAFETY: `start` follows a quote and `end` is one, `start <= end <=
+        // len`; the input is UTF-8 and a quote is an ASCII byte, which is
+        // never inside a multi-byte character: both are char boundaries
+        Some(unsafe { self.s.get_unchecked(start..end) })
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
