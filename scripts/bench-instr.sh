@@ -31,7 +31,7 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 head -n "$events" "$input" > "$dir/input.jsonl"
 one() { # TAG BIN ONE_THREAD ARGS... -> "instructions ll_misses"
-  local tag="$1" bin="$2" one_thread="$3" args=() cfg=() a
+  local tag="$1" bin="$2" one_thread="$3" args=() cfg=() a i
   shift 3
   # one thread: merged into the config given, or a config of its own
   for a in "$@"; do args+=("$a"); done
@@ -63,6 +63,11 @@ one() { # TAG BIN ONE_THREAD ARGS... -> "instructions ll_misses"
 read -r ia la < <(one a "$a" "${A_ONE_THREAD:-1}" ${A_ARGS:-} "$@")
 # shellcheck disable=SC2086
 read -r ib lb < <(one b "$b" "${B_ONE_THREAD:-1}" ${B_ARGS:-} "$@")
+# a side that failed printed its log and nothing else
+if [ -z "${ia:-}" ] || [ -z "${ib:-}" ]; then
+  echo "bench-instr: a run failed (its log is above)" >&2
+  exit 1
+fi
 printf '| side | instructions | per event | LL misses | per event |\n|---|---|---|---|---|\n'
 for s in "A $ia $la" "B $ib $lb"; do
   read -r t i l <<<"$s"

@@ -128,33 +128,25 @@ mod tests {
 
     #[test]
     fn chunk_sizes_left_at_zero_suit_the_threads() {
-        let one = PipelineConfig {
-            threads: 1,
-            ..PipelineConfig::default()
-        };
-        assert_eq!(
-            (one.effective_chunk_events(), one.effective_queue_chunks()),
-            (256, 8)
-        );
-        let two = PipelineConfig {
-            threads: 2,
-            ..PipelineConfig::default()
-        };
-        assert_eq!(
-            (two.effective_chunk_events(), two.effective_queue_chunks()),
-            (1024, 3)
-        );
-        // given: kept, whatever the threads
-        let set = PipelineConfig {
-            threads: 2,
-            chunk_events: 64,
-            queue_chunks: 5,
-            ..PipelineConfig::default()
-        };
-        assert_eq!(
-            (set.effective_chunk_events(), set.effective_queue_chunks()),
-            (64, 5)
-        );
+        // (threads, chunk_events, queue_chunks) set -> the sizes in effect;
+        // sizes that are given are kept, whatever the threads
+        for (threads, chunk_events, queue_chunks, want) in [
+            (1, 0, 0, (256, 8)),
+            (2, 0, 0, (1024, 3)),
+            (2, 64, 5, (64, 5)),
+        ] {
+            let c = PipelineConfig {
+                threads,
+                chunk_events,
+                queue_chunks,
+                ..PipelineConfig::default()
+            };
+            assert_eq!(
+                (c.effective_chunk_events(), c.effective_queue_chunks()),
+                want,
+                "threads {threads}, chunk_events {chunk_events}, queue_chunks {queue_chunks}"
+            );
+        }
         // sanitize writes what is in effect, and validates
         let mut c = PipelineConfig {
             threads: 1,
