@@ -60,9 +60,9 @@ one() { # TAG BIN ONE_THREAD ARGS... -> "instructions ll_misses"
   echo "$ir $ll"
 }
 # shellcheck disable=SC2086 # A_ARGS / B_ARGS are word lists
-read -r ia la < <(one a "$a" "${A_ONE_THREAD:-1}" ${A_ARGS:-} "$@")
+read -r ia la < <(one a "$a" "${A_ONE_THREAD:-1}" ${A_ARGS:-} "$@") || true
 # shellcheck disable=SC2086
-read -r ib lb < <(one b "$b" "${B_ONE_THREAD:-1}" ${B_ARGS:-} "$@")
+read -r ib lb < <(one b "$b" "${B_ONE_THREAD:-1}" ${B_ARGS:-} "$@") || true
 # a side that failed printed its log and nothing else
 if [ -z "${ia:-}" ] || [ -z "${ib:-}" ]; then
   echo "bench-instr: a run failed (its log is above)" >&2
