@@ -73,6 +73,8 @@ struct Probe {
     /// ignores case), zero-padded: most keys are told apart by it alone.
     head: u64,
     len: usize,
+    /// Bytes 8 to 16 of a longer key, as `head` holds the first eight.
+    tail: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,11 @@ impl Paths {
                     Probe {
                         head: head(k, 0, k.len(), fold),
                         len: k.len(),
+                        tail: if k.len() > 8 {
+                            head(k, 8, k.len() - 8, fold)
+                        } else {
+                            0
+                        },
                     }
                 })
                 .collect();
@@ -184,31 +191,35 @@ impl Paths {
         let len = end - start;
         let h = head(b, start, len, n.case_insensitive);
         let i = n.probes.iter().position(|p| p.head == h && p.len == len)?;
-        let c = &n.children[i];
-        if len <= 8
-            || keys_equal(
-                &c.key.as_bytes()[8..],
-                &b[start + 8..end],
-                n.case_insensitive,
-            )
-        {
-            return Some(c);
+        if len <= 8 || n.rest_equal(i, b, start, end) {
+            return Some(&n.children[i]);
         }
         // two keys alike in their first eight bytes and their length: the
         // rest tells them apart
-        n.children[i + 1..]
-            .iter()
-            .zip(&n.probes[i + 1..])
-            .find(|(c, p)| {
-                p.head == h
-                    && p.len == len
-                    && keys_equal(
-                        &c.key.as_bytes()[8..],
-                        &b[start + 8..end],
-                        n.case_insensitive,
-                    )
+        (i + 1..n.probes.len())
+            .find(|&j| {
+                n.probes[j].head == h && n.probes[j].len == len && n.rest_equal(j, b, start, end)
             })
-            .map(|(c, _)| c)
+            .map(|j| &n.children[j])
+    }
+}
+
+impl Node {
+    /// Whether child `i`'s key, longer than eight bytes and as long as
+    /// `b[start..end]`, has the same bytes after the first eight: one
+    /// word compared for keys of up to 16 bytes (nearly all), the bytes
+    /// for longer ones.
+    #[inline(always)]
+    fn rest_equal(&self, i: usize, b: &[u8], start: usize, end: usize) -> bool {
+        let len = end - start;
+        if len <= 16 {
+            return self.probes[i].tail == head(b, start + 8, len - 8, self.case_insensitive);
+        }
+        keys_equal(
+            &self.children[i].key.as_bytes()[8..],
+            &b[start + 8..end],
+            self.case_insensitive,
+        )
     }
 }
 
@@ -259,11 +270,12 @@ fn ascii_lower(w: u64) -> u64 {
     w | (upper >> 2)
 }
 
-/// What is open while skipping: the first 32 levels inline, deeper ones
-/// on the heap.
+/// The containers that enclose the one being skipped, innermost last: a
+/// bit each (set: an object) for the first 64 levels, deeper ones on the
+/// heap.
 #[derive(Default)]
 struct Stack {
-    inline: [bool; 32],
+    bits: u64,
     depth: usize,
     deep: Vec<bool>,
 }
@@ -271,28 +283,31 @@ struct Stack {
 impl Stack {
     #[inline]
     fn push(&mut self, object: bool) {
-        if self.depth < self.inline.len() {
-            self.inline[self.depth] = object;
+        if self.depth < 64 {
+            let bit = 1u64 << self.depth;
+            self.bits = if object {
+                self.bits | bit
+            } else {
+                self.bits & !bit
+            };
         } else {
             self.deep.push(object);
         }
         self.depth += 1;
     }
 
+    /// The innermost enclosing container (whether it is an object),
+    /// removed; `None` when there is none.
     #[inline]
-    fn pop(&mut self) {
-        self.depth -= 1;
-        if self.depth >= self.inline.len() {
-            self.deep.pop();
+    fn pop(&mut self) -> Option<bool> {
+        if self.depth == 0 {
+            return None;
         }
-    }
-
-    #[inline]
-    fn last(&self) -> Option<bool> {
-        match self.depth {
-            0 => None,
-            d if d <= self.inline.len() => Some(self.inline[d - 1]),
-            _ => self.deep.last().copied(),
+        self.depth -= 1;
+        if self.depth < 64 {
+            Some(self.bits & (1u64 << self.depth) != 0)
+        } else {
+            self.deep.pop()
         }
     }
 }
@@ -409,6 +424,21 @@ impl<'a> Cursor<'a> {
         Err(Fail)
     }
 
+    /// `s[start..end]` for the ends of a token, which are char boundaries:
+    /// a string's contents lie between two ASCII quotes, and a number
+    /// starts at an ASCII byte and ends at the end of the record or before
+    /// the byte after its last digit, which in UTF-8 cannot be a
+    /// continuation byte (those follow only a multi-byte lead).
+    #[inline(always)]
+    fn token_text(&self, start: u32, end: u32) -> &'a str {
+        let (start, end) = (start as usize, end as usize);
+        debug_assert!(start <= end && end <= self.s.len());
+        debug_assert!(self.s.is_char_boundary(start) && self.s.is_char_boundary(end));
+        // SAFETY: start <= end <= len, as the cursor only moves forward
+        // inside the record, and both are char boundaries (above)
+        unsafe { self.s.get_unchecked(start..end) }
+    }
+
     #[inline]
     fn val(&self, t: Tok) -> Val<'a> {
         match t {
@@ -417,10 +447,10 @@ impl<'a> Cursor<'a> {
                 end,
                 escaped,
             } => Val::Str {
-                raw: &self.s[start as usize..end as usize],
+                raw: self.token_text(start, end),
                 escaped,
             },
-            Tok::Num { start, end } => Val::Num(&self.s[start as usize..end as usize]),
+            Tok::Num { start, end } => Val::Num(self.token_text(start, end)),
             Tok::True => Val::Bool(true),
             Tok::False => Val::Bool(false),
             Tok::Null => Val::Null,
@@ -620,46 +650,60 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips the rest of a container whose opening bracket was read,
-    /// iteratively (a stack of what is open, not of calls).
+    /// iteratively (a stack of what encloses it, not of calls).
     fn skip_open(&mut self, first: Tok) -> R<()> {
-        // true: an object is open; false: an array (no allocation for
+        let close_of = |object: bool| if object { b'}' } else { b']' };
+        let mut in_object = matches!(first, Tok::Object);
+        let mut close = close_of(in_object);
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return Ok(());
+        }
+        // what encloses the container being skipped (no allocation for
         // the depths records have)
         let mut stack = Stack::default();
-        stack.push(matches!(first, Tok::Object));
-        // a fresh container: its first member (or its end) comes next
-        let mut fresh = true;
-        while let Some(in_object) = stack.last() {
-            let close = if in_object { b'}' } else { b']' };
-            let c = self.peek();
-            if fresh && c == Some(close) {
-                self.i += 1;
-                stack.pop();
-                fresh = false;
-                continue;
-            }
-            if !fresh {
-                match c {
-                    Some(b',') => self.i += 1,
-                    Some(x) if x == close => {
-                        self.i += 1;
-                        stack.pop();
-                        continue;
-                    }
-                    _ => return self.err(self.i, "a comma or the end of the container"),
-                }
-            }
-            fresh = false;
+        loop {
+            // a member of the current container comes next
             if in_object {
                 self.expect(b'"', "a key")?;
                 self.key()?;
             }
             let v = self.scalar_or_open()?;
             if v.is_container() {
-                stack.push(matches!(v, Tok::Object));
-                fresh = true;
+                stack.push(in_object);
+                in_object = matches!(v, Tok::Object);
+                close = close_of(in_object);
+                if self.peek() != Some(close) {
+                    // its first member
+                    continue;
+                }
+                // empty: it ends where it began, a member of its parent
+                self.i += 1;
+                in_object = stack.pop().expect("just pushed");
+                close = close_of(in_object);
+            }
+            // after a member: a comma and the next, or the container's end
+            // (and then after the member that the container was)
+            loop {
+                match self.peek() {
+                    Some(b',') => {
+                        self.i += 1;
+                        break;
+                    }
+                    Some(c) if c == close => {
+                        self.i += 1;
+                        match stack.pop() {
+                            None => return Ok(()),
+                            Some(object) => {
+                                in_object = object;
+                                close = close_of(object);
+                            }
+                        }
+                    }
+                    _ => return self.err(self.i, "a comma or the end of the container"),
+                }
             }
         }
-        Ok(())
     }
 
     /// A value for a slot: a scalar; an array gives its first element when

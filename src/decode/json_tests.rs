@@ -384,4 +384,29 @@ fn keys_alike_in_their_first_eight_bytes_are_told_apart() {
         got,
         vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")]
     );
+    // keys alike in their first 16 bytes (past the word compared after
+    // the first eight), with and without regard to case
+    let mut p = Paths::new(4);
+    assert!(p.add(&["h", "x-request-signature-a"], &[false, true], 0));
+    assert!(p.add(&["h", "x-request-signature-b"], &[false, true], 1));
+    assert!(p.add(&["x-request-signature-a"], &[], 2));
+    assert!(p.add(&["x-request-signature-b"], &[], 3));
+    let got = run(
+        r#"{"x-request-signature-b":"3","h":{"X-REQUEST-SIGNATURE-B":"1","x-request-signature-c":"no","X-Request-Signature-A":"0","x-request-signaturE":"no"},"X-request-signature-a":"no","x-request-signature-a":"2","x-request-signaturf-a":"no"}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")]
+    );
+    // a key of 9 to 16 bytes differing only in its last byte, or only in
+    // case where case matters, is another key
+    let p = paths(&[&["started_at"], &["client_ip"]]);
+    let got = run(
+        r#"{"started_aT":"no","client_iP":"no","started_as":"no","client_ip":"1","started_at":"0"}"#,
+        &p,
+    )
+    .unwrap();
+    assert_eq!(got, vec![str_val("0"), str_val("1")]);
 }

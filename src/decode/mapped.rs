@@ -113,12 +113,51 @@ impl Ctx<'_> {
         }
     }
 
+    /// [`Self::string`], first trying the common case inline: one
+    /// candidate path, not sent, or a string without escapes that is longer
+    /// than every absent value (so sent).
+    #[inline(always)]
+    fn string_fast<'a>(
+        &self,
+        field: usize,
+        vals: &[Option<Val<'a>>],
+    ) -> Result<Option<Cow<'a, str>>, DecodeError> {
+        if let [slot] = self.m.field_slots[field][..] {
+            match vals[slot] {
+                None => return Ok(None),
+                Some(Val::Str {
+                    raw,
+                    escaped: false,
+                }) if raw.len() > self.m.absent_max_len => return Ok(Some(Cow::Borrowed(raw))),
+                _ => {}
+            }
+        }
+        self.string(field, vals)
+    }
+
+    #[inline]
     fn required<'a>(
         &self,
         field: usize,
         vals: &[Option<Val<'a>>],
     ) -> Result<Cow<'a, str>, DecodeError> {
-        self.string(field, vals)?.ok_or_else(|| self.missing(field))
+        self.string_fast(field, vals)?
+            .ok_or_else(|| self.missing(field))
+    }
+
+    /// [`Self::status`], first trying the common case inline: one
+    /// candidate path holding a plain JSON integer.
+    #[inline(always)]
+    fn status_fast(&self, vals: &[Option<Val<'_>>]) -> Result<u16, DecodeError> {
+        if let [slot] = self.m.field_slots[v1::STATUS][..] {
+            if let Some(Val::Num(t)) = vals[slot] {
+                match number::plain_uint(t) {
+                    Some(n) if n <= AccessEvent::MAX_STATUS as u64 => return Ok(n as u16),
+                    _ => {}
+                }
+            }
+        }
+        self.status(vals)
     }
 
     fn status(&self, vals: &[Option<Val<'_>>]) -> Result<u16, DecodeError> {
@@ -154,6 +193,34 @@ impl Ctx<'_> {
                 ),
             )),
         }
+    }
+
+    /// [`Self::time`], first trying the common case inline: one candidate
+    /// path, not sent, or a number or an escape-free string longer than
+    /// every absent value that reads as a time (an error is left to
+    /// [`Self::time`], which names it).
+    #[inline(always)]
+    fn time_fast(
+        &self,
+        field: usize,
+        how: TimeFormat,
+        vals: &[Option<Val<'_>>],
+    ) -> Result<Option<Millis>, DecodeError> {
+        if let [slot] = self.m.field_slots[field][..] {
+            let sent = match vals[slot] {
+                None => return Ok(None),
+                Some(Val::Num(t)) => Some((t, true)),
+                Some(Val::Str {
+                    raw,
+                    escaped: false,
+                }) if raw.len() > self.m.absent_max_len => Some((raw, false)),
+                _ => None,
+            };
+            if let Some(Ok(ms)) = sent.map(|(text, numeric)| parse_time(text, numeric, how)) {
+                return Ok(Some(ms));
+            }
+        }
+        self.time(field, how, vals)
     }
 
     fn time(
@@ -316,23 +383,23 @@ pub fn access<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent
     let received_at = c
         .time(v1::RECEIVED_AT, m.time.received_at, vals)?
         .ok_or_else(|| c.missing(v1::RECEIVED_AT))?;
-    let event_id = match c.string(v1::EVENT_ID, vals)? {
+    let event_id = match c.string_fast(v1::EVENT_ID, vals)? {
         Some(id) => id,
         None => Cow::Owned(derived_event_id(text)),
     };
     Ok(AccessEvent {
         event_id,
         received_at,
-        key_id: c.string(v1::KEY_ID, vals)?,
-        nonce: c.string(v1::NONCE, vals)?,
-        client_ts: c.time(v1::CLIENT_TS, m.time.client_ts, vals)?,
+        key_id: c.string_fast(v1::KEY_ID, vals)?,
+        nonce: c.string_fast(v1::NONCE, vals)?,
+        client_ts: c.time_fast(v1::CLIENT_TS, m.time.client_ts, vals)?,
         client_ip: c.required(v1::CLIENT_IP, vals)?,
         method: c.required(v1::METHOD, vals)?,
         path: c.required(v1::PATH, vals)?,
-        status: c.status(vals)?,
-        user_agent: c.string(v1::USER_AGENT, vals)?,
-        client_id: c.string(v1::CLIENT_ID, vals)?,
-        signature: c.string(v1::SIGNATURE, vals)?,
+        status: c.status_fast(vals)?,
+        user_agent: c.string_fast(v1::USER_AGENT, vals)?,
+        client_id: c.string_fast(v1::CLIENT_ID, vals)?,
+        signature: c.string_fast(v1::SIGNATURE, vals)?,
     })
 }
 
@@ -406,6 +473,95 @@ mod tests {
                 parse_time(&format!(" {v} "), false, TimeFormat::Auto),
                 general(v)
             );
+        }
+    }
+
+    /// The inline common cases (`string_fast`, `time_fast`, `status_fast`)
+    /// give what the general conversions give, errors included, for every
+    /// kind of value at a field with one path and at one with two.
+    #[test]
+    fn fast_conversions_agree_with_the_general_ones() {
+        use super::super::input::{Format, InputConfig};
+        let values = [
+            None,
+            Some(r#""""#),
+            Some(r#""-""#),
+            Some(r#""--""#),
+            Some(r#""n""#),
+            Some(r#""ab""#),
+            Some(r#""a\u0041b""#),
+            Some(r#""\u002d""#),
+            Some(r#""1795857302417""#),
+            Some(r#"" 1795857302 ""#),
+            Some(r#""1795857302.417""#),
+            Some(r#""2026-11-28T09:15:02.417Z""#),
+            Some(r#""28/Nov/2026:09:15:02 +0000""#),
+            Some(r#""200""#),
+            Some("1795857302417"),
+            Some("1795857302.417"),
+            Some("1e3"),
+            Some("-5"),
+            Some("0"),
+            Some("200"),
+            Some("999"),
+            Some("1000"),
+            Some("99999999999999999999999"),
+            Some("null"),
+            Some("true"),
+            Some("[]"),
+            Some(r#"["x"]"#),
+            Some("{}"),
+        ];
+        for absent in [None, Some(vec!["".to_string(), "-".into(), "--".into()])] {
+            let c = InputConfig {
+                format: Format::Kong,
+                absent_values: absent.clone(),
+                ..InputConfig::default()
+            };
+            let m = c.mapping().unwrap().unwrap();
+            let ctx = Ctx { m: &m };
+            for v in values {
+                // every header-borne field (one path), and the client id
+                // (two: consumer.username, then consumer.id)
+                let headers = v.map_or(String::new(), |v| {
+                    format!(r#""x-nonce":{v},"x-timestamp":{v}"#)
+                });
+                let consumer = v.map_or(String::new(), |v| format!(r#""username":{v}"#));
+                let status = v.map_or(String::new(), |v| format!(r#""status":{v}"#));
+                let line = format!(
+                    r#"{{"request":{{"headers":{{{headers}}}}},"consumer":{{{consumer}}},"response":{{{status}}}}}"#
+                );
+                let mut vals = [None; MAX_SLOTS];
+                let vals = &mut vals[..m.paths.slots()];
+                json::scan_known(&line, false, &m.paths, vals).unwrap();
+                for field in [v1::NONCE, v1::CLIENT_ID, v1::EVENT_ID] {
+                    assert_eq!(
+                        ctx.string_fast(field, vals),
+                        ctx.string(field, vals),
+                        "{line} field {field}"
+                    );
+                }
+                assert_eq!(
+                    ctx.required(v1::NONCE, vals),
+                    ctx.string(v1::NONCE, vals)
+                        .and_then(|s| s.ok_or_else(|| ctx.missing(v1::NONCE))),
+                    "{line}"
+                );
+                for how in [
+                    TimeFormat::Auto,
+                    TimeFormat::EpochMs,
+                    TimeFormat::EpochS,
+                    TimeFormat::Rfc3339,
+                    TimeFormat::Clf,
+                ] {
+                    assert_eq!(
+                        ctx.time_fast(v1::CLIENT_TS, how, vals),
+                        ctx.time(v1::CLIENT_TS, how, vals),
+                        "{line} {how:?}"
+                    );
+                }
+                assert_eq!(ctx.status_fast(vals), ctx.status(vals), "{line}");
+            }
         }
     }
 
