@@ -426,9 +426,9 @@ impl<'a> Cursor<'a> {
 
     /// `s[start..end]` for the ends of a token, which are char boundaries:
     /// a string's contents lie between two ASCII quotes, and a number
-    /// starts at an ASCII byte and ends at the end of the record or before
-    /// the byte after its last digit, which in UTF-8 cannot be a
-    /// continuation byte (those follow only a multi-byte lead).
+    /// starts at an ASCII byte and ends at the end of the record or at the
+    /// byte after its last digit, which in UTF-8 cannot be a continuation
+    /// byte (those follow only a multi-byte lead or another continuation).
     #[inline(always)]
     fn token_text(&self, start: u32, end: u32) -> &'a str {
         let (start, end) = (start as usize, end as usize);

@@ -135,6 +135,35 @@ fn deep_nesting_in_skipped_values_costs_no_stack() {
         "]".repeat(200_000)
     );
     assert_eq!(run(&deep, &p).unwrap(), vec![Some(Val::Num("1"))]);
+    // objects and arrays alternating, members after every close, deeper
+    // than the 64 levels the skip keeps in a word; and each closing
+    // bracket swapped for the other kind, at every depth, refused as
+    // serde_json refuses it
+    let nested = |depth: usize, swap_at: Option<usize>| {
+        let (mut open, mut close) = (String::new(), Vec::new());
+        for d in 0..depth {
+            let object = d % 2 == 0;
+            open.push_str(if object { "{\"k\":" } else { "[" });
+            let end = match (object, swap_at == Some(d)) {
+                (true, false) => r#","after":[1,{"z":2}]}"#,
+                (true, true) => r#","after":[1,{"z":2}]]"#,
+                (false, false) => r#",3,{"w":[]},[]]"#,
+                (false, true) => r#",3,{"w":[]},[]}"#,
+            };
+            close.push(end);
+        }
+        close.reverse();
+        format!("{{\"x\":{open}0{},\"a\":1}}", close.concat())
+    };
+    // (serde_json refuses more than 128 levels)
+    let good = nested(100, None);
+    assert!(serde_json::from_str::<serde_json::Value>(&good).is_ok());
+    assert_eq!(run(&good, &p).unwrap(), vec![Some(Val::Num("1"))]);
+    for d in [0, 1, 62, 63, 64, 65, 99] {
+        let bad = nested(100, Some(d));
+        assert!(serde_json::from_str::<serde_json::Value>(&bad).is_err());
+        assert!(run(&bad, &p).is_err(), "swapped at depth {d}");
+    }
 }
 
 // ---------------------------------------------------------------------------
