@@ -399,36 +399,40 @@ fn word_helpers_agree_with_their_byte_at_a_time_versions() {
 
 #[test]
 fn keys_alike_in_their_first_eight_bytes_are_told_apart() {
-    let mut p = Paths::new(4);
-    assert!(p.add(&["h", "x-signature-a"], &[false, true], 0));
-    assert!(p.add(&["h", "x-signature-b"], &[false, true], 1));
-    assert!(p.add(&["x-signature-a"], &[], 2));
-    assert!(p.add(&["x-signature-b"], &[], 3));
-    let got = run(
-        r#"{"x-signature-b":"3","h":{"X-SIGNATURE-B":"1","x-signature-c":"no","X-Signature-A":"0"},"X-signature-a":"no","x-signature-a":"2","x-signature":"no"}"#,
-        &p,
-    )
-    .unwrap();
-    assert_eq!(
-        got,
-        vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")]
-    );
-    // keys alike in their first 16 bytes (past the word compared after
-    // the first eight), with and without regard to case
-    let mut p = Paths::new(4);
-    assert!(p.add(&["h", "x-request-signature-a"], &[false, true], 0));
-    assert!(p.add(&["h", "x-request-signature-b"], &[false, true], 1));
-    assert!(p.add(&["x-request-signature-a"], &[], 2));
-    assert!(p.add(&["x-request-signature-b"], &[], 3));
-    let got = run(
-        r#"{"x-request-signature-b":"3","h":{"X-REQUEST-SIGNATURE-B":"1","x-request-signature-c":"no","X-Request-Signature-A":"0","x-request-signaturE":"no"},"X-request-signature-a":"no","x-request-signature-a":"2","x-request-signaturf-a":"no"}"#,
-        &p,
-    )
-    .unwrap();
-    assert_eq!(
-        got,
-        vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")]
-    );
+    // keys alike in their first 8 bytes, then in their first 16 (past the
+    // word compared after the first eight), with and without regard to
+    // case: `a` and `b` wanted, `c` as long and alike, `s` shorter
+    for (a, b, c, s) in [
+        (
+            "x-signature-a",
+            "x-signature-b",
+            "x-signature-c",
+            "x-signature",
+        ),
+        (
+            "x-request-signature-a",
+            "x-request-signature-b",
+            "x-request-signature-c",
+            "x-request-signature",
+        ),
+    ] {
+        let mut p = Paths::new(4);
+        assert!(p.add(&["h", a], &[false, true], 0));
+        assert!(p.add(&["h", b], &[false, true], 1));
+        assert!(p.add(&[a], &[], 2));
+        assert!(p.add(&[b], &[], 3));
+        let (upper_a, upper_b) = (a.to_ascii_uppercase(), b.to_ascii_uppercase());
+        let mixed_a = format!("X{}", &a[1..]);
+        let line = format!(
+            r#"{{"{b}":"3","h":{{"{upper_b}":"1","{c}":"no","{upper_a}":"0","{s}":"no"}},"{mixed_a}":"no","{a}":"2","{s}":"no"}}"#
+        );
+        let got = run(&line, &p).unwrap();
+        assert_eq!(
+            got,
+            vec![str_val("0"), str_val("1"), str_val("2"), str_val("3")],
+            "{line}"
+        );
+    }
     // a key of 9 to 16 bytes differing only in its last byte, or only in
     // case where case matters, is another key
     let p = paths(&[&["started_at"], &["client_ip"]]);
