@@ -654,8 +654,7 @@ impl<'a> Cursor<'a> {
     fn skip_open(&mut self, first: Tok) -> R<()> {
         let close_of = |object: bool| if object { b'}' } else { b']' };
         let mut in_object = matches!(first, Tok::Object);
-        let mut close = close_of(in_object);
-        if self.peek() == Some(close) {
+        if self.peek() == Some(close_of(in_object)) {
             self.i += 1;
             return Ok(());
         }
@@ -672,15 +671,13 @@ impl<'a> Cursor<'a> {
             if v.is_container() {
                 stack.push(in_object);
                 in_object = matches!(v, Tok::Object);
-                close = close_of(in_object);
-                if self.peek() != Some(close) {
+                if self.peek() != Some(close_of(in_object)) {
                     // its first member
                     continue;
                 }
                 // empty: it ends where it began, a member of its parent
                 self.i += 1;
                 in_object = stack.pop().expect("just pushed");
-                close = close_of(in_object);
             }
             // after a member: a comma and the next, or the container's end
             // (and then after the member that the container was)
@@ -690,14 +687,11 @@ impl<'a> Cursor<'a> {
                         self.i += 1;
                         break;
                     }
-                    Some(c) if c == close => {
+                    Some(c) if c == close_of(in_object) => {
                         self.i += 1;
                         match stack.pop() {
                             None => return Ok(()),
-                            Some(object) => {
-                                in_object = object;
-                                close = close_of(object);
-                            }
+                            Some(object) => in_object = object,
                         }
                     }
                     _ => return self.err(self.i, "a comma or the end of the container"),

@@ -113,26 +113,41 @@ impl Ctx<'_> {
         }
     }
 
-    /// [`Self::string`], first trying the common case inline: one
-    /// candidate path, not sent, or a string without escapes that is longer
-    /// than every absent value (so sent).
+    /// The common case the `_fast` conversions try inline: `field` has
+    /// one candidate path, and its value is either not there (`Some(None)`)
+    /// or surely sent (`Some(Some(v))`: a number, or a string without
+    /// escapes longer than every absent value). `None`: anything else, for
+    /// the general conversion to judge.
+    #[inline(always)]
+    fn sole<'a>(&self, field: usize, vals: &[Option<Val<'a>>]) -> Option<Option<Val<'a>>> {
+        let [slot] = self.m.field_slots[field][..] else {
+            return None;
+        };
+        match vals[slot] {
+            None => Some(None),
+            Some(v @ Val::Num(_)) => Some(Some(v)),
+            Some(
+                v @ Val::Str {
+                    raw,
+                    escaped: false,
+                },
+            ) if raw.len() > self.m.absent_max_len => Some(Some(v)),
+            _ => None,
+        }
+    }
+
+    /// [`Self::string`], the common case ([`Self::sole`]) inline.
     #[inline(always)]
     fn string_fast<'a>(
         &self,
         field: usize,
         vals: &[Option<Val<'a>>],
     ) -> Result<Option<Cow<'a, str>>, DecodeError> {
-        if let [slot] = self.m.field_slots[field][..] {
-            match vals[slot] {
-                None => return Ok(None),
-                Some(Val::Str {
-                    raw,
-                    escaped: false,
-                }) if raw.len() > self.m.absent_max_len => return Ok(Some(Cow::Borrowed(raw))),
-                _ => {}
-            }
+        match self.sole(field, vals) {
+            Some(None) => Ok(None),
+            Some(Some(Val::Num(t) | Val::Str { raw: t, .. })) => Ok(Some(Cow::Borrowed(t))),
+            _ => self.string(field, vals),
         }
-        self.string(field, vals)
     }
 
     #[inline]
@@ -145,16 +160,14 @@ impl Ctx<'_> {
             .ok_or_else(|| self.missing(field))
     }
 
-    /// [`Self::status`], first trying the common case inline: one
-    /// candidate path holding a plain JSON integer.
+    /// [`Self::status`], a plain integer at the one path ([`Self::sole`])
+    /// inline.
     #[inline(always)]
     fn status_fast(&self, vals: &[Option<Val<'_>>]) -> Result<u16, DecodeError> {
-        if let [slot] = self.m.field_slots[v1::STATUS][..] {
-            if let Some(Val::Num(t)) = vals[slot] {
-                match number::plain_uint(t) {
-                    Some(n) if n <= AccessEvent::MAX_STATUS as u64 => return Ok(n as u16),
-                    _ => {}
-                }
+        if let Some(Some(Val::Num(t))) = self.sole(v1::STATUS, vals) {
+            match number::plain_uint(t) {
+                Some(n) if n <= AccessEvent::MAX_STATUS as u64 => return Ok(n as u16),
+                _ => {}
             }
         }
         self.status(vals)
@@ -195,10 +208,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// [`Self::time`], first trying the common case inline: one candidate
-    /// path, not sent, or a number or an escape-free string longer than
-    /// every absent value that reads as a time (an error is left to
-    /// [`Self::time`], which names it).
+    /// [`Self::time`], the common case ([`Self::sole`]) inline when it
+    /// reads as a time (an error is left to [`Self::time`], which names it).
     #[inline(always)]
     fn time_fast(
         &self,
@@ -206,19 +217,14 @@ impl Ctx<'_> {
         how: TimeFormat,
         vals: &[Option<Val<'_>>],
     ) -> Result<Option<Millis>, DecodeError> {
-        if let [slot] = self.m.field_slots[field][..] {
-            let sent = match vals[slot] {
-                None => return Ok(None),
-                Some(Val::Num(t)) => Some((t, true)),
-                Some(Val::Str {
-                    raw,
-                    escaped: false,
-                }) if raw.len() > self.m.absent_max_len => Some((raw, false)),
-                _ => None,
-            };
-            if let Some(Ok(ms)) = sent.map(|(text, numeric)| parse_time(text, numeric, how)) {
-                return Ok(Some(ms));
-            }
+        let sent = match self.sole(field, vals) {
+            Some(None) => return Ok(None),
+            Some(Some(Val::Num(t))) => Some((t, true)),
+            Some(Some(Val::Str { raw, .. })) => Some((raw, false)),
+            _ => None,
+        };
+        if let Some(Ok(ms)) = sent.map(|(text, numeric)| parse_time(text, numeric, how)) {
+            return Ok(Some(ms));
         }
         self.time(field, how, vals)
     }
