@@ -15,7 +15,6 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use crate::schema::alert::SequenceEvidence;
 use crate::schema::{AccessEvent, Millis};
@@ -79,52 +78,7 @@ fn eight_digits(v: u64) -> Option<u32> {
     Some(d as u32)
 }
 
-/// An event id held without a heap allocation up to 40 bytes (UUIDs, the
-/// 32-hex request ids of Kong and NGINX, derived ids), longer ones on the
-/// heap: the rule remembers one per request with a counter nonce, and an
-/// allocation each was most of its cost. Ordered as the string is (bytes);
-/// serialized as a string (the same bytes as a `String`).
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId(SmallVec<[u8; 40]>);
-
-impl EventId {
-    pub fn new(s: &str) -> Self {
-        EventId(SmallVec::from_slice(s.as_bytes()))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("built from a str")
-    }
-}
-
-impl std::fmt::Debug for EventId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq<str> for EventId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Serialize for EventId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for EventId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Ok(EventId::new(&s))
-    }
-}
+pub use super::event_id::EventId;
 
 /// A request remembered for the sequence rule: a first sighting (replays
 /// are not kept), whose context an alert reads back from the sighting log
@@ -133,9 +87,45 @@ impl<'de> Deserialize<'de> for EventId {
 pub struct SeqEntry {
     pub n: u64,
     pub received_at: Millis,
+    /// The (key, nonce) fingerprint of its window in the sighting log, in
+    /// two halves (a `u128` would align the entry to 16 bytes).
+    fp: [u64; 2],
     pub event_id: EventId,
+}
+
+// 56 bytes: a minute and more of counter traffic is held in these
+const _: () = assert!(std::mem::size_of::<SeqEntry>() == 56);
+
+impl SeqEntry {
+    fn new(n: u64, received_at: Millis, event_id: &str, fp: u128) -> Self {
+        SeqEntry {
+            n,
+            received_at,
+            fp: [fp as u64, (fp >> 64) as u64],
+            event_id: EventId::new(event_id),
+        }
+    }
+
     /// The (key, nonce) fingerprint of its window in the sighting log.
-    pub fp: u128,
+    pub fn fp(&self) -> u128 {
+        u128::from(self.fp[0]) | u128::from(self.fp[1]) << 64
+    }
+
+    /// Whether it comes before the request at `r` with event id `id` in a
+    /// key's buffer (by received_at, then event id), or is that request
+    /// with `or_equal`.
+    #[inline]
+    fn before(&self, r: Millis, id: &[u8], or_equal: bool) -> bool {
+        match self.received_at.cmp(&r) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => match self.event_id.cmp_bytes(id) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Equal => or_equal,
+                std::cmp::Ordering::Greater => false,
+            },
+        }
+    }
 }
 
 /// The sequence state of one key. What the key's usage record keeps is the
@@ -228,25 +218,15 @@ impl SeqState {
             return false;
         }
         let id = event_id.as_bytes();
-        let at = self
-            .buf
-            .partition_point(|e| (e.received_at, e.event_id.as_bytes()) < (r, id));
+        let at = self.buf.partition_point(|e| e.before(r, id, false));
         if self
             .buf
             .get(at)
-            .is_some_and(|e| e.received_at == r && e.event_id.as_bytes() == id)
+            .is_some_and(|e| e.received_at == r && e.event_id.eq_bytes(id))
         {
             return false;
         }
-        self.buf.insert(
-            at,
-            SeqEntry {
-                n,
-                received_at: r,
-                event_id: EventId::new(event_id),
-                fp,
-            },
-        );
+        self.buf.insert(at, SeqEntry::new(n, r, event_id, fp));
         true
     }
 
@@ -270,47 +250,38 @@ impl SeqState {
 
     /// Remembers a first sighting (inside the lateness); one at a time
     /// already judged (after an end-of-input flush) is not checked.
-    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) {
+    /// Whether it was taken.
+    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) -> bool {
         let r = ev.received_at;
         if self.judged_until.is_some_and(|j| r <= j) {
-            return;
+            return false;
         }
         let id = ev.event_id.as_bytes();
         // in order, mostly: at the back
-        let at = if self
-            .buf
-            .back()
-            .is_none_or(|e| (e.received_at, e.event_id.as_bytes()) <= (r, id))
-        {
+        let at = if self.buf.back().is_none_or(|e| e.before(r, id, true)) {
             self.buf.len()
         } else {
-            self.buf
-                .partition_point(|e| (e.received_at, e.event_id.as_bytes()) <= (r, id))
+            self.buf.partition_point(|e| e.before(r, id, true))
         };
         debug_assert!(at >= self.judged);
-        let e = SeqEntry {
-            n,
-            received_at: r,
-            event_id: EventId::new(&ev.event_id),
-            fp,
-        };
+        let e = SeqEntry::new(n, r, &ev.event_id, fp);
         if at == self.buf.len() {
             self.buf.push_back(e);
         } else {
             self.buf.insert(at, e);
         }
+        true
     }
 
     /// Forgets a request that turned out to be a replay (a late request
     /// took its place as the first sighting: it is not judged, and its
     /// number is the new first sighting's).
-    pub fn remove(&mut self, event_id: &str) {
-        if let Some(i) = self.buf.iter().position(|e| e.event_id == *event_id) {
-            self.buf.remove(i);
-            if i < self.judged {
-                self.judged -= 1;
-            }
+    pub fn remove(&mut self, event_id: &str) -> Option<SeqEntry> {
+        let i = self.buf.iter().position(|e| e.event_id == *event_id)?;
+        if i < self.judged {
+            self.judged -= 1;
         }
+        self.buf.remove(i)
     }
 
     /// Judges every request received at or before `until`, in event-time
@@ -346,7 +317,7 @@ impl SeqState {
                             e,
                             SequenceEvidence {
                                 larger_nonce: m.to_string(),
-                                larger_event_id: id.as_str().to_string(),
+                                larger_event_id: id.to_string(),
                                 larger_received_at: *at,
                                 gap: m - e.n,
                                 tolerance_ms: tolerance,
@@ -368,28 +339,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_ids_keep_the_strings_order_and_wire_form() {
-        let ids = [
-            "",
-            "a",
-            "9e2256ee-ae5e-4bab-32d2-97d30255f9c0",
-            // longer than the inline capacity: on the heap, the same behaviour
-            "9e2256ee-ae5e-4bab-32d2-97d30255f9c0-and-some-more-bytes",
-            "b",
-            "é",
-        ];
-        for a in ids {
-            let e = EventId::new(a);
-            assert_eq!(e.as_str(), a);
-            assert!(e == *a);
-            // what a stored sequence record written with `String` holds
-            let bytes = postcard::to_allocvec(&e).unwrap();
-            assert_eq!(bytes, postcard::to_allocvec(&a.to_string()).unwrap());
-            assert_eq!(postcard::from_bytes::<EventId>(&bytes).unwrap(), e);
-            for b in ids {
-                assert_eq!(e.cmp(&EventId::new(b)), a.cmp(b), "{a} vs {b}");
-            }
-        }
+    fn the_state_record_keeps_its_wire_form() {
         let state = SeqState {
             max: Some((7, EventId::new("e-1"), 1_000)),
             ..SeqState::default()

@@ -1,0 +1,360 @@
+//! A request's event id as the sequence rule keeps it: one per request with
+//! a counter nonce, for the lateness plus the tolerance (a minute and more
+//! of traffic), so its size is the rule's memory. The ids gateways write
+//! are mostly hexadecimal: UUIDs (Envoy's x-request-id, AWS API Gateway's
+//! requestId, `generate`), and the 32-hex request ids of Kong and NGINX.
+//! Those are held as their 16 bytes; other ids up to 22 bytes inline, longer
+//! ones on the heap. Every text has exactly one form (the derived equality
+//! and hash are the text's), ordered as the text is (bytes) and serialized
+//! as a string.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest id held without a heap allocation when it is not hex.
+const INLINE: usize = 22;
+
+/// The hexadecimal texts held as 16 bytes: 8-4-4-4-12 with dashes, or 32
+/// digits, in one case (digits only counts as lower case).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Shape {
+    Uuid,
+    UuidUpper,
+    Hex32,
+    Hex32Upper,
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        match self {
+            Shape::Uuid | Shape::UuidUpper => 36,
+            Shape::Hex32 | Shape::Hex32Upper => 32,
+        }
+    }
+
+    fn upper(self) -> bool {
+        matches!(self, Shape::UuidUpper | Shape::Hex32Upper)
+    }
+
+    fn dashed(self) -> bool {
+        matches!(self, Shape::Uuid | Shape::UuidUpper)
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Hex(Shape, [u8; 16]),
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<str>),
+}
+
+/// An event id in 24 bytes (see the module's text).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventId(Repr);
+
+const _: () = assert!(std::mem::size_of::<EventId>() == 24);
+
+/// A hex digit's value, with bit 4 set for a-f and bit 5 for A-F; 0xff for
+/// any other byte.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = (10 + c as u8) | 0x10;
+        t[b'A' as usize + c] = (10 + c as u8) | 0x20;
+        c += 1;
+    }
+    t
+};
+
+/// Where a UUID's 32 digits are.
+const UUID_DIGITS: [usize; 32] = {
+    let mut p = [0usize; 32];
+    let (mut i, mut at) = (0, 0);
+    while i < 32 {
+        if at == 8 || at == 13 || at == 18 || at == 23 {
+            at += 1;
+        }
+        p[i] = at;
+        i += 1;
+        at += 1;
+    }
+    p
+};
+
+/// Where a 32-hex id's digits are.
+const HEX32_DIGITS: [usize; 32] = {
+    let mut p = [0usize; 32];
+    let mut i = 0;
+    while i < 32 {
+        p[i] = i;
+        i += 1;
+    }
+    p
+};
+
+/// The 32 hex digits of `b` at `at`, of one case, as 16 bytes, and whether
+/// the case is upper; `None` for anything else. Straight-line: a table
+/// lookup a digit, no branch until the end.
+#[inline]
+fn unhex<const N: usize>(b: &[u8; N], at: &[usize; 32]) -> Option<([u8; 16], bool)> {
+    let mut out = [0u8; 16];
+    let mut seen = 0u8;
+    for i in 0..16 {
+        let hi = NIBBLE[b[at[2 * i]] as usize];
+        let lo = NIBBLE[b[at[2 * i + 1]] as usize];
+        seen |= hi | lo;
+        out[i] = hi << 4 | (lo & 0x0f);
+    }
+    // an invalid byte sets every bit; lower and upper letters both: mixed
+    match seen & 0xf0 {
+        0x00 | 0x10 => Some((out, false)),
+        0x20 => Some((out, true)),
+        _ => None,
+    }
+}
+
+fn hex_shape(b: &[u8]) -> Option<(Shape, [u8; 16])> {
+    if let Ok(b) = <&[u8; 32]>::try_from(b) {
+        return unhex(b, &HEX32_DIGITS).map(|(v, up)| {
+            let shape = if up { Shape::Hex32Upper } else { Shape::Hex32 };
+            (shape, v)
+        });
+    }
+    let b = <&[u8; 36]>::try_from(b).ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    unhex(b, &UUID_DIGITS).map(|(v, up)| {
+        let shape = if up { Shape::UuidUpper } else { Shape::Uuid };
+        (shape, v)
+    })
+}
+
+/// The text of a hex form.
+fn render(shape: Shape, v: &[u8; 16]) -> ([u8; 36], usize) {
+    let digits: &[u8; 16] = if shape.upper() {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in v.iter().enumerate() {
+        // the dashes come before the 5th, 7th, 9th and 11th byte
+        if shape.dashed() && matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = digits[(byte >> 4) as usize];
+        out[at + 1] = digits[(byte & 0x0f) as usize];
+        at += 2;
+    }
+    debug_assert_eq!(at, shape.len());
+    (out, at)
+}
+
+impl EventId {
+    pub fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        if let Some((shape, v)) = hex_shape(b) {
+            return EventId(Repr::Hex(shape, v));
+        }
+        if b.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..b.len()].copy_from_slice(b);
+            return EventId(Repr::Inline(b.len() as u8, inline));
+        }
+        EventId(Repr::Heap(s.into()))
+    }
+
+    /// Calls `f` with the id's text.
+    #[inline]
+    pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match &self.0 {
+            Repr::Hex(shape, v) => {
+                let (text, len) = render(*shape, v);
+                f(&text[..len])
+            }
+            Repr::Inline(len, b) => f(&b[..*len as usize]),
+            Repr::Heap(s) => f(s.as_bytes()),
+        }
+    }
+
+    /// The id against the text `other`, as the texts compare.
+    #[inline]
+    pub fn cmp_bytes(&self, other: &[u8]) -> Ordering {
+        self.with_bytes(|b| b.cmp(other))
+    }
+
+    /// Whether the id's text is `other`.
+    #[inline]
+    pub fn eq_bytes(&self, other: &[u8]) -> bool {
+        match &self.0 {
+            Repr::Inline(len, b) => &b[..*len as usize] == other,
+            Repr::Heap(s) => s.as_bytes() == other,
+            Repr::Hex(shape, v) => {
+                other.len() == shape.len() && hex_shape(other) == Some((*shape, *v))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_bytes(|b| f.write_str(std::str::from_utf8(b).expect("built from a str")))
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_bytes(|b| {
+            std::fmt::Debug::fmt(std::str::from_utf8(b).expect("built from a str"), f)
+        })
+    }
+}
+
+impl Ord for EventId {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // one shape: the bytes are in the order of their digits
+        if let (Repr::Hex(a, x), Repr::Hex(b, y)) = (&self.0, &o.0) {
+            if a == b {
+                return x.cmp(y);
+            }
+        }
+        self.with_bytes(|a| o.cmp_bytes(a).reverse())
+    }
+}
+
+impl PartialOrd for EventId {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        self.eq_bytes(other.as_bytes())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        EventId::new("")
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_bytes(|b| s.serialize_str(std::str::from_utf8(b).expect("built from a str")))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(EventId::new(&s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids of every form and their neighbours: hex of both cases and
+    /// lengths, digits only, mixed case, a misplaced dash, non-hex letters,
+    /// the inline limit and beyond, multi-byte characters.
+    fn samples() -> Vec<String> {
+        let mut v: Vec<String> = [
+            "",
+            "a",
+            "e-1",
+            "9e2256ee-ae5e-4bab-92d2-97d30255f9c0",
+            "9E2256EE-AE5E-4BAB-92D2-97D30255F9C0",
+            "9e2256EE-ae5e-4bab-92d2-97d30255f9c0",
+            "9e2256ee-ae5e-4bab-92d2-97d30255f9cg",
+            "9e2256eeae5e-4bab-92d2-97d30255f9c0-",
+            "12345678-1234-1234-1234-123456789012",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+            "9e2256eeae5e4bab92d297d30255f9c0",
+            "9E2256EEAE5E4BAB92D297D30255F9C0",
+            "12345678901234567890123456789012",
+            "9e2256eeae5e4bab92d297d30255f9c",
+            "9e2256eeae5e4bab92d297d30255f9c01",
+            "0123456789012345678901",
+            "01234567890123456789012",
+            "9e2256ee-ae5e-4bab-32d2-97d30255f9c0-and-some-more-bytes",
+            "é",
+            "ééééééééééé",
+            "éééééééééééé",
+            "b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // every byte at every place of a UUID and of a 32-hex id
+        for base in [
+            "9e2256ee-ae5e-4bab-92d2-97d30255f9c0",
+            "9e2256eeae5e4bab92d297d30255f9c0",
+        ] {
+            for at in [0, 7, 8, 9, 13, 35.min(base.len() - 1)] {
+                for c in [
+                    b'0', b'9', b'a', b'f', b'g', b'A', b'F', b'G', b'-', b'/', b':', b'@', b'`',
+                ] {
+                    let mut b = base.as_bytes().to_vec();
+                    b[at] = c;
+                    v.push(String::from_utf8(b).unwrap());
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn every_form_keeps_the_text_its_order_and_its_wire_form() {
+        let all = samples();
+        for a in &all {
+            let e = EventId::new(a);
+            assert_eq!(e.to_string(), *a);
+            assert_eq!(format!("{e:?}"), format!("{a:?}"));
+            assert!(e == *a.as_str());
+            // what a stored sequence record written with `String` holds
+            let bytes = postcard::to_allocvec(&e).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(a).unwrap());
+            assert_eq!(postcard::from_bytes::<EventId>(&bytes).unwrap(), e);
+            for b in &all {
+                let f = EventId::new(b);
+                assert_eq!(e.cmp(&f), a.cmp(b), "{a} vs {b}");
+                assert_eq!(e == f, a == b, "{a} vs {b}");
+                assert_eq!(e.cmp_bytes(b.as_bytes()), a.cmp(b), "{a} vs {b}");
+                assert_eq!(e.eq_bytes(b.as_bytes()), a == b, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn hex_ids_take_no_heap_and_others_keep_their_form() {
+        let hex = |s: &str| matches!(EventId::new(s).0, Repr::Hex(..));
+        assert!(hex("9e2256ee-ae5e-4bab-92d2-97d30255f9c0"));
+        assert!(hex("9E2256EE-AE5E-4BAB-92D2-97D30255F9C0"));
+        assert!(hex("9e2256eeae5e4bab92d297d30255f9c0"));
+        assert!(hex("12345678901234567890123456789012"));
+        assert!(!hex("9e2256EE-ae5e-4bab-92d2-97d30255f9c0"));
+        assert!(!hex("9e2256ee-ae5e-4bab-92d2-97d30255f9cg"));
+        assert!(matches!(
+            EventId::new("0123456789012345678901").0,
+            Repr::Inline(22, _)
+        ));
+        assert!(matches!(
+            EventId::new("01234567890123456789012").0,
+            Repr::Heap(_)
+        ));
+    }
+}
