@@ -150,6 +150,11 @@ pub struct ShardDetector {
     seq: hashbrown::HashMap<Box<str>, SeqState>,
     /// Keys whose sequence state changed since [`ShardDetector::take_dirty_seq`].
     seq_dirty: Vec<Box<str>>,
+    /// The context of requests certain to be out of sequence when they are
+    /// judged (see [`ShardDetector::expect_out_of_sequence`]), by (key
+    /// number, received_at, nonce fingerprint): their alerts then need not
+    /// read it back from the sighting log. At most [`SEQ_CONTEXTS`].
+    seq_context: hashbrown::HashMap<(u32, Millis, u128), RequestContext>,
     /// The step of event time the watermark was last in, `[lo, hi)` (see
     /// [`ShardDetector::judge_boundary`]); empty before the first.
     judge_bucket: (Millis, Millis),
@@ -208,6 +213,7 @@ impl ShardDetector {
             seq_keys: Vec::new(),
             seq: hashbrown::HashMap::new(),
             seq_dirty: Vec::new(),
+            seq_context: hashbrown::HashMap::new(),
             judge_bucket: (0, 0),
             seeded: hashbrown::HashMap::new(),
         }
@@ -254,6 +260,9 @@ impl ShardDetector {
             Some(old) => old.id,
             None => self.seq_key(key),
         };
+        // the key's waiting requests are rebuilt: so are their contexts
+        let id = s.id;
+        self.seq_context.retain(|k, _| k.0 != id);
         self.seq.insert(key.into(), s);
     }
 
@@ -280,6 +289,12 @@ impl ShardDetector {
         take_dirty(&mut self.seq, std::mem::take(&mut self.seq_dirty), |s| {
             s.dirty = false
         })
+    }
+
+    /// How many requests' contexts wait for their out_of_sequence alert.
+    #[cfg(test)]
+    pub(crate) fn seq_contexts_waiting(&self) -> usize {
+        self.seq_context.len()
     }
 
     /// The sequence state of every key (for tests and reports).
@@ -648,9 +663,9 @@ impl ShardDetector {
                     if a.kind == AlertKind::Replay {
                         if a.event_id == *ev.event_id {
                             replay = true;
-                        } else {
+                        } else if let Some(e) = u.remove(&a.event_id) {
                             // this request took the place of a later one
-                            u.remove(&a.event_id);
+                            self.seq_context.remove(&(u.id, e.received_at, e.fp()));
                         }
                     }
                 }
@@ -662,8 +677,8 @@ impl ShardDetector {
                         && self.seeded.get(key_id).is_some_and(|&o| pos.offset < o)
                     {
                         u.reinsert(ev, n, fp);
-                    } else {
-                        u.insert(ev, n, fp);
+                    } else if u.insert(ev, n, fp) && u.max_n().is_some_and(|m| n < m) {
+                        expect_out_of_sequence(&mut self.seq_context, u.id, ev, fp);
                     }
                 }
                 retrack(&mut self.seq_pending, u.id, before, u.next_undecided());
@@ -780,8 +795,12 @@ impl ShardDetector {
         }
         let next = u.next_undecided();
         for (e, evidence) in hits.drain(..) {
-            let event_id = e.event_id.as_str();
-            let request = self.sighting_context(e.fp, event_id, log)?;
+            let event_id = e.event_id.to_string();
+            let event_id = event_id.as_str();
+            let request = match self.seq_context.remove(&(id, e.received_at, e.fp())) {
+                Some(context) => Some(context),
+                None => self.sighting_context(e.fp(), event_id, log)?,
+            };
             out.push(Alert {
                 alert_id: alert::alert_id(AlertKind::OutOfSequence, key, event_id),
                 kind: AlertKind::OutOfSequence,
@@ -1049,6 +1068,29 @@ impl ShardDetector {
 }
 
 /// Moves `key` in a set ordered by time from `before` to `after`.
+/// Most requests whose context waits for their out_of_sequence alert, per
+/// shard (~1 MB); beyond, alerts read it back from the sighting log.
+const SEQ_CONTEXTS: usize = 4096;
+
+/// A request just taken into its key's buffer whose number is below the
+/// key's maximum: the maximum it will be judged against is at least that
+/// (every request folded in was received more than the tolerance before
+/// it), so it will be out of sequence unless a late request of the same
+/// nonce makes it a replay ([`SeqState::remove`]). Its context is kept
+/// until then. Judged a minute or more later, its sighting would otherwise
+/// be read back from the store for the alert, most often from a segment
+/// no longer cached: a read of the whole segment for each alert.
+fn expect_out_of_sequence(
+    contexts: &mut hashbrown::HashMap<(u32, Millis, u128), RequestContext>,
+    id: u32,
+    ev: &AccessEvent<'_>,
+    fp: u128,
+) {
+    if contexts.len() < SEQ_CONTEXTS {
+        contexts.insert((id, ev.received_at, fp), usage::request_context(ev));
+    }
+}
+
 fn retrack(
     set: &mut std::collections::BTreeSet<(Millis, u32)>,
     id: u32,

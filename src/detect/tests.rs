@@ -241,6 +241,72 @@ fn sequence_boundaries(tol: Millis) -> Vec<AccessEvent<'static>> {
     ]
 }
 
+/// A request below the maximum already folded in is certain to be out of
+/// sequence: its context is kept from the request itself, and goes with
+/// the alert when the watermark passes it, unless a late request of the
+/// same nonce turns it into a replay first.
+#[test]
+fn a_request_below_the_folded_maximum_keeps_its_context_until_judged() {
+    let cfg = seq_rules();
+    let (tol, late) = (cfg.sequence_tolerance_ms, cfg.allowed_lateness_ms);
+    let mut h = Harness::new(cfg);
+    let with_path = |id: &str, t: Millis, nonce: &str, path: &'static str| {
+        let mut e = ev(id, t, "k", Some(nonce));
+        e.path = Cow::Borrowed(path);
+        e
+    };
+    let t1 = T0 + tol + 1_000;
+    let mut alerts = vec![];
+    alerts.extend(h.feed(&ev("a", T0, "k", Some("100"))).1);
+    alerts.extend(h.feed(&ev("b", t1, "k", Some("150"))).1);
+    // the watermark passes "b": judging it folds "a" in (maximum 100)
+    let t2 = t1 + late + 1_000;
+    alerts.extend(h.feed(&ev("z", t2, "k2", Some("1"))).1);
+    assert_eq!(h.det.seq_states()["k"].max_n(), Some(100));
+    assert_eq!(h.det.seq_contexts_waiting(), 0);
+    // below 100: kept with its context; above 100: not known yet, not kept
+    alerts.extend(h.feed(&with_path("c", t2 - late + 10, "99", "/ctx/c")).1);
+    alerts.extend(h.feed(&with_path("e", t2 - late + 11, "120", "/ctx/e")).1);
+    assert_eq!(h.det.seq_contexts_waiting(), 1);
+    // kept, then a late request of the same nonce takes its place: "d" is a
+    // replay, not out of sequence, and its kept context goes
+    alerts.extend(h.feed(&with_path("d", t2 - late + 30, "98", "/ctx/d")).1);
+    assert_eq!(h.det.seq_contexts_waiting(), 2);
+    let (_, r) = h.feed(&with_path("x", t2 - late + 20, "98", "/ctx/x"));
+    assert_eq!(
+        r.iter()
+            .map(|a| (a.kind, a.event_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(AlertKind::Replay, "d")]
+    );
+    alerts.extend(r);
+    // "x" is below 100 too: kept in "d"'s place
+    assert_eq!(h.det.seq_contexts_waiting(), 2);
+    assert!(
+        alerts.iter().all(|a| a.kind == AlertKind::Replay),
+        "{alerts:?}"
+    );
+    // the watermark passes them all: "c" and "x" out of sequence, each with
+    // its own request; "e" is not ("b" is within the tolerance of it)
+    let (_, judged) = h.feed(&ev("y", t2 + late, "k2", Some("2")));
+    let got: Vec<_> = judged
+        .iter()
+        .map(|a| {
+            let q = sequence_evidence(a);
+            (
+                a.event_id.as_str(),
+                a.request.as_ref().map(|r| r.path.as_str()),
+                q.larger_nonce.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("c", Some("/ctx/c"), "100"), ("x", Some("/ctx/x"), "100"),]
+    );
+    assert_eq!(h.det.seq_contexts_waiting(), 0);
+}
+
 #[test]
 fn sequence_numbers_are_checked_strictly_beyond_the_tolerance() {
     let cfg = seq_rules();
