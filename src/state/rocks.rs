@@ -111,6 +111,26 @@ fn shard_key(shard: u32) -> Vec<u8> {
     k
 }
 
+/// The block cache, in shards of at least 4 MiB. RocksDB's default cuts it
+/// into shards of 512 KiB (32 of 16 MiB), and a sighting segment is one
+/// value of up to [`crate::state::segment::SEGMENT_BYTES`], a block of its
+/// own: a shard held one at most, so a segment read twice in a row (the
+/// alerts of one step of event time point into the same few segments) was
+/// read from the file and its checksum computed each time. Reads are a few
+/// per thousand requests: a few shards do not contend.
+fn block_cache(capacity: usize) -> Cache {
+    let mut o = rocksdb::LruCacheOptions::default();
+    o.set_capacity(capacity);
+    o.set_num_shard_bits(shard_bits(capacity));
+    Cache::new_lru_cache_opts(&o)
+}
+
+/// log2 of the number of block cache shards: each at least 4 MiB, at most 64.
+fn shard_bits(capacity: usize) -> i32 {
+    let shards = (capacity >> 22).max(1);
+    (usize::BITS - 1 - shards.leading_zeros()).min(6) as i32
+}
+
 fn open_db(dir: &Path, o: &RocksOptions, cache: &Cache) -> Result<DB, StateError> {
     let cf_opts = |name: &str| {
         let mut bb = BlockBasedOptions::default();
@@ -183,7 +203,7 @@ impl RocksStore {
                 source,
             })?;
         }
-        let cache = Cache::new_lru_cache(o.block_cache_bytes);
+        let cache = block_cache(o.block_cache_bytes);
         let db = open_db(dir, o, &cache)?;
         let cf = db.cf_handle(CF_META).expect("meta cf");
         let meta = match db.get_cf(cf, KEY_STORE).map_err(io)? {

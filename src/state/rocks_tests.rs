@@ -93,3 +93,28 @@ fn reclaim_never_drops_the_file_holding_the_floor_segment() {
         "the file of segments 0..=5 was dropped"
     );
 }
+
+#[test]
+fn block_cache_shards_hold_several_segments() {
+    // every shard at least 4 MiB (four whole segments), at most 64 shards
+    let mib = 1usize << 20;
+    for (capacity, bits) in [
+        (1, 0),
+        (mib, 0),
+        (4 * mib - 1, 0),
+        (4 * mib, 0),
+        (8 * mib, 1),
+        (16 * mib, 2),
+        (24 * mib, 2),
+        (32 * mib, 3),
+        (256 * mib, 6),
+        (64 * 1024 * mib, 6),
+    ] {
+        assert_eq!(shard_bits(capacity), bits, "{capacity}");
+        assert!(
+            capacity >> bits >= (4 * mib).min(capacity) >> 1,
+            "{capacity}"
+        );
+    }
+    assert!(crate::state::segment::SEGMENT_BYTES * 4 <= 4 * mib);
+}
