@@ -2,8 +2,10 @@
 //! a counter nonce, for the lateness plus the tolerance (a minute and more
 //! of traffic), so its size is the rule's memory. The ids gateways write
 //! are mostly hexadecimal: UUIDs (Envoy's x-request-id, AWS API Gateway's
-//! requestId, `generate`), and the 32-hex request ids of Kong and NGINX.
-//! Those are held as their 16 bytes; other ids up to 22 bytes inline, longer
+//! requestId, `generate`), the 32-hex request ids of Kong and NGINX, and
+//! the ids derived for records that carry none (`sha256:` and 32 hex
+//! digits, [`crate::decode::derived_event_id`]). Those are held as their 16
+//! bytes; other ids up to 22 bytes inline, longer
 //! ones on the heap. Every text has exactly one form (the derived equality
 //! and hash are the text's), ordered as the text is (bytes) and serialized
 //! as a string.
@@ -15,30 +17,47 @@ use serde::{Deserialize, Serialize};
 /// The longest id held without a heap allocation when it is not hex.
 const INLINE: usize = 22;
 
-/// The hexadecimal texts held as 16 bytes: 8-4-4-4-12 with dashes, or 32
-/// digits, in one case (digits only counts as lower case).
+/// The hexadecimal texts held as 16 bytes: 8-4-4-4-12 with dashes, 32
+/// digits, or `sha256:` and 32 digits, in one case (digits only counts as
+/// lower case).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Shape {
     Uuid,
     UuidUpper,
     Hex32,
     Hex32Upper,
+    Derived,
+    DerivedUpper,
 }
+
+/// The prefix of [`Shape::Derived`].
+const DERIVED: &[u8; 7] = b"sha256:";
 
 impl Shape {
     fn len(self) -> usize {
         match self {
             Shape::Uuid | Shape::UuidUpper => 36,
             Shape::Hex32 | Shape::Hex32Upper => 32,
+            Shape::Derived | Shape::DerivedUpper => 39,
         }
     }
 
     fn upper(self) -> bool {
-        matches!(self, Shape::UuidUpper | Shape::Hex32Upper)
+        matches!(
+            self,
+            Shape::UuidUpper | Shape::Hex32Upper | Shape::DerivedUpper
+        )
     }
 
     fn dashed(self) -> bool {
         matches!(self, Shape::Uuid | Shape::UuidUpper)
+    }
+
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Shape::Derived | Shape::DerivedUpper => DERIVED,
+            _ => b"",
+        }
     }
 }
 
@@ -127,6 +146,17 @@ fn hex_shape(b: &[u8]) -> Option<(Shape, [u8; 16])> {
             (shape, v)
         });
     }
+    if let Some(digits) = b.strip_prefix(DERIVED) {
+        let digits = <&[u8; 32]>::try_from(digits).ok()?;
+        return unhex(digits, &HEX32_DIGITS).map(|(v, up)| {
+            let shape = if up {
+                Shape::DerivedUpper
+            } else {
+                Shape::Derived
+            };
+            (shape, v)
+        });
+    }
     let b = <&[u8; 36]>::try_from(b).ok()?;
     if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
@@ -138,14 +168,16 @@ fn hex_shape(b: &[u8]) -> Option<(Shape, [u8; 16])> {
 }
 
 /// The text of a hex form.
-fn render(shape: Shape, v: &[u8; 16]) -> ([u8; 36], usize) {
+fn render(shape: Shape, v: &[u8; 16]) -> ([u8; 39], usize) {
     let digits: &[u8; 16] = if shape.upper() {
         b"0123456789ABCDEF"
     } else {
         b"0123456789abcdef"
     };
-    let mut out = [b'-'; 36];
-    let mut at = 0;
+    let mut out = [b'-'; 39];
+    let prefix = shape.prefix();
+    out[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
     for (i, byte) in v.iter().enumerate() {
         // the dashes come before the 5th, 7th, 9th and 11th byte
         if shape.dashed() && matches!(i, 4 | 6 | 8 | 10) {
@@ -291,6 +323,14 @@ mod tests {
             "0123456789012345678901",
             "01234567890123456789012",
             "9e2256ee-ae5e-4bab-32d2-97d30255f9c0-and-some-more-bytes",
+            "sha256:9e2256eeae5e4bab92d297d30255f9c0",
+            "sha256:9E2256EEAE5E4BAB92D297D30255F9C0",
+            "sha256:9e2256eeae5e4bab92d297d30255f9c",
+            "sha256:9e2256eeae5e4bab92d297d30255f9c01",
+            "sha256:9e2256EEae5e4bab92d297d30255f9c0",
+            "sha255:9e2256eeae5e4bab92d297d30255f9c0",
+            "SHA256:9e2256eeae5e4bab92d297d30255f9c0",
+            "sha256-9e2256eeae5e4bab92d297d30255f9c0",
             "é",
             "ééééééééééé",
             "éééééééééééé",
@@ -303,8 +343,9 @@ mod tests {
         for base in [
             "9e2256ee-ae5e-4bab-92d2-97d30255f9c0",
             "9e2256eeae5e4bab92d297d30255f9c0",
+            "sha256:9e2256eeae5e4bab92d297d30255f9c0",
         ] {
-            for at in [0, 7, 8, 9, 13, 35.min(base.len() - 1)] {
+            for at in [0, 6, 7, 8, 9, 13, base.len() - 1] {
                 for c in [
                     b'0', b'9', b'a', b'f', b'g', b'A', b'F', b'G', b'-', b'/', b':', b'@', b'`',
                 ] {
@@ -346,6 +387,10 @@ mod tests {
         assert!(hex("9E2256EE-AE5E-4BAB-92D2-97D30255F9C0"));
         assert!(hex("9e2256eeae5e4bab92d297d30255f9c0"));
         assert!(hex("12345678901234567890123456789012"));
+        assert!(hex("sha256:9e2256eeae5e4bab92d297d30255f9c0"));
+        let derived = crate::decode::derived_event_id("{\"a\":1}");
+        assert!(hex(&derived), "{derived}");
+        assert!(!hex("sha256:9e2256eeae5e4bab92d297d30255f9cg"));
         assert!(!hex("9e2256EE-ae5e-4bab-92d2-97d30255f9c0"));
         assert!(!hex("9e2256ee-ae5e-4bab-92d2-97d30255f9cg"));
         assert!(matches!(
