@@ -128,6 +128,39 @@ impl SeqEntry {
     }
 }
 
+/// `VecDeque::partition_point` (`pred` true for a prefix of `buf`, false
+/// after), searched from the back: 1, 2, 4... entries back, then by halves
+/// within the last step. A request comes in order, or a little late: its
+/// place is at the back or a few entries before it, where a search from
+/// the middle of a minute of requests would touch a dozen cold entries.
+fn partition_from_back(buf: &VecDeque<SeqEntry>, pred: impl Fn(&SeqEntry) -> bool) -> usize {
+    // every entry at `hi` or after is known false
+    let mut hi = buf.len();
+    let mut step = 1;
+    let lo = loop {
+        if hi == 0 {
+            return 0;
+        }
+        let probe = hi.saturating_sub(step);
+        if pred(&buf[probe]) {
+            break probe + 1;
+        }
+        hi = probe;
+        step *= 2;
+    };
+    // true before `lo`, false from `hi`: the boundary is in between
+    let (mut lo, mut hi) = (lo, hi);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(&buf[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// The sequence state of one key. What the key's usage record keeps is the
 /// running maximum and two bounds; the requests not folded in yet are not
 /// written with it (that would rewrite them at every commit): each is a
@@ -149,6 +182,12 @@ pub struct SeqState {
     /// at or before `judged_until`).
     #[serde(skip)]
     judged: usize,
+    /// The latest received_at ever put in `buf`: not earlier than its last
+    /// entry's, so a request later than it goes at the back without a read
+    /// of that entry (a minute of requests ago in the key's ring, most
+    /// often no longer cached). Not part of the state.
+    #[serde(skip)]
+    latest: Option<Millis>,
     /// Changed since it was last taken for a commit.
     #[serde(skip)]
     pub dirty: bool,
@@ -227,6 +266,7 @@ impl SeqState {
             return false;
         }
         self.buf.insert(at, SeqEntry::new(n, r, event_id, fp));
+        self.latest = self.latest.max(Some(r));
         true
     }
 
@@ -257,12 +297,13 @@ impl SeqState {
             return false;
         }
         let id = ev.event_id.as_bytes();
-        // in order, mostly: at the back
-        let at = if self.buf.back().is_none_or(|e| e.before(r, id, true)) {
+        // in order, mostly: at the back, else a few entries before it
+        let at = if self.latest.is_none_or(|l| r > l) {
             self.buf.len()
         } else {
-            self.buf.partition_point(|e| e.before(r, id, true))
+            partition_from_back(&self.buf, |e| e.before(r, id, true))
         };
+        self.latest = self.latest.max(Some(r));
         debug_assert!(at >= self.judged);
         let e = SeqEntry::new(n, r, &ev.event_id, fp);
         if at == self.buf.len() {
@@ -352,6 +393,86 @@ mod tests {
         );
         let old: Before = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
         assert_eq!(old, (Some((7, "e-1".to_string(), 1_000)), None, None));
+    }
+
+    /// Requests in any order, ties of time included, end up in the buffer
+    /// by (received_at, event_id), whether they go at the back without a
+    /// look or are searched for; those at or before `judged_until` are not
+    /// taken.
+    #[test]
+    fn requests_in_any_order_are_kept_in_order() {
+        let event = |id: &str, t: Millis| AccessEvent {
+            event_id: id.to_string().into(),
+            received_at: t,
+            key_id: Some("k".into()),
+            nonce: Some("1".into()),
+            client_ts: None,
+            client_ip: "10.0.0.1".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            user_agent: None,
+            client_id: None,
+            signature: None,
+        };
+        // a generator of pseudo-random orders (no clock, no rand: repeatable)
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..200 {
+            let mut s = SeqState::default();
+            let mut want = Vec::new();
+            for i in 0..(round % 40) {
+                // mostly later, sometimes a little or much earlier, ties often
+                let t = match next(4) {
+                    0 => 1_000 - next(50) as Millis,
+                    _ => 1_000 + (i as Millis) * 3 - next(4) as Millis,
+                };
+                let id = format!("e{:02}", next(100));
+                if want.contains(&(t, id.clone())) {
+                    continue;
+                }
+                assert!(s.insert(&event(&id, t), 1, i as u128));
+                want.push((t, id));
+            }
+            want.sort();
+            let got: Vec<_> = s
+                .buf
+                .iter()
+                .map(|e| (e.received_at, e.event_id.to_string()))
+                .collect();
+            assert_eq!(got, want, "round {round}");
+            s.judged_until = Some(1_000);
+            assert!(!s.insert(&event("late", 1_000), 1, 0));
+            assert!(s.insert(&event("on", 1_001), 1, 0));
+            let order: Vec<_> = s
+                .buf
+                .iter()
+                .map(|e| (e.received_at, e.event_id.to_string()))
+                .collect();
+            assert!(order.is_sorted(), "round {round}: {order:?}");
+        }
+    }
+
+    #[test]
+    fn the_search_from_the_back_finds_partition_points_place() {
+        for len in 0..70usize {
+            let buf: VecDeque<SeqEntry> = (0..len)
+                .map(|i| SeqEntry::new(i as u64, i as Millis, "e", 0))
+                .collect();
+            for cut in 0..=len {
+                let pred = |e: &SeqEntry| (e.n as usize) < cut;
+                assert_eq!(
+                    partition_from_back(&buf, pred),
+                    buf.partition_point(pred),
+                    "{len} {cut}"
+                );
+            }
+        }
     }
 
     proptest::proptest! {
