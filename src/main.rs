@@ -10,27 +10,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Transparent huge pages off for the process, unless the environment
-/// sets `MIMALLOC_ALLOW_THP` (then mimalloc does as it says). mimalloc asks
-/// for huge pages on its arenas, and each first touch of one then zeroes 2
-/// MiB: with the sequence rule's buffers growing, the kernel's page zeroing
-/// was 17 % of a one-core scan's samples (1 % without). Measured against
-/// the same binary with them (BENCHMARKS.md, "huge pages"): 1 M events with
-/// the sequence rule 1.057x less CPU, default config 1.008x, peak RSS 20
-/// MiB lower; 100 000 keys and 10 M live requests on two cores 1.03-1.15x
-/// the events/s, peak RSS 494-507 -> 457-466 MiB.
-fn huge_pages_off() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes integers only and changes only
-        // how later page faults of this process are served.
-        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-        if r != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages stay on");
-        }
-    }
-}
-
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -42,6 +21,28 @@ use replayguard::cli::{
 };
 use replayguard::config::{Config, ConfigError, Env};
 use replayguard::pipeline::{self, PipelineError, ScanArgs};
+
+/// Transparent huge pages off for the process, unless the environment
+/// sets `MIMALLOC_ALLOW_THP` (then mimalloc does as it says). mimalloc asks
+/// for huge pages on its arenas, and each first touch of one then zeroes 2
+/// MiB: with the sequence rule's buffers growing, the kernel's page zeroing
+/// was 17 % of a one-core scan's samples (1 % without). Measured against
+/// the same binary with them (BENCHMARKS.md, "huge pages"): 1 M events with
+/// the sequence rule 1.057x less CPU; default config 0.984x the events/s
+/// on one core and 1.048x on two, peak RSS 20-40 MiB lower; 100 000 keys
+/// and 10 M live requests on two cores 1.04x (median of 5 pairs), peak RSS
+/// 494-507 -> 455-466 MiB.
+fn huge_pages_off() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes integers only and changes only
+        // how later page faults of this process are served.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages stay on");
+        }
+    }
+}
 
 /// Any failure of a command (boxed at the binary's edge only).
 type Failure = Box<dyn std::error::Error + Send + Sync>;

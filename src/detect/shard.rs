@@ -151,7 +151,7 @@ pub struct ShardDetector {
     /// Keys whose sequence state changed since [`ShardDetector::take_dirty_seq`].
     seq_dirty: Vec<Box<str>>,
     /// The context of requests certain to be out of sequence when they are
-    /// judged (see [`ShardDetector::expect_out_of_sequence`]), by (key
+    /// judged (see [`expect_out_of_sequence`]), by (key
     /// number, received_at, nonce fingerprint): their alerts then need not
     /// read it back from the sighting log. At most [`SEQ_CONTEXTS`].
     seq_context: hashbrown::HashMap<(u32, Millis, u128), RequestContext>,
@@ -1067,7 +1067,6 @@ impl ShardDetector {
     }
 }
 
-/// Moves `key` in a set ordered by time from `before` to `after`.
 /// Most requests whose context waits for their out_of_sequence alert, per
 /// shard (~1 MB); beyond, alerts read it back from the sighting log.
 const SEQ_CONTEXTS: usize = 4096;
@@ -1091,6 +1090,7 @@ fn expect_out_of_sequence(
     }
 }
 
+/// Moves `key` in a set ordered by time from `before` to `after`.
 fn retrack(
     set: &mut std::collections::BTreeSet<(Millis, u32)>,
     id: u32,
