@@ -32,16 +32,18 @@ use replayguard::pipeline::{self, PipelineError, ScanArgs};
 /// on one core and 1.048x on two, peak RSS 20-40 MiB lower; 100 000 keys
 /// and 10 M live requests on two cores 1.04x (median of 5 pairs), peak RSS
 /// 494-507 -> 455-466 MiB.
-fn huge_pages_off() {
+/// Called before tracing starts: a refusal is returned, for `main` to log.
+fn huge_pages_off() -> Option<std::io::Error> {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: PR_SET_THP_DISABLE takes integers only and changes only
         // how later page faults of this process are served.
         let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
         if r != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages stay on");
+            return Some(std::io::Error::last_os_error());
         }
     }
+    None
 }
 
 /// Any failure of a command (boxed at the binary's edge only).
@@ -443,9 +445,12 @@ fn generate(cmd: GenerateCmd) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    huge_pages_off();
+    let huge_pages = huge_pages_off();
     let cli = Cli::parse();
     init_tracing(&cli);
+    if let Some(e) = huge_pages {
+        tracing::debug!(error = %e, "transparent huge pages stay on");
+    }
     let result = match cli.command {
         Command::Scan(cmd) => scan(cmd, cli.log_format),
         Command::Run(cmd) => run(cmd),

@@ -796,17 +796,16 @@ impl ShardDetector {
         let next = u.next_undecided();
         for (e, evidence) in hits.drain(..) {
             let event_id = e.event_id.to_string();
-            let event_id = event_id.as_str();
             let request = match self.seq_context.remove(&(id, e.received_at, e.fp())) {
                 Some(context) => Some(context),
-                None => self.sighting_context(e.fp(), event_id, log)?,
+                None => self.sighting_context(e.fp(), &event_id, log)?,
             };
             out.push(Alert {
-                alert_id: alert::alert_id(AlertKind::OutOfSequence, key, event_id),
+                alert_id: alert::alert_id(AlertKind::OutOfSequence, key, &event_id),
                 kind: AlertKind::OutOfSequence,
                 severity: Severity::High,
                 key_id: key.to_string(),
-                event_id: event_id.to_string(),
+                event_id,
                 received_at: e.received_at,
                 request,
                 evidence: Evidence::Sequence(evidence),
