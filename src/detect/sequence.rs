@@ -81,8 +81,9 @@ fn eight_digits(v: u64) -> Option<u32> {
 pub use super::event_id::EventId;
 
 /// A request remembered for the sequence rule: a first sighting (replays
-/// are not kept), whose context an alert reads back from the sighting log
-/// by `fp`.
+/// are not kept), in 32 bytes. Its event id and context are not kept: an
+/// alert reads them back from its window in the sighting log by `fp`, as
+/// the running maximum's event id is ([`SeqState::resolve_max`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqEntry {
     pub n: u64,
@@ -90,19 +91,17 @@ pub struct SeqEntry {
     /// The (key, nonce) fingerprint of its window in the sighting log, in
     /// two halves (a `u128` would align the entry to 16 bytes).
     fp: [u64; 2],
-    pub event_id: EventId,
 }
 
-// 56 bytes: a minute and more of counter traffic is held in these
-const _: () = assert!(std::mem::size_of::<SeqEntry>() == 56);
+// 32 bytes: a minute and more of counter traffic is held in these
+const _: () = assert!(std::mem::size_of::<SeqEntry>() == 32);
 
 impl SeqEntry {
-    fn new(n: u64, received_at: Millis, event_id: &str, fp: u128) -> Self {
+    fn new(n: u64, received_at: Millis, fp: u128) -> Self {
         SeqEntry {
             n,
             received_at,
             fp: [fp as u64, (fp >> 64) as u64],
-            event_id: EventId::new(event_id),
         }
     }
 
@@ -111,15 +110,15 @@ impl SeqEntry {
         u128::from(self.fp[0]) | u128::from(self.fp[1]) << 64
     }
 
-    /// Whether it comes before the request at `r` with event id `id` in a
-    /// key's buffer (by received_at, then event id), or is that request
-    /// with `or_equal`.
+    /// Whether it comes before the request at `r` with fingerprint `fp` in
+    /// a key's buffer (by received_at, then fingerprint), or is that
+    /// request with `or_equal`.
     #[inline]
-    fn before(&self, r: Millis, id: &[u8], or_equal: bool) -> bool {
+    fn before(&self, r: Millis, fp: u128, or_equal: bool) -> bool {
         match self.received_at.cmp(&r) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => match self.event_id.cmp_bytes(id) {
+            std::cmp::Ordering::Equal => match self.fp().cmp(&fp) {
                 std::cmp::Ordering::Less => true,
                 std::cmp::Ordering::Equal => or_equal,
                 std::cmp::Ordering::Greater => false,
@@ -169,9 +168,12 @@ fn partition_from_back(buf: &VecDeque<SeqEntry>, pred: impl Fn(&SeqEntry) -> boo
 /// there ([`SeqState::restore`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeqState {
-    /// The largest nonce among the requests folded in.
+    /// The largest nonce among the requests folded in: the number, its
+    /// request's event id and received_at. The event id is read back from
+    /// the sighting log after a fold ([`SeqState::resolve_max`]), before
+    /// the state is written or an alert shows it.
     pub max: Option<(u64, EventId, Millis)>,
-    /// Requests not yet folded in, by (received_at, event_id).
+    /// Requests not yet folded in, by (received_at, fingerprint).
     #[serde(skip)]
     pub buf: VecDeque<SeqEntry>,
     /// Every request received at or before this has been judged.
@@ -188,6 +190,13 @@ pub struct SeqState {
     /// often no longer cached). Not part of the state.
     #[serde(skip)]
     latest: Option<Millis>,
+    /// While `max` came from a fold and its event id is not read yet: the
+    /// fingerprints of its request, or of every request with its number
+    /// and time (different nonces of one number, `7` and `07`: the
+    /// smallest event id is the maximum's, as if folded by (received_at,
+    /// event id)).
+    #[serde(skip)]
+    max_from: Vec<u128>,
     /// Changed since it was last taken for a commit.
     #[serde(skip)]
     pub dirty: bool,
@@ -202,7 +211,7 @@ impl PartialEq for SeqState {
         // everything but `id`, which depends on the order keys were met
         (&self.max, &self.buf, self.judged_until, self.folded_below)
             == (&o.max, &o.buf, o.judged_until, o.folded_below)
-            && (self.judged, self.dirty) == (o.judged, o.dirty)
+            && (self.judged, self.dirty, &self.max_from) == (o.judged, o.dirty, &o.max_from)
     }
 }
 
@@ -224,17 +233,63 @@ impl SeqState {
         while self.buf.front().is_some_and(|e| e.received_at < bound) {
             let e = self.buf.pop_front().expect("peeked");
             self.judged = self.judged.saturating_sub(1);
-            if self.max.as_ref().is_none_or(|m| e.n > m.0) {
-                self.max = Some((e.n, e.event_id, e.received_at));
+            match &mut self.max {
+                Some(m) if e.n < m.0 => {}
+                // a tie of number and time, within this fold (anything
+                // folded before was received earlier): decided by event id
+                Some(m) if e.n == m.0 => {
+                    if e.received_at == m.2 && !self.max_from.is_empty() {
+                        self.max_from.push(e.fp());
+                    }
+                }
+                _ => {
+                    self.max = Some((e.n, EventId::default(), e.received_at));
+                    self.max_from.clear();
+                    self.max_from.push(e.fp());
+                }
             }
         }
         self.folded_below = Some(bound);
     }
 
+    /// Whether the maximum's event id is still to be read back
+    /// ([`SeqState::resolve_max`]).
+    pub fn max_unresolved(&self) -> bool {
+        !self.max_from.is_empty()
+    }
+
+    /// Reads the maximum's event id back after a fold: `event_id(fp, t)` is
+    /// the event id of the first sighting of fingerprint `fp` received at
+    /// `t`, if the sighting log still has it (it does: the maximum is
+    /// resolved long before its window expires; `None` only when another
+    /// (key, nonce) with the same 64-bit fingerprint took its slot).
+    pub fn resolve_max<E>(
+        &mut self,
+        mut event_id: impl FnMut(u128, Millis) -> Result<Option<String>, E>,
+    ) -> Result<(), E> {
+        let Some(m) = &mut self.max else {
+            self.max_from.clear();
+            return Ok(());
+        };
+        let mut best: Option<String> = None;
+        for &fp in &self.max_from {
+            if let Some(id) = event_id(fp, m.2)? {
+                if best.as_ref().is_none_or(|b| id < *b) {
+                    best = Some(id);
+                }
+            }
+        }
+        if !self.max_from.is_empty() {
+            m.1 = EventId::new(best.as_deref().unwrap_or_default());
+            self.max_from.clear();
+        }
+        Ok(())
+    }
+
     /// A first sighting read back from the sighting log at restart: kept
     /// when it was not folded in yet.
-    pub fn restore(&mut self, n: u64, fp: u128, info: &crate::detect::SightingInfo<String>) {
-        self.put_back(n, fp, info.received_at, &info.event_id);
+    pub fn restore(&mut self, n: u64, fp: u128, received_at: Millis) {
+        self.put_back(n, fp, received_at);
     }
 
     /// A request read again while a partition handed over is rebuilt, that
@@ -245,27 +300,26 @@ impl SeqState {
     pub fn reinsert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) {
         let r = ev.received_at;
         // the judged requests are the front of the buffer, up to judged_until
-        if self.put_back(n, fp, r, &ev.event_id) && self.judged_until.is_some_and(|j| r <= j) {
+        if self.put_back(n, fp, r) && self.judged_until.is_some_and(|j| r <= j) {
             self.judged += 1;
         }
     }
 
     /// Puts a request the state already accounts for back in the buffer, in
     /// order, unless it is folded in or there already; whether it was put.
-    fn put_back(&mut self, n: u64, fp: u128, r: Millis, event_id: &str) -> bool {
+    fn put_back(&mut self, n: u64, fp: u128, r: Millis) -> bool {
         if self.folded_below.is_some_and(|f| r < f) {
             return false;
         }
-        let id = event_id.as_bytes();
-        let at = self.buf.partition_point(|e| e.before(r, id, false));
+        let at = self.buf.partition_point(|e| e.before(r, fp, false));
         if self
             .buf
             .get(at)
-            .is_some_and(|e| e.received_at == r && e.event_id.eq_bytes(id))
+            .is_some_and(|e| e.received_at == r && e.fp() == fp)
         {
             return false;
         }
-        self.buf.insert(at, SeqEntry::new(n, r, event_id, fp));
+        self.buf.insert(at, SeqEntry::new(n, r, fp));
         self.latest = self.latest.max(Some(r));
         true
     }
@@ -288,51 +342,67 @@ impl SeqState {
         };
     }
 
+    /// Whether the request at `at` in the buffer is the first one not
+    /// judged yet.
+    pub fn is_first_undecided(&self, at: usize) -> bool {
+        at == self.judged
+    }
+
     /// Remembers a first sighting (inside the lateness); one at a time
     /// already judged (after an end-of-input flush) is not checked.
-    /// Whether it was taken.
-    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) -> bool {
+    /// Where it went in the buffer, if it was taken.
+    pub fn insert(&mut self, ev: &AccessEvent<'_>, n: u64, fp: u128) -> Option<usize> {
         let r = ev.received_at;
         if self.judged_until.is_some_and(|j| r <= j) {
-            return false;
+            return None;
         }
-        let id = ev.event_id.as_bytes();
         // in order, mostly: at the back, else a few entries before it
         let at = if self.latest.is_none_or(|l| r > l) {
             self.buf.len()
         } else {
-            partition_from_back(&self.buf, |e| e.before(r, id, true))
+            partition_from_back(&self.buf, |e| e.before(r, fp, true))
         };
         self.latest = self.latest.max(Some(r));
         debug_assert!(at >= self.judged);
-        let e = SeqEntry::new(n, r, &ev.event_id, fp);
+        let e = SeqEntry::new(n, r, fp);
         if at == self.buf.len() {
             self.buf.push_back(e);
         } else {
             self.buf.insert(at, e);
         }
-        true
+        Some(at)
     }
 
-    /// Forgets a request that turned out to be a replay (a late request
-    /// took its place as the first sighting: it is not judged, and its
-    /// number is the new first sighting's).
-    pub fn remove(&mut self, event_id: &str) -> Option<SeqEntry> {
-        let i = self.buf.iter().position(|e| e.event_id == *event_id)?;
-        if i < self.judged {
+    /// Forgets the request received at `r` with fingerprint `fp`, that
+    /// turned out to be a replay (a late request took its place as the
+    /// first sighting: it is not judged, and its number is the new first
+    /// sighting's).
+    pub fn remove(&mut self, r: Millis, fp: u128) -> Option<SeqEntry> {
+        let at = self.buf.partition_point(|e| e.before(r, fp, false));
+        if !self
+            .buf
+            .get(at)
+            .is_some_and(|e| e.received_at == r && e.fp() == fp)
+        {
+            return None;
+        }
+        if at < self.judged {
             self.judged -= 1;
         }
-        self.buf.remove(i)
+        self.buf.remove(at)
     }
 
     /// Judges every request received at or before `until`, in event-time
-    /// order; calls `alert` for each out-of-sequence one.
-    pub fn judge(
+    /// order; calls `alert` for each out-of-sequence one, with the
+    /// maximum's event id read back first (`event_id`, see
+    /// [`SeqState::resolve_max`]).
+    pub fn judge<E>(
         &mut self,
         until: Millis,
         tolerance: Millis,
+        mut event_id: impl FnMut(u128, Millis) -> Result<Option<String>, E>,
         mut alert: impl FnMut(&SeqEntry, SequenceEvidence),
-    ) {
+    ) -> Result<(), E> {
         let mut i = self.judged;
         while i < self.buf.len() {
             let r = self.buf[i].received_at;
@@ -351,20 +421,22 @@ impl SeqState {
             // every request at this time is judged against the same maximum
             let mut j = i;
             while j < self.buf.len() && self.buf[j].received_at == r {
-                let e = &self.buf[j];
-                if let Some((m, id, at)) = &self.max {
-                    if e.n < *m {
-                        alert(
-                            e,
-                            SequenceEvidence {
-                                larger_nonce: m.to_string(),
-                                larger_event_id: id.to_string(),
-                                larger_received_at: *at,
-                                gap: m - e.n,
-                                tolerance_ms: tolerance,
-                            },
-                        );
+                if self.max.as_ref().is_some_and(|m| self.buf[j].n < m.0) {
+                    if self.max_unresolved() {
+                        self.resolve_max(&mut event_id)?;
                     }
+                    let e = &self.buf[j];
+                    let (m, id, at) = self.max.as_ref().expect("checked");
+                    alert(
+                        e,
+                        SequenceEvidence {
+                            larger_nonce: m.to_string(),
+                            larger_event_id: id.to_string(),
+                            larger_received_at: *at,
+                            gap: m - e.n,
+                            tolerance_ms: tolerance,
+                        },
+                    );
                 }
                 j += 1;
             }
@@ -372,6 +444,7 @@ impl SeqState {
             self.judged = j;
             i = j;
         }
+        Ok(())
     }
 }
 
@@ -396,7 +469,7 @@ mod tests {
     }
 
     /// Requests in any order, ties of time included, end up in the buffer
-    /// by (received_at, event_id), whether they go at the back without a
+    /// by (received_at, fingerprint), whether they go at the back without a
     /// look or are searched for; those at or before `judged_until` are not
     /// taken.
     #[test]
@@ -432,37 +505,87 @@ mod tests {
                     0 => 1_000 - next(50) as Millis,
                     _ => 1_000 + (i as Millis) * 3 - next(4) as Millis,
                 };
-                let id = format!("e{:02}", next(100));
-                if want.contains(&(t, id.clone())) {
+                // fingerprints of both halves, so that ties compare both
+                let fp = u128::from(next(3)) << 64 | u128::from(next(40));
+                if want.contains(&(t, fp)) {
                     continue;
                 }
-                assert!(s.insert(&event(&id, t), 1, i as u128));
-                want.push((t, id));
+                assert!(s.insert(&event("e", t), 1, fp).is_some());
+                want.push((t, fp));
             }
             want.sort();
-            let got: Vec<_> = s
-                .buf
-                .iter()
-                .map(|e| (e.received_at, e.event_id.to_string()))
-                .collect();
+            let got: Vec<_> = s.buf.iter().map(|e| (e.received_at, e.fp())).collect();
             assert_eq!(got, want, "round {round}");
+            // each is found again, and only itself
+            for &(t, fp) in &want {
+                let mut c = s.clone();
+                let e = c.remove(t, fp).expect("there");
+                assert_eq!((e.received_at, e.fp()), (t, fp));
+                assert_eq!(c.buf.len(), s.buf.len() - 1);
+                assert!(c.remove(t, fp).is_none());
+            }
+            assert!(s.clone().remove(999, 12345).is_none());
             s.judged_until = Some(1_000);
-            assert!(!s.insert(&event("late", 1_000), 1, 0));
-            assert!(s.insert(&event("on", 1_001), 1, 0));
-            let order: Vec<_> = s
-                .buf
-                .iter()
-                .map(|e| (e.received_at, e.event_id.to_string()))
-                .collect();
+            assert!(s.insert(&event("late", 1_000), 1, 0).is_none());
+            assert!(s.insert(&event("on", 1_001), 1, 0).is_some());
+            let order: Vec<_> = s.buf.iter().map(|e| (e.received_at, e.fp())).collect();
             assert!(order.is_sorted(), "round {round}: {order:?}");
         }
+    }
+
+    /// A fold takes the largest number, the earliest of equal numbers, and
+    /// leaves the event id to be read back; of requests with the same
+    /// number and time, the smallest event id wins.
+    #[test]
+    fn the_maximum_is_read_back_after_a_fold() {
+        let ev = |t: Millis| AccessEvent {
+            event_id: "x".into(),
+            received_at: t,
+            key_id: Some("k".into()),
+            nonce: Some("1".into()),
+            client_ts: None,
+            client_ip: "10.0.0.1".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            user_agent: None,
+            client_id: None,
+            signature: None,
+        };
+        let ids = |fp: u128, _t: Millis| -> Result<Option<String>, ()> {
+            Ok(match fp {
+                1 => Some("b".to_string()),
+                2 => Some("a".to_string()),
+                3 => Some("c".to_string()),
+                _ => None,
+            })
+        };
+        let mut s = SeqState::default();
+        s.insert(&ev(10), 5, 1);
+        s.insert(&ev(10), 5, 2);
+        s.insert(&ev(11), 5, 3);
+        s.insert(&ev(12), 4, 4);
+        s.judged = 4;
+        s.fold(20);
+        assert!(s.max_unresolved());
+        s.resolve_max(ids).unwrap();
+        assert!(!s.max_unresolved());
+        assert_eq!(s.max, Some((5, EventId::new("a"), 10)));
+        // a larger number later: its own id; nothing to read: resolved as is
+        s.insert(&ev(30), 9, 3);
+        s.judged = 1;
+        s.fold(40);
+        s.resolve_max(ids).unwrap();
+        assert_eq!(s.max, Some((9, EventId::new("c"), 30)));
+        s.resolve_max(|_, _| -> Result<Option<String>, ()> { panic!("read again") })
+            .unwrap();
     }
 
     #[test]
     fn the_search_from_the_back_finds_partition_points_place() {
         for len in 0..70usize {
             let buf: VecDeque<SeqEntry> = (0..len)
-                .map(|i| SeqEntry::new(i as u64, i as Millis, "e", 0))
+                .map(|i| SeqEntry::new(i as u64, i as Millis, 0))
                 .collect();
             for cut in 0..=len {
                 let pred = |e: &SeqEntry| (e.n as usize) < cut;

@@ -152,9 +152,14 @@ pub struct ShardDetector {
     seq_dirty: Vec<Box<str>>,
     /// The context of requests certain to be out of sequence when they are
     /// judged (see [`expect_out_of_sequence`]), by (key
-    /// number, received_at, nonce fingerprint): their alerts then need not
-    /// read it back from the sighting log. At most [`SEQ_CONTEXTS`].
-    seq_context: hashbrown::HashMap<(u32, Millis, u128), RequestContext>,
+    /// number, received_at, nonce fingerprint), with their event ids:
+    /// their alerts then need not read them back from the sighting log. At
+    /// most [`SEQ_CONTEXTS`].
+    seq_context: hashbrown::HashMap<(u32, Millis, u128), (Box<str>, RequestContext)>,
+    /// Keys (by number) whose maximum was folded since its event id was
+    /// last read back ([`SeqState::resolve_max`]); some may be resolved
+    /// already.
+    seq_unresolved: Vec<u32>,
     /// The step of event time the watermark was last in, `[lo, hi)` (see
     /// [`ShardDetector::judge_boundary`]); empty before the first.
     judge_bucket: (Millis, Millis),
@@ -210,6 +215,7 @@ impl ShardDetector {
             usage: hashbrown::HashMap::new(),
             usage_dirty: DirtyKeys::default(),
             seq_pending: std::collections::BTreeSet::new(),
+            seq_unresolved: Vec::new(),
             seq_keys: Vec::new(),
             seq: hashbrown::HashMap::new(),
             seq_dirty: Vec::new(),
@@ -248,7 +254,7 @@ impl ShardDetector {
             return;
         }
         if let Some(s) = self.seq.get_mut(key.as_str()) {
-            s.restore(*n, fp, info);
+            s.restore(*n, fp, info.received_at);
         }
     }
 
@@ -284,8 +290,30 @@ impl ShardDetector {
         }
     }
 
-    /// The keys whose sequence state changed since the last call, with it.
+    /// Reads back from the sighting log the event id of every key's running
+    /// maximum folded since the last call: before the state is written
+    /// (a commit calls it first, while the maximum's window is surely in
+    /// the log).
+    pub fn resolve_sequence<L: SightingLog>(&mut self, log: &mut L) -> Result<(), LookupError> {
+        for id in std::mem::take(&mut self.seq_unresolved) {
+            let Some(s) = self.seq.get_mut(&self.seq_keys[id as usize]) else {
+                continue;
+            };
+            if s.max_unresolved() {
+                let index = &self.index;
+                s.resolve_max(|fp, t| first_event_id(index, log, fp, t))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys whose sequence state changed since the last call, with it
+    /// (after [`ShardDetector::resolve_sequence`]).
     pub fn take_dirty_seq(&mut self) -> Vec<(&str, &SeqState)> {
+        debug_assert!(
+            self.seq.values().all(|s| !s.max_unresolved()),
+            "resolve_sequence first"
+        );
         take_dirty(&mut self.seq, std::mem::take(&mut self.seq_dirty), |s| {
             s.dirty = false
         })
@@ -654,7 +682,12 @@ impl ShardDetector {
                     u.dirty = true;
                     self.seq_dirty.push(key_id.into());
                 }
-                let before = u.next_undecided();
+                // The key's first request not judged yet, before a change
+                // that may move it (where the key waits in `seq_pending`).
+                // Read only when a request is removed or put back: that
+                // request is a minute old, most often no longer cached,
+                // and an insert says itself whether it went first.
+                let mut moved: Option<Option<Millis>> = None;
                 // a replay is never also out of sequence, and has its
                 // original's number: only first sightings are kept (they
                 // are what the sighting log gives back at restart)
@@ -663,9 +696,14 @@ impl ShardDetector {
                     if a.kind == AlertKind::Replay {
                         if a.event_id == *ev.event_id {
                             replay = true;
-                        } else if let Some(e) = u.remove(&a.event_id) {
-                            // this request took the place of a later one
-                            self.seq_context.remove(&(u.id, e.received_at, e.fp()));
+                        } else {
+                            let before = u.next_undecided();
+                            if let Some(e) = u.remove(a.received_at, fp) {
+                                // this request took the place of a later
+                                // one (of the same nonce)
+                                moved.get_or_insert(before);
+                                self.seq_context.remove(&(u.id, e.received_at, e.fp()));
+                            }
                         }
                     }
                 }
@@ -676,12 +714,21 @@ impl ShardDetector {
                     if !self.seeded.is_empty()
                         && self.seeded.get(key_id).is_some_and(|&o| pos.offset < o)
                     {
+                        moved.get_or_insert(u.next_undecided());
                         u.reinsert(ev, n, fp);
-                    } else if u.insert(ev, n, fp) && u.max_n().is_some_and(|m| n < m) {
-                        expect_out_of_sequence(&mut self.seq_context, u.id, ev, fp);
+                    } else if let Some(at) = u.insert(ev, n, fp) {
+                        if moved.is_none() && u.is_first_undecided(at) {
+                            // it goes before the one that was first, if any
+                            moved = Some(u.buf.get(at + 1).map(|e| e.received_at));
+                        }
+                        if u.max_n().is_some_and(|m| n < m) {
+                            expect_out_of_sequence(&mut self.seq_context, u.id, ev, fp);
+                        }
                     }
                 }
-                retrack(&mut self.seq_pending, u.id, before, u.next_undecided());
+                if let Some(before) = moved {
+                    retrack(&mut self.seq_pending, u.id, before, u.next_undecided());
+                }
             }
         }
         for a in &out[first_alert..] {
@@ -753,7 +800,11 @@ impl ShardDetector {
             for (key, u) in self.seq.iter_mut() {
                 if u.oldest().is_some_and(|r| r < bound) {
                     let before = u.max_n();
+                    let listed = u.max_unresolved();
                     u.fold(bound);
+                    if !listed && u.max_unresolved() {
+                        self.seq_unresolved.push(u.id);
+                    }
                     if !u.dirty {
                         u.dirty = true;
                         self.seq_dirty.push(key.clone());
@@ -783,9 +834,17 @@ impl ShardDetector {
             return Ok(());
         };
         let before = u.max_n();
-        u.judge(until - 1, tolerance, |e, evidence| {
-            hits.push((e.clone(), evidence));
-        });
+        let listed = u.max_unresolved();
+        let index = &self.index;
+        u.judge(
+            until - 1,
+            tolerance,
+            |fp, t| first_event_id(index, log, fp, t),
+            |e, evidence| hits.push((e.clone(), evidence)),
+        )?;
+        if !listed && u.max_unresolved() {
+            self.seq_unresolved.push(id);
+        }
         if u.max_n() != before {
             touch_usage(&mut self.usage, &mut self.usage_dirty, key);
         }
@@ -794,11 +853,19 @@ impl ShardDetector {
             self.seq_dirty.push(key.clone());
         }
         let next = u.next_undecided();
+        let first = out.len();
         for (e, evidence) in hits.drain(..) {
-            let event_id = e.event_id.to_string();
-            let request = match self.seq_context.remove(&(id, e.received_at, e.fp())) {
-                Some(context) => Some(context),
-                None => self.sighting_context(e.fp(), &event_id, log)?,
+            let (event_id, request) = match self.seq_context.remove(&(id, e.received_at, e.fp())) {
+                Some((event_id, context)) => (event_id.into_string(), Some(context)),
+                None => match first_sighting(&self.index, log, e.fp(), e.received_at)? {
+                    Some(info) => (info.event_id.clone(), Some(info.as_ref().request_context())),
+                    // another (key, nonce) with the same 64-bit fingerprint
+                    // took the slot: the request is gone from the log
+                    None => {
+                        self.stats.fingerprint_conflicts += 1;
+                        continue;
+                    }
+                },
             };
             out.push(Alert {
                 alert_id: alert::alert_id(AlertKind::OutOfSequence, key, &event_id),
@@ -812,32 +879,14 @@ impl ShardDetector {
                 detector_version: alert::DETECTOR_VERSION.to_string(),
             });
         }
+        // in the order of (received_at, event id), whatever the order of
+        // their fingerprints in the buffer
+        out[first..]
+            .sort_by(|a, b| (a.received_at, &a.event_id).cmp(&(b.received_at, &b.event_id)));
         if let Some(next) = next {
             self.seq_pending.insert((next, id));
         }
         Ok(())
-    }
-
-    /// The request context of a first sighting, from its window in the
-    /// sighting log (the sequence rule keeps only fingerprints). `None` only
-    /// when another (key, nonce) with the same 64-bit fingerprint took the
-    /// slot.
-    fn sighting_context<L: SightingLog>(
-        &self,
-        fp: u128,
-        event_id: &str,
-        log: &mut L,
-    ) -> Result<Option<RequestContext>, LookupError> {
-        let Some(&seg) = self.index.nonces.get(&(fp as u64)) else {
-            return Ok(None);
-        };
-        let Some(w) = log.window(seg, fp)? else {
-            return Ok(None);
-        };
-        let info = std::iter::once(&w.first)
-            .chain(w.prev.as_ref())
-            .find(|i| i.event_id == event_id);
-        Ok(info.map(|i| i.as_ref().request_context()))
     }
 
     /// The end of a bounded input (`scan`): every sequence number still
@@ -1066,6 +1115,37 @@ impl ShardDetector {
     }
 }
 
+/// The first sighting of fingerprint `fp` received at `t`, from its window
+/// in the sighting log (the sequence rule keeps fingerprints, not
+/// sightings). `None` only when another (key, nonce) with the same 64-bit
+/// fingerprint took the slot.
+fn first_sighting<L: SightingLog>(
+    index: &Index,
+    log: &mut L,
+    fp: u128,
+    t: Millis,
+) -> Result<Option<SightingInfo<String>>, LookupError> {
+    let Some(&seg) = index.nonces.get(&(fp as u64)) else {
+        return Ok(None);
+    };
+    let Some(w) = log.window(seg, fp)? else {
+        return Ok(None);
+    };
+    Ok(std::iter::once(w.first)
+        .chain(w.prev)
+        .find(|i| i.received_at == t))
+}
+
+/// The event id of [`first_sighting`].
+fn first_event_id<L: SightingLog>(
+    index: &Index,
+    log: &mut L,
+    fp: u128,
+    t: Millis,
+) -> Result<Option<String>, LookupError> {
+    Ok(first_sighting(index, log, fp, t)?.map(|i| i.event_id))
+}
+
 /// Most requests whose context waits for their out_of_sequence alert, per
 /// shard (~1 MB); beyond, alerts read it back from the sighting log.
 const SEQ_CONTEXTS: usize = 4096;
@@ -1079,13 +1159,16 @@ const SEQ_CONTEXTS: usize = 4096;
 /// be read back from the store for the alert, most often from a segment
 /// no longer cached: a read of the whole segment for each alert.
 fn expect_out_of_sequence(
-    contexts: &mut hashbrown::HashMap<(u32, Millis, u128), RequestContext>,
+    contexts: &mut hashbrown::HashMap<(u32, Millis, u128), (Box<str>, RequestContext)>,
     id: u32,
     ev: &AccessEvent<'_>,
     fp: u128,
 ) {
     if contexts.len() < SEQ_CONTEXTS {
-        contexts.insert((id, ev.received_at, fp), usage::request_context(ev));
+        contexts.insert(
+            (id, ev.received_at, fp),
+            (ev.event_id.as_ref().into(), usage::request_context(ev)),
+        );
     }
 }
 

@@ -411,14 +411,17 @@ fn sequence_state_survives_a_restart_from_its_record_and_the_sighting_log() {
         det.restore_seq_state(k, postcard::from_bytes(b).unwrap());
     }
     det.restore_clock(clock);
-    // the requests not folded in come back from the sighting log
-    for w in &h.log.windows {
+    // the requests not folded in come back from the sighting log, with
+    // the index of its windows (alerts read their requests back)
+    for (seg, w) in h.log.windows.iter().enumerate() {
         assert!(w.first.seq.is_some(), "{w:?}");
+        det.restore_window(w.fp, w.first.received_at, seg as u32);
         det.restore_sequence(w.fp, &w.first, false);
     }
     det.finish_restore();
     let mut h2 = Harness::new(cfg);
     h2.det = det;
+    h2.log = std::mem::take(&mut h.log);
     let (_, judged) = h2.feed(&ev("z", T0 + tol + 2 + cfg.allowed_lateness_ms, "k3", None));
     assert_eq!(judged.len(), 1, "{judged:?}");
     assert_eq!(judged[0].event_id, "c");

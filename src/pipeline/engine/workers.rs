@@ -370,6 +370,12 @@ impl<S: StateStore> Worker<S> {
                 out.error = Some(PipelineError::ShardNotOpen(req.id));
                 return out;
             };
+            // the maximum folded since the last commit is written with its
+            // event id, read back from the sighting log
+            if let Err(e) = s.det.resolve_sequence(&mut s.log) {
+                out.error = Some(e.into());
+                return out;
+            }
             // A shard's clock stays where its last request put it: catching
             // up here would make its state depend on when commits happen
             // (alerts would not change). A quiet shard judges what waits for
