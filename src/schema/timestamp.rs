@@ -121,6 +121,71 @@ fn expect(b: &[u8], at: usize, what: &[u8], msg: &'static str) -> Result<(), Tim
 /// `T` may be `t` or a space and `Z` may be `z`, as RFC 3339 allows. A leap
 /// second (`:60`) is accepted and counts as the first millisecond after `:59.999`.
 pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
+    match utc_millis(s.as_bytes()) {
+        Some(ms) => Ok(ms),
+        None => parse_rfc3339_general(s),
+    }
+}
+
+/// The shape gateways and `generate` write, `YYYY-MM-DDTHH:MM:SS.mmmZ`,
+/// read eight bytes at a time: `None` for anything else, a leap second or
+/// a value out of range included (the general parser then decides, and
+/// names what is wrong). Two timestamps a request: this is ~4 % of a
+/// `scan`'s instructions otherwise.
+#[inline]
+fn utc_millis(b: &[u8]) -> Option<Millis> {
+    let b: &[u8; 24] = b.try_into().ok()?;
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    // the three words and their digit bytes (0xff where a digit must be):
+    // "YYYY-MM-", "DDTHH:MM", ":SS.mmmZ"
+    const SHAPE: [(u64, u64); 3] = [
+        (0x00ff_ff00_ffff_ffff, u64::from_le_bytes(*b"0000-00-")),
+        (0xffff_00ff_ff00_ffff, u64::from_le_bytes(*b"00T00:00")),
+        (0x00ff_ffff_00ff_ff00, u64::from_le_bytes(*b":00.000Z")),
+    ];
+    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    let mut d = [0u64; 3];
+    for (k, &(digits, template)) in SHAPE.iter().enumerate() {
+        let w = word(k * 8);
+        // separators exact; a digit byte's high nibble is 3, and still 3
+        // after adding 6 (as in `sequence::number`)
+        let seps = !digits;
+        let plus6 = w.wrapping_add(0x0606_0606_0606_0606);
+        if (w ^ template) & seps != 0
+            || (w & HIGH & digits) != THREES & digits
+            || (plus6 & HIGH & digits) != THREES & digits
+        {
+            return None;
+        }
+        // the digits' values (separators masked out first: no borrows)
+        d[k] = (w & digits) - (THREES & digits);
+    }
+    let at = |k: usize, i: usize| ((d[k] >> (8 * i)) & 0xff) as u32;
+    let two = |k: usize, i: usize| at(k, i) * 10 + at(k, i + 1);
+    let year = at(0, 0) * 1000 + at(0, 1) * 100 + two(0, 2);
+    let month = two(0, 5);
+    let day = at(1, 0) * 10 + at(1, 1);
+    let hour = two(1, 3);
+    let minute = two(1, 6);
+    let second = two(2, 1);
+    let millis = at(2, 4) * 100 + two(2, 5);
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year as i64, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let days = days_from_civil(year as i64, month, day);
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
+    Some(secs * 1000 + millis as i64)
+}
+
+/// [`parse_rfc3339`] for every form it takes, byte by byte.
+fn parse_rfc3339_general(s: &str) -> Result<Millis, TimestampError> {
     let b = s.as_bytes();
     let year = digits(b, 0, 4)? as i64;
     if b.get(4) != Some(&b'-') && is_numeric(b) {
@@ -453,6 +518,50 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00.99Z").unwrap(), 990);
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00.9999999Z").unwrap(), 999);
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59.9999Z").unwrap(), -1);
+    }
+
+    /// The eight-bytes-at-a-time reading is the general parser's, for
+    /// every byte changed at every place of the shape it takes, and for
+    /// every date of four centuries at many times of day.
+    #[test]
+    fn the_common_shape_reads_as_the_general_parser_does() {
+        let check = |s: &str| {
+            assert_eq!(parse_rfc3339(s), parse_rfc3339_general(s), "{s:?}");
+        };
+        for base in [
+            "2026-11-01T00:00:00.000Z",
+            "1999-12-31T23:59:59.999Z",
+            "2024-02-29T12:34:56.789Z",
+            "2023-02-29T12:34:56.789Z",
+            "0000-01-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.999Z",
+            "2026-06-30T23:59:60.500Z",
+        ] {
+            check(base);
+            assert!(
+                utc_millis(base.as_bytes()).is_some()
+                    || base.contains(":60")
+                    || base.starts_with("2023-02-29")
+            );
+            for at in 0..base.len() {
+                for byte in 0..=255u8 {
+                    let mut b = base.as_bytes().to_vec();
+                    b[at] = byte;
+                    if let Ok(s) = std::str::from_utf8(&b) {
+                        check(s);
+                    }
+                }
+            }
+        }
+        for day in (days_from_civil(1900, 1, 1)..days_from_civil(2300, 1, 1)).step_by(7) {
+            for ms in [0, 1, 999, 59_999, 3_599_999, 43_210_987, 86_399_999] {
+                let t = day * 86_400_000 + ms;
+                let s = format_rfc3339(t);
+                assert_eq!(s.len(), 24, "{s}");
+                assert_eq!(utc_millis(s.as_bytes()), Some(t), "{s}");
+                check(&s);
+            }
+        }
     }
 
     #[test]
