@@ -191,6 +191,33 @@ fn render(shape: Shape, v: &[u8; 16]) -> ([u8; 39], usize) {
     (out, at)
 }
 
+/// The forms of [`hex_code`], by code.
+const SHAPES: [Shape; 6] = [
+    Shape::Uuid,
+    Shape::UuidUpper,
+    Shape::Hex32,
+    Shape::Hex32Upper,
+    Shape::Derived,
+    Shape::DerivedUpper,
+];
+
+/// A hexadecimal id (a UUID of either case, 32 hex digits, `sha256:` and
+/// 32 hex digits) as the code of its form (0 to 5) and its 16 bytes, for
+/// storage in half its length; `None` for any other id.
+pub fn hex_code(s: &str) -> Option<(u8, [u8; 16])> {
+    let (shape, v) = hex_shape(s.as_bytes())?;
+    let code = SHAPES.iter().position(|&k| k == shape).expect("listed");
+    Some((code as u8, v))
+}
+
+/// The text of the id [`hex_code`] gave `(code, v)` for; `None` for a code
+/// it never gives.
+pub fn hex_text(code: u8, v: &[u8; 16]) -> Option<String> {
+    let &shape = SHAPES.get(usize::from(code))?;
+    let (text, len) = render(shape, v);
+    Some(String::from_utf8(text[..len].to_vec()).expect("ASCII"))
+}
+
 impl EventId {
     pub fn new(s: &str) -> Self {
         let b = s.as_bytes();

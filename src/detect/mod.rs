@@ -6,7 +6,7 @@
 //! the caller supplies (the state module persists it; tests use [`VecLog`]).
 
 mod config;
-mod event_id;
+pub mod event_id;
 mod fingerprint;
 mod fp_map;
 mod index;

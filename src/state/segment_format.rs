@@ -5,7 +5,11 @@
 use crate::detect::{OwnedWindow, Position, SightingInfo, WindowRecord};
 use crate::schema::Millis;
 
-pub(super) const MAGIC: &[u8; 4] = b"RGS2";
+/// Segments written now: event ids in hexadecimal forms stored as 16 bytes
+/// ([`put_event_id`]).
+pub(super) const MAGIC: &[u8; 4] = b"RGS3";
+/// Segments written before, still read: every event id as text.
+pub(super) const MAGIC_V2: &[u8; 4] = b"RGS2";
 pub(super) const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 pub(super) const INDEX_ENTRY: usize = 12;
 pub(super) const EVENT_ENTRY: usize = 20;
@@ -73,7 +77,7 @@ pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
     match dict.entry(h) {
         hashbrown::hash_map::Entry::Occupied(e) => {
             let off = *e.get();
-            if shared_at(out, off) == Some(s.as_bytes()) {
+            if shared_at(out, off).is_some_and(|b| same_bytes(b, s.as_bytes())) {
                 put_varint(out, 2 * off as u64 + 1);
                 return;
             }
@@ -90,12 +94,32 @@ pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
     }
 }
 
+/// `a == b`, without a call to `memcmp` for the short strings of a
+/// record (addresses, paths, keys: two overlapping loads from each end).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let load8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let load16 =
+        |s: &[u8], i: usize| u128::from_le_bytes(s[i..i + 16].try_into().expect("16 bytes"));
+    match n {
+        0..=7 => a == b,
+        8..=16 => load8(a, 0) == load8(b, 0) && load8(a, n - 8) == load8(b, n - 8),
+        17..=32 => load16(a, 0) == load16(b, 0) && load16(a, n - 16) == load16(b, n - 16),
+        _ => a == b,
+    }
+}
+
 /// The bytes of the shared string written in full at `off`.
 fn shared_at(out: &[u8], off: u32) -> Option<&[u8]> {
     let mut r = Reader {
         b: out,
         at: off as usize,
         base: 0,
+        v2: false,
     };
     let v = r.varint()?;
     // an even value is a length (an odd one refers to another place)
@@ -119,7 +143,7 @@ pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>
     put_varint(out, zigzag(s.received_at.wrapping_sub(base_t)));
     put_varint(out, s.pos.source as u64);
     put_varint(out, s.pos.offset);
-    put_str(out, s.event_id);
+    put_event_id(out, s.event_id);
     put_shared(out, s.client_ip, dict);
     put_str(out, s.method);
     put_shared(out, s.path, dict);
@@ -133,6 +157,24 @@ pub(super) fn put_info(out: &mut Vec<u8>, base_t: Millis, s: &SightingInfo<&str>
             out.push(tag);
             put_shared(out, key, dict);
             put_varint(out, v);
+        }
+    }
+}
+
+/// An event id: `2·len` and its text, or `2·code + 1` and the 16 bytes of
+/// a hexadecimal form ([`crate::detect::event_id::hex_code`]): UUIDs and
+/// 32-hex ids, most gateways' and ours, are 17 bytes instead of 37 or 33.
+/// Every byte of a record is copied half a dozen times on its way to disk
+/// (the batch, the memtable, the log, the flush).
+fn put_event_id(out: &mut Vec<u8>, id: &str) {
+    match crate::detect::event_id::hex_code(id) {
+        Some((code, v)) => {
+            put_varint(out, 2 * u64::from(code) + 1);
+            out.extend_from_slice(&v);
+        }
+        None => {
+            put_varint(out, 2 * id.len() as u64);
+            out.extend_from_slice(id.as_bytes());
         }
     }
 }
@@ -194,6 +236,8 @@ pub(super) struct Reader<'a> {
     /// Where the records start in `b` (shared strings refer to offsets
     /// from there).
     pub(super) base: usize,
+    /// A segment of version 2 (event ids as text).
+    pub(super) v2: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -231,12 +275,27 @@ impl<'a> Reader<'a> {
         let n = self.varint()? as usize;
         Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
     }
+    /// An event id written by [`put_event_id`] (by `put_str` in a
+    /// version 2 segment).
+    pub(super) fn event_id(&mut self) -> Option<String> {
+        if self.v2 {
+            return self.str();
+        }
+        let v = self.varint()?;
+        if v % 2 == 0 {
+            let n = usize::try_from(v / 2).ok()?;
+            return Some(std::str::from_utf8(self.take(n)?).ok()?.to_string());
+        }
+        let code = u8::try_from(v / 2).ok()?;
+        let b: &[u8; 16] = self.take(16)?.try_into().ok()?;
+        crate::detect::event_id::hex_text(code, b)
+    }
     pub(super) fn info(&mut self, base_t: Millis) -> Option<SightingInfo<String>> {
         let received_at = base_t.wrapping_add(unzigzag(self.varint()?));
         Some(SightingInfo {
             received_at,
             pos: Position::new(u32::try_from(self.varint()?).ok()?, self.varint()?),
-            event_id: self.str()?,
+            event_id: self.event_id()?,
             client_ip: self.shared()?,
             method: self.str()?,
             path: self.shared()?,
@@ -269,6 +328,7 @@ impl<'a> Reader<'a> {
             b: self.b,
             at,
             base: self.base,
+            v2: self.v2,
         };
         let v = r.varint()?;
         if v % 2 != 0 {
@@ -314,6 +374,8 @@ impl<'a> Reader<'a> {
 /// A sealed segment, read in place.
 pub struct SegmentView<'a> {
     b: &'a [u8],
+    /// Written before event ids were stored by form (see [`MAGIC_V2`]).
+    v2: bool,
     n_windows: usize,
     n_events: usize,
     pub min_t: Millis,
@@ -326,10 +388,17 @@ pub struct SegmentView<'a> {
 impl<'a> SegmentView<'a> {
     pub fn parse(seq: u64, b: &'a [u8]) -> Result<Self, CorruptSegment> {
         let bad = |what| CorruptSegment { seq, what };
-        if b.len() < HEADER || &b[..4] != MAGIC {
-            return Err(bad("bad header"));
-        }
-        let mut r = Reader { b, at: 4, base: 0 };
+        let v2 = match b.get(..4) {
+            Some(m) if b.len() >= HEADER && m == MAGIC => false,
+            Some(m) if b.len() >= HEADER && m == MAGIC_V2 => true,
+            _ => return Err(bad("bad header")),
+        };
+        let mut r = Reader {
+            b,
+            at: 4,
+            base: 0,
+            v2,
+        };
         let n_windows = r.u32().unwrap() as usize;
         let n_events = r.u32().unwrap() as usize;
         let min_t = r.i64().unwrap();
@@ -342,6 +411,7 @@ impl<'a> SegmentView<'a> {
         }
         Ok(SegmentView {
             b,
+            v2,
             n_windows,
             n_events,
             min_t,
@@ -369,6 +439,7 @@ impl<'a> SegmentView<'a> {
             b: self.b,
             at,
             base: self.records_start(),
+            v2: self.v2,
         })
     }
 
@@ -465,17 +536,19 @@ impl OpenSegment {
             b: &self.records,
             at: off as usize,
             base: 0,
+            v2: false,
         }
         .window(lo, self.base_t)
         .filter(|w| w.fp == fp)
     }
 
     pub(super) fn seal(&mut self, origin: u64) -> Vec<u8> {
-        // stable sort, then keep the last appended record of each fingerprint
-        let mut idx = std::mem::take(&mut self.index);
-        idx.sort_by_key(|e| e.0);
-        let mut dedup: Vec<(u64, u32)> = Vec::with_capacity(idx.len());
-        for e in idx {
+        // by fingerprint, then offset (the order records were appended: an
+        // unstable sort of distinct pairs is a stable sort by fingerprint,
+        // and cheaper), then keep the last appended record of each
+        self.index.sort_unstable();
+        let mut dedup: Vec<(u64, u32)> = Vec::with_capacity(self.index.len());
+        for &e in &self.index {
             match dedup.last_mut() {
                 Some(last) if last.0 == e.0 => *last = e,
                 _ => dedup.push(e),
@@ -504,6 +577,7 @@ impl OpenSegment {
             out.extend_from_slice(&h.to_le_bytes());
         }
         out.extend_from_slice(&self.records);
+        self.index.clear();
         self.events.clear();
         self.records.clear();
         self.dict.clear();
@@ -515,6 +589,20 @@ impl OpenSegment {
 mod tests {
     use super::*;
     use crate::schema::timestamp::{MAX_MILLIS, MIN_MILLIS};
+
+    #[test]
+    fn same_bytes_is_equality() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 1;
+                assert!(!same_bytes(&a, &b), "{n} {at}");
+            }
+            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
+    }
 
     /// Every number reads back as written, whatever its distance from the
     /// request's clock; counters of the clock in ms, µs or ns take 1 to 3

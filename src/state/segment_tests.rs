@@ -77,6 +77,7 @@ fn round_trip(x: &str) -> String {
         b: &b,
         at: 0,
         base: 0,
+        v2: false,
     }
     .str()
     .unwrap()
@@ -92,7 +93,7 @@ proptest::proptest! {
     fn varints_round_trip(v in proptest::num::i64::ANY) {
         let mut b = Vec::new();
         put_varint(&mut b, zigzag(v));
-        proptest::prop_assert_eq!(unzigzag(Reader { b: &b, at: 0, base: 0 }.varint().unwrap()), v);
+        proptest::prop_assert_eq!(unzigzag(Reader { b: &b, at: 0, base: 0, v2: false }.varint().unwrap()), v);
     }
 }
 
@@ -119,6 +120,7 @@ fn a_string_whose_hash_another_holds_is_written_in_full() {
         b: &b,
         at: 0,
         base: 0,
+        v2: false,
     };
     for want in ["203.0.113.7", "198.51.100.4", "198.51.100.4", "203.0.113.7"] {
         assert_eq!(r.shared().as_deref(), Some(want));
@@ -138,6 +140,7 @@ fn repeated_strings_are_written_once_per_segment_and_read_back() {
         b: &b,
         at: 0,
         base: 0,
+        v2: false,
     };
     for want in [
         "Mozilla/5.0 (X11; Linux x86_64)",
@@ -153,6 +156,81 @@ fn repeated_strings_are_written_once_per_segment_and_read_back() {
         b: &bad,
         at: 0,
         base: 0,
+        v2: false,
     };
     assert_eq!(r.shared(), None);
+}
+
+/// Event ids of every hexadecimal form are stored as 16 bytes and read back
+/// as the same text; any other id as its text.
+#[test]
+fn event_ids_read_back_in_every_form() {
+    let ids = [
+        "9e2256ee-ae5e-4bab-32d2-97d30255f9c0",
+        "9E2256EE-AE5E-4BAB-32D2-97D30255F9C0",
+        "0123456789abcdef0123456789abcdef",
+        "0123456789ABCDEF0123456789ABCDEF",
+        "sha256:0123456789abcdef0123456789abcdef",
+        "sha256:0123456789ABCDEF0123456789ABCDEF",
+        "01234567-89ab-cdef-0123-456789ABCDEF",
+        "0123456789abcdef0123456789abcdeg",
+        "9e2256ee-ae5e-4bab-32d2_97d30255f9c0",
+        "sha256:0123456789abcdef0123456789abcde",
+        "",
+        "e-1",
+        "Root=1-67891233-abcdef012345678912345678",
+    ];
+    let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
+    for (i, id) in ids.iter().enumerate() {
+        let fp = i as u128 + 1 | (5u128 << 64);
+        let seg = log.append_window(
+            &WindowRecord {
+                fp,
+                first: info(10 + i as Millis, id),
+                prev: None,
+            },
+            10,
+        );
+        assert_eq!(log.window(seg, fp).unwrap().unwrap().first.event_id, *id);
+    }
+    let sealed = log.take_sealed();
+    let v = SegmentView::parse(0, &sealed[0].1).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let fp = i as u128 + 1 | (5u128 << 64);
+        assert_eq!(v.find(fp).unwrap().first.event_id, *id);
+    }
+    // the hexadecimal forms take 17 bytes, the others 1 + their length
+    let size = |id: &str| {
+        let mut one = Vec::new();
+        put_info(&mut one, 0, &info(0, id), &mut Dict::default());
+        one.len()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i < 6 { 17 } else { 1 + id.len() };
+        assert_eq!(size(id) - size("") + 1, want, "{id}");
+    }
+}
+
+/// A segment written before event ids were stored by form (version 2,
+/// every id as `put_str` wrote it) reads as it always did.
+#[test]
+fn a_version_2_segment_still_reads() {
+    let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
+    let fp = 9 | (3u128 << 64);
+    log.append_window(
+        &WindowRecord {
+            fp,
+            first: info(10, "short-id"),
+            prev: None,
+        },
+        10,
+    );
+    let mut b = log.take_sealed()[0].1.to_vec();
+    // the record is the last bytes of the segment: find its id by value
+    let rec = b.windows(9).rposition(|w| &w[1..] == b"short-id").unwrap();
+    assert_eq!(b[rec], 2 * 8, "v3 writes 2·len");
+    b[rec] = 8;
+    b[..4].copy_from_slice(b"RGS2");
+    let v2 = SegmentView::parse(0, &b).unwrap();
+    assert_eq!(v2.find(fp).unwrap().first.event_id, "short-id");
 }
