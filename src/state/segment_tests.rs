@@ -182,7 +182,7 @@ fn event_ids_read_back_in_every_form() {
     ];
     let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
     for (i, id) in ids.iter().enumerate() {
-        let fp = i as u128 + 1 | (5u128 << 64);
+        let fp = (i as u128 + 1) | (5u128 << 64);
         let seg = log.append_window(
             &WindowRecord {
                 fp,
@@ -196,7 +196,7 @@ fn event_ids_read_back_in_every_form() {
     let sealed = log.take_sealed();
     let v = SegmentView::parse(0, &sealed[0].1).unwrap();
     for (i, id) in ids.iter().enumerate() {
-        let fp = i as u128 + 1 | (5u128 << 64);
+        let fp = (i as u128 + 1) | (5u128 << 64);
         assert_eq!(v.find(fp).unwrap().first.event_id, *id);
     }
     // the hexadecimal forms take 17 bytes, the others 1 + their length
