@@ -16,8 +16,8 @@
 //! records:      window records, variable length (see `encode_window`): times
 //!               and positions as varints (times relative to base_t)
 //! ```
-//! About 55 bytes per first sighting with a UUID event id and an IPv4
-//! client. Hexadecimal event ids (UUIDs, 32-hex ids) are stored as 16
+//! A first sighting with a UUID event id and an IPv4 client is a record of
+//! about 55 bytes and 12 in the index. Hexadecimal event ids (UUIDs, 32-hex ids) are stored as 16
 //! bytes, sequence numbers as their distance from the request's clock:
 //! every byte is copied about six times on its way to disk. ("RGS2"
 //! segments, every event id as text, are still read.) Binary addresses
