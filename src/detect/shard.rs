@@ -295,15 +295,32 @@ impl ShardDetector {
     /// (a commit calls it first, while the maximum's window is surely in
     /// the log).
     pub fn resolve_sequence<L: SightingLog>(&mut self, log: &mut L) -> Result<(), LookupError> {
+        self.resolve_sequence_before(Millis::MAX, log)
+    }
+
+    /// [`ShardDetector::resolve_sequence`] for the maxima received before
+    /// `bound` only (the others stay listed).
+    fn resolve_sequence_before<L: SightingLog>(
+        &mut self,
+        bound: Millis,
+        log: &mut L,
+    ) -> Result<(), LookupError> {
+        let mut keep = Vec::new();
         for id in std::mem::take(&mut self.seq_unresolved) {
             let Some(s) = self.seq.get_mut(&self.seq_keys[id as usize]) else {
                 continue;
             };
-            if s.max_unresolved() {
-                let index = &self.index;
-                s.resolve_max(|fp, t| first_event_id(index, log, fp, t))?;
+            if !s.max_unresolved() {
+                continue;
             }
+            if s.max.as_ref().is_some_and(|m| m.2 >= bound) {
+                keep.push(id);
+                continue;
+            }
+            let index = &self.index;
+            s.resolve_max(|fp, t| first_event_id(index, log, fp, t))?;
         }
+        self.seq_unresolved = keep;
         Ok(())
     }
 
@@ -532,6 +549,14 @@ impl ShardDetector {
                 for a in &out[judged..] {
                     self.stats.alerts[a.kind.index()] += 1;
                 }
+            }
+            // A maximum folded above whose window the sweep below forgets
+            // (event time jumped on by more than the retention): its event
+            // id is read now, while the log has it. Otherwise the next
+            // commit reads it (at most a sweep interval later: far from
+            // the retention).
+            if sweep_due && !self.seq_unresolved.is_empty() {
+                self.resolve_sequence_before(next_wm - self.cfg.retention_ms, log)?;
             }
         }
         Ok(self.advance(t))

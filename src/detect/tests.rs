@@ -386,6 +386,44 @@ fn the_end_of_the_input_judges_what_waits_for_the_watermark() {
     assert!(late.is_empty() && rest.is_empty(), "{late:?} {rest:?}");
 }
 
+/// Event time jumps on by more than the retention: the maximum folded by
+/// that move keeps its event id, read back before the sweep forgets its
+/// window, and out-of-sequence alerts long after still name it.
+#[test]
+fn the_maximum_keeps_its_event_id_when_event_time_jumps_past_the_retention() {
+    let cfg = seq_rules();
+    let mut h = Harness::new(cfg);
+    h.feed(&ev("a", T0, "k", Some("100")));
+    h.feed(&ev("b", T0 + 1, "k", Some("101")));
+    let jump = T0 + cfg.retention_ms + cfg.allowed_lateness_ms + 10 * cfg.sweep_interval_ms();
+    h.feed(&ev("other", jump, "k2", None));
+    h.det.resolve_sequence(&mut h.log).unwrap();
+    let saved = h.det.take_dirty_seq();
+    let k = saved
+        .iter()
+        .find(|(key, _)| *key == "k")
+        .expect("k changed")
+        .1;
+    assert_eq!(
+        k.max.as_ref().map(|m| (m.0, m.1.to_string(), m.2)),
+        Some((101, "b".to_string(), T0 + 1))
+    );
+    h.feed(&ev("c", jump + 1, "k", Some("50")));
+    let (_, judged) = h.feed(&ev(
+        "z",
+        jump + 2 + cfg.allowed_lateness_ms + cfg.sequence_tolerance_ms,
+        "k3",
+        None,
+    ));
+    let oos: Vec<_> = judged
+        .iter()
+        .filter(|a| a.kind == AlertKind::OutOfSequence)
+        .collect();
+    assert_eq!(oos.len(), 1, "{judged:?}");
+    assert_eq!(oos[0].event_id, "c");
+    assert_eq!(sequence_evidence(oos[0]).larger_event_id, "b");
+}
+
 #[test]
 fn sequence_state_survives_a_restart_from_its_record_and_the_sighting_log() {
     let cfg = seq_rules();
