@@ -17,7 +17,7 @@
 //!               and positions as varints (times relative to base_t)
 //! ```
 //! A first sighting with a UUID event id and an IPv4 client is a record of
-//! about 55 bytes and 12 in the index. Hexadecimal event ids (UUIDs, 32-hex ids) are stored as 16
+//! about 50 bytes and 12 in the index. Hexadecimal event ids (UUIDs, 32-hex ids) are stored as 16
 //! bytes, sequence numbers as their distance from the request's clock:
 //! every byte is copied about six times on its way to disk. ("RGS2"
 //! segments, every event id as text, are still read.) Binary addresses

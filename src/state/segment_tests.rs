@@ -230,7 +230,15 @@ fn a_version_2_segment_still_reads() {
     let rec = b.windows(9).rposition(|w| &w[1..] == b"short-id").unwrap();
     assert_eq!(b[rec], 2 * 8, "v3 writes 2·len");
     b[rec] = 8;
+    // then the client address (first in the segment: `2·len` and 8
+    // bytes), then the method, one byte in v3, `put_str` in v2
+    let m = rec + 9 + 9;
+    assert_eq!(b[m], 3, "POST as code 1");
+    b.splice(m..m + 1, [4, b'P', b'O', b'S', b'T']);
     b[..4].copy_from_slice(b"RGS2");
     let v2 = SegmentView::parse(0, &b).unwrap();
-    assert_eq!(v2.find(fp).unwrap().first.event_id, "short-id");
+    let w = v2.find(fp).unwrap();
+    assert_eq!(w.first.event_id, "short-id");
+    assert_eq!(w.first.method, "POST");
+    assert_eq!(w.first.path, "/api/v3/order");
 }
