@@ -1,6 +1,6 @@
-//! A request's event id as the sequence rule keeps it: one per request with
-//! a counter nonce, for the lateness plus the tolerance (a minute and more
-//! of traffic), so its size is the rule's memory. The ids gateways write
+//! An event id in 24 bytes, as the sequence rule keeps its running
+//! maximum's, and the hexadecimal forms sighting segments store in 16
+//! bytes ([`hex_code`], [`hex_text`]). The ids gateways write
 //! are mostly hexadecimal: UUIDs (Envoy's x-request-id, AWS API Gateway's
 //! requestId, `generate`), the 32-hex request ids of Kong and NGINX, and
 //! the ids derived for records that carry none (`sha256:` and 32 hex

@@ -468,13 +468,10 @@ mod tests {
         assert_eq!(old, (Some((7, "e-1".to_string(), 1_000)), None, None));
     }
 
-    /// Requests in any order, ties of time included, end up in the buffer
-    /// by (received_at, fingerprint), whether they go at the back without a
-    /// look or are searched for; those at or before `judged_until` are not
-    /// taken.
-    #[test]
-    fn requests_in_any_order_are_kept_in_order() {
-        let event = |id: &str, t: Millis| AccessEvent {
+    /// A request of key `k` with nonce `1` (the buffer's tests give the
+    /// number and fingerprint themselves).
+    fn event(id: &str, t: Millis) -> AccessEvent<'static> {
+        AccessEvent {
             event_id: id.to_string().into(),
             received_at: t,
             key_id: Some("k".into()),
@@ -487,7 +484,15 @@ mod tests {
             user_agent: None,
             client_id: None,
             signature: None,
-        };
+        }
+    }
+
+    /// Requests in any order, ties of time included, end up in the buffer
+    /// by (received_at, fingerprint), whether they go at the back without a
+    /// look or are searched for; those at or before `judged_until` are not
+    /// taken.
+    #[test]
+    fn requests_in_any_order_are_kept_in_order() {
         // a generator of pseudo-random orders (no clock, no rand: repeatable)
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |m: u64| {
@@ -538,20 +543,7 @@ mod tests {
     /// number and time, the smallest event id wins.
     #[test]
     fn the_maximum_is_read_back_after_a_fold() {
-        let ev = |t: Millis| AccessEvent {
-            event_id: "x".into(),
-            received_at: t,
-            key_id: Some("k".into()),
-            nonce: Some("1".into()),
-            client_ts: None,
-            client_ip: "10.0.0.1".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            status: 200,
-            user_agent: None,
-            client_id: None,
-            signature: None,
-        };
+        let ev = |t: Millis| event("x", t);
         let ids = |fp: u128, _t: Millis| -> Result<Option<String>, ()> {
             Ok(match fp {
                 1 => Some("b".to_string()),

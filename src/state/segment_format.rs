@@ -73,6 +73,15 @@ impl std::hash::Hasher for Prehashed {
     }
 }
 
+/// The text of a field that is either a text or a code: `2·len` and its
+/// bytes (a code is written as `2·code + 1`). Shared strings, methods and
+/// event ids ([`put_shared`], [`put_method`], [`put_event_id`]); read by
+/// [`Reader::text_or_code`].
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, 2 * s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// A string that repeats across records: `2·len` and its bytes the first
 /// time in the segment, then `2·offset + 1` (where the first one is).
 pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
@@ -86,13 +95,11 @@ pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
             }
             // another string with the same hash: written out in full
             // (the first keeps the entry)
-            put_varint(out, 2 * s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
+            put_text(out, s);
         }
         hashbrown::hash_map::Entry::Vacant(e) => {
             e.insert(out.len() as u32);
-            put_varint(out, 2 * s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
+            put_text(out, s);
         }
     }
 }
@@ -174,10 +181,7 @@ const METHODS: [&str; 9] = [
 fn put_method(out: &mut Vec<u8>, m: &str) {
     match METHODS.iter().position(|&k| k == m) {
         Some(code) => out.push(2 * code as u8 + 1),
-        None => {
-            put_varint(out, 2 * m.len() as u64);
-            out.extend_from_slice(m.as_bytes());
-        }
+        None => put_text(out, m),
     }
 }
 
@@ -192,10 +196,7 @@ fn put_event_id(out: &mut Vec<u8>, id: &str) {
             put_varint(out, 2 * u64::from(code) + 1);
             out.extend_from_slice(&v);
         }
-        None => {
-            put_varint(out, 2 * id.len() as u64);
-            out.extend_from_slice(id.as_bytes());
-        }
+        None => put_text(out, id),
     }
 }
 
@@ -295,20 +296,29 @@ impl<'a> Reader<'a> {
         let n = self.varint()? as usize;
         Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
     }
+    /// A field [`put_text`] wrote as a text (`Ok`), or the code written
+    /// in its place (`Err`).
+    fn text_or_code(&mut self) -> Option<Result<String, u64>> {
+        let v = self.varint()?;
+        if v % 2 != 0 {
+            return Some(Err(v / 2));
+        }
+        let n = usize::try_from(v / 2).ok()?;
+        Some(Ok(std::str::from_utf8(self.take(n)?).ok()?.to_string()))
+    }
+
     /// A method written by [`put_method`] (by `put_str` in a version 2
     /// segment).
     pub(super) fn method(&mut self) -> Option<String> {
         if self.v2 {
             return self.str();
         }
-        let v = self.varint()?;
-        if v % 2 == 0 {
-            let n = usize::try_from(v / 2).ok()?;
-            return Some(std::str::from_utf8(self.take(n)?).ok()?.to_string());
+        match self.text_or_code()? {
+            Ok(text) => Some(text),
+            Err(code) => METHODS
+                .get(usize::try_from(code).ok()?)
+                .map(|m| m.to_string()),
         }
-        METHODS
-            .get(usize::try_from(v / 2).ok()?)
-            .map(|m| m.to_string())
     }
 
     /// An event id written by [`put_event_id`] (by `put_str` in a
@@ -317,14 +327,13 @@ impl<'a> Reader<'a> {
         if self.v2 {
             return self.str();
         }
-        let v = self.varint()?;
-        if v % 2 == 0 {
-            let n = usize::try_from(v / 2).ok()?;
-            return Some(std::str::from_utf8(self.take(n)?).ok()?.to_string());
+        match self.text_or_code()? {
+            Ok(text) => Some(text),
+            Err(code) => {
+                let b: &[u8; 16] = self.take(16)?.try_into().ok()?;
+                crate::detect::event_id::hex_text(u8::try_from(code).ok()?, b)
+            }
         }
-        let code = u8::try_from(v / 2).ok()?;
-        let b: &[u8; 16] = self.take(16)?.try_into().ok()?;
-        crate::detect::event_id::hex_text(code, b)
     }
     pub(super) fn info(&mut self, base_t: Millis) -> Option<SightingInfo<String>> {
         let received_at = base_t.wrapping_add(unzigzag(self.varint()?));
@@ -350,12 +359,11 @@ impl<'a> Reader<'a> {
     }
     /// A string written by [`put_shared`].
     pub(super) fn shared(&mut self) -> Option<String> {
-        let v = self.varint()?;
-        if v % 2 == 0 {
-            let n = (v / 2) as usize;
-            return Some(std::str::from_utf8(self.take(n)?).ok()?.to_string());
-        }
-        let at = self.base.checked_add(usize::try_from(v / 2).ok()?)?;
+        let off = match self.text_or_code()? {
+            Ok(text) => return Some(text),
+            Err(off) => off,
+        };
+        let at = self.base.checked_add(usize::try_from(off).ok()?)?;
         // the first occurrence, before this one, written inline
         if at >= self.at {
             return None;
@@ -366,15 +374,8 @@ impl<'a> Reader<'a> {
             base: self.base,
             v2: self.v2,
         };
-        let v = r.varint()?;
-        if v % 2 != 0 {
-            return None;
-        }
-        Some(
-            std::str::from_utf8(r.take((v / 2) as usize)?)
-                .ok()?
-                .to_string(),
-        )
+        // an odd value there would refer to yet another place
+        r.text_or_code()?.ok()
     }
 
     fn opt_shared(&mut self) -> Option<Option<String>> {
