@@ -47,10 +47,13 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Strings of the open segment already written, by their offset in its
 /// records: a repeated client address, path, client id or user agent is
-/// written once per segment, then referred to. Keyed by the string's 64-bit
-/// hash, checked against the bytes written at the offset (no copy of each
-/// string to allocate, compare through and free when the segment is sealed).
-pub(super) type Dict = hashbrown::HashMap<u64, u32, std::hash::BuildHasherDefault<Prehashed>>;
+/// written once per segment, then referred to. Keyed by the low half of the
+/// string's 128-bit hash, the high half beside the offset: the full hash
+/// stands for the string, as a 128-bit fingerprint stands for a (key,
+/// nonce) in the replay rule, so a repeat is recognised without reading
+/// back the bytes written (out of cache by then) nor keeping a copy.
+pub(super) type Dict =
+    hashbrown::HashMap<u64, (u64, u32), std::hash::BuildHasherDefault<Prehashed>>;
 
 /// The hasher of a [`Dict`], whose keys are hashes already.
 #[derive(Default)]
@@ -85,58 +88,24 @@ fn put_text(out: &mut Vec<u8>, s: &str) {
 /// A string that repeats across records: `2·len` and its bytes the first
 /// time in the segment, then `2·offset + 1` (where the first one is).
 pub(super) fn put_shared(out: &mut Vec<u8>, s: &str, dict: &mut Dict) {
-    let h = xxhash_rust::xxh3::xxh3_64(s.as_bytes());
-    match dict.entry(h) {
+    let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+    let (lo, hi) = (h as u64, (h >> 64) as u64);
+    match dict.entry(lo) {
         hashbrown::hash_map::Entry::Occupied(e) => {
-            let off = *e.get();
-            if shared_at(out, off).is_some_and(|b| same_bytes(b, s.as_bytes())) {
+            let &(e_hi, off) = e.get();
+            if e_hi == hi {
                 put_varint(out, 2 * off as u64 + 1);
                 return;
             }
-            // another string with the same hash: written out in full
+            // another string with the same low half: written out in full
             // (the first keeps the entry)
             put_text(out, s);
         }
         hashbrown::hash_map::Entry::Vacant(e) => {
-            e.insert(out.len() as u32);
+            e.insert((hi, out.len() as u32));
             put_text(out, s);
         }
     }
-}
-
-/// `a == b`, without a call to `memcmp` for the short strings of a
-/// record (addresses, paths, keys: two overlapping loads from each end).
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let load8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-    let load16 =
-        |s: &[u8], i: usize| u128::from_le_bytes(s[i..i + 16].try_into().expect("16 bytes"));
-    match n {
-        0..=7 => a == b,
-        8..=16 => load8(a, 0) == load8(b, 0) && load8(a, n - 8) == load8(b, n - 8),
-        17..=32 => load16(a, 0) == load16(b, 0) && load16(a, n - 16) == load16(b, n - 16),
-        _ => a == b,
-    }
-}
-
-/// The bytes of the shared string written in full at `off`.
-fn shared_at(out: &[u8], off: u32) -> Option<&[u8]> {
-    let mut r = Reader {
-        b: out,
-        at: off as usize,
-        base: 0,
-        v2: false,
-    };
-    let v = r.varint()?;
-    // an even value is a length (an odd one refers to another place)
-    if v % 2 != 0 {
-        return None;
-    }
-    r.take(usize::try_from(v / 2).ok()?)
 }
 
 fn put_opt_shared(out: &mut Vec<u8>, s: Option<&str>, dict: &mut Dict) {
@@ -648,20 +617,6 @@ mod tests {
             };
             assert_eq!(r.method().as_deref(), Some(m));
             assert_eq!(r.at, b.len());
-        }
-    }
-
-    #[test]
-    fn same_bytes_is_equality() {
-        for n in 0..40usize {
-            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-            assert!(same_bytes(&a, &a.clone()));
-            for at in 0..n {
-                let mut b = a.clone();
-                b[at] ^= 1;
-                assert!(!same_bytes(&a, &b), "{n} {at}");
-            }
-            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
         }
     }
 
