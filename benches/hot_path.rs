@@ -95,6 +95,38 @@ fn detect_all<L: SightingLog>(
     out.len()
 }
 
+/// [`detect_all`] as the engine's workers drive a detector: each request
+/// prepared (fingerprints, index slots into cache) three requests before
+/// it is processed.
+fn detect_all_prepared<L: SightingLog>(
+    (mut det, mut log, mut out): (ShardDetector, L, Vec<replayguard::schema::Alert>),
+    decoded: &[replayguard::schema::AccessEvent<'_>],
+    lc: &LifecycleTable,
+) -> usize {
+    const AHEAD: usize = 3;
+    let mut ring = [None; AHEAD + 1];
+    for (i, ev) in decoded.iter().enumerate().take(AHEAD) {
+        ring[i] = Some(det.prepare(ev));
+    }
+    for (i, ev) in decoded.iter().enumerate() {
+        if let Some(ahead) = decoded.get(i + AHEAD) {
+            ring[(i + AHEAD) % (AHEAD + 1)] = Some(det.prepare(ahead));
+        }
+        let p = ring[i % (AHEAD + 1)].take();
+        det.process_prepared(
+            ev,
+            p,
+            Position::new(0, i as u64),
+            lc,
+            &mut log,
+            &mut out,
+            replayguard::detect::UsageMode::Normal,
+        )
+        .unwrap();
+    }
+    out.len()
+}
+
 fn run_engine<S: StateStore>(store: Arc<S>, lines: &[Vec<u8>]) -> usize {
     let config = Config::default();
     let mut e = Engine::open(store, &config).unwrap();
@@ -232,6 +264,21 @@ fn benches(c: &mut Criterion) {
                 )
             },
             |s| detect_all(s, &decoded, &lc),
+            BatchSize::LargeInput,
+        )
+    });
+
+    g.bench_function("detect_segment_log_prepared", |b| {
+        b.iter_batched(
+            || {
+                let store = Arc::new(MemStore::new(1));
+                (
+                    ShardDetector::new(rules, 1),
+                    SegmentLog::new(0, store, 0, Default::default()),
+                    Vec::new(),
+                )
+            },
+            |s| detect_all_prepared(s, &decoded, &lc),
             BatchSize::LargeInput,
         )
     });

@@ -102,6 +102,16 @@ impl Index {
             .binary_search_by(|&(x, _)| age(newest, seg).cmp(&age(newest, x)))
     }
 
+    /// Brings the slots of an event-id fingerprint and of a nonce
+    /// fingerprint into cache ahead of their lookups ([`FpMap::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, event: u64, nonce: Option<u64>) {
+        self.events.prefetch(event);
+        if let Some(n) = nonce {
+            self.nonces.prefetch(n);
+        }
+    }
+
     /// The segment of `fp`'s window, unless every window start in it is
     /// before `keep_from` (then the window is no longer live).
     #[inline]

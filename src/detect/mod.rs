@@ -22,7 +22,7 @@ pub use fingerprint::Position;
 pub use lifecycle::LifecycleTable;
 pub use sequence::number as sequence_number;
 pub use sequence::{EventId, SeqState};
-pub use shard::{Clock, KeySeed, ShardDetector, ShardStats, UsageMode, Verdict};
+pub use shard::{Clock, KeySeed, Prepared, ShardDetector, ShardStats, UsageMode, Verdict};
 pub use sighting::{LookupError, OwnedWindow, SightingInfo, SightingLog, VecLog, WindowRecord};
 pub use usage::{usage_slice, KeyUsage, UsageConfig, USAGE_SLICES};
 

@@ -200,6 +200,15 @@ pub struct KeySeed {
     pub offset: u64,
 }
 
+/// A request's fingerprints, computed ahead ([`ShardDetector::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    /// (key, event id)
+    event: u64,
+    /// (key, nonce) or (key, signature), and which
+    basis: Option<(u128, ReplayBasis)>,
+}
+
 impl ShardDetector {
     pub fn new(cfg: DetectConfig, seed: u64) -> Self {
         ShardDetector {
@@ -628,6 +637,25 @@ impl ShardDetector {
         out: &mut Vec<Alert>,
         usage_mode: UsageMode,
     ) -> Result<Verdict, LookupError> {
+        self.process_prepared(ev, None, pos, lifecycle, log, out, usage_mode)
+    }
+
+    /// [`ShardDetector::process_with`] of a request [`prepare`]d a few
+    /// requests before (its fingerprints computed and their index slots
+    /// brought into cache); `None` computes them here.
+    ///
+    /// [`prepare`]: ShardDetector::prepare
+    #[allow(clippy::too_many_arguments)]
+    pub fn process_prepared<L: SightingLog>(
+        &mut self,
+        ev: &AccessEvent<'_>,
+        prepared: Option<Prepared>,
+        pos: Position,
+        lifecycle: &LifecycleTable,
+        log: &mut L,
+        out: &mut Vec<Alert>,
+        usage_mode: UsageMode,
+    ) -> Result<Verdict, LookupError> {
         let t = ev.received_at;
         self.stats.events += 1;
         if let Some(wm) = self.watermark() {
@@ -648,7 +676,7 @@ impl ShardDetector {
             fp: None,
         };
         if self.live(t, wm) {
-            if let Some(v) = self.replay(ev, wm, pos, &mut seq, log, out)? {
+            if let Some(v) = self.replay(ev, prepared, wm, pos, &mut seq, log, out)? {
                 out.truncate(first_alert);
                 match v {
                     Verdict::Duplicate => self.stats.duplicates += 1,
@@ -1010,9 +1038,45 @@ impl ShardDetector {
 
     /// Duplicate detection and the replay rule. Returns `Some` verdict when
     /// the event is a duplicate (no further rules), `None` to go on.
+    /// A request's fingerprints for the replay rule: its identity (key,
+    /// event id) and what judges it: its nonce; without one, its signature
+    /// (if the rule is on).
+    #[inline]
+    fn fingerprints(&mut self, ev: &AccessEvent<'_>) -> Prepared {
+        let event = self.fp.event(ev.key_id.as_deref(), &ev.event_id);
+        let basis = match (
+            ev.key_id.as_deref(),
+            ev.nonce.as_deref(),
+            ev.signature.as_deref(),
+        ) {
+            (Some(key_id), Some(nonce), _) => {
+                Some((self.fp.nonce(key_id, nonce), ReplayBasis::Nonce))
+            }
+            (Some(key_id), None, Some(sig)) if self.cfg.signature_replay => {
+                Some((self.fp.signature(key_id, sig), ReplayBasis::Signature))
+            }
+            _ => None,
+        };
+        Prepared { event, basis }
+    }
+
+    /// Prepares `ev` for [`ShardDetector::process_prepared`] a few requests
+    /// before it is processed: computes its fingerprints and brings their
+    /// slots of the live index into cache. With millions of live windows
+    /// the replay rule's two lookups are misses to memory, which the work
+    /// on the requests in between then hides. Changes no state.
+    pub fn prepare(&mut self, ev: &AccessEvent<'_>) -> Prepared {
+        let p = self.fingerprints(ev);
+        self.index
+            .prefetch(p.event, p.basis.map(|(nfp, _)| nfp as u64));
+        p
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn replay<L: SightingLog>(
         &mut self,
         ev: &AccessEvent<'_>,
+        prepared: Option<Prepared>,
         wm: Millis,
         pos: Position,
         seq: &mut Sequenced,
@@ -1021,7 +1085,14 @@ impl ShardDetector {
     ) -> Result<Option<Verdict>, LookupError> {
         let t = ev.received_at;
         let max_seen = self.clock.max_seen.unwrap_or(t);
-        let efp = self.fp.event(ev.key_id.as_deref(), &ev.event_id);
+        let prepared = match prepared {
+            Some(p) => {
+                debug_assert_eq!(p, self.fingerprints(ev), "prepared for another request");
+                p
+            }
+            None => self.fingerprints(ev),
+        };
+        let efp = prepared.event;
         if let Some(&v) = self.index.events.get(&efp) {
             if self.live(index::time(v, max_seen), wm) {
                 return Ok(Some(if index::aux(v) == pos.hash32() {
@@ -1031,23 +1102,7 @@ impl ShardDetector {
                 }));
             }
         }
-        // a nonce judges a request; without one, its signature (if on)
-        let basis = match (
-            ev.key_id.as_deref(),
-            ev.nonce.as_deref(),
-            ev.signature.as_deref(),
-        ) {
-            (Some(key_id), Some(nonce), _) => {
-                Some((key_id, self.fp.nonce(key_id, nonce), ReplayBasis::Nonce))
-            }
-            (Some(key_id), None, Some(sig)) if self.cfg.signature_replay => Some((
-                key_id,
-                self.fp.signature(key_id, sig),
-                ReplayBasis::Signature,
-            )),
-            _ => None,
-        };
-        let Some((key_id, nfp, basis)) = basis else {
+        let (Some(key_id), Some((nfp, basis))) = (ev.key_id.as_deref(), prepared.basis) else {
             self.remember_event(efp, t, pos, log);
             return Ok(None);
         };

@@ -18,11 +18,16 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::shard::Shard;
 use super::EngineOptions;
-use crate::detect::{KeySeed, KeyUsage, LifecycleTable, ShardStats, UsageMode};
+use crate::detect::{KeySeed, KeyUsage, LifecycleTable, Prepared, ShardStats, UsageMode};
 use crate::pipeline::chunk::DecodedChunk;
 use crate::pipeline::PipelineError;
 use crate::schema::{Alert, Millis};
 use crate::state::{Commit, SegmentOptions, StateStore};
+
+/// How many steps ahead of the one processed a worker brings the live
+/// index's slots into cache: enough requests for a miss to memory (~100 ns)
+/// to finish behind their work, few enough that the slots stay cached.
+const PREFETCH_AHEAD: usize = 3;
 
 /// One step of a worker's work, in routing order.
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +239,22 @@ impl<S: StateStore> Worker<S> {
         }
     }
 
+    /// [`ShardDetector::prepare`] of the event of `step`, by its shard.
+    #[inline]
+    fn prepare(
+        &mut self,
+        step: &Step,
+        events: &crate::pipeline::chunk::Decoded<'_>,
+    ) -> Option<Prepared> {
+        let Step::Event { idx, shard, .. } = *step else {
+            return None;
+        };
+        match (self.shards.get_mut(&shard), events.get(idx as usize)) {
+            (Some(s), Some(Ok(ev))) => Some(s.det.prepare(ev)),
+            _ => None,
+        }
+    }
+
     fn steps(
         &mut self,
         chunk: &DecodedChunk,
@@ -242,7 +263,17 @@ impl<S: StateStore> Worker<S> {
     ) -> Result<(), PipelineError> {
         let recs = chunk.raw().records();
         let events = chunk.events();
-        for step in steps {
+        // the request PREFETCH_AHEAD steps on is prepared (fingerprints,
+        // index slots brought into cache) while this one is processed
+        let mut prepared = [None; PREFETCH_AHEAD + 1];
+        for (i, step) in steps.iter().enumerate().take(PREFETCH_AHEAD) {
+            prepared[i] = self.prepare(step, events);
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(ahead) = steps.get(i + PREFETCH_AHEAD) {
+                prepared[(i + PREFETCH_AHEAD) % (PREFETCH_AHEAD + 1)] = self.prepare(ahead, events);
+            }
+            let prepared = prepared[i % (PREFETCH_AHEAD + 1)].take();
             match *step {
                 Step::Event {
                     idx,
@@ -286,8 +317,15 @@ impl<S: StateStore> Worker<S> {
                     // alerts were committed then, and it was counted then
                     let catchup = usage == UsageMode::Catchup;
                     let stats = catchup.then(|| s.det.stats().clone());
-                    s.det
-                        .process_with(ev, pos, lifecycle, &mut s.log, &mut self.scratch, usage)?;
+                    s.det.process_prepared(
+                        ev,
+                        prepared,
+                        pos,
+                        lifecycle,
+                        &mut s.log,
+                        &mut self.scratch,
+                        usage,
+                    )?;
                     if let Some(stats) = stats {
                         s.det.set_stats(stats);
                     }
