@@ -245,22 +245,23 @@ impl<V: ZeroIsDefault> Part<V> {
     /// Asks the CPU to bring `k`'s home slot into cache (a hint: no
     /// effect on what the table holds).
     #[inline]
-    fn prefetch(&self, k: u64) {
+    fn prefetch(&self, k: u64, lines: usize) {
         if self.slots.is_empty() {
             return;
         }
-        let slot: *const Slot<V> = &self.slots[self.home(k)];
+        let slot: *const u8 = (&self.slots[self.home(k)] as *const Slot<V>).cast();
         #[cfg(target_arch = "x86_64")]
-        {
+        for line in 0..lines {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch never faults; the address is a slot's
+            // SAFETY: a prefetch never faults (the lines after the home
+            // slot may be past the table's end: no access is made)
             #[allow(unused_unsafe)]
             unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(slot.cast());
+                _mm_prefetch::<_MM_HINT_T0>(slot.wrapping_add(64 * line).cast());
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        let _ = (slot, lines);
     }
 
     #[inline]
@@ -421,13 +422,14 @@ impl<V: ZeroIsDefault> FpMap<V> {
         self.part(*k).get(*k)
     }
 
-    /// Brings the slot where `k` is looked up first into cache ahead of the
+    /// Brings the slot where `k` is looked up first, and the cache lines
+    /// after it up to `lines` in all, into cache ahead of the
     /// lookup: a table of millions of live entries is mostly not in cache,
     /// and a lookup issued a few requests ahead overlaps the miss with
     /// their work. Changes nothing the table holds.
     #[inline]
-    pub fn prefetch(&self, k: u64) {
-        self.part(k).prefetch(k)
+    pub fn prefetch(&self, k: u64, lines: usize) {
+        self.part(k).prefetch(k, lines)
     }
 
     #[inline]

@@ -35,6 +35,9 @@ fn age(newest: SegRef, seg: SegRef) -> u32 {
     newest.wrapping_sub(seg)
 }
 
+/// Cache lines of the nonce table brought in ahead of an insert.
+const NONCE_PREFETCH_LINES: usize = 3;
+
 /// Live index of one shard.
 ///
 /// A window start is found by its nonce fingerprint and points to the
@@ -106,9 +109,12 @@ impl Index {
     /// fingerprint into cache ahead of their lookups ([`FpMap::prefetch`]).
     #[inline]
     pub fn prefetch(&self, event: u64, nonce: Option<u64>) {
-        self.events.prefetch(event);
+        // an event id is mostly looked up (and found absent where its run
+        // says so); a nonce mostly inserted, which walks to the end of the
+        // run to move it up by one
+        self.events.prefetch(event, 1);
         if let Some(n) = nonce {
-            self.nonces.prefetch(n);
+            self.nonces.prefetch(n, NONCE_PREFETCH_LINES);
         }
     }
 
