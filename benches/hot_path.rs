@@ -253,16 +253,18 @@ fn benches(c: &mut Criterion) {
         });
     }
 
+    // a fresh detector over the segment log, on an in-memory store
+    let segment_detector = || {
+        let store = Arc::new(MemStore::new(1));
+        (
+            ShardDetector::new(rules, 1),
+            SegmentLog::new(0, store, 0, Default::default()),
+            Vec::new(),
+        )
+    };
     g.bench_function("detect_segment_log", |b| {
         b.iter_batched(
-            || {
-                let store = Arc::new(MemStore::new(1));
-                (
-                    ShardDetector::new(rules, 1),
-                    SegmentLog::new(0, store, 0, Default::default()),
-                    Vec::new(),
-                )
-            },
+            segment_detector,
             |s| detect_all(s, &decoded, &lc),
             BatchSize::LargeInput,
         )
@@ -270,14 +272,7 @@ fn benches(c: &mut Criterion) {
 
     g.bench_function("detect_segment_log_prepared", |b| {
         b.iter_batched(
-            || {
-                let store = Arc::new(MemStore::new(1));
-                (
-                    ShardDetector::new(rules, 1),
-                    SegmentLog::new(0, store, 0, Default::default()),
-                    Vec::new(),
-                )
-            },
+            segment_detector,
             |s| detect_all_prepared(s, &decoded, &lc),
             BatchSize::LargeInput,
         )

@@ -242,26 +242,17 @@ impl<V: ZeroIsDefault> Part<V> {
         }
     }
 
-    /// Asks the CPU to bring `k`'s home slot into cache (a hint: no
-    /// effect on what the table holds).
+    /// Asks the CPU to bring `k`'s home slot, and the cache lines after
+    /// it up to `lines` in all, into cache (a hint: no effect on what the
+    /// table holds).
     #[inline]
     fn prefetch(&self, k: u64, lines: usize) {
-        if self.slots.is_empty() {
+        if self.slots.is_empty() || lines == 0 {
             return;
         }
         let slot: *const u8 = (&self.slots[self.home(k)] as *const Slot<V>).cast();
-        #[cfg(target_arch = "x86_64")]
-        for line in 0..lines {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch never faults (the lines after the home
-            // slot may be past the table's end: no access is made)
-            #[allow(unused_unsafe)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(slot.wrapping_add(64 * line).cast());
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (slot, lines);
+        // the line of the slot and the `lines - 1` after it
+        super::cache::prefetch(slot, 64 * (lines - 1) + 1);
     }
 
     #[inline]

@@ -5,6 +5,7 @@
 //! lives in [`ShardDetector`] (the live index) and in a [`SightingLog`] that
 //! the caller supplies (the state module persists it; tests use [`VecLog`]).
 
+mod cache;
 mod config;
 pub mod event_id;
 mod fingerprint;
@@ -17,6 +18,7 @@ mod sighting;
 mod skew;
 pub(crate) mod usage;
 
+pub use cache::prefetch;
 pub use config::{DetectConfig, Toggle};
 pub use fingerprint::Position;
 pub use lifecycle::LifecycleTable;

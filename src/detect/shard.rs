@@ -1036,8 +1036,6 @@ impl ShardDetector {
         self.index.insert_window(fp as u64, t, seg);
     }
 
-    /// Duplicate detection and the replay rule. Returns `Some` verdict when
-    /// the event is a duplicate (no further rules), `None` to go on.
     /// A request's fingerprints for the replay rule: its identity (key,
     /// event id) and what judges it: its nonce; without one, its signature
     /// (if the rule is on).
@@ -1072,6 +1070,8 @@ impl ShardDetector {
         p
     }
 
+    /// Duplicate detection and the replay rule. Returns `Some` verdict when
+    /// the event is a duplicate (no further rules), `None` to go on.
     #[allow(clippy::too_many_arguments)]
     fn replay<L: SightingLog>(
         &mut self,

@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::shard::Shard;
 use super::EngineOptions;
-use crate::detect::{KeySeed, KeyUsage, LifecycleTable, Prepared, ShardStats, UsageMode};
+use crate::detect::{prefetch, KeySeed, KeyUsage, LifecycleTable, Prepared, ShardStats, UsageMode};
 use crate::pipeline::chunk::DecodedChunk;
 use crate::pipeline::PipelineError;
 use crate::schema::{Alert, Millis};
@@ -37,30 +37,15 @@ const TOUCH_AHEAD: usize = 8;
 /// cache: a hint, no effect on what memory holds.
 #[inline]
 fn touch(chunk: &DecodedChunk, idx: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let line = |p: *const u8| {
-            // SAFETY: a prefetch never faults, whatever the address
-            #[allow(unused_unsafe)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p.cast())
-            }
-        };
-        if let crate::source::Payload::Data(b) = chunk.raw().record(idx).payload {
-            for at in (0..b.len()).step_by(64) {
-                line(b[at..].as_ptr());
-            }
-        }
-        if let Some(ev) = chunk.events().get(idx) {
-            let p: *const u8 = (ev as *const Result<_, _>).cast();
-            for at in (0..std::mem::size_of_val(ev)).step_by(64) {
-                line(p.wrapping_add(at));
-            }
-        }
+    if let crate::source::Payload::Data(b) = chunk.raw().record(idx).payload {
+        prefetch(b.as_ptr(), b.len());
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (chunk, idx);
+    if let Some(ev) = chunk.events().get(idx) {
+        prefetch(
+            (ev as *const Result<_, _>).cast(),
+            std::mem::size_of_val(ev),
+        );
+    }
 }
 
 /// One step of a worker's work, in routing order.
