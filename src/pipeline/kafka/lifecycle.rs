@@ -78,6 +78,7 @@ impl LifecycleReader {
                 } => match rt.decoder.lifecycle(&bytes) {
                     Ok(ev) => {
                         if rt.engine.add_lifecycle(ev) {
+                            rt.reporter.invalidate();
                             crate::telemetry::LifecycleUpdated.emit();
                         }
                     }

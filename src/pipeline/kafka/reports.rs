@@ -1,8 +1,12 @@
 //! Rotation reports of a running detector: computed in the runtime at commit
 //! time (at most once a second) and published as a snapshot, so that an
 //! HTTP request never waits for the poll loop, and produced to the reports
-//! topic every `report.interval`. Per-key usage is read from the committed
-//! state in the store, of the partitions this instance owns.
+//! topic every `report.interval`. Per-key usage is read from the usage
+//! topic's global table (every key of the group) when there is one,
+//! otherwise from the committed state in the store, of the partitions this
+//! instance owns. A snapshot is recomputed after a commit, a lifecycle
+//! change, or a change of the usage table (another instance's checkpoint
+//! changes the reports of an idle one).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -87,8 +91,13 @@ pub struct Reporter {
     pub published: Arc<Published>,
     cfg: ReportConfig,
     last_snapshot: Option<Instant>,
-    /// A commit changed the state since the last snapshot.
+    /// A commit or a lifecycle change changed the state since the last
+    /// snapshot.
     stale: bool,
+    /// The usage table's version the last snapshot was computed from: the
+    /// other instances' checkpoints change the reports too, also while this
+    /// one is idle.
+    table_version: Option<u64>,
     topic: Option<(ThreadedProducer<DefaultProducerContext>, String, Duration)>,
     last_topic: Instant,
 }
@@ -104,6 +113,7 @@ impl Reporter {
             cfg,
             last_snapshot: None,
             stale: true,
+            table_version: None,
             topic,
             last_topic: Instant::now(),
         }
@@ -119,16 +129,27 @@ impl Reporter {
         self.refresh(engine, snapshot_due);
     }
 
-    /// When the input is drained: the committed state gets its snapshot,
-    /// at most once a second (it asks every detect worker: the poll loop
-    /// would spend its time on it between every two requests of a slow
-    /// input).
+    /// The reports depend on something a commit does not change (the
+    /// lifecycle table).
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// When the input is drained: the committed state, or the usage table
+    /// that other instances' checkpoints changed, gets its snapshot at most
+    /// once a second (it asks every detect worker: the poll loop would
+    /// spend its time on it between every two requests of a slow input).
     pub fn on_idle<S: StateStore>(&mut self, engine: &mut crate::pipeline::Engine<S>) {
-        let due = self.stale
+        let due = self.changed()
             && self
                 .last_snapshot
                 .is_none_or(|t| t.elapsed() >= SNAPSHOT_INTERVAL);
         self.refresh(engine, due);
+    }
+
+    /// Whether the last snapshot may be out of date.
+    fn changed(&self) -> bool {
+        self.stale || self.table_version != self.published.table.as_ref().map(|t| t.version())
     }
 
     fn refresh<S: StateStore>(
@@ -145,6 +166,9 @@ impl Reporter {
         }
         self.stale = false;
         self.last_snapshot = Some(Instant::now());
+        // read before the table: a change made while computing is seen by
+        // the next check
+        self.table_version = self.published.table.as_ref().map(|t| t.version());
         let reports = match &self.published.table {
             // fleet-wide: every key of the group, from the usage topic
             Some(t) => fleet_reports(&self.cfg, engine.lifecycle(), t),
@@ -196,4 +220,93 @@ fn publish(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, reports: &
         count: reports.len() as u64,
     }
     .emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::usage::{encode, UsageHead};
+    use super::*;
+    use crate::pipeline::Engine;
+    use crate::schema::{KeyState, LifecycleEvent};
+
+    const T0: i64 = 1_795_824_000_000;
+
+    /// A usage record as another instance's checkpoint writes it: `n`
+    /// requests, a minute apart from a minute after the rotation.
+    fn checkpoint_of(n: i64) -> Vec<u8> {
+        let mut u = KeyUsage::new(T0);
+        for m in 1..=n {
+            let e = crate::schema::AccessEvent {
+                event_id: "e".into(),
+                received_at: T0 + m * 60_000,
+                key_id: Some("old".into()),
+                nonce: None,
+                client_ts: None,
+                client_ip: "10.0.0.1".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                status: 200,
+                user_agent: None,
+                client_id: None,
+                signature: None,
+            };
+            crate::detect::usage::observe(&Default::default(), &mut u, &e, &mut vec![]);
+        }
+        let head = UsageHead {
+            partition: "access-events/1".into(),
+            offset: n as u64,
+        };
+        encode(&head, &postcard::to_stdvec(&u).unwrap(), None)
+    }
+
+    #[test]
+    fn an_idle_instance_follows_the_other_instances_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RocksStore::open(dir.path(), &Default::default()).unwrap());
+        let table = Arc::new(UsageTable::default());
+        let published = Arc::new(Published::new(store.clone(), Some(table.clone())));
+        let mut engine = Engine::open(store, &crate::config::Config::default()).unwrap();
+        engine.add_lifecycle(LifecycleEvent {
+            key_id: "old".into(),
+            state: KeyState::Rotating,
+            at: T0,
+            successor: Some("new".into()),
+            grace_until: None,
+        });
+        let mut r = Reporter::new(published.clone(), ReportConfig::default(), None);
+        // a second after the last snapshot, with nothing new: the same one
+        let a_second_ago = || Some(Instant::now() - SNAPSHOT_INTERVAL);
+        r.on_idle(&mut engine);
+        assert!(published.rotations().is_empty(), "no usage yet");
+        r.last_snapshot = a_second_ago();
+        // another instance checkpoints the old key: this one, idle (no
+        // commit of its own), reports it
+        table.apply(b"old", Some(&checkpoint_of(7)));
+        r.on_idle(&mut engine);
+        let got = published.rotations();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].old_key.since_rotation, 7);
+        // a newer checkpoint less than a second later waits for the second
+        table.apply(b"old", Some(&checkpoint_of(9)));
+        r.on_idle(&mut engine);
+        assert_eq!(published.rotations()[0].old_key.since_rotation, 7);
+        r.last_snapshot = a_second_ago();
+        r.on_idle(&mut engine);
+        assert_eq!(published.rotations()[0].old_key.since_rotation, 9);
+        assert_eq!(published.rotations()[0].as_of, T0 + 9 * 60_000);
+        // and a lifecycle change (a commit changes nothing here)
+        engine.add_lifecycle(LifecycleEvent {
+            key_id: "old".into(),
+            state: KeyState::Retired,
+            at: T0 + 8 * 60_000,
+            successor: None,
+            grace_until: None,
+        });
+        r.last_snapshot = a_second_ago();
+        r.on_idle(&mut engine);
+        assert_eq!(published.rotations()[0].state, KeyState::Rotating);
+        r.invalidate();
+        r.on_idle(&mut engine);
+        assert_eq!(published.rotations()[0].state, KeyState::Retired);
+    }
 }

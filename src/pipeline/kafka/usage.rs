@@ -244,10 +244,20 @@ pub struct UsageTable {
     /// Per input partition, the offset every key's newest record counts up
     /// to (the newest mark).
     marks: RwLock<HashMap<String, u64>>,
+    /// Bumped by every record applied: what was computed from the table
+    /// (the rotation reports) is recomputed when it moved.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl UsageTable {
-    fn apply(&self, key: &[u8], value: Option<&[u8]>) {
+    pub(super) fn apply(&self, key: &[u8], value: Option<&[u8]>) {
+        self.change(key, value);
+        // after the change: whoever reads the new version reads the table
+        // after it
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    fn change(&self, key: &[u8], value: Option<&[u8]>) {
         let Ok(key) = std::str::from_utf8(key) else {
             return;
         };
@@ -306,6 +316,11 @@ impl UsageTable {
         let p: Arc<str> = name.into();
         known.push(p.clone());
         p
+    }
+
+    /// Changes when a record is applied (compare two readings).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// The usage of the keys whose requests were counted in `partition`.
