@@ -191,12 +191,49 @@ impl RawChunk {
 /// The decoded events of a chunk, borrowing from its bytes.
 pub type Decoded<'a> = Vec<Result<AccessEvent<'a>, DecodeError>>;
 
+/// What the router reads of a decoded request, written beside the events by
+/// the thread that decoded them (while they are in its cache): the router
+/// reads these few bytes per record instead of the events, which another
+/// core wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// [`route_hash`] of the request.
+    pub hash: u64,
+    pub received_at: crate::schema::Millis,
+}
+
+/// The hash a request is routed to its shard by: of its key_id, or of its
+/// event_id when it has none (each such request is a key of its own).
+#[inline]
+pub fn route_hash(key_id: Option<&str>, event_id: &str) -> u64 {
+    match key_id {
+        Some(k) => xxhash_rust::xxh3::xxh3_64_with_seed(k.as_bytes(), 0x6b6579),
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), 0x657674),
+    }
+}
+
+impl RouteInfo {
+    fn of(ev: &AccessEvent<'_>) -> Self {
+        RouteInfo {
+            hash: route_hash(ev.key_id.as_deref(), &ev.event_id),
+            received_at: ev.received_at,
+        }
+    }
+}
+
+/// A chunk's decoded records, and their [`RouteInfo`] (one per record,
+/// `None` for a record that did not decode).
+pub struct DecodedRecords<'a> {
+    events: Decoded<'a>,
+    routes: Vec<Option<RouteInfo>>,
+}
+
 self_cell::self_cell!(
     /// A [`RawChunk`] and its records decoded (one result per record).
     pub struct DecodedChunk {
         owner: RawChunk,
         #[covariant]
-        dependent: Decoded,
+        dependent: DecodedRecords,
     }
 );
 
@@ -204,10 +241,20 @@ impl DecodedChunk {
     /// Decodes every record of `raw`.
     pub fn decode(raw: RawChunk, decoder: &Decoder) -> DecodedChunk {
         DecodedChunk::new(raw, |raw| {
-            (0..raw.len())
+            let events: Decoded<'_> = (0..raw.len())
                 .map(|i| decoder.decode_record(&raw.record(i)))
-                .collect()
+                .collect();
+            let routes = events
+                .iter()
+                .map(|e| e.as_ref().ok().map(RouteInfo::of))
+                .collect();
+            DecodedRecords { events, routes }
         })
+    }
+
+    /// The [`RouteInfo`] of every record (`None`: it did not decode).
+    pub fn routes(&self) -> &[Option<RouteInfo>] {
+        &self.borrow_dependent().routes
     }
 
     pub fn raw(&self) -> &RawChunk {
@@ -215,7 +262,7 @@ impl DecodedChunk {
     }
 
     pub fn events(&self) -> &Decoded<'_> {
-        self.borrow_dependent()
+        &self.borrow_dependent().events
     }
 
     pub fn len(&self) -> usize {

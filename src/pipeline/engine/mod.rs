@@ -46,7 +46,7 @@ use outbox::Outbox;
 use registry::Registry;
 use workers::{Detectors, ShardInfo, StageShard, Step};
 
-use super::chunk::{DecodedChunk, RawChunk};
+use super::chunk::{route_hash, DecodedChunk, RawChunk};
 use super::health::InputHealth;
 use super::PipelineError;
 use crate::config::Config;
@@ -223,19 +223,9 @@ impl Stream {
 
 /// Which shard of a stream of `n` shards a request goes to: by its key, an
 /// unsigned request by its event id (a redelivered copy meets the first).
-fn route(ev: &crate::schema::AccessEvent<'_>, n: usize) -> usize {
-    route_key(ev.key_id.as_deref(), &ev.event_id, n)
-}
-
-fn route_key(key_id: Option<&str>, event_id: &str, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let h = match key_id {
-        Some(k) => xxhash_rust::xxh3::xxh3_64_with_seed(k.as_bytes(), 0x6b6579),
-        None => xxhash_rust::xxh3::xxh3_64_with_seed(event_id.as_bytes(), 0x657674),
-    };
-    (h % n as u64) as usize
+/// The shard (of `n`) of a request with this [`route_hash`].
+fn route(hash: u64, n: usize) -> usize {
+    (hash % n as u64) as usize
 }
 
 /// Router, detect workers, outbox and commits of one process.
@@ -647,7 +637,7 @@ impl<S: StateStore> Engine<S> {
         let shards = self.shards_of(stream)?;
         let mut per: Vec<Vec<KeySeed>> = vec![Vec::new(); shards.len()];
         for seed in usage {
-            let i = route_key(Some(&seed.key), "", shards.len());
+            let i = route(route_hash(Some(&seed.key), ""), shards.len());
             per[i].push(seed);
         }
         for (i, u) in per.into_iter().enumerate() {
@@ -724,6 +714,7 @@ impl<S: StateStore> Engine<S> {
     ) -> Result<(), PipelineError> {
         let raw = chunk.raw();
         let events = chunk.events();
+        let routes = chunk.routes();
         let mut dead = Vec::new();
         let Engine {
             streams,
@@ -756,15 +747,12 @@ impl<S: StateStore> Engine<S> {
             for i in run {
                 let rec = &recs[i];
                 st.dirty = true;
-                let decoded = &events[i];
-                let shard = decoded
-                    .as_ref()
-                    .ok()
-                    .map(|ev| st.shards[route(ev, st.shards.len())]);
+                let info = routes[i];
+                let shard = info.map(|r| st.shards[route(r.hash, st.shards.len())]);
                 // read before `advance`, which ends the catch-up at its last record
                 let usage = match (&st.catchup, shard) {
                     (Some(c), Some(shard)) => {
-                        let slice = decoded
+                        let slice = events[i]
                             .as_ref()
                             .ok()
                             .and_then(|ev| ev.key_id.as_deref())
@@ -784,11 +772,11 @@ impl<S: StateStore> Engine<S> {
                         caught_up(st, detectors, steps);
                     }
                 }
-                if let (Ok(ev), Some(shard)) = (decoded, shard) {
+                if let (Some(info), Some(shard)) = (info, shard) {
                     let max_before = st.max_seen;
                     st.max_seen = Some(
                         st.max_seen
-                            .map_or(ev.received_at, |m| m.max(ev.received_at)),
+                            .map_or(info.received_at, |m| m.max(info.received_at)),
                     );
                     *routed += 1;
                     steps[detectors.worker_of(shard)].push(Step::Event {
@@ -806,24 +794,24 @@ impl<S: StateStore> Engine<S> {
                     }
                     continue;
                 }
-                if inputs.record(rec.pos.source, decoded.is_err()) {
+                let failed = info.is_none();
+                if inputs.record(rec.pos.source, failed) {
                     let input = registry.source_name(rec.pos.source);
                     inputs.flag(rec.pos.source, input, opts.decoder.format());
                 }
-                match decoded {
-                    Ok(ev) => {
-                        if let Some(key) = rec.message_key() {
-                            match key.map(|k| raw.slice(k)) {
-                                None => *key_absent += 1,
-                                Some(k) => {
-                                    if k != ev.key_id.as_deref().unwrap_or_default().as_bytes() {
-                                        *key_mismatch += 1;
-                                    }
-                                }
+                if failed {
+                    dead.push(i);
+                } else if let Some(key) = rec.message_key() {
+                    // a Kafka record: its message key against its key_id
+                    let key_id = events[i].as_ref().ok().and_then(|ev| ev.key_id.as_deref());
+                    match key.map(|k| raw.slice(k)) {
+                        None => *key_absent += 1,
+                        Some(k) => {
+                            if k != key_id.unwrap_or_default().as_bytes() {
+                                *key_mismatch += 1;
                             }
                         }
                     }
-                    Err(_) => dead.push(i),
                 }
             }
         }
