@@ -165,7 +165,10 @@ pub fn expected_alerts(
     for i in order {
         let e = &events[i];
         if !seen.insert((e.key_id.as_deref(), &e.event_id)) {
-            continue; // a transport duplicate
+            // a transport duplicate (the model's traffic keeps the input
+            // contract: a copy keeps every field; an id reused with another
+            // nonce is README "Reused event ids", tested on its own)
+            continue;
         }
         // every rule is per key: an unsigned request raises nothing
         let Some(key_id) = e.key_id.as_deref() else {

@@ -562,6 +562,40 @@ fn transport_duplicates_raise_nothing_and_are_counted() {
     assert_eq!(h.det.stats().alerts[AlertKind::Replay.index()], 1);
 }
 
+/// An event id reused by another request of the same key (outside the
+/// input contract: a copy keeps every field), as the README says: a
+/// duplicate when the first was a replay or had no nonce, otherwise a
+/// request of its own.
+#[test]
+fn a_reused_event_id_with_another_nonce() {
+    let mut h = Harness::new(DetectConfig::default());
+    // the first had no nonce: the second is a duplicate
+    h.feed(&ev("x", T0, "k", None));
+    assert_eq!(
+        h.feed(&ev("x", T0 + 1, "k", Some("n1"))).0,
+        Verdict::Duplicate
+    );
+    // the first was a replay: the same
+    h.feed(&ev("a", T0 + 2, "k", Some("m")));
+    let (v, alerts) = h.feed(&ev("y", T0 + 3, "k", Some("m")));
+    assert_eq!((v, alerts.len()), (Verdict::Evaluated, 1));
+    assert_eq!(
+        h.feed(&ev("y", T0 + 4, "k", Some("z"))).0,
+        Verdict::Duplicate
+    );
+    assert_eq!(h.det.stats().duplicates, 2);
+    // the first was a first sighting: the second is judged on its own, the
+    // first sighting of its nonce, which a third request then replays
+    assert_eq!(
+        h.feed(&ev("a", T0 + 5, "k", Some("q"))).0,
+        Verdict::Evaluated
+    );
+    let (_, alerts) = h.feed(&ev("b", T0 + 6, "k", Some("q")));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(replay_first(&alerts[0]), "a");
+    assert_eq!(h.det.stats().duplicates, 2);
+}
+
 /// A request is (key_id, event_id): a redelivered copy carries both. The
 /// same event id under another key is another request, judged by every
 /// rule; an unsigned request is its own identity space.
