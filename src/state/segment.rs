@@ -24,7 +24,7 @@
 //! would save a few more bytes, but parsing them cost more than the bytes
 //! they save: measured, then dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::StateError;
@@ -100,6 +100,13 @@ pub struct SegmentLog<S: SegmentSource> {
     cache_bytes: usize,
     /// Newest time and origin of each segment that exists in the store (or is pending).
     max_t: BTreeMap<u64, (Millis, u64)>,
+    /// The same segments by (newest time, sequence): expiry takes them from
+    /// the front instead of walking every kept segment at every commit
+    /// (`run` seals a segment per commit: hundreds a second, kept for the
+    /// retention).
+    by_time: BTreeSet<(Millis, u64)>,
+    /// Their origins, counted: the rebuild position without a walk.
+    origins: BTreeMap<u64, usize>,
     /// Input offset of the batch being appended (see [`SegmentLog::set_origin`]).
     origin: u64,
     /// Lookups that had to go to the store.
@@ -123,6 +130,8 @@ impl<S: SegmentSource> SegmentLog<S> {
             cache: BTreeMap::new(),
             cache_bytes: 0,
             max_t: BTreeMap::new(),
+            by_time: BTreeSet::new(),
+            origins: BTreeMap::new(),
             origin: 0,
             store_reads: 0,
         }
@@ -155,8 +164,27 @@ impl<S: SegmentSource> SegmentLog<S> {
 
     /// Registers a segment found in the store at startup.
     pub fn note_existing(&mut self, seq: u64, max_t: Millis, origin: u64) {
-        self.max_t.insert(seq, (max_t, origin));
+        self.keep(seq, max_t, origin);
         self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Registers a kept segment in `max_t` and its two orders.
+    fn keep(&mut self, seq: u64, t: Millis, origin: u64) {
+        if let Some((t0, o0)) = self.max_t.insert(seq, (t, origin)) {
+            self.unindex(seq, t0, o0);
+        }
+        self.by_time.insert((t, seq));
+        *self.origins.entry(origin).or_insert(0) += 1;
+    }
+
+    fn unindex(&mut self, seq: u64, t: Millis, origin: u64) {
+        self.by_time.remove(&(t, seq));
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.origins.entry(origin) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// The input offset at which the records appended from now on start
@@ -171,7 +199,7 @@ impl<S: SegmentSource> SegmentLog<S> {
     /// Where to start re-reading the source to rebuild every live segment;
     /// `None` when no segment is kept (nothing before `current` matters).
     pub fn rebuild_from(&self) -> Option<u64> {
-        self.max_t.values().map(|(_, o)| *o).min()
+        self.origins.keys().next().copied()
     }
 
     fn widen(&self, seg: u32) -> u64 {
@@ -185,7 +213,7 @@ impl<S: SegmentSource> SegmentLog<S> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.max_t.insert(seq, (self.open.max_t, self.origin));
+        self.keep(seq, self.open.max_t, self.origin);
         let bytes: Arc<Vec<u8>> = Arc::new(self.open.seal(self.origin));
         self.pending.insert(seq, bytes);
         self.unhanded.push(seq);
@@ -227,14 +255,18 @@ impl<S: SegmentSource> SegmentLog<S> {
     /// Forgets the segments whose every record is older than `keep_from` and
     /// returns their sequence numbers, to be deleted in the next commit.
     pub fn expire(&mut self, keep_from: Millis) -> Vec<u64> {
-        let gone: Vec<u64> = self
-            .max_t
-            .iter()
-            .filter(|(_, &(t, _))| t < keep_from)
-            .map(|(&s, _)| s)
-            .collect();
+        let mut gone = Vec::new();
+        while let Some(&(t, s)) = self.by_time.first() {
+            if t >= keep_from {
+                break;
+            }
+            gone.push(s);
+            let (_, origin) = self.max_t.remove(&s).expect("indexed segments are kept");
+            self.unindex(s, t, origin);
+        }
+        // in sequence order, as they are deleted
+        gone.sort_unstable();
         for s in &gone {
-            self.max_t.remove(s);
             if let Some(b) = self.cache.remove(s) {
                 self.cache_bytes -= b.len();
             }

@@ -244,3 +244,43 @@ fn a_version_2_segment_still_reads() {
     assert_eq!(w.first.method, "POST");
     assert_eq!(w.first.path, "/api/v3/order");
 }
+
+/// Expiry and the rebuild position follow every kept segment, whatever the
+/// order of their times and origins: segments sealed out of time order (a
+/// late batch), found in the store at startup, and found again.
+#[test]
+fn expiry_and_rebuild_position_follow_every_segment() {
+    let mut log = SegmentLog::new(0, NoStore, 0, SegmentOptions::default());
+    // sealed: (newest time, origin) = (100, 10), (50, 20), (200, 30)
+    for (t, origin) in [(100, 10), (50, 20), (200, 30)] {
+        log.set_origin(origin);
+        log.append_event(t as u64, t, 0);
+        log.take_sealed();
+        log.mark_durable();
+    }
+    // found at startup: 7 is older than everything, 9 found twice (the
+    // second time with another time and origin)
+    log.note_existing(7, 20, 5);
+    log.note_existing(9, 500, 1);
+    log.note_existing(9, 150, 40);
+    assert_eq!(log.segment_count(), 5);
+    assert_eq!(log.rebuild_from(), Some(5));
+    assert!(log.expire(20).is_empty());
+    assert_eq!(
+        log.expire(51),
+        vec![1, 7],
+        "the late segment and the found one"
+    );
+    assert_eq!(log.rebuild_from(), Some(10));
+    assert_eq!(log.expire(101), vec![0]);
+    assert_eq!(log.rebuild_from(), Some(30));
+    assert_eq!(log.floor(), 2);
+    assert_eq!(
+        log.expire(151),
+        vec![9],
+        "found again: its last time counts"
+    );
+    assert_eq!(log.rebuild_from(), Some(30));
+    assert_eq!(log.expire(i64::MAX), vec![2]);
+    assert_eq!((log.rebuild_from(), log.segment_count()), (None, 0));
+}
