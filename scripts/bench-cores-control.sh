@@ -14,24 +14,8 @@
 # RG_BIN: the replayguard binary (default: this checkout's release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/replayguard/target}"
-cargo build --release --locked --quiet --bin replayguard
-cargo bench --locked --quiet --bench baselines --no-run 2>/dev/null
-base=$(ls -t "$CARGO_TARGET_DIR"/release/deps/baselines-* | grep -v '\.d$' | head -1)
-rg="${RG_BIN:-$CARGO_TARGET_DIR/release/replayguard}"
-out="${BENCH_DIR:-bench-out}/cores"
-mkdir -p "$out"
-input="${1:-}"
-rounds="${2:-5}"
-lifecycle=()
-if [ -z "$input" ]; then
-  input="$out/events-1000000.jsonl"
-  if [ ! -s "$input" ]; then
-    echo "generating 1 000 000 events" >&2
-    "$rg" generate --events 1000000 --rate 5000 --seed 7 --out "$input" --lifecycle "$out/keys.jsonl"
-  fi
-  lifecycle=(--lifecycle "$out/keys.jsonl")
-fi
+# shellcheck source=scripts/scan-bench-input.sh
+. scripts/scan-bench-input.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -39,10 +23,6 @@ scan() { # CORE -> events/s
   rm -rf "$tmp/state-$1"
   taskset -c "$1" "$rg" scan --quiet --state-dir "$tmp/state-$1" "${lifecycle[@]}" \
     --alerts /dev/null "$input" 2>&1 | sed -n 's/.*(\([0-9]*\) events\/s).*/\1/p'
-}
-floor() { # CORE -> events/s
-  taskset -c "$1" "$base" plain "$input" |
-    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["events_per_s"]))'
 }
 both() { # FN -> "rate_core0 rate_core1", run at once
   "$1" 0 >"$tmp/c0" &

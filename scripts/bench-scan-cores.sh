@@ -16,26 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA_APT_PACKAGES="time ${EXTRA_APT_PACKAGES:-}" ./scripts/setup.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/replayguard/target}"
-cargo build --release --locked --quiet --bin replayguard
-cargo bench --locked --quiet --bench baselines --no-run 2>/dev/null
-base=$(ls -t "$CARGO_TARGET_DIR"/release/deps/baselines-* | grep -v '\.d$' | head -1)
-rg="${RG_BIN:-$CARGO_TARGET_DIR/release/replayguard}"
+# shellcheck source=scripts/scan-bench-input.sh
+. scripts/scan-bench-input.sh
 cores="${CORES:-0,1}"
 one_core="${cores##*,}"
-out="${BENCH_DIR:-bench-out}/cores"
-mkdir -p "$out"
-input="${1:-}"
-rounds="${2:-5}"
-lifecycle=()
-if [ -z "$input" ]; then
-  input="$out/events-1000000.jsonl"
-  if [ ! -s "$input" ]; then
-    echo "generating 1 000 000 events" >&2
-    "$rg" generate --events 1000000 --rate 5000 --seed 7 --out "$input" --lifecycle "$out/keys.jsonl"
-  fi
-  lifecycle=(--lifecycle "$out/keys.jsonl")
-fi
 
 scan() { # CPUS TAG -> "events/s peak_rss_kib"
   local cpus="$1" tag="$2" err
@@ -44,17 +28,13 @@ scan() { # CPUS TAG -> "events/s peak_rss_kib"
       "${lifecycle[@]}" --alerts "$out/alerts-$tag.jsonl" "$input" 2>&1 >/dev/null; } 2>&1 )
   echo "$(sed -n 's/.*(\([0-9]*\) events\/s).*/\1/p' <<<"$err") $(sed -n 's/rss_kib=\([0-9]*\)/\1/p' <<<"$err")"
 }
-floor() { # -> events/s
-  taskset -c "$one_core" "$base" plain "$input" |
-    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["events_per_s"]))'
-}
 
 echo "| round | scan, 1 core | serde_json floor, 1 core | scan / floor | scan, 2 cores | 2 cores / 1 core | peak RSS 1 / 2 cores MiB |"
 echo "|---|---|---|---|---|---|---|"
 r1=() r2=() rf=()
 for i in $(seq 1 "$rounds"); do
   read -r s1 m1 < <(scan "$one_core" one)
-  f=$(floor)
+  f=$(floor "$one_core")
   read -r s2 m2 < <(scan "$cores" two)
   # the same alerts, in the same order, whatever the cores
   if ! cmp -s "$out/alerts-one.jsonl" "$out/alerts-two.jsonl"; then

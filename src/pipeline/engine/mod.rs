@@ -221,9 +221,9 @@ impl Stream {
     }
 }
 
-/// Which shard of a stream of `n` shards a request goes to: by its key, an
-/// unsigned request by its event id (a redelivered copy meets the first).
-/// The shard (of `n`) of a request with this [`route_hash`].
+/// Which shard of a stream of `n` shards a request with this [`route_hash`]
+/// goes to: by its key, an unsigned request by its event id (a redelivered
+/// copy meets the first).
 fn route(hash: u64, n: usize) -> usize {
     (hash % n as u64) as usize
 }
