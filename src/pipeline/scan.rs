@@ -373,6 +373,17 @@ pub fn scan_source<S: StateStore>(
                 since_commit += chunk.len();
                 engine.process_chunk(Arc::new(chunk), dlq)?;
                 times.route += t.elapsed();
+                // the commit in flight goes to the writer as soon as the
+                // workers have staged it, and is delivered once written:
+                // routing and detection go on meanwhile
+                if engine.commit_in_flight() {
+                    let t = Instant::now();
+                    if engine.finish_commit(false)?.is_some() {
+                        engine.deliver(alerts)?;
+                        on_batch(&engine.totals());
+                    }
+                    times.commit += t.elapsed();
+                }
                 if since_commit >= opts.batch_events {
                     since_commit = 0;
                     let t = Instant::now();
