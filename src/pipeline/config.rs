@@ -8,8 +8,7 @@ use crate::units::DurationMs;
 /// `[pipeline]`. Records are read (or polled) on one thread and cut into
 /// chunks of `chunk_events`; `threads` threads decode them and `threads`
 /// detect workers run the rules, each owning the state of some keys; at
-/// most `queue_chunks` chunks wait to be decoded and routed, and at most
-/// `detect_queue_chunks` wait before each detect worker (then the stage
+/// most `queue_chunks` chunks wait between two stages (then the stage
 /// before waits: backpressure, no unbounded buffering).
 ///
 /// In `run` a batch is committed (state, input positions and outbox in one
@@ -28,16 +27,9 @@ pub struct PipelineConfig {
     /// Records per chunk handed between threads. Default 0: 256 on one
     /// thread, 1024 with several (fewer hand-overs between threads).
     pub chunk_events: usize,
-    /// Chunks in flight between reading and routing (decoding). Default 0:
-    /// 8 on one thread, 3 with several (as many records in flight as 8
-    /// chunks of 256).
+    /// Chunks in flight between two stages. Default 0: 8 on one thread, 3
+    /// with several (as many records in flight as 8 chunks of 256).
     pub queue_chunks: usize,
-    /// Chunks waiting before each detect worker (several threads). Default
-    /// 0: `queue_chunks` when that is set, else 24. Deeper than the decode
-    /// queue: a worker gets only its keys' part of each chunk, and it must
-    /// keep busy through the router's pauses (a scheduler time slice is
-    /// a few ms; 3 chunks are about 1 ms of a worker's work).
-    pub detect_queue_chunks: usize,
     /// Longest a processed record waits for its commit (`run`). Default
     /// 5ms; 0 commits after every poll of the consumer.
     pub max_commit_delay: DurationMs,
@@ -51,7 +43,6 @@ impl Default for PipelineConfig {
             threads: 0,
             chunk_events: 0,
             queue_chunks: 0,
-            detect_queue_chunks: 0,
             max_commit_delay: DurationMs(5),
             batch_events: 20_000,
         }
@@ -77,8 +68,6 @@ impl PipelineConfig {
     pub fn sanitize(&mut self) {
         self.threads = self.effective_threads();
         self.chunk_events = self.effective_chunk_events();
-        // before queue_chunks is resolved: it follows a queue_chunks set
-        self.detect_queue_chunks = self.effective_detect_queue_chunks();
         self.queue_chunks = self.effective_queue_chunks();
     }
 
@@ -101,17 +90,6 @@ impl PipelineConfig {
     /// 8 on one thread, 3 with several: about as many records either way).
     pub fn effective_queue_chunks(&self) -> usize {
         self.by_threads(self.queue_chunks, 8, 3)
-    }
-
-    /// Chunks waiting before each detect worker in effect
-    /// (`detect_queue_chunks = 0`: `queue_chunks` when that is set, else 24;
-    /// one thread has no detect queue).
-    pub fn effective_detect_queue_chunks(&self) -> usize {
-        match (self.detect_queue_chunks, self.queue_chunks) {
-            (0, 0) => self.by_threads(0, 8, 24),
-            (0, q) => q,
-            (d, _) => d,
-        }
     }
 
     /// `set`, or when it is 0, `one` on one thread and `several` with more.
@@ -150,29 +128,21 @@ mod tests {
 
     #[test]
     fn chunk_sizes_left_at_zero_suit_the_threads() {
-        // (threads, chunk_events, queue_chunks, detect_queue_chunks) set ->
-        // the sizes in effect; sizes that are given are kept, whatever the
-        // threads, and a queue_chunks given is the detect queue's too
-        for (threads, chunk_events, queue_chunks, detect_queue_chunks, want) in [
-            (1, 0, 0, 0, (256, 8, 8)),
-            (2, 0, 0, 0, (1024, 3, 24)),
-            (2, 64, 5, 0, (64, 5, 5)),
-            (2, 0, 1, 7, (1024, 1, 7)),
-            (2, 0, 0, 2, (1024, 3, 2)),
+        // (threads, chunk_events, queue_chunks) set -> the sizes in effect;
+        // sizes that are given are kept, whatever the threads
+        for (threads, chunk_events, queue_chunks, want) in [
+            (1, 0, 0, (256, 8)),
+            (2, 0, 0, (1024, 3)),
+            (2, 64, 5, (64, 5)),
         ] {
             let c = PipelineConfig {
                 threads,
                 chunk_events,
                 queue_chunks,
-                detect_queue_chunks,
                 ..PipelineConfig::default()
             };
             assert_eq!(
-                (
-                    c.effective_chunk_events(),
-                    c.effective_queue_chunks(),
-                    c.effective_detect_queue_chunks()
-                ),
+                (c.effective_chunk_events(), c.effective_queue_chunks()),
                 want,
                 "threads {threads}, chunk_events {chunk_events}, queue_chunks {queue_chunks}"
             );
@@ -183,28 +153,7 @@ mod tests {
             ..PipelineConfig::default()
         };
         c.sanitize();
-        assert_eq!(
-            (
-                c.threads,
-                c.chunk_events,
-                c.queue_chunks,
-                c.detect_queue_chunks
-            ),
-            (1, 256, 8, 8)
-        );
-        let mut two = PipelineConfig {
-            threads: 2,
-            ..PipelineConfig::default()
-        };
-        two.sanitize();
-        assert_eq!((two.queue_chunks, two.detect_queue_chunks), (3, 24));
-        // sanitizing again changes nothing
-        let again = {
-            let mut t = two.clone();
-            t.sanitize();
-            t
-        };
-        assert_eq!(again, two);
+        assert_eq!((c.threads, c.chunk_events, c.queue_chunks), (1, 256, 8));
         assert!(c.validate().is_ok());
         let mut auto = PipelineConfig::default();
         auto.sanitize();

@@ -75,8 +75,7 @@ pub struct EngineOptions {
     pub max_index_bytes: usize,
     /// Detect workers; 0 or 1: detection on the caller's thread.
     pub threads: usize,
-    /// Work items queued per detect worker before the router waits
-    /// (`pipeline.detect_queue_chunks`).
+    /// Work items queued per detect worker before the router waits.
     pub queue: usize,
     /// Usage is written with a commit at most this often (and when asked:
     /// [`Engine::checkpoint_usage`]); zero: with every commit.
@@ -93,7 +92,7 @@ impl From<&Config> for EngineOptions {
             segments: c.state.segments(),
             max_index_bytes: c.state.max_index.0 as usize,
             threads: c.pipeline.effective_threads(),
-            queue: c.pipeline.effective_detect_queue_chunks(),
+            queue: c.pipeline.effective_queue_chunks(),
             usage_checkpoint: c.state.usage_checkpoint_interval.as_std(),
         }
     }

@@ -2,8 +2,7 @@
 //! exactly one worker, so per-key state is never shared or locked) and runs
 //! the rules over the events routed to them, in the order they were routed.
 //! Everything a worker is told comes through one FIFO queue, bounded
-//! (`pipeline.detect_queue_chunks`): the router waits when a worker is
-//! behind.
+//! (`pipeline.queue_chunks`): the router waits when a worker is behind.
 //!
 //! With one thread the engine keeps a single worker on its own thread and
 //! calls it directly ([`Detectors::inline`]): the same code, no queues.
