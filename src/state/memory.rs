@@ -194,8 +194,11 @@ impl StateStore for MemStore {
         for (k, v) in &c.outbox_put {
             g.outbox.insert(*k, v.clone());
         }
-        if let Some(below) = c.outbox_delete_below {
-            g.outbox = g.outbox.split_off(&below);
+        if let Some(r) = &c.outbox_delete {
+            let gone: Vec<u64> = g.outbox.range(r.clone()).map(|(k, _)| *k).collect();
+            for k in gone {
+                g.outbox.remove(&k);
+            }
         }
         for (k, v) in &c.values {
             g.values.insert(k.clone(), v.clone());

@@ -175,8 +175,12 @@ pub struct Commit {
     /// `usage` and `sequence` are applied).
     pub usage_reset: Vec<u32>,
     pub outbox_put: Vec<(u64, Vec<u8>)>,
-    /// Removes every outbox entry with a sequence number below this.
-    pub outbox_delete_below: Option<u64>,
+    /// Removes the outbox entries with a sequence number in this range: the
+    /// alerts delivered since the commit before. Successive commits' ranges
+    /// do not overlap (each starts where the one before ended): RocksDB
+    /// fragments overlapping range tombstones when it flushes, in time
+    /// that grows with the square of their number.
+    pub outbox_delete: Option<std::ops::Range<u64>>,
     /// Named values of the pipeline (e.g. alert-topic positions).
     pub values: Vec<(String, Vec<u8>)>,
 }
@@ -192,7 +196,7 @@ impl Commit {
             && self.sequence.is_empty()
             && self.usage_reset.is_empty()
             && self.outbox_put.is_empty()
-            && self.outbox_delete_below.is_none()
+            && self.outbox_delete.is_none()
             && self.values.is_empty()
     }
 

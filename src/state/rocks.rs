@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use super::{
@@ -279,6 +279,22 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 /// dropped with the oldest live segment in it. Every key of this column
 /// family is a 12-byte segment key, so the last key below the floor is
 /// `segment_key(shard, below - 1)`, and that is the end passed here.
+/// Most delivered outbox entries removed one by one; beyond this, one
+/// range delete. `run` delivers a few alerts at a time, up to hundreds of
+/// times a second: point deletes leave nothing for a flush to fragment.
+const OUTBOX_POINT_DELETES: u64 = 64;
+
+/// Removes the outbox entries in `r` (consecutive sequence numbers).
+fn outbox_delete(b: &mut WriteBatch, outbox: &ColumnFamily, r: std::ops::Range<u64>) {
+    if r.end.saturating_sub(r.start) <= OUTBOX_POINT_DELETES {
+        for k in r {
+            b.delete_cf(outbox, k.to_be_bytes());
+        }
+    } else {
+        b.delete_range_cf(outbox, r.start.to_be_bytes(), r.end.to_be_bytes());
+    }
+}
+
 fn reclaim(db: &DB, shard: u32, below: u64) {
     let Some(last_dead) = below.checked_sub(1) else {
         return;
@@ -536,8 +552,8 @@ impl StateStore for RocksStore {
                 b.put_cf(sequence, super::usage_key(*shard, key), v);
             }
             let outbox = cf(db, CF_OUTBOX);
-            if let Some(below) = c.outbox_delete_below {
-                b.delete_range_cf(outbox, 0u64.to_be_bytes(), below.to_be_bytes());
+            if let Some(r) = &c.outbox_delete {
+                outbox_delete(&mut b, outbox, r.clone());
             }
             for (k, v) in &c.outbox_put {
                 b.put_cf(outbox, k.to_be_bytes(), v);

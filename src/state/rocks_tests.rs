@@ -118,3 +118,49 @@ fn block_cache_shards_hold_several_segments() {
     }
     assert!(crate::state::segment::SEGMENT_BYTES * 4 <= 4 * mib);
 }
+
+/// Delivered alerts leave the outbox one key at a time when they are few
+/// (what `run` delivers after each commit) and by one range delete when
+/// they are many; what was not delivered stays, across a reopen.
+#[test]
+fn delivered_outbox_entries_leave_by_key_or_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.commit(&Commit {
+        outbox_put: (0..300u64).map(|k| (k, vec![k as u8])).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    for r in [0..1, 1..3, 3..3 + OUTBOX_POINT_DELETES, 67..200, 200..201] {
+        s.commit(&Commit {
+            outbox_delete: Some(r),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let keys = |s: &RocksStore| {
+        s.outbox()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&s), (201..300).collect::<Vec<_>>());
+    drop(s);
+    let s = store(dir.path());
+    assert_eq!(keys(&s), (201..300).collect::<Vec<_>>());
+    // and in the in-memory twin
+    let m = crate::state::MemStore::new(1);
+    m.commit(&Commit {
+        outbox_put: (0..10u64).map(|k| (k, vec![1])).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    m.commit(&Commit {
+        outbox_delete: Some(2..5),
+        ..Default::default()
+    })
+    .unwrap();
+    let got: Vec<u64> = m.outbox().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(got, vec![0, 1, 5, 6, 7, 8, 9]);
+}

@@ -1110,9 +1110,9 @@ impl<S: StateStore> Engine<S> {
         for (_, _, a) in &alerts {
             self.outbox.push(a);
         }
-        let (outbox_put, outbox_delete_below) = self.outbox.stage();
+        let (outbox_put, outbox_delete) = self.outbox.stage();
         c.outbox_put = outbox_put;
-        c.outbox_delete_below = outbox_delete_below;
+        c.outbox_delete = outbox_delete;
         if self.collect_usage && !c.usage.is_empty() {
             let p = self.pending.as_mut().expect("a commit in flight");
             for (shard, key, bytes) in &c.usage {
