@@ -5,6 +5,9 @@
 use std::ops::Range;
 
 use crate::schema::Alert;
+
+/// Outbox sequence numbers, consecutive.
+type Seqs = Range<u64>;
 use crate::sink::{AlertSink, OutboxEntry, SinkError};
 
 #[derive(Debug, Default)]
@@ -47,7 +50,7 @@ impl Outbox {
 
     /// What the next commit writes: the uncommitted entries, and the
     /// delivered ones to delete.
-    pub(super) fn stage(&mut self) -> (Vec<(u64, Vec<u8>)>, Option<Range<u64>>) {
+    pub(super) fn stage(&mut self) -> (Vec<(u64, Vec<u8>)>, Option<Seqs>) {
         let put = self.entries[self.committed..]
             .iter()
             .map(|e| (e.seq, e.json.clone()))
