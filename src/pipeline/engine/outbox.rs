@@ -5,10 +5,10 @@
 use std::ops::Range;
 
 use crate::schema::Alert;
+use crate::sink::{AlertSink, OutboxEntry, SinkError};
 
 /// Outbox sequence numbers, consecutive.
 type Seqs = Range<u64>;
-use crate::sink::{AlertSink, OutboxEntry, SinkError};
 
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
@@ -19,7 +19,7 @@ pub(super) struct Outbox {
     /// Delivered: the store's entries in this range go with the next
     /// commit. Each commit's range starts where the one before ended (see
     /// [`crate::state::Commit::outbox_delete`]).
-    delete: Option<Range<u64>>,
+    delete: Option<Seqs>,
     /// Of `entries`, the first this many are sent and not yet acknowledged.
     sending: usize,
 }
