@@ -12,7 +12,9 @@
 //! `scripts/bench-kafka.sh` builds release binaries and runs this; options:
 //! `--events N` (default 1000000), `--brokers HOST:PORT` (default: start
 //! Apache Kafka), `--latency-rates R,R` (records/s of the latency phases;
-//! default half of run's rate and 20000), `--skip-latency`.
+//! default half of run's rate, 100000 when that is below it, and 20000: a
+//! phase with headroom between the two targets shows stalls that are not
+//! the machine being full), `--skip-latency`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,7 +240,15 @@ dir = "{state}"
     }
     let rates: Vec<f64> = match arg("--latency-rates") {
         Some(v) => v.split(',').map(|r| r.parse().unwrap()).collect(),
-        None => vec![(run_rate / 2.0).round(), 20_000.0],
+        None => {
+            let half = (run_rate / 2.0).round();
+            let mut v = vec![half];
+            if half > 100_000.0 {
+                v.push(100_000.0);
+            }
+            v.push(20_000.0);
+            v
+        }
     };
     for (phase, rate) in rates.into_iter().enumerate() {
         let cpu = (

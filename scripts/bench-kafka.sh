@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Kafka end to end, in one run against one broker and topic: consume-only
 # rdkafka client vs `replayguard run` (records/s), then replay -> alert latency
-# (p50/p99) at half of run's rate and at 20 000 requests/s. Starts its own
-# Apache Kafka broker (scripts/kafka.sh, on this machine: it shares the cores)
-# unless --brokers HOST:PORT is given.
+# (p50/p99) at half of run's rate, at 100 000/s when below it, and at
+# 20 000 requests/s. Starts its own Apache Kafka broker (scripts/kafka.sh,
+# on this machine: it shares the cores) unless --brokers HOST:PORT is given.
 #
 #   scripts/bench-kafka.sh [--events N] [--brokers HOST:PORT]
 set -euo pipefail
