@@ -195,10 +195,7 @@ impl StateStore for MemStore {
             g.outbox.insert(*k, v.clone());
         }
         if let Some(r) = &c.outbox_delete {
-            let gone: Vec<u64> = g.outbox.range(r.clone()).map(|(k, _)| *k).collect();
-            for k in gone {
-                g.outbox.remove(&k);
-            }
+            g.outbox.retain(|k, _| !r.contains(k));
         }
         for (k, v) in &c.values {
             g.values.insert(k.clone(), v.clone());

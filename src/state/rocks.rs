@@ -271,14 +271,6 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).expect("column family created at open")
 }
 
-/// Drops SST files that lie wholly inside deleted segment ranges, so disk
-/// space comes back without waiting for compaction.
-///
-/// RocksDB's `DeleteFilesInRange` (what the C API calls) includes its end
-/// key: a file that ends exactly at `segment_key(shard, below)` would be
-/// dropped with the oldest live segment in it. Every key of this column
-/// family is a 12-byte segment key, so the last key below the floor is
-/// `segment_key(shard, below - 1)`, and that is the end passed here.
 /// Most delivered outbox entries removed one by one; beyond this, one
 /// range delete. `run` delivers a few alerts at a time, up to hundreds of
 /// times a second: point deletes leave nothing for a flush to fragment.
@@ -295,6 +287,14 @@ fn outbox_delete(b: &mut WriteBatch, outbox: &ColumnFamily, r: std::ops::Range<u
     }
 }
 
+/// Drops SST files that lie wholly inside deleted segment ranges, so disk
+/// space comes back without waiting for compaction.
+///
+/// RocksDB's `DeleteFilesInRange` (what the C API calls) includes its end
+/// key: a file that ends exactly at `segment_key(shard, below)` would be
+/// dropped with the oldest live segment in it. Every key of this column
+/// family is a 12-byte segment key, so the last key below the floor is
+/// `segment_key(shard, below - 1)`, and that is the end passed here.
 fn reclaim(db: &DB, shard: u32, below: u64) {
     let Some(last_dead) = below.checked_sub(1) else {
         return;

@@ -148,7 +148,7 @@ mod tests {
     }
 
     /// Stages a commit and makes it durable; returns what it deletes.
-    fn commit(o: &mut Outbox) -> Option<Range<u64>> {
+    fn commit(o: &mut Outbox) -> Option<Seqs> {
         let (put, del) = o.stage();
         o.committed(put.len());
         del
