@@ -293,6 +293,79 @@ fn gzip_input_scans_as_the_plain_text_does() {
     );
 }
 
+/// A plain file is read through a memory map by default (`scan.mmap`):
+/// with it and with `read`, on one thread and on three, the same alerts
+/// and dead letters come out byte for byte, from a file with a byte-order
+/// mark, malformed and oversize lines and no newline at its end, given
+/// twice (the second time read after a gzip file).
+#[test]
+fn a_mapped_file_scans_as_a_read_one_does() {
+    let d = Dir::new();
+    let t = traffic(
+        &d,
+        &GenConfig {
+            events: 20_000,
+            seed: 23,
+            disorder_ms: 20_000,
+            malformed_rate: 0.003,
+            ..Default::default()
+        },
+    );
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    text.extend(std::fs::read(&t.events).unwrap());
+    text.extend_from_slice(&vec![b'x'; 70_000]);
+    text.extend_from_slice(b"\n\n");
+    let last = event("tail", T0, "k", "n", "10.0.0.1");
+    text.extend_from_slice(last.as_bytes());
+    let input = d.path("bom.jsonl");
+    std::fs::write(&input, &text).unwrap();
+    let packed = d.path("small.jsonl.gz");
+    {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(format!("{}\n", event("gz", T0, "k", "n", "10.0.0.2")).as_bytes())
+            .unwrap();
+        std::fs::write(&packed, e.finish().unwrap()).unwrap();
+    }
+    let scan_with = |name: &str, mmap: bool, threads: usize| {
+        let cfg = d.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[scan]\nmmap = {mmap}\nbatch_events = 5000\n[pipeline]\nthreads = {threads}\n"
+            ),
+        );
+        let (alerts, dl) = (
+            d.path(&format!("{name}.jsonl")),
+            d.path(&format!("{name}-dl.jsonl")),
+        );
+        scan_ok(
+            &[
+                ("--config", &cfg),
+                ("--lifecycle", &t.lifecycle),
+                ("--alerts", &alerts),
+                ("--dead-letter", &dl),
+            ],
+            &[&input, &packed, &input],
+        );
+        (std::fs::read(&alerts).unwrap(), std::fs::read(&dl).unwrap())
+    };
+    let read = scan_with("read", false, 1);
+    assert!(read.0.len() > 1000 && read.1.len() > 1000);
+    assert!(String::from_utf8_lossy(&read.1).contains("too_large"));
+    for (name, mmap, threads) in [
+        ("mapped", true, 1),
+        ("mapped3", true, 3),
+        ("read3", false, 3),
+    ] {
+        let got = scan_with(name, mmap, threads);
+        assert!(got.0 == read.0, "{name}: the same alerts, byte for byte");
+        assert!(
+            got.1 == read.1,
+            "{name}: the same dead letters, byte for byte"
+        );
+    }
+}
+
 /// Hundreds of input files (a year of rotated logs is thousands) under a
 /// limit of 64 open files: each is opened when it is read, so the scan
 /// gives the alerts of the same lines in one file. A directory among the

@@ -31,6 +31,9 @@ pub struct RawRecord {
     len: u32,
     /// Its whole length when it was over the decoder's limit.
     oversize: Option<usize>,
+    /// Whether the payload is in the chunk's map (at `start` from its
+    /// base), not in its buffer.
+    mapped: bool,
     /// The message key in the buffer: `None` for keyless sources,
     /// `Some(None)` for a Kafka message without a key.
     key: Option<Option<(u32, u32)>>,
@@ -52,6 +55,18 @@ pub struct RawChunk {
     recs: Vec<RawRecord>,
     /// Where its buffers go when it is dropped ([`ChunkBuffers`]).
     home: Option<Sender<Buffers>>,
+    /// The mapped input its uncopied records lie in ([`RawChunk::keep_map`]).
+    map: Option<ChunkMap>,
+    /// Bytes of its records in the map.
+    mapped_bytes: usize,
+}
+
+/// A mapped input a chunk holds, and the offset its records' starts count
+/// from (the first one's, so that a start fits 32 bits in any file).
+#[derive(Debug)]
+struct ChunkMap {
+    map: Arc<memmap2::Mmap>,
+    base: Option<usize>,
 }
 
 /// A chunk's two buffers, empty, with their capacity.
@@ -106,6 +121,8 @@ impl ChunkBuffers {
             buf,
             recs,
             home: Some(self.tx.clone()),
+            map: None,
+            mapped_bytes: 0,
         }
     }
 }
@@ -116,6 +133,8 @@ impl RawChunk {
             buf: Vec::with_capacity(bytes),
             recs: Vec::with_capacity(records),
             home: None,
+            map: None,
+            mapped_bytes: 0,
         }
     }
 
@@ -127,19 +146,54 @@ impl RawChunk {
         self.recs.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes of its records (copied or mapped).
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.mapped_bytes
     }
 
-    /// Copies a record in.
+    /// Records pushed from now on that are slices of `map` are kept as
+    /// places in it, not copied (a chunk keeps one map: records of another
+    /// input are copied).
+    pub fn keep_map(&mut self, map: &Arc<memmap2::Mmap>) {
+        if self.map.is_none() {
+            self.map = Some(ChunkMap {
+                map: map.clone(),
+                base: None,
+            });
+        }
+    }
+
+    /// Where `bytes` are in the chunk's map, as a start from its base.
+    fn in_map(&mut self, bytes: &[u8]) -> Option<u32> {
+        let m = self.map.as_mut()?;
+        let at = (bytes.as_ptr() as usize).checked_sub(m.map.as_ptr() as usize)?;
+        if at + bytes.len() > m.map.len() {
+            return None;
+        }
+        let base = *m.base.get_or_insert(at);
+        let start = u32::try_from(at.checked_sub(base)?).ok()?;
+        start.checked_add(u32::try_from(bytes.len()).ok()?)?;
+        Some(start)
+    }
+
+    /// Adds a record: its bytes are copied in, unless they lie in the map
+    /// the chunk keeps.
     pub fn push(&mut self, stream: u32, rec: &Record<'_>) {
         let (bytes, oversize) = match rec.payload {
             Payload::Data(b) => (b, None),
             Payload::Oversize { len, prefix } => (prefix, Some(len)),
         };
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(bytes);
+        let (start, mapped) = match self.in_map(bytes) {
+            Some(start) => {
+                self.mapped_bytes += bytes.len();
+                (start, true)
+            }
+            None => {
+                let start = self.buf.len() as u32;
+                self.buf.extend_from_slice(bytes);
+                (start, false)
+            }
+        };
         let key = match rec.key {
             MessageKey::None => None,
             MessageKey::Absent => Some(None),
@@ -155,6 +209,7 @@ impl RawChunk {
             start,
             len: bytes.len() as u32,
             oversize,
+            mapped,
             key,
         });
     }
@@ -169,10 +224,26 @@ impl RawChunk {
         &self.recs
     }
 
+    /// The payload bytes of `r`: in the chunk's map, or in its buffer.
+    #[inline]
+    fn payload_of(&self, r: &RawRecord) -> &[u8] {
+        if r.mapped {
+            if let Some(ChunkMap {
+                map,
+                base: Some(base),
+            }) = &self.map
+            {
+                let s = base + r.start as usize;
+                return &map[s..s + r.len as usize];
+            }
+        }
+        &self.buf[r.start as usize..(r.start + r.len) as usize]
+    }
+
     /// Record `i` as the rest of the pipeline sees it.
     pub fn record(&self, i: usize) -> Record<'_> {
         let r = &self.recs[i];
-        let bytes = &self.buf[r.start as usize..(r.start + r.len) as usize];
+        let bytes = self.payload_of(r);
         Record {
             pos: r.pos,
             payload: match r.oversize {
@@ -415,6 +486,68 @@ impl Drop for DecodePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_in_a_kept_map_are_not_copied_and_read_back_the_same() {
+        let text = b"{\"a\":1}\n{\"b\":2}\nxyz\n";
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, text).unwrap();
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.unwrap());
+        let other = Arc::new(unsafe { memmap2::Mmap::map(&f) }.unwrap());
+        let mut c = RawChunk::with_capacity(8, 64);
+        // before a map is kept, a record is copied
+        c.push(
+            1,
+            &Record::new(Position::new(1, 1), Payload::Data(&map[0..7])),
+        );
+        c.keep_map(&map);
+        // a second map is not taken: its records are copied
+        c.keep_map(&other);
+        c.push(
+            1,
+            &Record::new(Position::new(1, 2), Payload::Data(&map[8..15])),
+        );
+        c.push(
+            1,
+            &Record::new(
+                Position::new(1, 3),
+                Payload::Oversize {
+                    len: 3000,
+                    prefix: &map[16..19],
+                },
+            ),
+        );
+        c.push(
+            1,
+            &Record::new(Position::new(1, 4), Payload::Data(&other[8..15])),
+        );
+        c.push(
+            1,
+            &Record::new(Position::new(1, 5), Payload::Data(b"elsewhere")),
+        );
+        assert_eq!(c.buf.len(), 7 + 7 + 9, "the mapped records are not copied");
+        assert_eq!(c.bytes(), 7 + 7 + 3 + 7 + 9);
+        let got: Vec<_> = (0..c.len()).map(|i| c.record(i).payload).collect();
+        assert_eq!(
+            got,
+            vec![
+                Payload::Data(b"{\"a\":1}"),
+                Payload::Data(b"{\"b\":2}"),
+                Payload::Oversize {
+                    len: 3000,
+                    prefix: b"xyz"
+                },
+                Payload::Data(b"{\"b\":2}"),
+                Payload::Data(b"elsewhere"),
+            ]
+        );
+        assert!(!c.recs[0].mapped && c.recs[1].mapped && c.recs[2].mapped);
+        assert!(!c.recs[3].mapped && !c.recs[4].mapped);
+        // decoded as any chunk is, after the map was dropped elsewhere
+        drop(map);
+        let d = DecodedChunk::decode(c, &Decoder::default());
+        assert!(d.events()[1].is_err() && d.raw().record(1).payload == Payload::Data(b"{\"b\":2}"));
+    }
 
     #[test]
     fn a_dropped_chunk_gives_its_buffers_to_the_next_one() {

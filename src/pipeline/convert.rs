@@ -94,7 +94,8 @@ impl std::fmt::Display for ConvertSummary {
 }
 
 /// An input by name, open.
-pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>);
+/// An input by name, open, and the regular file it reads (`None`: stdin).
+pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>, Option<PathBuf>);
 
 /// Standard input, decompressed when it is gzip (at its first read).
 fn stdin() -> Box<dyn std::io::Read + Send> {
@@ -109,7 +110,7 @@ pub(super) fn open_inputs(paths: &[PathBuf]) -> Result<Vec<NamedInput>, Pipeline
     let mut named: Vec<NamedInput> = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
-            named.push(("-".into(), stdin()));
+            named.push(("-".into(), stdin(), None));
             continue;
         }
         let usage = |e: &dyn std::fmt::Display| {
@@ -124,10 +125,10 @@ pub(super) fn open_inputs(paths: &[PathBuf]) -> Result<Vec<NamedInput>, Pipeline
         let reader = crate::source::deferred(move || {
             crate::source::decompressed(std::fs::File::open(path)?)
         });
-        named.push((p.display().to_string(), reader));
+        named.push((p.display().to_string(), reader, Some(p.clone())));
     }
     if paths.is_empty() {
-        named.push(("-".into(), stdin()));
+        named.push(("-".into(), stdin(), None));
     }
     Ok(named)
 }
@@ -137,14 +138,15 @@ pub fn convert(args: ConvertArgs) -> Result<ConvertSummary, PipelineError> {
     let decoder = Decoder::new(&args.config.decode, &args.config.input)
         .map_err(|e| PipelineError::Usage(format!("invalid configuration: {e}")))?;
     let named = open_inputs(&args.inputs)?;
-    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = named.iter().map(|(n, _, _)| n.clone()).collect();
     let inputs = named
         .into_iter()
         .enumerate()
-        .map(|(i, (name, reader))| Input {
+        .map(|(i, (name, reader, file))| Input {
             source_id: i as u32,
             name,
             reader,
+            file,
         })
         .collect();
     let mut source = FileSource::new(inputs, decoder.max_event_bytes);

@@ -1,6 +1,10 @@
 //! JSON-lines input: files, or standard input.
 
 use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memmap2::Mmap;
 
 use super::{Payload, Poll, Record, Source, SourceError};
 use crate::detect::Position;
@@ -151,6 +155,131 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// The lines of a plain file read through a memory map: each line is a slice
+/// of the map, so a chunk can keep the map instead of copying its records
+/// (the copy from the page cache into a buffer, and from there into a chunk,
+/// took 8-12 % of a scan's CPU). Lines are split exactly as [`LineReader`]
+/// splits them: on `\n`, a byte-order mark at the start skipped, a last line
+/// without `\n` kept, a line longer than `max_line` reported by its length
+/// and first bytes.
+///
+/// The map covers the file as it was when it was opened: lines appended
+/// later are not read (a `scan` reads a snapshot). A file truncated while it
+/// is mapped ends the process with SIGBUS, as it does ripgrep's; `scan.mmap
+/// = false` reads such files with `read` instead.
+pub struct MappedLines {
+    map: Arc<Mmap>,
+    pos: usize,
+    max_line: usize,
+    /// Pages below this offset were given back to the OS.
+    released: usize,
+    /// Pages are given back this far behind the line read, in steps of
+    /// `release_step` bytes.
+    release_lag: usize,
+    release_step: usize,
+}
+
+/// Mapped pages are given back this far behind the line being read (more
+/// than the chunks in flight hold; a page given back too early is read
+/// again from the page cache, not lost).
+const RELEASE_LAG: usize = 8 << 20;
+/// ... in steps of this many bytes.
+const RELEASE_STEP: usize = 2 << 20;
+
+impl MappedLines {
+    /// Maps `file` when it is a non-empty regular file that is not gzip
+    /// (`None`: read it with a [`LineReader`]).
+    pub fn open(file: &std::fs::File, max_line: usize) -> std::io::Result<Option<Self>> {
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() == 0 || usize::try_from(meta.len()).is_err() {
+            return Ok(None);
+        }
+        // SAFETY: the map is only read. Another process truncating the
+        // file while it is mapped makes reading past the new end a SIGBUS
+        // (documented: `scan.mmap`); changing bytes in place changes what is
+        // read, as it would with `read`.
+        let map = unsafe { Mmap::map(file)? };
+        if map.starts_with(&GZIP_MAGIC) {
+            return Ok(None);
+        }
+        // read ahead, and let the kernel drop what was read
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let pos = if map.starts_with(BOM) { BOM.len() } else { 0 };
+        Ok(Some(MappedLines {
+            map: Arc::new(map),
+            pos,
+            max_line,
+            released: 0,
+            release_lag: RELEASE_LAG,
+            release_step: RELEASE_STEP,
+        }))
+    }
+
+    /// Gives pages back `lag` bytes behind, every `step` bytes.
+    #[cfg(test)]
+    fn releasing(mut self, lag: usize, step: usize) -> Self {
+        (self.release_lag, self.release_step) = (lag, step);
+        self
+    }
+
+    /// The map the lines are slices of.
+    pub fn map(&self) -> &Arc<Mmap> {
+        &self.map
+    }
+
+    /// The next line, without its `\n`; `None` at the end.
+    pub fn next_line(&mut self) -> Option<Line<'_>> {
+        let rest = &self.map[self.pos..];
+        if rest.is_empty() {
+            return None;
+        }
+        let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let start = self.pos;
+        self.pos += (len + 1).min(rest.len());
+        if self.pos >= self.released + self.release_lag + self.release_step {
+            self.release();
+        }
+        let line = &self.map[start..start + len];
+        Some(if len > self.max_line {
+            Line::Oversize {
+                len,
+                prefix: &line[..OVERSIZE_PREFIX.min(len)],
+            }
+        } else {
+            Line::Data(line)
+        })
+    }
+
+    /// Gives back the pages read long enough ago: a mapped file's pages
+    /// count in the process's resident memory while they are mapped.
+    fn release(&mut self) {
+        let page = page_size();
+        let upto = (self.pos - self.release_lag) / page * page;
+        if upto > self.released {
+            // SAFETY: MADV_DONTNEED on a shared read-only file mapping only
+            // unmaps the pages: a later read maps them again from the page
+            // cache, with the same bytes (the chunks still in flight that
+            // hold lines there read them again, unchanged).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )
+            };
+            self.released = upto;
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
 /// The first bytes of a gzip member (RFC 1952).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -236,15 +365,33 @@ pub struct Input {
     /// The source id this input's positions carry.
     pub source_id: u32,
     pub reader: Box<dyn Read + Send>,
+    /// The regular file `reader` reads, if it is one: mapped instead of
+    /// read when the source maps files ([`FileSource::map_files`]) and it
+    /// is not gzip.
+    pub file: Option<PathBuf>,
+}
+
+/// How an input's lines are read.
+enum Lines {
+    /// Not read yet (mapped or opened at its first read: a scan of
+    /// thousands of files holds one open at a time).
+    Pending {
+        reader: Box<dyn Read + Send>,
+        file: Option<PathBuf>,
+    },
+    Read(LineReader<Box<dyn Read + Send>>),
+    Mapped(MappedLines),
 }
 
 /// An input being read: name, source id, lines.
-type OpenInput = (String, u32, LineReader<Box<dyn Read + Send>>);
+type OpenInput = (String, u32, Lines);
 
 /// JSON-lines files read one after another; positions are 1-based line numbers.
 pub struct FileSource {
     inputs: std::collections::VecDeque<OpenInput>,
     line: u64,
+    max_line: usize,
+    map_files: bool,
 }
 
 impl FileSource {
@@ -252,9 +399,54 @@ impl FileSource {
         FileSource {
             inputs: inputs
                 .into_iter()
-                .map(|i| (i.name, i.source_id, LineReader::new(i.reader, max_line)))
+                .map(|i| {
+                    let lines = Lines::Pending {
+                        reader: i.reader,
+                        file: i.file,
+                    };
+                    (i.name, i.source_id, lines)
+                })
                 .collect(),
             line: 0,
+            max_line,
+            map_files: false,
+        }
+    }
+
+    /// Reads plain regular files through a memory map ([`MappedLines`]).
+    pub fn map_files(mut self, on: bool) -> Self {
+        self.map_files = on;
+        self
+    }
+
+    /// The next line of the first input, opening it at its first read.
+    fn next_line(
+        lines: &mut Lines,
+        max_line: usize,
+        map_files: bool,
+    ) -> std::io::Result<Option<Line<'_>>> {
+        if let Lines::Pending { file, .. } = lines {
+            let mapped = match file.take() {
+                Some(path) if map_files => {
+                    MappedLines::open(&std::fs::File::open(path)?, max_line)?
+                }
+                _ => None,
+            };
+            let Lines::Pending { reader, .. } = std::mem::replace(
+                lines,
+                Lines::Read(LineReader::new(Box::new(std::io::empty()), 0)),
+            ) else {
+                unreachable!()
+            };
+            *lines = match mapped {
+                Some(m) => Lines::Mapped(m),
+                None => Lines::Read(LineReader::new(reader, max_line)),
+            };
+        }
+        match lines {
+            Lines::Read(r) => r.next_line(),
+            Lines::Mapped(m) => Ok(m.next_line()),
+            Lines::Pending { .. } => unreachable!("opened above"),
         }
     }
 }
@@ -267,7 +459,7 @@ impl Source for FileSource {
                 return Ok(Poll::End);
             };
             let id = *id;
-            match reader.next_line() {
+            match Self::next_line(reader, self.max_line, self.map_files) {
                 Ok(Some(line)) => {
                     self.line += 1;
                     let pos = Position::new(id, self.line);
@@ -301,6 +493,13 @@ impl Source for FileSource {
         } else {
             Poll::More
         })
+    }
+
+    fn mapping(&self) -> Option<&Arc<Mmap>> {
+        match self.inputs.front() {
+            Some((_, _, Lines::Mapped(m))) => Some(m.map()),
+            _ => None,
+        }
     }
 }
 
@@ -384,6 +583,154 @@ mod tests {
         );
     }
 
+    /// The lines of `input` read through a map (`None`: not mapped).
+    fn mapped_lines(input: &[u8], max: usize, release: Option<usize>) -> Option<Vec<String>> {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, input).unwrap();
+        let mut r = MappedLines::open(&f, max).unwrap()?;
+        if let Some(step) = release {
+            r = r.releasing(step, step);
+        }
+        let mut out = vec![];
+        while let Some(l) = r.next_line() {
+            out.push(match l {
+                Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
+                Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
+            });
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn a_mapped_file_splits_into_the_lines_the_reader_gives() {
+        let big = vec![b'x'; 3 << 20];
+        let mut long = b"ok\n".to_vec();
+        long.extend_from_slice(&big);
+        long.extend_from_slice(b"\nafter\n");
+        long.extend_from_slice(&big);
+        let cases: Vec<(&[u8], usize)> = vec![
+            (b"a\nbb\n\nccc", 10),
+            (b"a\n", 10),
+            (b"\n", 10),
+            (b"\n\n", 10),
+            (b"a\r\nb\r\n", 10),
+            (b"\xEF\xBB\xBFa\nb\n", 10),
+            (b"\xEF\xBB\xBF", 10),
+            (b"\xEF\xBB\xBF\n", 10),
+            (b"\xEF\xBB", 10),
+            (b"a\n\xEF\xBB\xBFb", 10),
+            (b"12345\n123456\n", 5),
+            (b"123456", 5),
+            (b"\x1f", 10),
+            (b"\x1fx\n", 10),
+            (&long, 1000),
+        ];
+        for (input, max) in cases {
+            assert_eq!(
+                mapped_lines(input, max, None).unwrap(),
+                lines(input, max),
+                "{:?}",
+                String::from_utf8_lossy(&input[..input.len().min(40)])
+            );
+        }
+        // random lines of random lengths around the limit, blank ones and
+        // a missing last newline among them
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let mut input = vec![];
+            for _ in 0..(seed % 40) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let len = (seed >> 33) as usize % 24;
+                input.extend((0..len).map(|i| [b'a', b' ', b'\r', b'{'][(i + len) % 4]));
+                if seed & 1 == 0 || input.is_empty() {
+                    input.push(b'\n');
+                }
+            }
+            if input.is_empty() {
+                continue;
+            }
+            assert_eq!(mapped_lines(&input, 12, None).unwrap(), lines(&input, 12));
+        }
+        // empty and gzip files are not mapped (read as they are, decompressed)
+        assert!(mapped_lines(b"", 10, None).is_none());
+        assert!(mapped_lines(&gzip(b"a\n"), 10, None).is_none());
+    }
+
+    #[test]
+    fn pages_given_back_behind_a_mapped_file_are_read_again_unchanged() {
+        let text: Vec<u8> = (0..50_000)
+            .flat_map(|i| {
+                format!("{{\"line\":{i},\"pad\":\"{}\"}}\n", "p".repeat(i % 90)).into_bytes()
+            })
+            .collect();
+        assert!(text.len() > 40 * page_size());
+        let want = lines(&text, 1000);
+        // given back a page behind, every page: what was read is read again
+        assert_eq!(mapped_lines(&text, 1000, Some(page_size())).unwrap(), want);
+        // a line kept from before the release reads the same bytes after it
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &text).unwrap();
+        let mut r = MappedLines::open(&f, 1000)
+            .unwrap()
+            .unwrap()
+            .releasing(page_size(), page_size());
+        let map = r.map().clone();
+        let Some(Line::Data(first)) = r.next_line() else {
+            panic!()
+        };
+        let (at, len) = (first.as_ptr() as usize - map.as_ptr() as usize, first.len());
+        while r.next_line().is_some() {}
+        assert!(r.released > 10 * page_size(), "{}", r.released);
+        assert_eq!(&map[at..at + len], want[0].as_bytes());
+    }
+
+    #[test]
+    fn a_mapped_input_reads_as_the_same_records_as_a_read_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.jsonl");
+        std::fs::write(&plain, b"\xEF\xBB\xBFx\n\n  \ny\n1234567890123\nz").unwrap();
+        let gz = dir.path().join("b.jsonl.gz");
+        std::fs::write(&gz, gzip(b"g1\ng2\n")).unwrap();
+        let empty = dir.path().join("c.jsonl");
+        std::fs::write(&empty, b"").unwrap();
+        let read = |map: bool| {
+            let inputs = [&plain, &gz, &empty, &plain]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let path = (*p).clone();
+                    Input {
+                        name: p.display().to_string(),
+                        source_id: i as u32,
+                        reader: deferred(move || decompressed(std::fs::File::open(path)?)),
+                        file: Some((*p).clone()),
+                    }
+                })
+                .collect();
+            let mut s = FileSource::new(inputs, 10).map_files(map);
+            let mut got = vec![];
+            let mut mapped = 0;
+            loop {
+                mapped += s.mapping().is_some() as usize;
+                let more = s
+                    .poll(1, &mut |r| got.push(format!("{:?} {:?}", r.pos, r.payload)))
+                    .unwrap();
+                if more == Poll::End {
+                    break;
+                }
+            }
+            (got, mapped)
+        };
+        let (mapped, maps) = read(true);
+        let (copied, none) = read(false);
+        assert_eq!(mapped, copied);
+        assert_eq!(none, 0);
+        assert!(maps > 0);
+        assert_eq!(mapped.len(), 2 * 4 + 2, "{mapped:?}");
+    }
+
     #[test]
     fn file_source_numbers_lines_per_input() {
         let mut s = FileSource::new(
@@ -392,11 +739,13 @@ mod tests {
                     name: "a".into(),
                     source_id: 1,
                     reader: Box::new(&b"x\n\ny\n"[..]),
+                    file: None,
                 },
                 Input {
                     name: "b".into(),
                     source_id: 2,
                     reader: Box::new(&b"z"[..]),
+                    file: None,
                 },
             ],
             100,

@@ -7,7 +7,7 @@ mod memory;
 
 use crate::detect::Position;
 
-pub use files::{decompressed, deferred, FileSource, Input, LineReader};
+pub use files::{decompressed, deferred, FileSource, Input, LineReader, MappedLines};
 pub use memory::VecSource;
 
 /// The bytes of one record.
@@ -70,4 +70,11 @@ pub enum SourceError {
 pub trait Source {
     /// Hands at most `max` records to `f`; says whether more may follow.
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> Result<Poll, SourceError>;
+
+    /// The memory map the records of the next poll are slices of, when the
+    /// source reads one (a mapped file): a chunk can keep the map instead of
+    /// copying those records. Records outside it are still only borrowed.
+    fn mapping(&self) -> Option<&std::sync::Arc<memmap2::Mmap>> {
+        None
+    }
 }
