@@ -1,6 +1,7 @@
 //! Records travel between the pipeline's threads in chunks: a
-//! [`RawChunk`] owns the bytes of up to `pipeline.chunk_events` records and
-//! where each came from; a [`DecodedChunk`] adds the decoded events, which
+//! [`RawChunk`] owns the bytes of up to `pipeline.chunk_events` records (or
+//! holds the memory map of the file they are lines of) and where each came
+//! from; a [`DecodedChunk`] adds the decoded events, which
 //! borrow their strings from those bytes (no copy per field, and the bytes
 //! are freed once, with the chunk).
 //!
