@@ -366,6 +366,36 @@ fn a_mapped_file_scans_as_a_read_one_does() {
     }
 }
 
+/// A mapped file that ends exactly at a page boundary, inside its last
+/// request (no newline after it): nothing is read past the end of the map
+/// (that page is not mapped), and the request is judged.
+#[test]
+fn a_mapped_file_ending_at_a_page_boundary_reads_its_last_request() {
+    let d = Dir::new();
+    let first = event("p1", T0, "k", "n", "10.0.0.1");
+    let mut text = format!("{first}\n");
+    let second = event("p2", T0 + 1000, "k", "n", "10.0.0.2");
+    // pad the second request's path so that the file is two pages long
+    let pad = 8192 - text.len() - second.len();
+    let second = second.replacen(
+        "\"path\":\"/",
+        &format!("\"path\":\"/{}", "a".repeat(pad)),
+        1,
+    );
+    assert_ne!(
+        second.len(),
+        event("p2", T0 + 1000, "k", "n", "10.0.0.2").len()
+    );
+    text.push_str(&second);
+    assert_eq!(text.len(), 8192);
+    let input = d.write("paged.jsonl", &text);
+    let o = run(&["scan", input.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alerts = alerts_in(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(alerts.len(), 1, "{}", stderr(&o));
+    assert_eq!(alerts[0].event_id, "p2");
+}
+
 /// Hundreds of input files (a year of rotated logs is thousands) under a
 /// limit of 64 open files: each is opened when it is read, so the scan
 /// gives the alerts of the same lines in one file. A directory among the

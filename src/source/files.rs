@@ -198,7 +198,11 @@ impl MappedLines {
         // file while it is mapped makes reading past the new end a SIGBUS
         // (documented: `scan.mmap`); changing bytes in place changes what is
         // read, as it would with `read`.
-        let map = unsafe { Mmap::map(file)? };
+        let map = match unsafe { Mmap::map(file) } {
+            Ok(m) => m,
+            // a file system that cannot map files: read it
+            Err(_) => return Ok(None),
+        };
         if map.starts_with(&GZIP_MAGIC) {
             return Ok(None);
         }
