@@ -15,6 +15,8 @@ struct Cursor<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
+    /// The line holds a backslash: a string may hold escapes.
+    escapes: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -44,8 +46,41 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string, after its opening quote. [`access`] has made sure the
-    /// input holds no backslash and no control character, so the string
+    /// A string, after its opening quote: its contents between the quotes,
+    /// and whether they hold an escape (their syntax checked, as serde_json
+    /// checks a string it skips; decoded by the caller).
+    #[inline(always)]
+    fn string(&mut self) -> Option<(&'a str, bool)> {
+        if self.escapes {
+            return self.string_escaped();
+        }
+        self.str_body().map(|s| (s, false))
+    }
+
+    /// [`Self::string`] in a line with a backslash.
+    #[inline(never)]
+    fn string_escaped(&mut self) -> Option<(&'a str, bool)> {
+        let start = self.i;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            i += memchr::memchr2(b'"', b'\\', &self.b[i..])?;
+            if self.b[i] == b'"' {
+                self.i = i + 1;
+                return Some((self.s.get(start..i)?, escaped));
+            }
+            escaped = true;
+            i += 1;
+            match *self.b.get(i)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 1,
+                b'u' if self.b.get(i + 1..i + 5)?.iter().all(u8::is_ascii_hexdigit) => i += 5,
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string without escapes, after its opening quote, in a line that
+    /// holds no backslash and no control character ([`access_known`]): it
     /// ends at the next quote.
     #[inline(always)]
     fn str_body(&mut self) -> Option<&'a str> {
@@ -126,6 +161,12 @@ impl<'a> Cursor<'a> {
         let close = match *self.b.get(self.i)? {
             b'{' => b'}',
             b'[' => b']',
+            b'"' => {
+                // checked as serde_json checks a string it skips: escapes
+                // by their syntax (a lone surrogate is no error here)
+                self.i += 1;
+                return self.string().map(|_| ());
+            }
             _ => return self.value().map(|_| ()),
         };
         if depth >= MAX_SKIP_DEPTH {
@@ -140,7 +181,7 @@ impl<'a> Cursor<'a> {
         loop {
             if close == b'}' {
                 self.eat(b'"')?;
-                self.str_body()?;
+                self.string()?;
                 self.eat(b':')?;
             }
             self.skip(depth + 1)?;
@@ -163,7 +204,12 @@ impl<'a> Cursor<'a> {
         match *self.b.get(self.i)? {
             b'"' => {
                 self.i += 1;
-                self.str_body().map(|s| Raw::Str(Cow::Borrowed(s)))
+                match self.string()? {
+                    (s, false) => Some(Raw::Str(Cow::Borrowed(s))),
+                    // decoded as serde_json decodes it (a lone surrogate
+                    // is its error to report)
+                    (s, true) => super::json::unescape(s).ok().map(Raw::Str),
+                }
             }
             b'n' => self.literal(b"null").map(|_| Raw::Null),
             b't' => self.literal(b"true").map(|_| Raw::Bool(true)),
@@ -189,19 +235,23 @@ pub fn access(s: &str) -> Option<Fields<'_>> {
 /// the look for escapes and control characters is not made again.
 #[inline]
 pub fn access_known(s: &str, plain: bool) -> Option<Fields<'_>> {
-    // one pass over the line (vectorized: no early exit): a backslash means an
-    // escape somewhere, a control character an invalid string or unusual white
-    // space; either way serde_json decides
-    if !plain
-        && s.bytes()
-            .fold(false, |odd, c| odd | (c < 0x20) | (c == b'\\'))
-    {
-        return None;
-    }
+    // one pass over the line (vectorized: no early exit): a control
+    // character means an invalid string or unusual white space (serde_json
+    // decides); a backslash, that strings may hold escapes
+    let escapes = !plain && {
+        let (control, backslash) = s.bytes().fold((false, false), |(k, b), c| {
+            (k | (c < 0x20), b | (c == b'\\'))
+        });
+        if control {
+            return None;
+        }
+        backslash
+    };
     let mut c = Cursor {
         b: s.as_bytes(),
         s,
         i: 0,
+        escapes,
     };
     c.eat(b'{')?;
     let mut seen = 0u16;
@@ -212,7 +262,10 @@ pub fn access_known(s: &str, plain: bool) -> Option<Fields<'_>> {
     } else {
         loop {
             c.eat(b'"')?;
-            let key = c.str_body()?;
+            let (key, escaped) = c.string()?;
+            if escaped {
+                return None; // an escaped field name: serde_json decodes it
+            }
             c.eat(b':')?;
             match v1::field_index(key) {
                 Some(i) => {
@@ -316,13 +369,58 @@ mod tests {
     }
 
     #[test]
+    fn escaped_strings_are_decoded_on_the_fast_path() {
+        for (from, to, want) in [
+            ("\"e1\"", r#""e\u0031""#, "e1"),
+            ("\"/v1/x\"", r#""\/v1\/x""#, "/v1/x"),
+            (
+                "\"ua\"",
+                r#""say \"hi\" \\ caf\u00e9 \ud83d\ude00\t\n""#,
+                "say \"hi\" \\ café 😀\t\n",
+            ),
+            ("\"ua\"", r#""\u0000""#, "\u{0}"),
+        ] {
+            let line = BASE.replacen(from, to, 1);
+            let got = fast(&line).unwrap_or_else(|| panic!("fast path: {line}"));
+            assert_eq!(got, serde(&line), "{line}");
+            let ev = got.unwrap();
+            let field = match from {
+                "\"e1\"" => ev.event_id.to_string(),
+                "\"/v1/x\"" => ev.path.to_string(),
+                _ => ev.user_agent.clone().unwrap().to_string(),
+            };
+            assert_eq!(field, want, "{line}");
+        }
+        // escapes in a field of its own, nested or not, checked by their
+        // syntax only, as serde_json checks what it skips
+        for extra in [
+            r#""x":"a\"b\\","y":{"k\"ey":["\u00e9","\ud800"]}"#,
+            r#""x":"\udc00""#,
+        ] {
+            let line = BASE.replace("\"status\"", &format!("{extra},\"status\""));
+            let got = fast(&line).unwrap_or_else(|| panic!("fast path: {line}"));
+            assert_eq!(got, serde(&line), "{line}");
+            assert!(got.is_ok(), "{line}");
+        }
+    }
+
+    #[test]
     fn anything_unusual_is_left_to_serde_json() {
         for s in [
-            BASE.replace("\"e1\"", "\"e\\u0031\""), // an escape
+            BASE.replace("\"key_id\"", "\"key\\u005fid\""), // an escaped field name
+            BASE.replace("\"e1\"", "\"e\\ud800\""),         // a lone surrogate
+            BASE.replace("\"e1\"", "\"e\\udc00\\ud800\""),
+            BASE.replace("\"e1\"", "\"e\\x\""), // no such escape
+            BASE.replace("\"e1\"", "\"e\\u12g4\""),
+            BASE.replace("\"e1\"", "\"e\\u12\""),
+            BASE.replace("\"e1\"", "\"e\\\""), // the closing quote escaped
+            BASE.replace("\"ab\"", "\"ab\",\"x\":\"\\x\""), // the same in a field of its own
+            BASE.replace("\"ab\"", "\"ab\",\"x\":{\"a\":[\"\\u12g4\"]}"),
+            BASE.replace("\"ab\"", "\"ab\",\"x\":{\"\\q\":1}"),
             BASE.replace("\"k1\"", "\"k1\",\"key_id\":\"k2\""), // a duplicate
-            BASE.replace("\"status\":200", "\"status\":070"), // a leading zero
-            BASE.to_string() + "x",                 // trailing junk
-            BASE.replace("\"ab\"", "{\"a\":1}"),    // a field replayguard reads, nested
+            BASE.replace("\"status\":200", "\"status\":070"),   // a leading zero
+            BASE.to_string() + "x",                             // trailing junk
+            BASE.replace("\"ab\"", "{\"a\":1}"),                // a field replayguard reads, nested
             BASE.replace("\"ab\"", "[\"ab\"]"),
             BASE.replace("\"ab\"", "\"ab\",\"n\":{\"a\":1,}"), // malformed inside a skipped field
             BASE.replace("\"ab\"", "\"ab\",\"n\":[1,]"),
@@ -386,6 +484,14 @@ mod tests {
             "[a-zA-Z0-9 :./-]{0,12}",
             ".{0,8}",
             Just("a\\\"b".to_string()),
+            Just("\\u00e9\\/".to_string()),
+            Just("\\ud83d\\ude00".to_string()),
+            Just("\\ud83d".to_string()),
+            Just("\\udc00x".to_string()),
+            Just("\\ud83d\\n".to_string()),
+            Just("\\x".to_string()),
+            Just("\\u12g4".to_string()),
+            Just("end\\".to_string()),
             Just("tab\tin".to_string()),
             Just("nul\u{0}in".to_string()),
         ]
@@ -419,6 +525,10 @@ mod tests {
             Just("01".to_string()),
             Just("\"s\"".to_string()),
             Just("\"a\\\"b\"".to_string()),
+            Just("\"\\u00e9\\/\\ud800\"".to_string()),
+            Just("\"\\x\"".to_string()),
+            Just("\"\\u12\"".to_string()),
+            Just("\"a\\\"".to_string()),
             Just("null".to_string()),
             Just("nul".to_string()),
             Just("".to_string()),
