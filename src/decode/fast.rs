@@ -61,6 +61,14 @@ impl<'a> Cursor<'a> {
     #[inline(never)]
     fn string_escaped(&mut self) -> Option<(&'a str, bool)> {
         let start = self.i;
+        // most strings of such a line have no escape: up to the next quote
+        // as in a plain line, then one look for a backslash before it
+        let quote = super::json::find_quote(self.b, start)?;
+        let span = &self.b[start..quote];
+        if !span.iter().fold(false, |any, &c| any | (c == b'\\')) {
+            self.i = quote + 1;
+            return Some((self.s.get(start..quote)?, false));
+        }
         let mut i = start;
         let mut escaped = false;
         loop {
