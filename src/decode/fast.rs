@@ -72,7 +72,8 @@ impl<'a> Cursor<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            i += memchr::memchr2(b'"', b'\\', &self.b[i..])?;
+            // the line holds no control character ([`access_known`])
+            i = super::json::find_special(self.b, i)?;
             if self.b[i] == b'"' {
                 self.i = i + 1;
                 return Some((self.s.get(start..i)?, escaped));

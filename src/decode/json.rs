@@ -337,6 +337,48 @@ pub(super) fn find_quote(b: &[u8], from: usize) -> Option<usize> {
     find_quote_swar(b, from)
 }
 
+/// The first byte at or after `from` that a string's scan stops at: a
+/// quote, a backslash or a control character. 16 bytes at a time with SSE2
+/// on x86-64 (a call to memchr2 for every escape of a line full of them,
+/// `\/` in every URL of a cjson-written log, took a quarter of a Kong
+/// scan's time), then byte by byte.
+#[inline(always)]
+pub(super) fn find_special(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    while i + 16 <= b.len() {
+        let m = specials_16(&b[i..i + 16]);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| i + p)
+}
+
+/// Which of 16 bytes are quotes, backslashes or control characters.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn specials_16(b: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    assert!(b.len() >= 16);
+    // SAFETY: SSE2 is part of x86-64; the unaligned load is inside `b`
+    unsafe {
+        let v = _mm_loadu_si128(b.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // below 0x20, unsigned: the smaller of it and 0x1f is itself
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
+}
+
 /// Which of 32 bytes are quotes: a bit per byte, for each half.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -513,13 +555,17 @@ impl<'a> Cursor<'a> {
         let mut escaped = false;
         let mut i = self.i;
         loop {
-            let Some(off) = memchr::memchr2(b'"', b'\\', &self.b[i..]) else {
+            let Some(at) = find_special(self.b, i) else {
                 return self.err(self.b.len(), "a closing quote");
             };
-            if let Some(at) = self.b[i..i + off].iter().position(|&c| c < 0x20) {
-                return self.err(i + at, "no control character in a string");
+            if self.b[at] < 0x20 {
+                // a string that never ends is reported as that, whatever it holds
+                if memchr::memchr2(b'"', b'\\', &self.b[at..]).is_none() {
+                    return self.err(self.b.len(), "a closing quote");
+                }
+                return self.err(at, "no control character in a string");
             }
-            i += off;
+            i = at;
             if self.b[i] == b'"' {
                 self.i = i + 1;
                 return Ok((i, escaped));

@@ -443,3 +443,34 @@ fn keys_alike_in_their_first_eight_bytes_are_told_apart() {
     .unwrap();
     assert_eq!(got, vec![str_val("0"), str_val("1")]);
 }
+
+/// The first quote, backslash or control character, against the byte by
+/// byte answer, for every kind of byte at every place of lines of every
+/// length around the 16-byte steps, and from every start.
+#[test]
+fn find_special_stops_where_a_string_scan_must() {
+    let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+    // ordinary bytes next to the special ones in value (0x1f, 0x20), ASCII
+    // and not (0x7f, 0x80, 0xff: bytes of multi-byte characters)
+    let fill = [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xc3, 0xff];
+    for stop in [b'"', b'\\', 0x00, 0x09, 0x0a, 0x1f] {
+        for len in 0..=50 {
+            for at in (0..len).chain([usize::MAX]) {
+                let line: Vec<u8> = (0..len)
+                    .map(|k| if k == at { stop } else { fill[k % fill.len()] })
+                    .collect();
+                for from in 0..=len {
+                    let want = line[from..]
+                        .iter()
+                        .position(|&c| special(c))
+                        .map(|p| from + p);
+                    assert_eq!(
+                        find_special(&line, from),
+                        want,
+                        "stop {stop:#x} len {len} at {at} from {from}"
+                    );
+                }
+            }
+        }
+    }
+}
