@@ -1,7 +1,9 @@
-//! A fast path for the common shape of an access event: one flat JSON object
-//! whose strings have no escapes. It either returns exactly what serde_json
-//! would, or gives up (`None`) and lets serde_json decide, so every error,
-//! every unusual input and every corner of JSON stays serde_json's.
+//! A fast path for the common shape of an access event: one JSON object
+//! whose fields replayguard reads are scalars, and whose other fields
+//! (nested or not) are skipped; strings without escapes are borrowed,
+//! escaped ones decoded. It either returns exactly what serde_json would,
+//! or gives up (`None`) and lets serde_json decide, so every error, every
+//! unusual input and every corner of JSON stays serde_json's.
 //!
 //! Measured on 420-byte gateway lines: 250 ns against serde_json's 410 ns
 //! with borrowed strings (`cargo bench --bench hot_path -- decode`).
