@@ -3,8 +3,8 @@
 # the same requests: traffic from other loggers differs from `generate`'s in
 # ways the decoder's fast path has to meet (spacing, field order, fields of
 # their own, nested objects and arrays, escaped slashes, \u escapes, times
-# as epoch milliseconds). Each variant is made from the first LINES lines of
-# bench-scan-cores.sh's input; each round runs the floor and every binary,
+# as epoch milliseconds, CRLF line ends). Each variant is made from the
+# first LINES lines of bench-scan-cores.sh's input; each round runs the floor and every binary,
 # in turn, pinned to one core, with fresh state. Prints, per variant and
 # binary, the median events/s and the median of the per-round ratios to the
 # floor, and checks that every binary writes the same alerts.
@@ -33,7 +33,7 @@ python3 - "$dir" <<'EOF'
 import datetime, json, sys
 d = sys.argv[1]
 lines = open(f"{d}/generated.jsonl").read().splitlines()
-names = ["spaced", "reordered", "extra-scalars", "nested", "escaped-slashes", "u-escapes", "epoch-ms"]
+names = ["spaced", "reordered", "extra-scalars", "nested", "escaped-slashes", "u-escapes", "epoch-ms", "crlf"]
 out = {n: open(f"{d}/{n}.jsonl", "w") for n in names}
 compact = dict(separators=(",", ":"))
 def ms(v):
@@ -43,8 +43,8 @@ for line in lines:
     try:
         e = json.loads(line)
     except ValueError:  # the generator's malformed lines stay as they are
-        for f in out.values():
-            f.write(line + "\n")
+        for n, f in out.items():
+            f.write(line + ("\r\n" if n == "crlf" else "\n"))
         continue
     out["spaced"].write(json.dumps(e) + "\n")
     out["reordered"].write(json.dumps(dict(reversed(list(e.items()))), **compact) + "\n")
@@ -63,8 +63,9 @@ for line in lines:
             except ValueError:
                 pass
     out["epoch-ms"].write(json.dumps(m, **compact) + "\n")
+    out["crlf"].write(line + "\r\n")
 EOF
-for variant in generated spaced reordered extra-scalars nested escaped-slashes u-escapes epoch-ms; do
+for variant in generated spaced reordered extra-scalars nested escaped-slashes u-escapes epoch-ms crlf; do
   f="$dir/$variant.jsonl"
   for i in $(seq 1 "$rounds"); do
     fl=$(taskset -c "$core" "$base" plain "$f" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["events_per_s"]))')
