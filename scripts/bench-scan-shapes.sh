@@ -4,8 +4,8 @@
 # ways the decoder's fast path has to meet (spacing, field order, fields of
 # their own, nested objects and arrays, escaped slashes, \u escapes, times
 # as epoch milliseconds, CRLF line ends). Each variant is made from the
-# first LINES lines of bench-scan-cores.sh's input; each round runs the floor and every binary,
-# in turn, pinned to one core, with fresh state. Prints, per variant and
+# first LINES lines of bench-scan-cores.sh's input; each round runs the
+# floor and every binary, in turn, pinned to one core, with fresh state. Prints, per variant and
 # binary, the median events/s and the median of the per-round ratios to the
 # floor, and checks that every binary writes the same alerts.
 #
