@@ -964,12 +964,14 @@ pub fn contents(raw: &str, escaped: bool) -> Result<Cow<'_, str>, &'static str> 
 /// checked for their syntax). Lone surrogates are refused, as serde_json
 /// refuses them.
 pub fn unescape(raw: &str) -> Result<Cow<'_, str>, &'static str> {
-    if !raw.contains('\\') {
+    // memchr on the bytes: `str::find` of a char took twice its time here
+    let Some(first) = memchr::memchr(b'\\', raw.as_bytes()) else {
         return Ok(Cow::Borrowed(raw));
-    }
+    };
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
-    while let Some(i) = rest.find('\\') {
+    let mut next = Some(first);
+    while let Some(i) = next {
         out.push_str(&rest[..i]);
         let b = rest.as_bytes();
         let (ch, used) = match b.get(i + 1) {
@@ -1004,6 +1006,7 @@ pub fn unescape(raw: &str) -> Result<Cow<'_, str>, &'static str> {
         };
         out.push(ch);
         rest = &rest[i + used..];
+        next = memchr::memchr(b'\\', rest.as_bytes());
     }
     out.push_str(rest);
     Ok(Cow::Owned(out))
