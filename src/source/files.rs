@@ -157,8 +157,8 @@ impl<R: Read> LineReader<R> {
 
 /// The lines of a plain file read through a memory map: each line is a slice
 /// of the map, so a chunk can keep the map instead of copying its records
-/// (the copy from the page cache into a buffer, and from there into a chunk,
-/// took 8-12 % of a scan's CPU). Lines are split exactly as [`LineReader`]
+/// (without the copy from the page cache into a buffer, and from there into
+/// a chunk, a one-core scan is 2-4 % faster: BENCHMARKS.md). Lines are split exactly as [`LineReader`]
 /// splits them: on `\n`, a byte-order mark at the start skipped, a last line
 /// without `\n` kept, a line longer than `max_line` reported by its length
 /// and first bytes.
