@@ -149,12 +149,13 @@ impl Decoder {
     /// conversions judges them. A gateway format goes through its mapping
     /// ([`mapped`]).
     pub fn access<'a>(&self, bytes: &'a [u8]) -> Result<AccessEvent<'a>, DecodeError> {
-        // The `\r` of a CRLF line is white space after the object: it is
+        // The `\r` of a CRLF line (and the line end a Kafka producer may
+        // leave in a message) is white space after the object: it is
         // decoded without it, so that the line is plain and takes the fast
         // paths (with it, a Windows-written log scanned at 0.65x). Over the
         // limit is judged on the whole line; serde_json, when it decides,
         // reads the whole line too (its errors name the same places).
-        let (text, plain) = self.text_plain(self.without_cr(bytes))?;
+        let (text, plain) = self.text_plain(self.without_line_end(bytes))?;
         if let Some(m) = &self.mapping {
             return mapped::access(m, text, plain);
         }
@@ -175,12 +176,16 @@ impl Decoder {
         }
     }
 
-    /// A record without the `\r` of a CRLF line (unless it is over the
-    /// limit: that is judged on the whole line).
+    /// A record without one line end: the `\r` a file's CRLF line keeps,
+    /// or a message's `\n` or `\r\n` (unless it is over the limit: that is
+    /// judged on the whole record).
     #[inline]
-    fn without_cr<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+    fn without_line_end<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        if bytes.len() > self.max_event_bytes {
+            return bytes;
+        }
         match bytes {
-            [line @ .., b'\r'] if bytes.len() <= self.max_event_bytes => line,
+            [line @ .., b'\r', b'\n'] | [line @ .., b'\n'] | [line @ .., b'\r'] => line,
             _ => bytes,
         }
     }
@@ -408,14 +413,26 @@ mod robustness {
         }
         // decoded as the plain line it is without its \r: the fast path
         let crlf = format!("{OK}\r");
-        assert_eq!(v1.without_cr(crlf.as_bytes()), OK.as_bytes());
+        assert_eq!(v1.without_line_end(crlf.as_bytes()), OK.as_bytes());
         assert_eq!(
-            v1.text_plain(v1.without_cr(crlf.as_bytes())).unwrap(),
+            v1.text_plain(v1.without_line_end(crlf.as_bytes())).unwrap(),
             (OK, true)
         );
         assert!(fast::access_known(OK, true).is_some());
-        assert_eq!(v1.without_cr(b"a\r\r"), b"a\r");
-        assert_eq!(v1.without_cr(b"a\n"), b"a\n");
+        assert_eq!(v1.without_line_end(b"a\r\r"), b"a\r");
+        assert_eq!(v1.without_line_end(b"a\n"), b"a");
+        assert_eq!(v1.without_line_end(b"a\r\n"), b"a");
+        assert_eq!(v1.without_line_end(b"a\n\n"), b"a\n");
+        assert_eq!(v1.without_line_end(b"a\n\r"), b"a\n");
+        // a Kafka message with its line end: the same event
+        for end in ["\n", "\r\n"] {
+            let msg = format!("{OK}{end}");
+            assert_eq!(v1.without_line_end(msg.as_bytes()), OK.as_bytes());
+            assert_eq!(
+                v1.access(msg.as_bytes()).unwrap(),
+                v1.access(OK.as_bytes()).unwrap()
+            );
+        }
         for broken in [
             &OK[..OK.len() - 1],
             "{\"event_id\":1}",
