@@ -155,13 +155,16 @@ impl Decoder {
         // paths (with it, a Windows-written log scanned at 0.65x). Over the
         // limit is judged on the whole line; serde_json, when it decides,
         // reads the whole line too (its errors name the same places).
-        let (text, plain) = self.text_plain(self.without_line_end(bytes))?;
+        let body = self.without_line_end(bytes);
+        let (text, plain) = self.text_plain(body)?;
         if let Some(m) = &self.mapping {
             return mapped::access(m, text, plain);
         }
         match fast::access_known(text, plain) {
             Some(fields) => fields.build(),
-            None => v1::slow(self.text(bytes)?)?.build(),
+            // the line end back, checked again only when there was one
+            None if body.len() < bytes.len() => v1::slow(self.text(bytes)?)?.build(),
+            None => v1::slow(text)?.build(),
         }
     }
 

@@ -93,7 +93,6 @@ impl std::fmt::Display for ConvertSummary {
     }
 }
 
-/// An input by name, open.
 /// An input by name, open, and the regular file it reads (`None`: stdin).
 pub(super) type NamedInput = (String, Box<dyn std::io::Read + Send>, Option<PathBuf>);
 

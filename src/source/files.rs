@@ -429,22 +429,19 @@ impl FileSource {
         max_line: usize,
         map_files: bool,
     ) -> std::io::Result<Option<Line<'_>>> {
-        if let Lines::Pending { file, .. } = lines {
+        if let Lines::Pending { reader, file } = lines {
             let mapped = match file.take() {
                 Some(path) if map_files => {
                     MappedLines::open(&std::fs::File::open(path)?, max_line)?
                 }
                 _ => None,
             };
-            let Lines::Pending { reader, .. } = std::mem::replace(
-                lines,
-                Lines::Read(LineReader::new(Box::new(std::io::empty()), 0)),
-            ) else {
-                unreachable!()
-            };
             *lines = match mapped {
                 Some(m) => Lines::Mapped(m),
-                None => Lines::Read(LineReader::new(reader, max_line)),
+                None => {
+                    let reader = std::mem::replace(reader, Box::new(std::io::empty()));
+                    Lines::Read(LineReader::new(reader, max_line))
+                }
             };
         }
         match lines {
@@ -511,16 +508,31 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
+    /// A line as the tests compare it: its text, or `<len:prefix length>`.
+    fn shown(l: Line<'_>) -> String {
+        match l {
+            Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
+            Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
+        }
+    }
+
     fn lines(input: &[u8], max: usize) -> Vec<String> {
         let mut r = LineReader::new(input, max);
         let mut out = vec![];
         while let Some(l) = r.next_line().unwrap() {
-            out.push(match l {
-                Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
-                Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
-            });
+            out.push(shown(l));
         }
         out
+    }
+
+    /// "ok", a 3 MiB line, "after", a 3 MiB line without its newline.
+    fn two_oversize_lines() -> Vec<u8> {
+        let big = vec![b'x'; 3 << 20];
+        let mut input = b"ok\n".to_vec();
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"\nafter\n");
+        input.extend_from_slice(&big);
+        input
     }
 
     #[test]
@@ -565,12 +577,7 @@ mod tests {
     #[test]
     fn oversize_lines_are_skipped_with_bounded_memory() {
         // small buffer: the reader's buffer is at least 1 MiB, so use a bigger line
-        let big = vec![b'x'; 3 << 20];
-        let mut input = b"ok\n".to_vec();
-        input.extend_from_slice(&big);
-        input.extend_from_slice(b"\nafter\n");
-        input.extend_from_slice(&big);
-        let out = lines(&input, 1000);
+        let out = lines(&two_oversize_lines(), 1000);
         assert_eq!(
             out,
             vec![
@@ -597,21 +604,14 @@ mod tests {
         }
         let mut out = vec![];
         while let Some(l) = r.next_line() {
-            out.push(match l {
-                Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
-                Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
-            });
+            out.push(shown(l));
         }
         Some(out)
     }
 
     #[test]
     fn a_mapped_file_splits_into_the_lines_the_reader_gives() {
-        let big = vec![b'x'; 3 << 20];
-        let mut long = b"ok\n".to_vec();
-        long.extend_from_slice(&big);
-        long.extend_from_slice(b"\nafter\n");
-        long.extend_from_slice(&big);
+        let long = two_oversize_lines();
         let cases: Vec<(&[u8], usize)> = vec![
             (b"a\nbb\n\nccc", 10),
             (b"a\n", 10),

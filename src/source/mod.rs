@@ -7,7 +7,7 @@ mod memory;
 
 use crate::detect::Position;
 
-pub use files::{decompressed, deferred, FileSource, Input, LineReader, MappedLines};
+pub use files::{decompressed, deferred, FileSource, Input, LineReader};
 pub use memory::VecSource;
 
 /// The bytes of one record.
