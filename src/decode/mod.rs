@@ -157,14 +157,60 @@ impl Decoder {
         // reads the whole line too (its errors name the same places).
         let body = self.without_line_end(bytes);
         let (text, plain) = self.text_plain(body)?;
+        if self.mapping.is_none() {
+            let mut fields = v1::Fields::default();
+            if fast::access_known(text, plain, &mut fields).is_some() {
+                return fields.build();
+            }
+        }
+        self.access_slow(bytes, body.len(), text, plain)
+    }
+
+    /// [`Decoder::access`], the result written to `out`: where the caller
+    /// keeps it, never copied there (the decoders write each chunk's
+    /// events in place this way; through a return value, each event's
+    /// 248 bytes were written on the stack, then read back and copied).
+    pub fn access_into<'a>(
+        &self,
+        bytes: &'a [u8],
+        out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
+    ) {
+        let body = self.without_line_end(bytes);
+        let (text, plain) = match self.text_plain(body) {
+            Ok(t) => t,
+            Err(e) => {
+                out.write(Err(e));
+                return;
+            }
+        };
+        if self.mapping.is_none() {
+            let mut fields = v1::Fields::default();
+            if fast::access_known(text, plain, &mut fields).is_some() {
+                fields.build_into(out);
+                return;
+            }
+        }
+        out.write(self.access_slow(bytes, body.len(), text, plain));
+    }
+
+    /// What [`Decoder::access`] does off the v1 fast path: a gateway
+    /// format's mapping, or serde_json. `body_len` is the length of
+    /// `bytes` without its line end, `text` that body checked.
+    fn access_slow<'a>(
+        &self,
+        bytes: &'a [u8],
+        body_len: usize,
+        text: &'a str,
+        plain: bool,
+    ) -> Result<AccessEvent<'a>, DecodeError> {
         if let Some(m) = &self.mapping {
             return mapped::access(m, text, plain);
         }
-        match fast::access_known(text, plain) {
-            Some(fields) => fields.build(),
+        if body_len < bytes.len() {
             // the line end back, checked again only when there was one
-            None if body.len() < bytes.len() => v1::slow(self.text(bytes)?)?.build(),
-            None => v1::slow(text)?.build(),
+            v1::slow(self.text(bytes)?)?.build()
+        } else {
+            v1::slow(text)?.build()
         }
     }
 
@@ -277,7 +323,7 @@ fn lifecycle(text: &str) -> Result<LifecycleEvent, DecodeError> {
 /// serde_json decodes the same event from every line the fast path accepts.
 #[doc(hidden)]
 pub fn fast_path(text: &str) -> Option<Result<AccessEvent<'_>, DecodeError>> {
-    fast::access(text).map(|f| f.build())
+    fast::access(text).map(|mut f| f.build())
 }
 
 /// The slow path alone (serde_json), the reference the fast path must agree
@@ -421,7 +467,7 @@ mod robustness {
             v1.text_plain(v1.without_line_end(crlf.as_bytes())).unwrap(),
             (OK, true)
         );
-        assert!(fast::access_known(OK, true).is_some());
+        assert!(fast::access_known(OK, true, &mut v1::Fields::default()).is_some());
         assert_eq!(v1.without_line_end(b"a\r\r"), b"a\r");
         assert_eq!(v1.without_line_end(b"a\n"), b"a");
         assert_eq!(v1.without_line_end(b"a\r\n"), b"a");
@@ -447,7 +493,7 @@ mod robustness {
             let whole = v1
                 .text(crlf.as_bytes())
                 .and_then(v1::slow)
-                .and_then(|f| f.build())
+                .and_then(|mut f| f.build())
                 .map_err(|e| e.to_string());
             assert_eq!(got, whole, "{crlf:?}");
         }
@@ -456,8 +502,27 @@ mod robustness {
         assert!(small.access(OK.as_bytes()).is_ok());
     }
 
+    /// [`Decoder::access_into`]'s result, which must be [`Decoder::access`]'s.
+    fn access_into(d: &Decoder, bytes: &[u8]) -> Result<String, String> {
+        // initialized, so that reading it back is sound whatever was written
+        let mut out = std::mem::MaybeUninit::new(Err(DecodeError::Empty));
+        d.access_into(bytes, &mut out);
+        // SAFETY: initialized above (and written over, as it must be)
+        let got = unsafe { out.assume_init() };
+        got.map(|ev| format!("{ev:?}")).map_err(|e| e.to_string())
+    }
+
     fn check_access(d: &Decoder, bytes: &[u8]) {
-        match d.access(bytes) {
+        let told = d.access(bytes);
+        assert_eq!(
+            access_into(d, bytes),
+            told.as_ref()
+                .map(|ev| format!("{ev:?}"))
+                .map_err(|e| e.to_string()),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+        match told {
             Ok(ev) => {
                 assert!(!ev.event_id.is_empty());
                 assert!(ev.key_id.as_deref().is_none_or(|k| !k.is_empty()));
@@ -472,7 +537,14 @@ mod robustness {
                 ..InputConfig::default()
             };
             let g = Decoder::new(&DecodeConfig::default(), &input).unwrap();
-            if let Err(e) = g.access(bytes) {
+            let told = g.access(bytes);
+            assert_eq!(
+                access_into(&g, bytes),
+                told.as_ref()
+                    .map(|ev| format!("{ev:?}"))
+                    .map_err(|e| e.to_string())
+            );
+            if let Err(e) = told {
                 assert!(!e.to_string().is_empty());
             }
         }

@@ -69,8 +69,11 @@ impl<'a> Fields<'a> {
         self.vals[i].take()
     }
 
-    /// The access event these fields make, or the first field that is wrong.
-    pub fn build(mut self) -> Result<AccessEvent<'a>, DecodeError> {
+    /// The access event these fields make, or the first field that is
+    /// wrong. Takes the values out (by reference: the fields are never
+    /// moved, see [`super::fast::access_known`]).
+    #[inline(always)]
+    pub fn build(&mut self) -> Result<AccessEvent<'a>, DecodeError> {
         let n = &NAMES;
         Ok(AccessEvent {
             event_id: value::nonempty(n[EVENT_ID], self.take(EVENT_ID))?,
@@ -86,6 +89,15 @@ impl<'a> Fields<'a> {
             client_id: value::opt_string(n[CLIENT_ID], self.take(CLIENT_ID))?,
             signature: value::opt_string(n[SIGNATURE], self.take(SIGNATURE))?,
         })
+    }
+
+    /// [`Fields::build`] into `out` (built there field by field, not
+    /// copied: see [`super::Decoder::access_into`]).
+    pub fn build_into(
+        &mut self,
+        out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
+    ) {
+        out.write(self.build());
     }
 }
 

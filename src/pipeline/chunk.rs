@@ -284,6 +284,24 @@ pub fn route_hash(key_id: Option<&str>, event_id: &str) -> u64 {
     }
 }
 
+/// Decodes a record where its result is kept ([`Decoder::access_into`]):
+/// a `collect` had each event written on the stack, then copied its 248
+/// bytes into the vector right after, reading back what had just been
+/// written.
+fn decode_into<'a>(
+    decoder: &Decoder,
+    rec: &Record<'a>,
+    out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
+) {
+    // what `Decoder::decode_record` does
+    match rec.payload {
+        Payload::Data(b) => decoder.access_into(b, out),
+        Payload::Oversize { len, .. } => {
+            out.write(Err(decoder.too_large(len)));
+        }
+    }
+}
+
 impl RouteInfo {
     fn of(ev: &AccessEvent<'_>) -> Self {
         RouteInfo {
@@ -313,9 +331,14 @@ impl DecodedChunk {
     /// Decodes every record of `raw`.
     pub fn decode(raw: RawChunk, decoder: &Decoder) -> DecodedChunk {
         DecodedChunk::new(raw, |raw| {
-            let events: Decoded<'_> = (0..raw.len())
-                .map(|i| decoder.decode_record(&raw.record(i)))
-                .collect();
+            let n = raw.len();
+            let mut events: Decoded<'_> = Vec::with_capacity(n);
+            for (i, slot) in events.spare_capacity_mut()[..n].iter_mut().enumerate() {
+                decode_into(decoder, &raw.record(i), slot);
+            }
+            // SAFETY: the first `n` slots were written just above (a panic
+            // there leaves the length at 0: the slots written leak, no more)
+            unsafe { events.set_len(n) };
             let routes = events
                 .iter()
                 .map(|e| e.as_ref().ok().map(RouteInfo::of))
