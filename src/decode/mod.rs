@@ -122,12 +122,8 @@ impl Decoder {
             return Err(self.too_large(bytes.len()));
         }
         if plain(bytes) {
-            // SAFETY: every byte is ASCII, and ASCII is valid UTF-8
-            let text = unsafe { std::str::from_utf8_unchecked(bytes) };
-            if text.trim_ascii().is_empty() {
-                return Err(DecodeError::Empty);
-            }
-            return Ok((text, true));
+            // SAFETY: plain, just checked
+            return unsafe { self.text_known_plain(bytes) };
         }
         let text = simdutf8::basic::from_utf8(bytes).map_err(|_| {
             // the fast validator says only "no"; ask std where
@@ -141,6 +137,24 @@ impl Decoder {
             return Err(DecodeError::Empty);
         }
         Ok((text, false))
+    }
+
+    /// [`Decoder::text_plain`] of bytes known to be [`plain`].
+    ///
+    /// # Safety
+    /// `bytes` must be [`plain`].
+    #[inline]
+    unsafe fn text_known_plain<'a>(&self, bytes: &'a [u8]) -> Result<(&'a str, bool), DecodeError> {
+        if bytes.len() > self.max_event_bytes {
+            return Err(self.too_large(bytes.len()));
+        }
+        // SAFETY: every byte is ASCII (the bytes are plain: the caller's
+        // promise), and ASCII is valid UTF-8
+        let text = unsafe { std::str::from_utf8_unchecked(bytes) };
+        if text.trim_ascii().is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        Ok((text, true))
     }
 
     /// Decodes one access event, borrowing strings from `bytes`. In v1 the
@@ -170,13 +184,27 @@ impl Decoder {
     /// keeps it, never copied there (the decoders write each chunk's
     /// events in place this way; through a return value, each event's
     /// 248 bytes were written on the stack, then read back and copied).
-    pub fn access_into<'a>(
+    /// `known_plain`: the source saw that `bytes` are [`plain`] (they are
+    /// not looked at again for it).
+    ///
+    /// # Safety
+    /// `known_plain` only for bytes that are [`plain`]: they are then taken
+    /// as text without a look.
+    pub(crate) unsafe fn access_into<'a>(
         &self,
         bytes: &'a [u8],
+        known_plain: bool,
         out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
     ) {
+        debug_assert!(!known_plain || plain(bytes), "not plain");
         let body = self.without_line_end(bytes);
-        let (text, plain) = match self.text_plain(body) {
+        let checked = match known_plain {
+            // SAFETY: the caller says the bytes are plain (and so is the
+            // body, which is all of them: a plain line has no `\r`)
+            true => unsafe { self.text_known_plain(body) },
+            false => self.text_plain(body),
+        };
+        let (text, plain) = match checked {
             Ok(t) => t,
             Err(e) => {
                 out.write(Err(e));
@@ -506,7 +534,20 @@ mod robustness {
     fn access_into(d: &Decoder, bytes: &[u8]) -> Result<String, String> {
         // initialized, so that reading it back is sound whatever was written
         let mut out = std::mem::MaybeUninit::new(Err(DecodeError::Empty));
-        d.access_into(bytes, &mut out);
+        // SAFETY: not said to be plain: the decoder looks
+        unsafe { d.access_into(bytes, false, &mut out) };
+        let mut known = std::mem::MaybeUninit::new(Err(DecodeError::Empty));
+        if plain(bytes) {
+            // SAFETY: plain, just checked
+            unsafe { d.access_into(bytes, true, &mut known) };
+            // SAFETY: initialized above
+            let known = unsafe { known.assume_init() };
+            assert_eq!(
+                format!("{known:?}"),
+                // SAFETY: initialized above
+                format!("{:?}", unsafe { out.assume_init_ref() })
+            );
+        }
         // SAFETY: initialized above (and written over, as it must be)
         let got = unsafe { out.assume_init() };
         got.map(|ev| format!("{ev:?}")).map_err(|e| e.to_string())

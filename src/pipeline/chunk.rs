@@ -38,6 +38,8 @@ pub struct RawRecord {
     /// The message key in the buffer: `None` for keyless sources,
     /// `Some(None)` for a Kafka message without a key.
     key: Option<Option<(u32, u32)>>,
+    /// [`Record::plain`].
+    plain: bool,
 }
 
 impl RawRecord {
@@ -212,6 +214,7 @@ impl RawChunk {
             oversize,
             mapped,
             key,
+            plain: rec.plain,
         });
     }
 
@@ -256,6 +259,7 @@ impl RawChunk {
                 Some(None) => MessageKey::Absent,
                 Some(Some((s, l))) => MessageKey::Present(&self.buf[s as usize..(s + l) as usize]),
             },
+            plain: r.plain,
         }
     }
 }
@@ -295,7 +299,9 @@ fn decode_into<'a>(
 ) {
     // what `Decoder::decode_record` does
     match rec.payload {
-        Payload::Data(b) => decoder.access_into(b, out),
+        // SAFETY: a record is plain only when its source saw that it is
+        // (`Record::plain`'s promise, which only this crate can make)
+        Payload::Data(b) => unsafe { decoder.access_into(b, rec.plain, out) },
         Payload::Oversize { len, .. } => {
             out.write(Err(decoder.too_large(len)));
         }
@@ -628,6 +634,7 @@ mod tests {
                 pos: Position::new(2, 40),
                 payload: Payload::Data(b"abc"),
                 key: MessageKey::Present(b"k9"),
+                plain: false,
             },
         );
         c.push(
@@ -639,6 +646,7 @@ mod tests {
                     prefix: b"{\"x",
                 },
                 key: MessageKey::Absent,
+                plain: false,
             },
         );
         c.push(4, &Record::new(Position::new(5, 1), Payload::Data(b"")));

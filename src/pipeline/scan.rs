@@ -249,6 +249,7 @@ pub fn load_lifecycle<S: StateStore>(
     paths: &[PathBuf],
     dlq: &mut dyn DeadLetterSink,
 ) -> Result<usize, PipelineError> {
+    use crate::source::files::Line;
     let decoder = engine.decoder().clone();
     let mut n = 0;
     for p in paths {
@@ -263,13 +264,9 @@ pub fn load_lifecycle<S: StateStore>(
         {
             line += 1;
             let payload = match l {
-                crate::source::files::Line::Data(b) if crate::source::files::is_blank(b) => {
-                    continue
-                }
-                crate::source::files::Line::Data(b) => crate::source::Payload::Data(b),
-                crate::source::files::Line::Oversize { len, prefix } => {
-                    crate::source::Payload::Oversize { len, prefix }
-                }
+                Line::Data(b) | Line::Plain(b) if crate::source::files::is_blank(b) => continue,
+                Line::Data(b) | Line::Plain(b) => crate::source::Payload::Data(b),
+                Line::Oversize { len, prefix } => crate::source::Payload::Oversize { len, prefix },
             };
             let rec = crate::source::Record::new(crate::detect::Position::new(src, line), payload);
             let res = match payload {

@@ -27,7 +27,101 @@ pub fn is_blank(b: &[u8]) -> bool {
 #[derive(Debug)]
 pub enum Line<'a> {
     Data(&'a [u8]),
-    Oversize { len: usize, prefix: &'a [u8] },
+    /// A line seen to be plain while its end was looked for (as
+    /// [`crate::decode::plain`] says: ASCII, no control character, no
+    /// backslash), which the decoder then need not look at again.
+    Plain(&'a [u8]),
+    Oversize {
+        len: usize,
+        prefix: &'a [u8],
+    },
+}
+
+/// The length of the line at the start of `rest` (up to its first `\n`, or
+/// all of `rest`) and whether that line is plain ([`Line::Plain`]). One pass
+/// for both, which a line end search and the decoder's look at every byte
+/// had been: the first byte that is not plain ends a plain line when it is
+/// the `\n`; any other makes the line not plain, and its end is then
+/// looked for as before.
+#[inline]
+pub fn line_end(rest: &[u8]) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above
+        return unsafe { line_end_avx2(rest) };
+    }
+    line_end_any(rest)
+}
+
+/// Whether a byte keeps a line plain (the compare of [`crate::decode::plain`]:
+/// as i8, 0x80..=0xff are negative, below 0x20 like the control characters).
+#[inline(always)]
+fn not_plain(c: u8) -> bool {
+    ((c as i8) < 0x20) | (c == b'\\')
+}
+
+/// [`line_end`] from `at`, the first byte of `rest` that is not plain.
+#[inline(always)]
+fn line_end_at(rest: &[u8], at: usize) -> (usize, bool) {
+    if rest[at] == b'\n' {
+        (at, true)
+    } else {
+        let tail = &rest[at..];
+        (
+            at + memchr::memchr(b'\n', tail).unwrap_or(tail.len()),
+            false,
+        )
+    }
+}
+
+/// [`line_end`], a byte at a time.
+fn line_end_any(rest: &[u8]) -> (usize, bool) {
+    match rest.iter().position(|&c| not_plain(c)) {
+        Some(at) => line_end_at(rest, at),
+        None => (rest.len(), true),
+    }
+}
+
+/// [`line_end`], 64 bytes a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn line_end_avx2(rest: &[u8]) -> (usize, bool) {
+    use std::arch::x86_64::*;
+    let n = rest.len();
+    let p = rest.as_ptr();
+    let below = _mm256_set1_epi8(0x20);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    // the bytes of a 32-byte block that are not plain, as a vector mask
+    let odd =
+        |v: __m256i| _mm256_or_si256(_mm256_cmpgt_epi8(below, v), _mm256_cmpeq_epi8(v, backslash));
+    let mut i = 0;
+    while i + 64 <= n {
+        // SAFETY: i + 64 <= n: both 32-byte loads are inside `rest`
+        let (a, b) = unsafe {
+            (
+                odd(_mm256_loadu_si256(p.add(i).cast())),
+                odd(_mm256_loadu_si256(p.add(i + 32).cast())),
+            )
+        };
+        if _mm256_movemask_epi8(_mm256_or_si256(a, b)) != 0 {
+            let lo = _mm256_movemask_epi8(a) as u32 as u64;
+            let hi = _mm256_movemask_epi8(b) as u32 as u64;
+            return line_end_at(rest, i + (lo | hi << 32).trailing_zeros() as usize);
+        }
+        i += 64;
+    }
+    if i + 32 <= n {
+        // SAFETY: i + 32 <= n: the load is inside `rest`
+        let m = _mm256_movemask_epi8(odd(unsafe { _mm256_loadu_si256(p.add(i).cast()) }));
+        if m != 0 {
+            return line_end_at(rest, i + m.trailing_zeros() as usize);
+        }
+        i += 32;
+    }
+    match rest[i..].iter().position(|&c| not_plain(c)) {
+        Some(at) => line_end_at(rest, i + at),
+        None => (n, true),
+    }
 }
 
 /// Splits a byte stream into lines without ever holding more than
@@ -237,7 +331,7 @@ impl MappedLines {
         if rest.is_empty() {
             return None;
         }
-        let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let (len, plain) = line_end(rest);
         let start = self.pos;
         self.pos += (len + 1).min(rest.len());
         if self.pos >= self.released + self.release_lag + self.release_step {
@@ -249,6 +343,8 @@ impl MappedLines {
                 len,
                 prefix: &line[..OVERSIZE_PREFIX.min(len)],
             }
+        } else if plain {
+            Line::Plain(line)
         } else {
             Line::Data(line)
         })
@@ -464,17 +560,19 @@ impl Source for FileSource {
                 Ok(Some(line)) => {
                     self.line += 1;
                     let pos = Position::new(id, self.line);
-                    let payload = match line {
-                        Line::Data(b) => {
-                            // a blank line (e.g. a trailing one) is no record
-                            if is_blank(b) {
-                                continue;
-                            }
-                            Payload::Data(b)
+                    let (payload, plain) = match line {
+                        // a blank line (e.g. a trailing one) is no record
+                        Line::Data(b) | Line::Plain(b) if is_blank(b) => continue,
+                        Line::Data(b) => (Payload::Data(b), false),
+                        Line::Plain(b) => (Payload::Data(b), true),
+                        Line::Oversize { len, prefix } => {
+                            (Payload::Oversize { len, prefix }, false)
                         }
-                        Line::Oversize { len, prefix } => Payload::Oversize { len, prefix },
                     };
-                    f(Record::new(pos, payload));
+                    f(Record {
+                        plain,
+                        ..Record::new(pos, payload)
+                    });
                     n += 1;
                 }
                 Ok(None) => {
@@ -511,8 +609,61 @@ mod tests {
     /// A line as the tests compare it: its text, or `<len:prefix length>`.
     fn shown(l: Line<'_>) -> String {
         match l {
-            Line::Data(b) => String::from_utf8_lossy(b).into_owned(),
+            Line::Data(b) | Line::Plain(b) => String::from_utf8_lossy(b).into_owned(),
             Line::Oversize { len, prefix } => format!("<{len}:{}>", prefix.len()),
+        }
+    }
+
+    /// What [`line_end`] must say: the first `\n`, and
+    /// [`crate::decode::plain`] of the line before it.
+    fn line_end_reference(rest: &[u8]) -> (usize, bool) {
+        let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        (len, crate::decode::plain(&rest[..len]))
+    }
+
+    fn check_line_end(rest: &[u8]) {
+        let want = line_end_reference(rest);
+        assert_eq!(line_end(rest), want, "{rest:?}");
+        assert_eq!(line_end_any(rest), want, "{rest:?}");
+    }
+
+    #[test]
+    fn line_end_finds_each_kind_of_byte_at_every_place() {
+        // every place of a 64-byte step, its 32-byte half and the tail
+        for len in 0..=200 {
+            check_line_end(&vec![b'a'; len]);
+            for at in 0..len {
+                for odd in [b'\n', b'\r', b'\\', 0, 0x1f, 0x7f, 0x80, 0xff, b' ', b'"'] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = odd;
+                    check_line_end(&v);
+                    // a line end after it, and the same byte after the line end
+                    if at + 1 < len {
+                        v[len - 1] = b'\n';
+                        check_line_end(&v);
+                        v[len - 1] = b'a';
+                        v[at] = b'\n';
+                        v[len - 1] = odd;
+                        check_line_end(&v);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn line_end_is_the_line_end_and_plain(
+            rest in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => 0x20u8..0x7f,
+                    1 => proptest::prelude::any::<u8>(),
+                    1 => proptest::prelude::Just(b'\n'),
+                ],
+                0..400,
+            )
+        ) {
+            check_line_end(&rest);
         }
     }
 
@@ -681,7 +832,7 @@ mod tests {
             .unwrap()
             .releasing(page_size(), page_size());
         let map = r.map().clone();
-        let Some(Line::Data(first)) = r.next_line() else {
+        let Some(Line::Plain(first)) = r.next_line() else {
             panic!()
         };
         let (at, len) = (first.as_ptr() as usize - map.as_ptr() as usize, first.len());

@@ -45,6 +45,7 @@ pub fn record<'a>(m: &'a BorrowedMessage<'a>, source: u32, max: usize) -> Record
             Some(k) => MessageKey::Present(k),
             None => MessageKey::Absent,
         },
+        plain: false,
     }
 }
 

@@ -37,6 +37,14 @@ pub struct Record<'a> {
     pub pos: Position,
     pub payload: Payload<'a>,
     pub key: MessageKey<'a>,
+    /// The source saw that the payload is plain ([`crate::decode::plain`])
+    /// while it looked for its end ([`files::line_end`]): the decoder does
+    /// not look again. `false`: not known.
+    ///
+    /// Safety: true only for a payload that is plain (the decoder then
+    /// takes its bytes as ASCII text unchecked). Crate-private, so that no
+    /// source from outside can say so.
+    pub(crate) plain: bool,
 }
 
 impl<'a> Record<'a> {
@@ -46,6 +54,7 @@ impl<'a> Record<'a> {
             pos,
             payload,
             key: MessageKey::None,
+            plain: false,
         }
     }
 }

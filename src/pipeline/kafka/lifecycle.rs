@@ -91,6 +91,7 @@ impl LifecycleReader {
                             key: key
                                 .as_deref()
                                 .map_or(MessageKey::Absent, MessageKey::Present),
+                            plain: false,
                         };
                         let Runtime { engine, dlq, .. } = rt;
                         engine.dead_letter(&name, &rec, &e, dlq)?;
