@@ -549,10 +549,12 @@ impl OpenSegment {
     }
 
     pub(super) fn seal(&mut self, origin: u64) -> Vec<u8> {
-        // by fingerprint, then offset (the order records were appended: an
-        // unstable sort of distinct pairs is a stable sort by fingerprint,
-        // and cheaper), then keep the last appended record of each
-        self.index.sort_unstable();
+        // by fingerprint, then offset (the order records were appended: a
+        // stable sort by fingerprint), then keep the last appended record of
+        // each. A radix sort: the fingerprints are random, and a comparison
+        // sort (`sort_unstable` of the pairs) mispredicted half its branches
+        // (1.7 % of a one-core scan's samples)
+        radsort::sort_by_key(&mut self.index, |e| e.0);
         let mut dedup: Vec<(u64, u32)> = Vec::with_capacity(self.index.len());
         for &e in &self.index {
             match dedup.last_mut() {
