@@ -382,6 +382,22 @@ fn scan_error(m: &Mapping, e: ScanError) -> DecodeError {
 /// Decodes one record of a mapped format; `plain`: the text is known to be
 /// [`super::plain`].
 pub fn access<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent<'a>, DecodeError> {
+    build(m, text, plain)
+}
+
+/// [`access`], the event written to `out` (built there, not copied: see
+/// [`super::Decoder::access_into`]).
+pub fn access_into<'a>(
+    m: &Mapping,
+    text: &'a str,
+    plain: bool,
+    out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
+) {
+    out.write(build(m, text, plain));
+}
+
+#[inline(always)]
+fn build<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent<'a>, DecodeError> {
     let mut vals: [Option<Val<'a>>; MAX_SLOTS] = [None; MAX_SLOTS];
     let vals = &mut vals[..m.paths.slots()];
     json::scan_known(text, plain, &m.paths, vals).map_err(|e| scan_error(m, e))?;

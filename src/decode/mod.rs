@@ -211,14 +211,16 @@ impl Decoder {
                 return;
             }
         };
-        if self.mapping.is_none() {
+        let Some(m) = &self.mapping else {
             let mut fields = v1::Fields::default();
             if fast::access_known(text, plain, &mut fields).is_some() {
                 fields.build_into(out);
-                return;
+            } else {
+                out.write(self.access_slow(bytes, body.len(), text, plain));
             }
-        }
-        out.write(self.access_slow(bytes, body.len(), text, plain));
+            return;
+        };
+        mapped::access_into(m, text, plain, out);
     }
 
     /// What [`Decoder::access`] does off the v1 fast path: a gateway
