@@ -25,8 +25,9 @@ pub struct ScanConfig {
     /// Read plain (not gzip) input files through a memory map instead of
     /// `read`: their lines reach the decoders without being copied. A file
     /// truncated while it is mapped ends the scan with SIGBUS (as it does
-    /// ripgrep): turn this off to scan logs that may be truncated meanwhile
-    /// (`copytruncate` rotation). Default true.
+    /// ripgrep): turn this off to scan logs that may be truncated or
+    /// rewritten in place meanwhile (`copytruncate` rotation). Lines
+    /// appended during the scan are past the map: not read. Default true.
     pub mmap: bool,
 }
 

@@ -296,9 +296,11 @@ impl MappedLines {
             return Ok(None);
         }
         // SAFETY: the map is only read. Another process truncating the
-        // file while it is mapped makes reading past the new end a SIGBUS
-        // (documented: `scan.mmap`); changing bytes in place changes what is
-        // read, as it would with `read`.
+        // file while it is mapped makes reading past the new end a SIGBUS;
+        // rewriting bytes in place while they are read is outside what a
+        // map may see (a line the reader found plain is taken as text
+        // later): both documented (`scan.mmap`), as ripgrep documents its
+        // maps. Log files are appended to, which a map never shows.
         let map = match unsafe { Mmap::map(file) } {
             Ok(m) => m,
             // a file system that cannot map files: read it
