@@ -190,7 +190,7 @@ impl Decoder {
     /// # Safety
     /// `known_plain` only for bytes that are [`plain`]: they are then taken
     /// as text without a look.
-    pub(crate) unsafe fn access_into<'a>(
+    unsafe fn access_into<'a>(
         &self,
         bytes: &'a [u8],
         known_plain: bool,
@@ -252,6 +252,26 @@ impl Decoder {
         match rec.payload {
             crate::source::Payload::Data(b) => self.access(b),
             crate::source::Payload::Oversize { len, .. } => Err(self.too_large(len)),
+        }
+    }
+
+    /// [`Decoder::decode_record`], the result written to `out`, where the
+    /// caller keeps it: the event is built there, never copied (through a
+    /// return value each event's 248 bytes were written on the stack, then
+    /// read back and copied). A record its source found plain
+    /// ([`crate::source::Record`]'s `plain`) is not looked at again.
+    pub fn decode_record_into<'a>(
+        &self,
+        rec: &crate::source::Record<'a>,
+        out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
+    ) {
+        match rec.payload {
+            // SAFETY: a record is plain only when its source saw that it is
+            // (`Record::plain`'s promise, which only this crate can make)
+            crate::source::Payload::Data(b) => unsafe { self.access_into(b, rec.plain, out) },
+            crate::source::Payload::Oversize { len, .. } => {
+                out.write(Err(self.too_large(len)));
+            }
         }
     }
 

@@ -288,26 +288,6 @@ pub fn route_hash(key_id: Option<&str>, event_id: &str) -> u64 {
     }
 }
 
-/// Decodes a record where its result is kept ([`Decoder::access_into`]):
-/// a `collect` had each event written on the stack, then copied its 248
-/// bytes into the vector right after, reading back what had just been
-/// written.
-fn decode_into<'a>(
-    decoder: &Decoder,
-    rec: &Record<'a>,
-    out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
-) {
-    // what `Decoder::decode_record` does
-    match rec.payload {
-        // SAFETY: a record is plain only when its source saw that it is
-        // (`Record::plain`'s promise, which only this crate can make)
-        Payload::Data(b) => unsafe { decoder.access_into(b, rec.plain, out) },
-        Payload::Oversize { len, .. } => {
-            out.write(Err(decoder.too_large(len)));
-        }
-    }
-}
-
 impl RouteInfo {
     fn of(ev: &AccessEvent<'_>) -> Self {
         RouteInfo {
@@ -339,8 +319,10 @@ impl DecodedChunk {
         DecodedChunk::new(raw, |raw| {
             let n = raw.len();
             let mut events: Decoded<'_> = Vec::with_capacity(n);
+            // each event written in its slot (a `collect` had it written on
+            // the stack, then copied its 248 bytes right after)
             for (i, slot) in events.spare_capacity_mut()[..n].iter_mut().enumerate() {
-                decode_into(decoder, &raw.record(i), slot);
+                decoder.decode_record_into(&raw.record(i), slot);
             }
             // SAFETY: the first `n` slots were written just above (a panic
             // there leaves the length at 0: the slots written leak, no more)

@@ -118,10 +118,8 @@ fn line_end_avx2(rest: &[u8]) -> (usize, bool) {
         }
         i += 32;
     }
-    match rest[i..].iter().position(|&c| not_plain(c)) {
-        Some(at) => line_end_at(rest, i + at),
-        None => (n, true),
-    }
+    let (len, plain) = line_end_any(&rest[i..]);
+    (i + len, plain)
 }
 
 /// Splits a byte stream into lines without ever holding more than
