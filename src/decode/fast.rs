@@ -235,6 +235,60 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Each v1 field name as a line writes it after the key's opening quote,
+/// closing quote and colon included (`event_id":`), as the first bytes of
+/// a little-endian `u128`, with the mask of those bytes: a key where the
+/// field order of [`v1::NAMES`] expects it is recognised by one 16-byte
+/// compare, instead of a look for its closing quote and a match of its name.
+const EXPECTED: [(u128, u128, usize); 12] = {
+    let mut out = [(0u128, 0u128, 0usize); 12];
+    let mut f = 0;
+    while f < 12 {
+        let name = v1::NAMES[f].as_bytes();
+        let len = name.len() + 2;
+        assert!(
+            len <= 16,
+            "a field name and its quote and colon fit in 16 bytes"
+        );
+        let mut v = 0u128;
+        let mut i = 0;
+        while i < len {
+            let c = if i < name.len() {
+                name[i]
+            } else if i == name.len() {
+                b'"'
+            } else {
+                b':'
+            };
+            v |= (c as u128) << (8 * i);
+            i += 1;
+        }
+        out[f] = (v, (1u128 << (8 * len)) - 1, len);
+        f += 1;
+    }
+    out
+};
+
+impl Cursor<'_> {
+    /// Whether the key starting here (after its opening quote) is field
+    /// `f`, written plainly and followed by its colon; if so, moves past
+    /// the colon. `false` says nothing: the key is read the general way.
+    #[inline(always)]
+    fn expected_key(&mut self, f: usize) -> bool {
+        let (Some(&(v, mask, len)), Some(w)) = (EXPECTED.get(f), self.b.get(self.i..self.i + 16))
+        else {
+            return false;
+        };
+        let w = u128::from_le_bytes(w.try_into().expect("16 bytes"));
+        if w & mask == v {
+            self.i += len;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// How deep [`Cursor::skip`] follows objects and arrays in a field it skips.
 const MAX_SKIP_DEPTH: u32 = 32;
 
@@ -283,14 +337,23 @@ pub fn access_known<'a>(s: &'a str, plain: bool, f: &mut Fields<'a>) -> Option<(
     if c.b.get(c.i) == Some(&b'}') {
         c.i += 1;
     } else {
+        // the field expected next: the one after the last found, in the
+        // order of `v1::NAMES` (the order `generate` and most producers
+        // write them in)
+        let mut next = 0;
         loop {
             c.eat(b'"')?;
-            let (key, escaped) = c.string()?;
-            if escaped {
-                return None; // an escaped field name: serde_json decodes it
-            }
-            c.eat(b':')?;
-            match v1::field_index(key) {
+            let field = if c.expected_key(next) {
+                Some(next)
+            } else {
+                let (key, escaped) = c.string()?;
+                if escaped {
+                    return None; // an escaped field name: serde_json decodes it
+                }
+                c.eat(b':')?;
+                v1::field_index(key)
+            };
+            match field {
                 Some(i) => {
                     let v = c.value()?;
                     let bit = 1u16 << i;
@@ -299,6 +362,7 @@ pub fn access_known<'a>(s: &'a str, plain: bool, f: &mut Fields<'a>) -> Option<(
                     }
                     seen |= bit;
                     f.vals[i] = Some(v);
+                    next = i + 1;
                 }
                 // a field of its own: skipped, whatever its kind
                 None => c.skip(1)?,
@@ -392,6 +456,75 @@ mod tests {
             (ev.key_id.as_deref(), ev.nonce.as_deref()),
             (Some("k1"), Some("n1"))
         );
+    }
+
+    /// A key is first compared with the field the order of `v1::NAMES`
+    /// expects there ([`EXPECTED`]): near misses, keys out of that order and
+    /// keys close to the line's end are judged as any other key is.
+    #[test]
+    fn a_key_where_another_is_expected_is_judged_as_any_other() {
+        fn agree(line: &str) -> Option<Outcome<'_>> {
+            let got = fast(line);
+            if let Some(got) = &got {
+                assert_eq!(got, &serde(line), "{line}");
+            }
+            got
+        }
+        // the expected keys take the fast path
+        assert!(agree(BASE).unwrap().is_ok());
+        for (from, to, takes_fast_path) in [
+            // an unknown field where key_id is expected, then key_id missing
+            (r#""key_id":"#, r#""key_idx":"#, true),
+            (r#""key_id":"#, r#""key_i":"#, true),
+            (r#""key_id":"#, r#""Key_id":"#, true),
+            (r#""key_id":"#, r#""key_id ":"#, true),
+            // white space before the colon: read the general way
+            (r#""key_id":"#, r#""key_id" :"#, true),
+            (r#""key_id":"#, r#""key_id"  :  "#, true),
+            // an escape in the name: serde_json's
+            (r#""key_id":"#, r#""key\u005fid":"#, false),
+            // the expected field twice in a row: serde_json's error
+            (r#""nonce":"n1","#, r#""nonce":"n1","nonce":"n2","#, false),
+            // a field before its place, then the one expected after it
+            (
+                r#""received_at":"#,
+                r#""key_id":"k0","received_at":"#,
+                false,
+            ),
+            // the first field missing: none is where it is expected
+            (r#""event_id":"e1","#, "", true),
+        ] {
+            let line = BASE.replacen(from, to, 1);
+            assert_ne!(line, BASE, "{from} in BASE");
+            let got = agree(&line);
+            assert_eq!(got.is_some(), takes_fast_path, "{line}");
+        }
+        let reversed = {
+            let inner = &BASE[1..BASE.len() - 1];
+            let mut fields: Vec<&str> = inner.split(",\"").collect();
+            fields.reverse();
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|f| f.trim_start_matches('"').to_string())
+                .collect();
+            format!("{{\"{}}}", fields.join(",\""))
+        };
+        assert!(agree(&reversed).unwrap().is_ok(), "{reversed}");
+        // keys near the end of the line: fewer than 16 bytes after the quote
+        for line in [
+            r#"{"event_id":"e1"}"#,
+            r#"{"event_id":1}"#,
+            r#"{"event_id":"#,
+            r#"{"event_id""#,
+            r#"{"event_id"#,
+            r#"{"event_i"#,
+            r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00Z","key_id":"k"}"#,
+            r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00Z","key_id":""}"#,
+            r#"{"event_id":"e1","received_at":"2026-11-28T00:00:00Z","key_id":null}"#,
+        ] {
+            agree(line);
+            assert!(v1::slow(line).is_err() || fast(line).is_some(), "{line}");
+        }
     }
 
     #[test]
