@@ -132,34 +132,30 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, TimestampError> {
 /// a value out of range included (the general parser then decides, and
 /// names what is wrong). Two timestamps a request: this is ~4 % of a
 /// `scan`'s instructions otherwise.
+///
+/// Requests come in time order, many a second: the minute of the last
+/// one read on this thread is kept ([`LAST_MINUTE`]), and a timestamp in
+/// the same minute (the same first 16 bytes, found valid then) has only
+/// its seconds read.
 #[inline]
 fn utc_millis(b: &[u8]) -> Option<Millis> {
     let b: &[u8; 24] = b.try_into().ok()?;
     let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    // the three words and their digit bytes (0xff where a digit must be):
-    // "YYYY-MM-", "DDTHH:MM", ":SS.mmmZ"
-    const SHAPE: [(u64, u64); 3] = [
+    let minute = u128::from_le_bytes(b[..16].try_into().expect("16 bytes"));
+    let (seconds, millis) = seconds_word(word(16))?;
+    let (last, at) = LAST_MINUTE.get();
+    if minute == last {
+        return Some(at + (seconds * 1000 + millis) as Millis);
+    }
+    // the other two words and their digit bytes (0xff where a digit must
+    // be): "YYYY-MM-", "DDTHH:MM"
+    const SHAPE: [(u64, u64); 2] = [
         (0x00ff_ff00_ffff_ffff, u64::from_le_bytes(*b"0000-00-")),
         (0xffff_00ff_ff00_ffff, u64::from_le_bytes(*b"00T00:00")),
-        (0x00ff_ffff_00ff_ff00, u64::from_le_bytes(*b":00.000Z")),
     ];
-    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
-    const THREES: u64 = 0x3030_3030_3030_3030;
-    let mut d = [0u64; 3];
+    let mut d = [0u64; 2];
     for (k, &(digits, template)) in SHAPE.iter().enumerate() {
-        let w = word(k * 8);
-        // separators exact; a digit byte's high nibble is 3, and still 3
-        // after adding 6 (as in `sequence::number`)
-        let seps = !digits;
-        let plus6 = w.wrapping_add(0x0606_0606_0606_0606);
-        if (w ^ template) & seps != 0
-            || (w & HIGH & digits) != THREES & digits
-            || (plus6 & HIGH & digits) != THREES & digits
-        {
-            return None;
-        }
-        // the digits' values (separators masked out first: no borrows)
-        d[k] = (w & digits) - (THREES & digits);
+        d[k] = digit_word(word(k * 8), digits, template)?;
     }
     let at = |k: usize, i: usize| ((d[k] >> (8 * i)) & 0xff) as u32;
     let two = |k: usize, i: usize| at(k, i) * 10 + at(k, i + 1);
@@ -167,21 +163,58 @@ fn utc_millis(b: &[u8]) -> Option<Millis> {
     let month = two(0, 5);
     let day = at(1, 0) * 10 + at(1, 1);
     let hour = two(1, 3);
-    let minute = two(1, 6);
-    let second = two(2, 1);
-    let millis = at(2, 4) * 100 + two(2, 5);
+    let minute_of_hour = two(1, 6);
     if !(1..=12).contains(&month)
         || day == 0
         || day > days_in_month(year as i64, month)
         || hour > 23
-        || minute > 59
-        || second > 59
+        || minute_of_hour > 59
     {
         return None;
     }
     let days = days_from_civil(year as i64, month, day);
-    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
-    Some(secs * 1000 + millis as i64)
+    let start = (days * 86_400 + (hour * 3600 + minute_of_hour * 60) as i64) * 1000;
+    LAST_MINUTE.set((minute, start));
+    Some(start + (seconds * 1000 + millis) as Millis)
+}
+
+thread_local! {
+    /// The first 16 bytes (`YYYY-MM-DDTHH:MM`) of the last timestamp
+    /// [`utc_millis`] read on this thread whose minute is valid, and that
+    /// minute's start in milliseconds. Zero bytes are never a timestamp's.
+    static LAST_MINUTE: std::cell::Cell<(u128, Millis)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The seconds and milliseconds of `:SS.mmmZ` (eight bytes, little
+/// endian); `None` for any other shape, and for a leap second.
+#[inline(always)]
+fn seconds_word(w: u64) -> Option<(u32, u32)> {
+    let d = digit_word(w, 0x00ff_ffff_00ff_ff00, u64::from_le_bytes(*b":00.000Z"))?;
+    let at = |i: usize| ((d >> (8 * i)) & 0xff) as u32;
+    let seconds = at(1) * 10 + at(2);
+    let millis = at(4) * 100 + at(5) * 10 + at(6);
+    (seconds <= 59).then_some((seconds, millis))
+}
+
+/// The digit values of an eight-byte word whose separators (the bytes not
+/// in `digits`) are `template`'s and whose other bytes are ASCII digits;
+/// `None` otherwise.
+#[inline(always)]
+fn digit_word(w: u64, digits: u64, template: u64) -> Option<u64> {
+    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    // separators exact; a digit byte's high nibble is 3, and still 3
+    // after adding 6 (as in `sequence::number`)
+    let seps = !digits;
+    let plus6 = w.wrapping_add(0x0606_0606_0606_0606);
+    if (w ^ template) & seps != 0
+        || (w & HIGH & digits) != THREES & digits
+        || (plus6 & HIGH & digits) != THREES & digits
+    {
+        return None;
+    }
+    // the digits' values (separators masked out first: no borrows)
+    Some((w & digits) - (THREES & digits))
 }
 
 /// [`parse_rfc3339`] for every form it takes, byte by byte.
@@ -561,6 +594,44 @@ mod tests {
                 assert_eq!(utc_millis(s.as_bytes()), Some(t), "{s}");
                 check(&s);
             }
+        }
+    }
+
+    /// The minute kept from the last timestamp read ([`LAST_MINUTE`])
+    /// gives the same value as reading every byte, whatever came before:
+    /// the same minute, the next one, one far away, or one not valid.
+    #[test]
+    fn a_timestamp_in_the_minute_read_last_reads_the_same() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut t = days_from_civil(2026, 11, 1) * 86_400_000;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t = match x % 8 {
+                // mostly a few ms later (the same minute), sometimes a jump
+                0 => (x >> 8) as i64 % (days_from_civil(2300, 1, 1) * 86_400_000),
+                1 => t - (x >> 8) as i64 % 120_000,
+                _ => t + (x >> 8) as i64 % 700,
+            }
+            .max(0);
+            let s = format_rfc3339(t);
+            assert_eq!(utc_millis(s.as_bytes()), Some(t), "{s}");
+            if x.is_multiple_of(5) {
+                // the same minute with a second or a shape the short path refuses
+                for tail in [":60.000Z", ":5x.000Z", ":59.000z", "-59.000Z"] {
+                    let bad = format!("{}{tail}", &s[..16]);
+                    assert_eq!(utc_millis(bad.as_bytes()), None, "{bad}");
+                    assert_eq!(parse_rfc3339(&bad), parse_rfc3339_general(&bad), "{bad}");
+                }
+                assert_eq!(utc_millis(s.as_bytes()), Some(t), "{s}");
+            }
+        }
+        // a minute that is not valid is never kept
+        for bad in ["2026-02-30T10:00", "2026-13-01T10:00", "2026-11-01T24:00"] {
+            let s = format!("{bad}:00.000Z");
+            assert_eq!(utc_millis(s.as_bytes()), None, "{s}");
+            assert_eq!(utc_millis(s.as_bytes()), None, "{s}, twice");
         }
     }
 
