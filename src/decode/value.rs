@@ -71,6 +71,7 @@ pub fn missing(field: &str) -> DecodeError {
 }
 
 /// A required string.
+#[inline]
 pub fn string<'a>(field: &str, v: Option<Raw<'a>>) -> Result<Cow<'a, str>, DecodeError> {
     match v {
         Some(Raw::Str(s)) => Ok(s),
@@ -80,6 +81,7 @@ pub fn string<'a>(field: &str, v: Option<Raw<'a>>) -> Result<Cow<'a, str>, Decod
 }
 
 /// A required string that must not be empty.
+#[inline]
 pub fn nonempty<'a>(field: &str, v: Option<Raw<'a>>) -> Result<Cow<'a, str>, DecodeError> {
     let s = string(field, v)?;
     if s.is_empty() {
@@ -90,6 +92,7 @@ pub fn nonempty<'a>(field: &str, v: Option<Raw<'a>>) -> Result<Cow<'a, str>, Dec
 
 /// An optional string that must not be empty when present: absent or null
 /// is `None`.
+#[inline]
 pub fn opt_nonempty<'a>(
     field: &str,
     v: Option<Raw<'a>>,
@@ -101,6 +104,7 @@ pub fn opt_nonempty<'a>(
 }
 
 /// An optional string: absent or null is `None`.
+#[inline]
 pub fn opt_string<'a>(
     field: &str,
     v: Option<Raw<'a>>,
@@ -137,6 +141,7 @@ fn integer_slow(field: &str, text: &str) -> Result<i128, DecodeError> {
 }
 
 /// An HTTP status: an integer 0..=999.
+#[inline]
 pub fn status(field: &str, v: Option<Raw<'_>>) -> Result<u16, DecodeError> {
     let n = match v {
         Some(Raw::Num(t)) => integer(field, t)?,
@@ -153,6 +158,7 @@ pub fn status(field: &str, v: Option<Raw<'_>>) -> Result<u16, DecodeError> {
 }
 
 /// A v1 timestamp: an RFC 3339 string or an integer of epoch milliseconds.
+#[inline]
 pub fn timestamp(field: &str, v: Option<Raw<'_>>) -> Result<Millis, DecodeError> {
     let ts = |e: timestamp::TimestampError| DecodeError::Schema(format!("field `{field}`: {e}"));
     match v {
@@ -178,6 +184,7 @@ pub fn timestamp(field: &str, v: Option<Raw<'_>>) -> Result<Millis, DecodeError>
 }
 
 /// An optional v1 timestamp: absent or null is `None`.
+#[inline]
 pub fn opt_timestamp(field: &str, v: Option<Raw<'_>>) -> Result<Option<Millis>, DecodeError> {
     match v {
         Some(Raw::Null) | None => Ok(None),
