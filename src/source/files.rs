@@ -272,6 +272,9 @@ pub struct MappedLines {
     /// Pages below this offset were mapped ahead of the reader
     /// ([`POPULATE_STEP`]).
     populated: usize,
+    /// Pages below this offset were asked to be read into the page cache
+    /// ([`READ_AHEAD`]).
+    requested: usize,
 }
 
 /// Mapped pages are given back this far behind the line being read (more
@@ -284,6 +287,11 @@ const RELEASE_STEP: usize = 2 << 20;
 /// ([`MappedLines::populate`]): 38 k page faults instead of 46 k in a
 /// one-core scan of 1 M events (420 MB), 1.019x less CPU side by side.
 const POPULATE_STEP: usize = 2 << 20;
+/// The pages this far ahead of those mapped are asked for
+/// (`MADV_WILLNEED`): the kernel reads them into the page cache in the
+/// background, and the reader does not wait for the disk when it maps
+/// them.
+const READ_AHEAD: usize = 16 << 20;
 
 impl MappedLines {
     /// Maps `file` when it is a non-empty regular file that is not gzip
@@ -318,6 +326,7 @@ impl MappedLines {
             release_lag: RELEASE_LAG,
             release_step: RELEASE_STEP,
             populated: 0,
+            requested: 0,
         }))
     }
 
@@ -370,6 +379,18 @@ impl MappedLines {
             return;
         }
         let len = POPULATE_STEP.min(self.map.len() - self.populated);
+        // what the reader comes to next, read from disk meanwhile if it is
+        // not in the page cache (asynchronously: populating a page that is
+        // not in memory waits for the disk)
+        let ahead = (self.populated + READ_AHEAD).min(self.map.len());
+        if ahead > self.requested {
+            let _ = self.map.advise_range(
+                memmap2::Advice::WillNeed,
+                self.requested,
+                ahead - self.requested,
+            );
+            self.requested = ahead;
+        }
         #[cfg(target_os = "linux")]
         let done = self
             .map
