@@ -379,14 +379,17 @@ fn scan_error(m: &Mapping, e: ScanError) -> DecodeError {
     }
 }
 
-/// Decodes one record of a mapped format; `plain`: the text is known to be
+/// Decodes one record of a mapped format (the tests' way in: the decoder
+/// calls [`access_into`]); `plain`: the text is known to be
 /// [`super::plain`].
+#[cfg(test)]
 pub fn access<'a>(m: &Mapping, text: &'a str, plain: bool) -> Result<AccessEvent<'a>, DecodeError> {
     build(m, text, plain)
 }
 
-/// [`access`], the event written to `out` (built there, not copied: see
-/// [`super::Decoder::access_into`]).
+/// Decodes one record of a mapped format into `out` (built there, not
+/// copied: see [`super::Decoder::access_into`]); `plain`: the text is
+/// known to be [`super::plain`].
 pub fn access_into<'a>(
     m: &Mapping,
     text: &'a str,

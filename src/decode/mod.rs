@@ -163,21 +163,11 @@ impl Decoder {
     /// conversions judges them. A gateway format goes through its mapping
     /// ([`mapped`]).
     pub fn access<'a>(&self, bytes: &'a [u8]) -> Result<AccessEvent<'a>, DecodeError> {
-        // The `\r` of a CRLF line (and the line end a Kafka producer may
-        // leave in a message) is white space after the object: it is
-        // decoded without it, so that the line is plain and takes the fast
-        // paths (with it, a Windows-written log scanned at 0.65x). Over the
-        // limit is judged on the whole line; serde_json, when it decides,
-        // reads the whole line too (its errors name the same places).
-        let body = self.without_line_end(bytes);
-        let (text, plain) = self.text_plain(body)?;
-        if self.mapping.is_none() {
-            let mut fields = v1::Fields::default();
-            if fast::access_known(text, plain, &mut fields).is_some() {
-                return fields.build();
-            }
-        }
-        self.access_slow(bytes, body.len(), text, plain)
+        let mut out = std::mem::MaybeUninit::uninit();
+        // SAFETY: not said to be plain (the decoder looks)
+        unsafe { self.access_into(bytes, false, &mut out) };
+        // SAFETY: `access_into` writes `out` on every path
+        unsafe { out.assume_init() }
     }
 
     /// [`Decoder::access`], the result written to `out`: where the caller
@@ -186,6 +176,8 @@ impl Decoder {
     /// 248 bytes were written on the stack, then read back and copied).
     /// `known_plain`: the source saw that `bytes` are [`plain`] (they are
     /// not looked at again for it).
+    ///
+    /// Writes `out` on every path ([`Decoder::access`] reads it back).
     ///
     /// # Safety
     /// `known_plain` only for bytes that are [`plain`]: they are then taken
@@ -197,6 +189,12 @@ impl Decoder {
         out: &mut std::mem::MaybeUninit<Result<AccessEvent<'a>, DecodeError>>,
     ) {
         debug_assert!(!known_plain || plain(bytes), "not plain");
+        // The `\r` of a CRLF line (and the line end a Kafka producer may
+        // leave in a message) is white space after the object: it is
+        // decoded without it, so that the line is plain and takes the fast
+        // paths (with it, a Windows-written log scanned at 0.65x). Over the
+        // limit is judged on the whole line; serde_json, when it decides,
+        // reads the whole line too (its errors name the same places).
         let body = self.without_line_end(bytes);
         let checked = match known_plain {
             // SAFETY: the caller says the bytes are plain (and so is the
@@ -216,26 +214,22 @@ impl Decoder {
             if fast::access_known(text, plain, &mut fields).is_some() {
                 fields.build_into(out);
             } else {
-                out.write(self.access_slow(bytes, body.len(), text, plain));
+                out.write(self.access_slow(bytes, body.len(), text));
             }
             return;
         };
         mapped::access_into(m, text, plain, out);
     }
 
-    /// What [`Decoder::access`] does off the v1 fast path: a gateway
-    /// format's mapping, or serde_json. `body_len` is the length of
-    /// `bytes` without its line end, `text` that body checked.
+    /// What [`Decoder::access`] does off the v1 fast path: serde_json.
+    /// `body_len` is the length of `bytes` without its line end, `text`
+    /// that body checked.
     fn access_slow<'a>(
         &self,
         bytes: &'a [u8],
         body_len: usize,
         text: &'a str,
-        plain: bool,
     ) -> Result<AccessEvent<'a>, DecodeError> {
-        if let Some(m) = &self.mapping {
-            return mapped::access(m, text, plain);
-        }
         if body_len < bytes.len() {
             // the line end back, checked again only when there was one
             v1::slow(self.text(bytes)?)?.build()
@@ -249,10 +243,10 @@ impl Decoder {
         &self,
         rec: &crate::source::Record<'a>,
     ) -> Result<AccessEvent<'a>, DecodeError> {
-        match rec.payload {
-            crate::source::Payload::Data(b) => self.access(b),
-            crate::source::Payload::Oversize { len, .. } => Err(self.too_large(len)),
-        }
+        let mut out = std::mem::MaybeUninit::uninit();
+        self.decode_record_into(rec, &mut out);
+        // SAFETY: `decode_record_into` writes `out` on every path
+        unsafe { out.assume_init() }
     }
 
     /// [`Decoder::decode_record`], the result written to `out`, where the
@@ -260,6 +254,7 @@ impl Decoder {
     /// return value each event's 248 bytes were written on the stack, then
     /// read back and copied). A record its source found plain
     /// ([`crate::source::Record`]'s `plain`) is not looked at again.
+    /// Writes `out` on every path.
     pub fn decode_record_into<'a>(
         &self,
         rec: &crate::source::Record<'a>,
@@ -552,40 +547,31 @@ mod robustness {
         assert!(small.access(OK.as_bytes()).is_ok());
     }
 
-    /// [`Decoder::access_into`]'s result, which must be [`Decoder::access`]'s.
-    fn access_into(d: &Decoder, bytes: &[u8]) -> Result<String, String> {
-        // initialized, so that reading it back is sound whatever was written
-        let mut out = std::mem::MaybeUninit::new(Err(DecodeError::Empty));
-        // SAFETY: not said to be plain: the decoder looks
-        unsafe { d.access_into(bytes, false, &mut out) };
-        let mut known = std::mem::MaybeUninit::new(Err(DecodeError::Empty));
+    /// [`Decoder::access`]'s result, checked against [`Decoder::access_into`]
+    /// told that the bytes are plain, when they are (then the decoder does
+    /// not look at them again).
+    fn access_checked(d: &Decoder, bytes: &[u8]) -> Result<String, String> {
+        let told = d
+            .access(bytes)
+            .map(|ev| format!("{ev:?}"))
+            .map_err(|e| e.to_string());
         if plain(bytes) {
+            let mut known = std::mem::MaybeUninit::uninit();
             // SAFETY: plain, just checked
             unsafe { d.access_into(bytes, true, &mut known) };
-            // SAFETY: initialized above
-            let known = unsafe { known.assume_init() };
-            assert_eq!(
-                format!("{known:?}"),
-                // SAFETY: initialized above
-                format!("{:?}", unsafe { out.assume_init_ref() })
-            );
+            // SAFETY: `access_into` writes `out` on every path
+            let known = unsafe { known.assume_init() }
+                .map(|ev| format!("{ev:?}"))
+                .map_err(|e| e.to_string());
+            assert_eq!(known, told, "{}", String::from_utf8_lossy(bytes));
         }
-        // SAFETY: initialized above (and written over, as it must be)
-        let got = unsafe { out.assume_init() };
-        got.map(|ev| format!("{ev:?}")).map_err(|e| e.to_string())
+        told
     }
 
     fn check_access(d: &Decoder, bytes: &[u8]) {
-        let told = d.access(bytes);
-        assert_eq!(
-            access_into(d, bytes),
-            told.as_ref()
-                .map(|ev| format!("{ev:?}"))
-                .map_err(|e| e.to_string()),
-            "{}",
-            String::from_utf8_lossy(bytes)
-        );
-        match told {
+        // its checks only: the event itself is looked at below
+        let _ = access_checked(d, bytes);
+        match d.access(bytes) {
             Ok(ev) => {
                 assert!(!ev.event_id.is_empty());
                 assert!(ev.key_id.as_deref().is_none_or(|k| !k.is_empty()));
@@ -600,15 +586,8 @@ mod robustness {
                 ..InputConfig::default()
             };
             let g = Decoder::new(&DecodeConfig::default(), &input).unwrap();
-            let told = g.access(bytes);
-            assert_eq!(
-                access_into(&g, bytes),
-                told.as_ref()
-                    .map(|ev| format!("{ev:?}"))
-                    .map_err(|e| e.to_string())
-            );
-            if let Err(e) = told {
-                assert!(!e.to_string().is_empty());
+            if let Err(e) = access_checked(&g, bytes) {
+                assert!(!e.is_empty());
             }
         }
         if let Ok(text) = std::str::from_utf8(bytes) {
