@@ -552,7 +552,12 @@ impl ShardDetector {
                 None => true,
                 Some(prev) => next_wm >= self.judge_boundary(prev),
             };
-            if sweep_due || crossed {
+            // The fold points are not all judge points (the fold interval
+            // need not be a multiple of the judge step): a fold point passed
+            // between two judge points would leave a quiet key's last
+            // requests unfolded until the next one, after the sighting log
+            // forgot them.
+            if sweep_due || crossed || self.fold_due(next_wm) {
                 let judged = out.len();
                 self.judge_sequences(next_wm, log, out)?;
                 for a in &out[judged..] {
@@ -569,6 +574,19 @@ impl ShardDetector {
             }
         }
         Ok(self.advance(t))
+    }
+
+    /// Whether moving the watermark to `until` passes a fold point: a
+    /// multiple of half the time between the tolerance and the retention,
+    /// where every key's requests more than the tolerance before the
+    /// watermark are folded into its maximum (see
+    /// [`ShardDetector::judge_sequences`]).
+    fn fold_due(&self, until: Millis) -> bool {
+        let interval = ((self.cfg.retention_ms - self.cfg.sequence_tolerance_ms) / 2).max(1);
+        match self.watermark() {
+            Some(prev) => until.div_euclid(interval) > prev.div_euclid(interval),
+            None => true,
+        }
     }
 
     /// The event time between two judgings of sequence numbers: a second,
@@ -843,12 +861,7 @@ impl ShardDetector {
         // fold interval (a point of event time, so the state is the same
         // whatever the batches and restarts), so that a quiet key keeps
         // nothing the sighting log may have forgotten.
-        let interval = ((self.cfg.retention_ms - tolerance) / 2).max(1);
-        let crossed = match self.watermark() {
-            Some(prev) => until.div_euclid(interval) > prev.div_euclid(interval),
-            None => true,
-        };
-        if crossed {
+        if self.fold_due(until) {
             let bound = until.saturating_sub(tolerance);
             for (key, u) in self.seq.iter_mut() {
                 if u.oldest().is_some_and(|r| r < bound) {

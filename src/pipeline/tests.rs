@@ -184,7 +184,7 @@ fn traffic(seed: u64) -> Vec<Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), ..ProptestConfig::default() })]
 
     /// Crashes anywhere (before or after a commit, before delivery) lose no
     /// alert, invent none, and change no id or content; only repeats appear.
@@ -261,6 +261,15 @@ fn crash_between_commit_and_delivery_redelivers_the_same_alerts() {
     let (got, restarts) = crashing_run(&input, 3000, &[(3000, Crash::After)]);
     assert_eq!(restarts, 1);
     assert_eq!(got, reference, "delivered once, after the restart");
+}
+
+/// A property's number of cases: `n`, or `PROPTEST_CASES` when set (to
+/// search longer than a test run does: `PROPTEST_CASES=5000 cargo test`).
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
 }
 
 /// 2026-11-28T00:00:00Z
@@ -497,7 +506,7 @@ fn core(alerts: &[Alert]) -> Vec<(String, String, String, Option<String>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     /// The engine over segments in the store agrees with the reference model
     /// (in-order semantics: same alerts, replays name the same first sighting
@@ -540,7 +549,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), ..ProptestConfig::default() })]
 
     /// Crashes inside batches that sealed several segments (kill before or
     /// after the commit), then restarts: the alerts are those of one
@@ -696,7 +705,7 @@ fn usage_by_key<S: StateStore>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(32), ..ProptestConfig::default() })]
 
     /// Any shards, threads, queue bound, chunk and batch size give the
     /// alerts (ids and contents) and counters of one shard on one thread.
@@ -762,7 +771,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
 
     /// Crashes with several detect threads, one-item queues and a stream
     /// sharded by key: the alerts are one uninterrupted run's, and so is the
@@ -1015,7 +1024,7 @@ fn one_request_per_nonce(events: Vec<crate::model::ModelEvent>) -> Vec<crate::mo
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     /// A partition handed over anywhere, with usage checkpoints anywhere
     /// before: what the old owner delivered up to the hand-over and the new
@@ -1095,4 +1104,130 @@ proptest! {
         let got = handed_over_run(&c, &input, at, every);
         prop_assert_eq!(ids(&got), ids(&single));
     }
+}
+
+/// Found by `rocksdb_matches_the_model_under_any_state_settings`: with no
+/// segment cache, one window per segment and a commit after every request, a
+/// signed request followed by unsigned ones made a later lookup find a segment
+/// that neither the store nor the cache held.
+#[test]
+fn unsigned_requests_after_a_sighting_keep_its_segment_readable() {
+    let ev = |id: &str, t: i64, key: Option<&str>, nonce: Option<&str>| crate::model::ModelEvent {
+        event_id: id.to_string(),
+        received_at: t,
+        key_id: key.map(str::to_string),
+        nonce: nonce.map(str::to_string),
+        client_ts: None,
+        client_ip: "10.0.0.0".to_string(),
+        signature: None,
+    };
+    let events = vec![
+        ev("e7", T0 + 175, None, None),
+        ev("e1", T0 + 887, Some("k1"), Some("221")),
+        ev("e5", T0 + 960, None, None),
+        ev("e3", T0 + 1042, None, None),
+        ev("e2", T0 + 1050, None, None),
+        ev("e0", T0 + 1130, None, None),
+        ev("e6", T0 + 1140, None, None),
+        ev("e4", T0 + 1174, None, None),
+    ];
+    let settings = StateSettings {
+        segment_cache: 0,
+        segment_windows: 1,
+        segment_bytes: 64,
+    };
+    let c = small_config(settings);
+    let input = to_lines(&events);
+    let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 100_000);
+    for batch in [1, 2, 3, 100_000] {
+        let (mem, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, batch);
+        assert_eq!(core(&mem), core(&reference), "memory, batch {batch}");
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = Arc::new(RocksStore::open(dir.path(), &c.state.rocks()).unwrap());
+        let (alerts, _) = engine_run(rocks, &c, &input, batch);
+        assert_eq!(core(&alerts), core(&reference), "rocksdb, batch {batch}");
+    }
+}
+
+/// One numbered request of a key that is then quiet, followed by unsigned
+/// requests at a steady pace, for many paces, start times and settings: the
+/// watermark passes the points where quiet keys are folded (multiples of
+/// half the time between the tolerance and the retention) in small steps
+/// that often fall between two points where sequence numbers are judged.
+/// The request must be folded before the sighting log forgets its segment,
+/// and the alerts are the model's.
+#[test]
+fn a_quiet_key_is_folded_whatever_pace_moves_the_watermark() {
+    let settings = StateSettings {
+        segment_cache: 0,
+        segment_windows: 1,
+        segment_bytes: 64,
+    };
+    let mut runs = 0;
+    for (retention, tolerance, lateness) in [(200, 20, 60), (100, 0, 0), (333, 50, 7), (64, 64, 3)]
+    {
+        let mut c = small_config(settings);
+        c.detect.retention_ms = retention;
+        c.detect.sequence_tolerance_ms = tolerance;
+        c.detect.allowed_lateness_ms = lateness;
+        c.detect.max_past_skew_ms = retention / 2;
+        for pace in 1..=13i64 {
+            for start in (0..97).step_by(7) {
+                let mut events = vec![crate::model::ModelEvent {
+                    event_id: "quiet".to_string(),
+                    received_at: T0 + start,
+                    key_id: Some("k".to_string()),
+                    nonce: Some("7".to_string()),
+                    client_ts: None,
+                    client_ip: "10.0.0.1".to_string(),
+                    signature: None,
+                }];
+                let n = (2 * (retention + lateness) / pace + 3) as usize;
+                events.extend((1..=n).map(|i| crate::model::ModelEvent {
+                    event_id: format!("u{i}"),
+                    received_at: T0 + start + i as i64 * pace,
+                    key_id: None,
+                    nonce: None,
+                    client_ts: None,
+                    client_ip: "10.0.0.2".to_string(),
+                    signature: None,
+                }));
+                // the same key again at the end, with a smaller number:
+                // out of sequence against the folded maximum
+                events.push(crate::model::ModelEvent {
+                    event_id: "again".to_string(),
+                    received_at: T0 + start + (n as i64 + 1) * pace,
+                    key_id: Some("k".to_string()),
+                    nonce: Some("3".to_string()),
+                    client_ts: None,
+                    client_ip: "10.0.0.1".to_string(),
+                    signature: None,
+                });
+                let input = to_lines(&events);
+                let (alerts, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 1);
+                let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
+                let got: Vec<_> = core(&alerts)
+                    .into_iter()
+                    .map(|(k, key, ev, _)| (k, key, ev))
+                    .collect();
+                let mut want: Vec<_> = expected
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.kind.as_str().to_string(),
+                            e.key_id.clone(),
+                            e.event_id.clone(),
+                        )
+                    })
+                    .collect();
+                want.sort();
+                assert_eq!(
+                    got, want,
+                    "retention {retention}, tolerance {tolerance}, pace {pace}, start {start}"
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert_eq!(runs, 4 * 13 * 14);
 }
