@@ -64,8 +64,9 @@ fn keyed(lines: &[String]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
         .collect()
 }
 
-/// Consume-only: a fresh group reads the topic; seconds from the first to the last record.
-fn consume_only(addr: &str, topic: &str, n: usize) -> f64 {
+/// Consume-only: a fresh group reads the topic; seconds from the first to
+/// the last record, and what the machine and the broker did in them.
+fn consume_only(addr: &str, topic: &str, n: usize, broker: Option<&Broker>) -> (f64, String) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "bench-consume-only")
@@ -78,18 +79,32 @@ fn consume_only(addr: &str, topic: &str, n: usize) -> f64 {
     c.subscribe(&[topic]).unwrap();
     let mut got = 0usize;
     let mut first = None;
+    let mut at_first = None;
     let mut bytes = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
     while got < n && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                at_first = Some((MachineCpu::now(), broker.map_or(0, |b| b.disk_read_bytes())));
+            }
             bytes += m.payload().map_or(0, |p| p.len());
             got += 1;
         }
     }
     std::hint::black_box(bytes);
     assert_eq!(got, n, "consume-only read everything");
-    first.unwrap().elapsed().as_secs_f64()
+    let secs = first.unwrap().elapsed().as_secs_f64();
+    let (machine, disk) = at_first.unwrap();
+    let seen = format!(
+        "{}; broker read {:.1} MB from disk",
+        machine.since(secs),
+        broker
+            .map_or(0, |b| b.disk_read_bytes())
+            .saturating_sub(disk) as f64
+            / 1e6
+    );
+    (secs, seen)
 }
 
 fn main() {
@@ -125,7 +140,8 @@ fn main() {
     drop(data);
 
     let cpu = (cpu_self(), broker.as_ref().map_or(0.0, |b| b.cpu_secs()));
-    let secs = consume_only(&addr, "bench-in", n);
+    let (secs, seen) = consume_only(&addr, "bench-in", n, broker.as_ref());
+    eprintln!("consume-only: {seen}");
     let ceiling = n as f64 / secs;
     let consume_cores = (cpu_self() - cpu.0) / secs;
     let consume_broker = broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu.1) / secs;
@@ -171,6 +187,9 @@ dir = "{state}"
         det.cpu_secs(),
         broker.as_ref().map_or(0.0, |b| b.cpu_secs()),
     );
+    let machine = MachineCpu::now();
+    let disk = broker.as_ref().map_or(0, |b| b.disk_read_bytes());
+    let sums = pipeline_sums(&det);
     // processed: every record committed to the state store with its alerts
     // (the detector's own count, read over HTTP every 10 ms: a cheap probe
     // that takes no CPU from what it measures)
@@ -193,6 +212,19 @@ dir = "{state}"
     let run_secs = t0.elapsed().as_secs_f64();
     let det_cores = (det.cpu_secs() - cpu0.0) / run_secs;
     let broker_cores = broker.as_ref().map_or(0.0, |b| b.cpu_secs() - cpu0.1) / run_secs;
+    eprintln!(
+        "run: {}",
+        pipeline_delta(&sums, &pipeline_sums(&det), run_secs)
+    );
+    eprintln!(
+        "run: {}; broker read {:.1} MB from disk",
+        machine.since(run_secs),
+        broker
+            .as_ref()
+            .map_or(0, |b| b.disk_read_bytes())
+            .saturating_sub(disk) as f64
+            / 1e6
+    );
     // then the group's committed offsets at the end of the topic (one
     // client, asked every 50 ms)
     let total: i64 = ends.values().sum();
@@ -298,6 +330,99 @@ fn cpu_self() -> f64 {
         .collect();
     // utime and stime are fields 14 and 15 (11 and 12 after the name)
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// The whole machine's CPU time by kind, from the first line of /proc/stat
+/// (USER_HZ ticks): what the processes measured leave to others, to the
+/// disk and to the host.
+#[derive(Clone, Copy)]
+struct MachineCpu {
+    busy: f64,
+    idle: f64,
+    iowait: f64,
+    steal: f64,
+}
+
+impl MachineCpu {
+    fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+        // user nice system idle iowait irq softirq steal
+        MachineCpu {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3),
+            iowait: at(4),
+            steal: at(7),
+        }
+    }
+
+    /// Cores busy, idle, waiting on the disk and taken by the host since `self`.
+    fn since(self, secs: f64) -> String {
+        let n = MachineCpu::now();
+        format!(
+            "machine: busy {:.2}, idle {:.2}, iowait {:.2}, steal {:.2} cores",
+            (n.busy - self.busy) / secs,
+            (n.idle - self.idle) / secs,
+            (n.iowait - self.iowait) / secs,
+            (n.steal - self.steal) / secs,
+        )
+    }
+}
+
+/// The detector's per-stage busy seconds, commit seconds and commit batch
+/// sizes so far, from /metrics (sums and counts of its histograms).
+fn pipeline_sums(det: &Detector) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let Some(m) = det.get("/metrics") else {
+        return out;
+    };
+    for l in m.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let keep = name.starts_with("replayguard_stage_busy_seconds_sum")
+            || name.starts_with("replayguard_commit_seconds_")
+            || name.starts_with("replayguard_commit_batch_events_");
+        if let (true, Ok(v)) = (keep, v.parse::<f64>()) {
+            out.insert(name.to_string(), v);
+        }
+    }
+    out
+}
+
+/// What the pipeline's stages did between two [`pipeline_sums`], over `secs`.
+fn pipeline_delta(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    secs: f64,
+) -> String {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let mut stages: Vec<String> = after
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("replayguard_stage_busy_seconds_sum{stage=\"")
+                .and_then(|r| r.strip_suffix("\"}"))
+                .map(|stage| format!("{stage} {:.2}", d(k) / secs))
+        })
+        .collect();
+    stages.sort();
+    let commits = d("replayguard_commit_seconds_count");
+    format!(
+        "stages busy (cores): {}; commits {:.0}/s, {:.2} ms each, {:.0} events a batch",
+        stages.join(", "),
+        commits / secs,
+        d("replayguard_commit_seconds_sum") / commits.max(1.0) * 1e3,
+        d("replayguard_commit_batch_events_sum")
+            / d("replayguard_commit_batch_events_count").max(1.0),
+    )
 }
 
 /// A group's committed offsets, asked with one client.

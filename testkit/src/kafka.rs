@@ -203,6 +203,21 @@ impl Broker {
             .map_or(0.0, cpu_secs)
     }
 
+    /// Bytes the broker's JVM has read from storage so far (`read_bytes` of
+    /// /proc/PID/io: page-cache misses, not reads the cache served).
+    pub fn disk_read_bytes(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("broker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok())
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("read_bytes:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// The broker's server log (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("logs/server.log")).unwrap_or_default()
