@@ -25,10 +25,12 @@ pub struct PipelineConfig {
     /// this process may run on; 1: everything on one thread.
     pub threads: usize,
     /// Records per chunk handed between threads. Default 0: 256 on one
-    /// thread, 1024 with several (fewer hand-overs between threads).
+    /// thread; with several, 1024 in `scan` and 2048 in `run` (fewer
+    /// hand-overs between threads).
     pub chunk_events: usize,
-    /// Chunks in flight between two stages. Default 0: 8 on one thread, 3
-    /// with several (as many records in flight as 8 chunks of 256).
+    /// Chunks in flight between two stages. Default 0: 8 on one thread;
+    /// with several, 3 in `scan` and 6 in `run` (see
+    /// [`PipelineConfig::for_run`]).
     pub queue_chunks: usize,
     /// Longest a processed record waits for its commit (`run`). Default
     /// 5ms; 0 commits after every poll of the consumer.
@@ -63,12 +65,34 @@ const MAX_COMMIT_DELAY_MS: i64 = 60_000;
 const MAX_THREADS: usize = 256;
 
 impl PipelineConfig {
-    /// Resolves `threads = 0` to the cores available, and the chunk sizes
-    /// left at 0 to what suits that many threads.
+    /// Resolves `threads = 0` to the cores available. The chunk sizes left
+    /// at 0 stay 0: their default depends on the command
+    /// ([`PipelineConfig::for_scan`], [`PipelineConfig::for_run`]).
     pub fn sanitize(&mut self) {
+        self.threads = self.effective_threads();
+    }
+
+    /// The settings `scan` runs with: the chunk sizes left at 0 resolved to
+    /// what suits its threads.
+    pub fn for_scan(mut self) -> Self {
         self.threads = self.effective_threads();
         self.chunk_events = self.effective_chunk_events();
         self.queue_chunks = self.effective_queue_chunks();
+        self
+    }
+
+    /// The settings `run` runs with. With several threads its chunks are
+    /// twice `scan`'s and twice as many wait between stages (12 288
+    /// records in flight a stage, against 3 072): its poll thread also
+    /// copies each record out of librdkafka, routes the decoded chunks and
+    /// steps the commit cycle, and with `scan`'s depth the workers waited
+    /// for it (1.09–1.44x the records/s against Apache Kafka on 2 cores,
+    /// BENCHMARKS.md). On one thread, as `scan`.
+    pub fn for_run(mut self) -> Self {
+        self.threads = self.effective_threads();
+        self.chunk_events = self.by_threads(self.chunk_events, 256, 2048);
+        self.queue_chunks = self.by_threads(self.queue_chunks, 8, 6);
+        self
     }
 
     /// The threads in effect (`threads = 0`: the cores available).
@@ -79,14 +103,14 @@ impl PipelineConfig {
         }
     }
 
-    /// Records per chunk in effect (`chunk_events = 0`: 256 on one
+    /// Records per chunk in effect in `scan` (`chunk_events = 0`: 256 on one
     /// thread, where a chunk is decoded and judged while it is in cache;
     /// 1024 with several, where each chunk is handed between threads).
     pub fn effective_chunk_events(&self) -> usize {
         self.by_threads(self.chunk_events, 256, 1024)
     }
 
-    /// Chunks in flight between two stages in effect (`queue_chunks = 0`:
+    /// Chunks in flight between two stages in effect in `scan` (`queue_chunks = 0`:
     /// 8 on one thread, 3 with several: about as many records either way).
     pub fn effective_queue_chunks(&self) -> usize {
         self.by_threads(self.queue_chunks, 8, 3)
@@ -147,17 +171,37 @@ mod tests {
                 "threads {threads}, chunk_events {chunk_events}, queue_chunks {queue_chunks}"
             );
         }
-        // sanitize writes what is in effect, and validates
+        // sanitize resolves the threads; each command the sizes left at 0
         let mut c = PipelineConfig {
             threads: 1,
             ..PipelineConfig::default()
         };
         c.sanitize();
-        assert_eq!((c.threads, c.chunk_events, c.queue_chunks), (1, 256, 8));
+        assert_eq!((c.threads, c.chunk_events, c.queue_chunks), (1, 0, 0));
         assert!(c.validate().is_ok());
+        for p in [c.clone().for_scan(), c.clone().for_run()] {
+            assert_eq!((p.threads, p.chunk_events, p.queue_chunks), (1, 256, 8));
+        }
+        let two = PipelineConfig {
+            threads: 2,
+            ..PipelineConfig::default()
+        };
+        let s = two.clone().for_scan();
+        assert_eq!((s.threads, s.chunk_events, s.queue_chunks), (2, 1024, 3));
+        let r = two.clone().for_run();
+        assert_eq!((r.threads, r.chunk_events, r.queue_chunks), (2, 2048, 6));
+        // what is given is kept by both
+        let given = PipelineConfig {
+            threads: 2,
+            chunk_events: 64,
+            queue_chunks: 5,
+            ..PipelineConfig::default()
+        };
+        for p in [given.clone().for_scan(), given.for_run()] {
+            assert_eq!((p.chunk_events, p.queue_chunks), (64, 5));
+        }
         let mut auto = PipelineConfig::default();
         auto.sanitize();
         assert_eq!(auto.threads, available_cores());
-        assert!(auto.chunk_events >= 256 && auto.queue_chunks >= 3);
     }
 }

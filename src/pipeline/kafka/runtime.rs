@@ -290,7 +290,8 @@ fn redeliver_outbox(
 
 /// Runs the detector until `status.stop` is set or an error stops it.
 pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
-    let config = args.config;
+    let mut config = args.config;
+    config.pipeline = config.pipeline.for_run();
     let k = &config.kafka;
     let clients = ClientFactory::new(k);
     let dir = config
@@ -378,12 +379,8 @@ pub fn run(args: RunArgs, status: Arc<Status>) -> Result<(), PipelineError> {
         buffers,
         read_busy: Duration::ZERO,
         decode_reported: Duration::ZERO,
-        // resolved once: what is in effect is read for every chunk
-        pipeline: {
-            let mut p = config.pipeline.clone();
-            p.sanitize();
-            p
-        },
+        // resolved once (above): what is in effect is read for every chunk
+        pipeline: config.pipeline.clone(),
         records_since_commit: 0,
         batch_opened: None,
         committing: (0, None),
