@@ -56,7 +56,15 @@ events_done() {
   echo "${n:-0}"
 }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-threads() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
+# name and CPU ticks of each thread (a thread that exits meanwhile is left out)
+threads() {
+  local t name ticks
+  for t in /proc/"$1"/task/*; do
+    name=$(cat "$t/comm" 2>/dev/null) || continue
+    ticks=$(awk '{print $14+$15}' "$t/stat" 2>/dev/null) || continue
+    [ -n "$name" ] && [ -n "$ticks" ] && echo "$name $ticks"
+  done
+}
 
 one() {
   local bin="$1" n="$2"
