@@ -471,7 +471,8 @@ impl StageTimes {
 /// Runs `scan` as the CLI does.
 pub fn scan(args: ScanArgs) -> Result<ScanSummary, PipelineError> {
     let started = Instant::now();
-    let config = args.config;
+    let mut config = args.config;
+    config.pipeline = config.pipeline.for_scan();
     // open the inputs first: a missing file is a usage error, before any work
     let named = super::convert::open_inputs(&args.inputs)?;
     for p in &args.lifecycle {
