@@ -180,8 +180,13 @@ start() {
   port_open "$CPORT" && fail "start: controller port $CPORT is already in use"
   write_config
   if [ ! -f "$DIR/data/meta.properties" ]; then
-    local uuid
-    uuid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    local uuid="-"
+    # a cluster id as Kafka makes them (URL-safe base64 of 16 random bytes),
+    # never with a leading '-': the format tool would read it as an option
+    # (one start in 64 failed that way)
+    while [ "${uuid#-}" != "$uuid" ]; do
+      uuid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
     java -Xmx256m -Dlog4j2.configurationFile="$HOME_DIR/log4j2-tools.properties" -cp "$LIBS/*" \
       kafka.tools.StorageTool format -t "$uuid" -c "$DIR/server.properties" >"$DIR/logs/format.log" 2>&1 ||
       { cat "$DIR/logs/format.log" >&2; fail "start: formatting the KRaft log dir $DIR/data failed"; }
