@@ -64,6 +64,15 @@ const MAX_COMMIT_DELAY_MS: i64 = 60_000;
 /// Most threads per stage accepted.
 const MAX_THREADS: usize = 256;
 
+/// (chunk_events, queue_chunks) left at 0: on one thread, where a chunk is
+/// decoded and judged while it is in cache (both commands) ...
+const ONE_THREAD: (usize, usize) = (256, 8);
+/// ... with several in `scan`, where each chunk is handed between threads ...
+const SCAN_THREADS: (usize, usize) = (1024, 3);
+/// ... and in `run`, whose poll thread also steps the commit cycle (see
+/// [`PipelineConfig::for_run`]).
+const RUN_THREADS: (usize, usize) = (2048, 6);
+
 impl PipelineConfig {
     /// Resolves `threads = 0` to the cores available. The chunk sizes left
     /// at 0 stay 0: their default depends on the command
@@ -74,11 +83,8 @@ impl PipelineConfig {
 
     /// The settings `scan` runs with: the chunk sizes left at 0 resolved to
     /// what suits its threads.
-    pub fn for_scan(mut self) -> Self {
-        self.threads = self.effective_threads();
-        self.chunk_events = self.effective_chunk_events();
-        self.queue_chunks = self.effective_queue_chunks();
-        self
+    pub fn for_scan(self) -> Self {
+        self.resolved(SCAN_THREADS)
     }
 
     /// The settings `run` runs with. With several threads its chunks are
@@ -88,10 +94,16 @@ impl PipelineConfig {
     /// steps the commit cycle, and with `scan`'s depth the workers waited
     /// for it (1.09–1.44x the records/s against Apache Kafka on 2 cores,
     /// BENCHMARKS.md). On one thread, as `scan`.
-    pub fn for_run(mut self) -> Self {
+    pub fn for_run(self) -> Self {
+        self.resolved(RUN_THREADS)
+    }
+
+    /// The threads and the chunk sizes left at 0 resolved, `several` being
+    /// the sizes with more than one thread.
+    fn resolved(mut self, several: (usize, usize)) -> Self {
         self.threads = self.effective_threads();
-        self.chunk_events = self.by_threads(self.chunk_events, 256, 2048);
-        self.queue_chunks = self.by_threads(self.queue_chunks, 8, 6);
+        self.chunk_events = self.by_threads(self.chunk_events, ONE_THREAD.0, several.0);
+        self.queue_chunks = self.by_threads(self.queue_chunks, ONE_THREAD.1, several.1);
         self
     }
 
@@ -107,13 +119,13 @@ impl PipelineConfig {
     /// thread, where a chunk is decoded and judged while it is in cache;
     /// 1024 with several, where each chunk is handed between threads).
     pub fn effective_chunk_events(&self) -> usize {
-        self.by_threads(self.chunk_events, 256, 1024)
+        self.by_threads(self.chunk_events, ONE_THREAD.0, SCAN_THREADS.0)
     }
 
     /// Chunks in flight between two stages in effect in `scan` (`queue_chunks = 0`:
     /// 8 on one thread, 3 with several: about as many records either way).
     pub fn effective_queue_chunks(&self) -> usize {
-        self.by_threads(self.queue_chunks, 8, 3)
+        self.by_threads(self.queue_chunks, ONE_THREAD.1, SCAN_THREADS.1)
     }
 
     /// `set`, or when it is 0, `one` on one thread and `several` with more.

@@ -288,6 +288,14 @@ struct StateSettings {
 }
 
 impl StateSettings {
+    /// No segment cache, one window per segment, the smallest segments:
+    /// every lookup past the open segment goes to the store.
+    const TIGHTEST: StateSettings = StateSettings {
+        segment_cache: 0,
+        segment_windows: 1,
+        segment_bytes: 64,
+    };
+
     const DEFAULT: StateSettings = StateSettings {
         segment_cache: 64 << 20,
         segment_windows: crate::state::segment::SEGMENT_WINDOWS,
@@ -483,6 +491,49 @@ fn to_lines(events: &[crate::model::ModelEvent]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// (kind, key, event) of the core alerts, sorted: what the model predicts.
+fn core_kinds(alerts: &[Alert]) -> Vec<(String, String, String)> {
+    core(alerts)
+        .into_iter()
+        .map(|(k, key, ev, _)| (k, key, ev))
+        .collect()
+}
+
+/// (kind, key, event) of the alerts the reference model expects, sorted.
+fn model_kinds(c: &Config, events: &[crate::model::ModelEvent]) -> Vec<(String, String, String)> {
+    let mut want: Vec<_> = crate::model::expected_alerts(&c.detect, events, &[])
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str().to_string(),
+                e.key_id.clone(),
+                e.event_id.clone(),
+            )
+        })
+        .collect();
+    want.sort();
+    want
+}
+
+/// A model request from `client_ip` without client time or signature.
+fn model_event(
+    id: &str,
+    t: i64,
+    key: Option<&str>,
+    nonce: Option<&str>,
+    client_ip: &str,
+) -> crate::model::ModelEvent {
+    crate::model::ModelEvent {
+        event_id: id.to_string(),
+        received_at: t,
+        key_id: key.map(str::to_string),
+        nonce: nonce.map(str::to_string),
+        client_ts: None,
+        client_ip: client_ip.to_string(),
+        signature: None,
+    }
+}
+
 /// (kind, key, event, first sighting) of the core alerts, sorted.
 fn core(alerts: &[Alert]) -> Vec<(String, String, String, Option<String>)> {
     let mut v: Vec<_> = alerts
@@ -519,14 +570,7 @@ proptest! {
         let c = small_config(settings);
         let input = to_lines(&events);
         let (alerts, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, batch);
-        let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
-        let got: Vec<_> = core(&alerts).into_iter().map(|(k, key, ev, _)| (k, key, ev)).collect();
-        let mut want: Vec<_> = expected
-            .iter()
-            .map(|e| (e.kind.as_str().to_string(), e.key_id.clone(), e.event_id.clone()))
-            .collect();
-        want.sort();
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(core_kinds(&alerts), model_kinds(&c, &events));
         // and the same alerts, evidence included, as the default settings
         let d = small_config(StateSettings::DEFAULT);
         let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &d, &input, 100_000);
@@ -759,14 +803,7 @@ proptest! {
         let c = small_config(settings);
         let input = to_lines(&events);
         let (alerts, _) = shaped_run(Arc::new(MemStore::new(4)), &c, &input, shape);
-        let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
-        let got: Vec<_> = core(&alerts).into_iter().map(|(k, key, ev, _)| (k, key, ev)).collect();
-        let mut want: Vec<_> = expected
-            .iter()
-            .map(|e| (e.kind.as_str().to_string(), e.key_id.clone(), e.event_id.clone()))
-            .collect();
-        want.sort();
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(core_kinds(&alerts), model_kinds(&c, &events));
     }
 }
 
@@ -1112,31 +1149,20 @@ proptest! {
 /// that neither the store nor the cache held.
 #[test]
 fn unsigned_requests_after_a_sighting_keep_its_segment_readable() {
-    let ev = |id: &str, t: i64, key: Option<&str>, nonce: Option<&str>| crate::model::ModelEvent {
-        event_id: id.to_string(),
-        received_at: t,
-        key_id: key.map(str::to_string),
-        nonce: nonce.map(str::to_string),
-        client_ts: None,
-        client_ip: "10.0.0.0".to_string(),
-        signature: None,
+    let ev = |id: &str, t: i64, key: Option<&str>, nonce: Option<&str>| {
+        model_event(id, T0 + t, key, nonce, "10.0.0.0")
     };
     let events = vec![
-        ev("e7", T0 + 175, None, None),
-        ev("e1", T0 + 887, Some("k1"), Some("221")),
-        ev("e5", T0 + 960, None, None),
-        ev("e3", T0 + 1042, None, None),
-        ev("e2", T0 + 1050, None, None),
-        ev("e0", T0 + 1130, None, None),
-        ev("e6", T0 + 1140, None, None),
-        ev("e4", T0 + 1174, None, None),
+        ev("e7", 175, None, None),
+        ev("e1", 887, Some("k1"), Some("221")),
+        ev("e5", 960, None, None),
+        ev("e3", 1042, None, None),
+        ev("e2", 1050, None, None),
+        ev("e0", 1130, None, None),
+        ev("e6", 1140, None, None),
+        ev("e4", 1174, None, None),
     ];
-    let settings = StateSettings {
-        segment_cache: 0,
-        segment_windows: 1,
-        segment_bytes: 64,
-    };
-    let c = small_config(settings);
+    let c = small_config(StateSettings::TIGHTEST);
     let input = to_lines(&events);
     let (reference, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 100_000);
     for batch in [1, 2, 3, 100_000] {
@@ -1158,71 +1184,42 @@ fn unsigned_requests_after_a_sighting_keep_its_segment_readable() {
 /// and the alerts are the model's.
 #[test]
 fn a_quiet_key_is_folded_whatever_pace_moves_the_watermark() {
-    let settings = StateSettings {
-        segment_cache: 0,
-        segment_windows: 1,
-        segment_bytes: 64,
-    };
     let mut runs = 0;
     for (retention, tolerance, lateness) in [(200, 20, 60), (100, 0, 0), (333, 50, 7), (64, 64, 3)]
     {
-        let mut c = small_config(settings);
+        let mut c = small_config(StateSettings::TIGHTEST);
         c.detect.retention_ms = retention;
         c.detect.sequence_tolerance_ms = tolerance;
         c.detect.allowed_lateness_ms = lateness;
         c.detect.max_past_skew_ms = retention / 2;
         for pace in 1..=13i64 {
             for start in (0..97).step_by(7) {
-                let mut events = vec![crate::model::ModelEvent {
-                    event_id: "quiet".to_string(),
-                    received_at: T0 + start,
-                    key_id: Some("k".to_string()),
-                    nonce: Some("7".to_string()),
-                    client_ts: None,
-                    client_ip: "10.0.0.1".to_string(),
-                    signature: None,
-                }];
-                let n = (2 * (retention + lateness) / pace + 3) as usize;
-                events.extend((1..=n).map(|i| crate::model::ModelEvent {
-                    event_id: format!("u{i}"),
-                    received_at: T0 + start + i as i64 * pace,
-                    key_id: None,
-                    nonce: None,
-                    client_ts: None,
-                    client_ip: "10.0.0.2".to_string(),
-                    signature: None,
-                }));
+                let at = |i: i64| T0 + start + i * pace;
+                let n = 2 * (retention + lateness) / pace + 3;
+                let mut events = vec![model_event(
+                    "quiet",
+                    at(0),
+                    Some("k"),
+                    Some("7"),
+                    "10.0.0.1",
+                )];
+                events.extend(
+                    (1..=n).map(|i| model_event(&format!("u{i}"), at(i), None, None, "10.0.0.2")),
+                );
                 // the same key again at the end, with a smaller number:
                 // out of sequence against the folded maximum
-                events.push(crate::model::ModelEvent {
-                    event_id: "again".to_string(),
-                    received_at: T0 + start + (n as i64 + 1) * pace,
-                    key_id: Some("k".to_string()),
-                    nonce: Some("3".to_string()),
-                    client_ts: None,
-                    client_ip: "10.0.0.1".to_string(),
-                    signature: None,
-                });
+                events.push(model_event(
+                    "again",
+                    at(n + 1),
+                    Some("k"),
+                    Some("3"),
+                    "10.0.0.1",
+                ));
                 let input = to_lines(&events);
                 let (alerts, _) = engine_run(Arc::new(MemStore::new(4)), &c, &input, 1);
-                let expected = crate::model::expected_alerts(&c.detect, &events, &[]);
-                let got: Vec<_> = core(&alerts)
-                    .into_iter()
-                    .map(|(k, key, ev, _)| (k, key, ev))
-                    .collect();
-                let mut want: Vec<_> = expected
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.kind.as_str().to_string(),
-                            e.key_id.clone(),
-                            e.event_id.clone(),
-                        )
-                    })
-                    .collect();
-                want.sort();
                 assert_eq!(
-                    got, want,
+                    core_kinds(&alerts),
+                    model_kinds(&c, &events),
                     "retention {retention}, tolerance {tolerance}, pace {pace}, start {start}"
                 );
                 runs += 1;

@@ -125,9 +125,9 @@ impl Broker {
     }
 
     fn kill(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("broker.pid")) {
+        if let Some(pid) = self.pid() {
             let _ = Command::new("kill")
-                .args(["-KILL", pid.trim()])
+                .args(["-KILL", &pid.to_string()])
                 .stderr(Stdio::null())
                 .status();
             let _ = std::fs::remove_file(self.dir.join("broker.pid"));
@@ -197,18 +197,20 @@ impl Broker {
 
     /// CPU seconds (user + system) the broker's JVM has used so far.
     pub fn cpu_secs(&self) -> f64 {
+        self.pid().map_or(0.0, cpu_secs)
+    }
+
+    /// The broker JVM's process id, from the pid file `kafka.sh` writes.
+    fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.dir.join("broker.pid"))
             .ok()
             .and_then(|p| p.trim().parse().ok())
-            .map_or(0.0, cpu_secs)
     }
 
     /// Bytes the broker's JVM has read from storage so far (`read_bytes` of
     /// /proc/PID/io: page-cache misses, not reads the cache served).
     pub fn disk_read_bytes(&self) -> u64 {
-        std::fs::read_to_string(self.dir.join("broker.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
+        self.pid()
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok())
             .and_then(|io| {
                 io.lines()
