@@ -5,8 +5,14 @@
 # last one committed (the detector's own count over HTTP), the detector's
 # and the broker's CPU, and each detector thread's load: which stage waits.
 #
-#   scripts/bench-run-pairs.sh ROUNDS EVENTS BIN...
+#   scripts/bench-run-pairs.sh ROUNDS EVENTS BIN[::CONFIG]...
 #   scripts/bench-run-pairs.sh 4 2000000 /tmp/rg-old /tmp/rg-new
+#   scripts/bench-run-pairs.sh 5 2000000 /tmp/rg /tmp/rg::'[pipeline]\nchunk_events = 2048\nqueue_chunks = 6'
+#   scripts/bench-run-pairs.sh 5 2000000 /tmp/rg /tmp/rg::'"max.partition.fetch.bytes" = "4194304"'
+#
+# CONFIG (printf %b escapes) is appended to that variant's config, whose
+# last table is [kafka.consumer_properties]: lines before a table header
+# are consumer properties.
 #
 # Environment:
 #   PIPELINE   lines added under [pipeline] of every run (e.g. 'chunk_events = 2048')
@@ -67,23 +73,27 @@ threads() {
 }
 
 one() {
-  local bin="$1" n="$2"
-  local d="$OUT/$n-$(basename "$bin")"
+  local bin="${1%%::*}" extra="" n="$2" v="$3"
+  [ "$1" != "$bin" ] && extra="${1#*::}"
+  local d="$OUT/$n-$v-$(basename "$bin")"
   rm -rf "$d" && mkdir -p "$d"
-  cat >"$d/run.toml" <<EOF
+  {
+    [ -n "${PIPELINE:-}" ] && printf '[pipeline]\n%b\n' "$PIPELINE"
+    cat <<EOF
+[state]
+dir = "$d/state"
 [kafka]
 brokers = "$BROKER"
-group = "pairs-$n-$RANDOM$RANDOM"
+group = "pairs-$n-$v-$RANDOM$RANDOM"
 input_topics = ["bench-in"]
 lifecycle_topic = "key-lifecycle"
 start = "earliest"
 [kafka.consumer_properties]
 "session.timeout.ms" = "2000"
 "heartbeat.interval.ms" = "500"
-[state]
-dir = "$d/state"
 EOF
-  [ -n "${PIPELINE:-}" ] && printf '[pipeline]\n%b\n' "$PIPELINE" >>"$d/run.toml"
+    [ -n "$extra" ] && printf '%b\n' "$extra"
+  } >"$d/run.toml"
   "$bin" run --config "$d/run.toml" --http "$HTTP" --log warn >"$d/out.log" 2>&1 &
   local pid=$!
   until [ "$(events_done)" -gt 0 ] 2>/dev/null; do sleep 0.02; done
@@ -92,7 +102,7 @@ EOF
   until [ "$(events_done)" -ge "$EVENTS" ]; do sleep 0.05; done
   t1=$(date +%s.%N); c1=$(ticks $pid); b1=$(ticks "$broker_pid"); threads $pid >"$d/threads1"
   kill $pid; wait $pid 2>/dev/null || true
-  python3 - "$d" "$bin" "$EVENTS" "$t0" "$t1" "$c0" "$c1" "$b0" "$b1" <<'PY'
+  python3 - "$d" "$bin" "$EVENTS" "$t0" "$t1" "$c0" "$c1" "$b0" "$b1" "$extra" <<'PY'
 import collections, sys
 d, b, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0, t1, c0, c1, b0, b1 = map(float, sys.argv[4:10])
@@ -105,12 +115,16 @@ def load(f):
     return c
 a, z = load(d + "/threads0"), load(d + "/threads1")
 busy = sorted(((z[k] - a[k]) / 100 / s, k) for k in z if z[k] > a[k])[::-1]
-print(f"{b}: {n / s:,.0f} records/s, detector {(c1 - c0) / 100 / s:.2f} cores, broker {(b1 - b0) / 100 / s:.2f}")
+print(f"{b}{' (' + sys.argv[10] + ')' if sys.argv[10] else ''}: {n / s:,.0f} records/s, detector {(c1 - c0) / 100 / s:.2f} cores, broker {(b1 - b0) / 100 / s:.2f}")
 print("  threads: " + ", ".join(f"{k} {v:.2f}" for v, k in busy))
 PY
 }
 
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r"
-  for bin in "$@"; do one "$bin" "$r"; done
+  v=0
+  for bin in "$@"; do
+    v=$((v + 1))
+    one "$bin" "$r" "$v"
+  done
 done
